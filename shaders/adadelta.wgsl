@@ -1,0 +1,39 @@
+// adadelta.wgsl: Adadelta. Mirror of src/optim/adadelta.rs (AdadeltaHyper) and src/cpu/fast.rs.
+//
+//   g = sign * g + weight_decay * p
+//   v = rho * v + (1 - rho) * g * g
+//   delta = sqrt(u + eps) / sqrt(v + eps) * g
+//   u = rho * u + (1 - rho) * delta * delta
+//   p = p - lr * delta
+//
+// Bindings: 4 square_avg (v), 5 acc_delta (u).
+
+struct Hyper {
+    lr: f32,
+    grad_sign: f32,
+    weight_decay: f32,
+    rho: f32,
+    one_minus_rho: f32,
+    eps: f32,
+    _pad0: f32,
+    _pad1: f32,
+}
+
+@group(0) @binding(0) var<uniform> hp: Hyper;
+@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> square_avg: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> acc_delta: array<vec4<f32>>;
+
+fn update(i: u32, live: vec4<bool>) {
+    let p0 = param[i];
+    let g = grad[i] * hp.grad_sign + hp.weight_decay * p0;
+    let v0 = square_avg[i];
+    let u0 = acc_delta[i];
+    let v = hp.rho * v0 + hp.one_minus_rho * g * g;
+    let delta = sqrt(u0 + hp.eps) / sqrt(v + hp.eps) * g;
+    let u = hp.rho * u0 + hp.one_minus_rho * delta * delta;
+    square_avg[i] = select(v0, v, live);
+    acc_delta[i] = select(u0, u, live);
+    param[i] = select(p0, p0 - hp.lr * delta, live);
+}

@@ -1,0 +1,28 @@
+// adagrad.wgsl: Adagrad. Mirror of src/optim/adagrad.rs (AdagradHyper) and src/cpu/fast.rs.
+//
+//   g = sign * g + weight_decay * p
+//   sum = sum + g * g
+//   p = p - clr * g / (sqrt(sum) + eps)        clr = lr / (1 + (t - 1) * lr_decay), host f64
+//
+// Bindings: 4 sum.
+
+struct Hyper {
+    grad_sign: f32,
+    weight_decay: f32,
+    clr: f32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> hp: Hyper;
+@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> sum: array<vec4<f32>>;
+
+fn update(i: u32, live: vec4<bool>) {
+    let p0 = param[i];
+    let g = grad[i] * hp.grad_sign + hp.weight_decay * p0;
+    let s0 = sum[i];
+    let s = s0 + g * g;
+    sum[i] = select(s0, s, live);
+    param[i] = select(p0, p0 - hp.clr * g / (sqrt(s) + hp.eps), live);
+}

@@ -1,0 +1,37 @@
+// adamax.wgsl: Adamax. Mirror of src/optim/adamax.rs (AdamaxHyper) and src/cpu/fast.rs.
+//
+//   g = sign * g + weight_decay * p
+//   m = m + (1 - b1) * (g - m)
+//   u = max(b2 * u, |g| + eps)
+//   p = p - step_size * m / u            step_size = lr / (1 - b1^t), host f64
+//
+// Bindings: 4 exp_avg, 5 exp_inf.
+
+struct Hyper {
+    grad_sign: f32,
+    weight_decay: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    eps: f32,
+    step_size: f32,
+    _pad0: f32,
+    _pad1: f32,
+}
+
+@group(0) @binding(0) var<uniform> hp: Hyper;
+@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> exp_avg: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> exp_inf: array<vec4<f32>>;
+
+fn update(i: u32, live: vec4<bool>) {
+    let p0 = param[i];
+    let g = grad[i] * hp.grad_sign + hp.weight_decay * p0;
+    let m0 = exp_avg[i];
+    let u0 = exp_inf[i];
+    let m = m0 + hp.one_minus_beta1 * (g - m0);
+    let u = max(hp.beta2 * u0, abs(g) + hp.eps);
+    exp_avg[i] = select(m0, m, live);
+    exp_inf[i] = select(u0, u, live);
+    param[i] = select(p0, p0 - hp.step_size * m / u, live);
+}

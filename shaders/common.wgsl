@@ -1,0 +1,50 @@
+// common.wgsl: launch geometry shared by every optimizer kernel. Each kernel file is appended
+// to this one and defines `fn update(i: u32, live: vec4<bool>)`, which updates vec4 lane `i`
+// of every flat buffer and keeps the old value wherever `live` is false (the padding of the
+// last lane, beyond the window's `n` elements).
+//
+// Bindings of every kernel:
+//   0  uniform  Hyper   per-step scalars, computed on the host in f64 (dynamic offset)
+//   1  uniform  Window  n = logical elements in this binding window
+//   2  storage  param   read_write  array<vec4<f32>>
+//   3  storage  grad    read        array<vec4<f32>>
+//   4+ storage  state   read_write  array<vec4<f32>>, one per state tensor
+
+override WORKGROUP_SIZE: u32 = 64u;
+override VEC4_PER_INVOCATION: u32 = 4u;
+
+struct Window {
+    n: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(1) var<uniform> window: Window;
+
+// Which of the 4 elements of lane i are real elements (index < n).
+fn live_lanes(i: u32) -> vec4<bool> {
+    let first = i * 4u;
+    return (vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(window.n);
+}
+
+// A 2-D grid of workgroups (x * y may exceed the work: the bounds check below ends the rest).
+// Workgroup `group` owns VEC4_PER_INVOCATION consecutive blocks of WORKGROUP_SIZE lanes, so at
+// every iteration the invocations of a workgroup touch consecutive lanes.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(
+    @builtin(workgroup_id) group_id: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let group = group_id.x + group_id.y * groups.x;
+    let lanes = (window.n + 3u) / 4u;
+    var i = group * WORKGROUP_SIZE * VEC4_PER_INVOCATION + local;
+    for (var k = 0u; k < VEC4_PER_INVOCATION; k = k + 1u) {
+        if (i >= lanes) {
+            return;
+        }
+        update(i, live_lanes(i));
+        i = i + WORKGROUP_SIZE;
+    }
+}

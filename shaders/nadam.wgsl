@@ -1,0 +1,46 @@
+// nadam.wgsl: NAdam. Mirror of src/optim/nadam.rs (NadamHyper) and src/cpu/fast.rs.
+//
+//   g = sign * g + weight_decay * p;  p = p * decay_factor   (one of the two is the identity)
+//   m = m + (1 - b1) * (g - m);  v = b2 * v + (1 - b2) * g * g
+//   denom = sqrt(v / bc2) + eps
+//   p = p - grad_coef * g / denom      grad_coef = lr (1 - mu) / (1 - mu_product), host f64
+//   p = p - avg_coef * m / denom       avg_coef = lr mu_next / (1 - mu_product mu_next)
+//
+// Bindings: 4 exp_avg, 5 exp_avg_sq.
+
+struct Hyper {
+    grad_sign: f32,
+    weight_decay: f32,
+    decay_factor: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    bias_correction2: f32,
+    eps: f32,
+    grad_coef: f32,
+    avg_coef: f32,
+    _pad0: f32,
+    _pad1: f32,
+}
+
+@group(0) @binding(0) var<uniform> hp: Hyper;
+@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> exp_avg: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
+
+fn update(i: u32, live: vec4<bool>) {
+    let p0 = param[i];
+    let g = grad[i] * hp.grad_sign + hp.weight_decay * p0;
+    let m0 = exp_avg[i];
+    let v0 = exp_avg_sq[i];
+    let m = m0 + hp.one_minus_beta1 * (g - m0);
+    let v = hp.beta2 * v0 + hp.one_minus_beta2 * g * g;
+    exp_avg[i] = select(m0, m, live);
+    exp_avg_sq[i] = select(v0, v, live);
+    let denom = sqrt(v / hp.bias_correction2) + hp.eps;
+    var p = p0 * hp.decay_factor;
+    p = p - hp.grad_coef * g / denom;
+    p = p - hp.avg_coef * m / denom;
+    param[i] = select(p0, p, live);
+}

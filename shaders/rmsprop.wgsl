@@ -1,0 +1,59 @@
+// rmsprop.wgsl: RMSprop (plain, centered, momentum). Mirror of src/optim/rmsprop.rs and
+// src/cpu/fast.rs.
+//
+//   g = sign * g + weight_decay * p
+//   v = alpha * v + (1 - alpha) * g * g
+//   centered: ga = ga + (1 - alpha) * (g - ga);  avg = sqrt(v - ga * ga) + eps
+//   else:     avg = sqrt(v) + eps
+//   momentum: buf = momentum * buf + g / avg;  p = p - lr * buf
+//   else:     p = p - lr * g / avg
+//
+// Bindings: 4 square_avg, 5 momentum_buffer, 6 grad_avg (dummies when the option is off).
+
+override CENTERED: bool = false;
+override HAS_MOMENTUM: bool = false;
+
+struct Hyper {
+    lr: f32,
+    grad_sign: f32,
+    weight_decay: f32,
+    alpha: f32,
+    one_minus_alpha: f32,
+    eps: f32,
+    momentum: f32,
+    _pad0: f32,
+}
+
+@group(0) @binding(0) var<uniform> hp: Hyper;
+@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> square_avg: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> grad_avg: array<vec4<f32>>;
+
+fn update(i: u32, live: vec4<bool>) {
+    let p0 = param[i];
+    let g = grad[i] * hp.grad_sign + hp.weight_decay * p0;
+    let v0 = square_avg[i];
+    let v = hp.alpha * v0 + hp.one_minus_alpha * g * g;
+    square_avg[i] = select(v0, v, live);
+    var avg: vec4<f32>;
+    if (CENTERED) {
+        let a0 = grad_avg[i];
+        let a = a0 + hp.one_minus_alpha * (g - a0);
+        grad_avg[i] = select(a0, a, live);
+        avg = sqrt(v - a * a) + hp.eps;
+    } else {
+        avg = sqrt(v) + hp.eps;
+    }
+    var p: vec4<f32>;
+    if (HAS_MOMENTUM) {
+        let b0 = momentum_buffer[i];
+        let b = hp.momentum * b0 + g / avg;
+        momentum_buffer[i] = select(b0, b, live);
+        p = p0 - hp.lr * b;
+    } else {
+        p = p0 - hp.lr * g / avg;
+    }
+    param[i] = select(p0, p, live);
+}

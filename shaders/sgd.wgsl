@@ -1,0 +1,44 @@
+// sgd.wgsl: SGD with momentum, dampening, Nesterov, L2 weight decay, maximize.
+// Mirror of src/optim/sgd.rs (SgdHyper) and src/cpu/fast.rs (sgd).
+//
+//   d = sign * g + weight_decay * p
+//   if momentum: buf = buffer_keep * buf + grad_into_buffer * d   (first step: 0 * buf + 1 * d)
+//                d = d + momentum * buf  if nesterov  else  buf
+//   p = p - lr * d
+//
+// Bindings: 4 momentum_buffer (bound to a dummy when momentum == 0).
+
+override HAS_MOMENTUM: bool = false;
+override NESTEROV: bool = false;
+
+struct Hyper {
+    lr: f32,
+    grad_sign: f32,
+    weight_decay: f32,
+    buffer_keep: f32,
+    grad_into_buffer: f32,
+    momentum: f32,
+    _pad0: f32,
+    _pad1: f32,
+}
+
+@group(0) @binding(0) var<uniform> hp: Hyper;
+@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
+
+fn update(i: u32, live: vec4<bool>) {
+    let p0 = param[i];
+    var d = grad[i] * hp.grad_sign + hp.weight_decay * p0;
+    if (HAS_MOMENTUM) {
+        let b0 = momentum_buffer[i];
+        let b = hp.buffer_keep * b0 + hp.grad_into_buffer * d;
+        momentum_buffer[i] = select(b0, b, live);
+        if (NESTEROV) {
+            d = d + hp.momentum * b;
+        } else {
+            d = b;
+        }
+    }
+    param[i] = select(p0, p0 - hp.lr * d, live);
+}

@@ -1,0 +1,396 @@
+//! The fast CPU path: the same configs, host scalars and order of operations as the WGSL
+//! kernels, over `&mut [f32]`, split across threads (rayon) in contiguous chunks whose inner
+//! loops the compiler vectorises.
+
+use ndarray::{ArrayBase, DataMut, Data, Dimension};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::optim::{validate_lr, HostState, Hyper, OptimizerConfig};
+
+/// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
+const CHUNK: usize = 1 << 15;
+
+/// Multi-threaded f32 optimizer over host slices. Same API shape as
+/// [`GpuOptimizer`](crate::GpuOptimizer); state is kept inside.
+#[derive(Clone, Debug)]
+pub struct CpuOptimizer {
+    config: OptimizerConfig,
+    host: HostState,
+    n: usize,
+    names: Vec<&'static str>,
+    states: Vec<Vec<f32>>,
+}
+
+impl CpuOptimizer {
+    /// A fresh optimizer over `n` parameters.
+    pub fn new(config: impl Into<OptimizerConfig>, n: usize) -> Result<Self> {
+        let config = config.into();
+        config.validate()?;
+        if n == 0 {
+            return Err(Error::Empty { what: "parameter set" });
+        }
+        let names = config.state_names();
+        let states = names
+            .iter()
+            .map(|name| vec![config.initial_state_value(name); n])
+            .collect();
+        Ok(Self {
+            host: HostState::new(config.lr()),
+            config,
+            n,
+            names,
+            states,
+        })
+    }
+
+    /// One step over `params` with `grads` (both of the optimizer's length).
+    pub fn step(&mut self, params: &mut [f32], grads: &[f32]) -> Result<()> {
+        for (what, len) in [("params", params.len()), ("grads", grads.len())] {
+            if len != self.n {
+                return Err(Error::LengthMismatch {
+                    what,
+                    expected: self.n,
+                    got: len,
+                });
+            }
+        }
+        let hyper = self.config.begin_step(&mut self.host);
+        let c = self.config;
+        match (hyper, c) {
+            (Hyper::Sgd(h), OptimizerConfig::Sgd(c)) => {
+                let (has_momentum, nesterov) = (c.momentum != 0.0, c.nesterov);
+                par_apply(params, grads, &mut self.states, |p, g, s| {
+                    kernels::sgd(&h, has_momentum, nesterov, p, g, s)
+                })
+            }
+            (Hyper::Adagrad(h), _) => {
+                par_apply(params, grads, &mut self.states, |p, g, s| kernels::adagrad(&h, p, g, s))
+            }
+            (Hyper::Rmsprop(h), OptimizerConfig::Rmsprop(c)) => {
+                let (centered, has_momentum) = (c.centered, c.momentum > 0.0);
+                par_apply(params, grads, &mut self.states, |p, g, s| {
+                    kernels::rmsprop(&h, centered, has_momentum, p, g, s)
+                })
+            }
+            (Hyper::Adam(h), OptimizerConfig::Adam(c)) => {
+                let amsgrad = c.amsgrad;
+                par_apply(params, grads, &mut self.states, |p, g, s| {
+                    kernels::adam(&h, amsgrad, p, g, s)
+                })
+            }
+            (Hyper::Adadelta(h), _) => {
+                par_apply(params, grads, &mut self.states, |p, g, s| kernels::adadelta(&h, p, g, s))
+            }
+            (Hyper::Nadam(h), _) => {
+                par_apply(params, grads, &mut self.states, |p, g, s| kernels::nadam(&h, p, g, s))
+            }
+            (Hyper::Adamax(h), _) => {
+                par_apply(params, grads, &mut self.states, |p, g, s| kernels::adamax(&h, p, g, s))
+            }
+            (Hyper::Radam(h), _) => {
+                par_apply(params, grads, &mut self.states, |p, g, s| kernels::radam(&h, p, g, s))
+            }
+            _ => unreachable!("begin_step returns the hyper of the config's own kind"),
+        }
+        self.config.end_step(&mut self.host);
+        Ok(())
+    }
+
+    /// One step over ndarray views (any shape, standard layout).
+    pub fn step_array<S1, S2, D>(
+        &mut self,
+        params: &mut ArrayBase<S1, D>,
+        grads: &ArrayBase<S2, D>,
+    ) -> Result<()>
+    where
+        S1: DataMut<Elem = f32>,
+        S2: Data<Elem = f32>,
+        D: Dimension,
+    {
+        let g = grads.as_slice().ok_or(Error::Empty {
+            what: "contiguous grads view (the array is not in standard layout)",
+        })?;
+        let p = params.as_slice_mut().ok_or(Error::Empty {
+            what: "contiguous params view (the array is not in standard layout)",
+        })?;
+        self.step(p, g)
+    }
+
+    /// Set the learning rate of the next steps.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        validate_lr(self.config.name(), lr)?;
+        self.host.lr = lr;
+        Ok(())
+    }
+
+    /// The learning rate of the next step.
+    pub fn lr(&self) -> f64 {
+        self.host.lr
+    }
+
+    /// Steps taken.
+    pub fn step_count(&self) -> u64 {
+        self.host.step
+    }
+
+    /// Host-side scalar state.
+    pub fn host_state(&self) -> HostState {
+        self.host
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    /// Names of the state tensors.
+    pub fn state_names(&self) -> &[&'static str] {
+        &self.names
+    }
+
+    /// One state tensor.
+    pub fn state(&self, name: &str) -> Result<&[f32]> {
+        Ok(&self.states[self.config.state_index(name)?])
+    }
+
+    /// Overwrite one state tensor; on error nothing changes.
+    pub fn load_state(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        let k = self.config.state_index(name)?;
+        if values.len() != self.n {
+            return Err(Error::LengthMismatch {
+                what: "state",
+                expected: self.n,
+                got: values.len(),
+            });
+        }
+        self.states[k].copy_from_slice(values);
+        if name == "momentum_buffer" {
+            self.host.momentum_buffer_ready = true;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` over matching chunks of params, grads and every state, in parallel.
+fn par_apply<F>(p: &mut [f32], g: &[f32], states: &mut [Vec<f32>], f: F)
+where
+    F: Fn(&mut [f32], &[f32], &mut [&mut [f32]]) + Sync + Send,
+{
+    let pg = p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK));
+    match states {
+        [] => pg.for_each(|(p, g)| f(p, g, &mut [])),
+        [a] => pg
+            .zip(a.par_chunks_mut(CHUNK))
+            .for_each(|((p, g), a)| f(p, g, &mut [a])),
+        [a, b] => pg
+            .zip(a.par_chunks_mut(CHUNK))
+            .zip(b.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), a), b)| f(p, g, &mut [a, b])),
+        [a, b, c] => pg
+            .zip(a.par_chunks_mut(CHUNK))
+            .zip(b.par_chunks_mut(CHUNK))
+            .zip(c.par_chunks_mut(CHUNK))
+            .for_each(|((((p, g), a), b), c)| f(p, g, &mut [a, b, c])),
+        _ => unreachable!("no optimizer has more than 3 state tensors"),
+    }
+}
+
+/// Per-chunk loops: the same operations, in the same order, as the WGSL `update` functions.
+mod kernels {
+    use crate::optim::*;
+
+    pub fn sgd(h: &SgdHyper, has_momentum: bool, nesterov: bool, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        let n = p.len();
+        let g = &g[..n];
+        if !has_momentum {
+            for i in 0..n {
+                let d = g[i] * h.grad_sign + h.weight_decay * p[i];
+                p[i] -= h.lr * d;
+            }
+            return;
+        }
+        let buf = &mut s[0][..n];
+        for i in 0..n {
+            let d = g[i] * h.grad_sign + h.weight_decay * p[i];
+            let b = h.buffer_keep * buf[i] + h.grad_into_buffer * d;
+            buf[i] = b;
+            let d = if nesterov { d + h.momentum * b } else { b };
+            p[i] -= h.lr * d;
+        }
+    }
+
+    pub fn adagrad(h: &AdagradHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        let n = p.len();
+        let (g, sum) = (&g[..n], &mut s[0][..n]);
+        for i in 0..n {
+            let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+            let si = sum[i] + gi * gi;
+            sum[i] = si;
+            p[i] -= h.clr * gi / (si.sqrt() + h.eps);
+        }
+    }
+
+    pub fn rmsprop(
+        h: &RmspropHyper,
+        centered: bool,
+        has_momentum: bool,
+        p: &mut [f32],
+        g: &[f32],
+        s: &mut [&mut [f32]],
+    ) {
+        let n = p.len();
+        let g = &g[..n];
+        match (s, centered, has_momentum) {
+            ([v], false, false) => {
+                let v = &mut v[..n];
+                for i in 0..n {
+                    let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+                    let vi = h.alpha * v[i] + h.one_minus_alpha * gi * gi;
+                    v[i] = vi;
+                    p[i] -= h.lr * gi / (vi.sqrt() + h.eps);
+                }
+            }
+            ([v, ga], true, false) => {
+                let (v, ga) = (&mut v[..n], &mut ga[..n]);
+                for i in 0..n {
+                    let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+                    let vi = h.alpha * v[i] + h.one_minus_alpha * gi * gi;
+                    let a = ga[i] + h.one_minus_alpha * (gi - ga[i]);
+                    v[i] = vi;
+                    ga[i] = a;
+                    p[i] -= h.lr * gi / ((vi - a * a).sqrt() + h.eps);
+                }
+            }
+            ([v, buf], false, true) => {
+                let (v, buf) = (&mut v[..n], &mut buf[..n]);
+                for i in 0..n {
+                    let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+                    let vi = h.alpha * v[i] + h.one_minus_alpha * gi * gi;
+                    v[i] = vi;
+                    let b = h.momentum * buf[i] + gi / (vi.sqrt() + h.eps);
+                    buf[i] = b;
+                    p[i] -= h.lr * b;
+                }
+            }
+            ([v, buf, ga], true, true) => {
+                let (v, buf, ga) = (&mut v[..n], &mut buf[..n], &mut ga[..n]);
+                for i in 0..n {
+                    let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+                    let vi = h.alpha * v[i] + h.one_minus_alpha * gi * gi;
+                    let a = ga[i] + h.one_minus_alpha * (gi - ga[i]);
+                    v[i] = vi;
+                    ga[i] = a;
+                    let b = h.momentum * buf[i] + gi / ((vi - a * a).sqrt() + h.eps);
+                    buf[i] = b;
+                    p[i] -= h.lr * b;
+                }
+            }
+            _ => unreachable!("state count matches the RMSprop options"),
+        }
+    }
+
+    pub fn adam(h: &AdamHyper, amsgrad: bool, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        let n = p.len();
+        let g = &g[..n];
+        match s {
+            [m, v] if !amsgrad => {
+                let (m, v) = (&mut m[..n], &mut v[..n]);
+                for i in 0..n {
+                    let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+                    let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
+                    let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
+                    m[i] = mi;
+                    v[i] = vi;
+                    let denom = vi.sqrt() * h.inv_sqrt_bc2 + h.eps;
+                    p[i] = p[i] * h.decay_factor - h.step_size * mi / denom;
+                }
+            }
+            [m, v, vmax] => {
+                let (m, v, vmax) = (&mut m[..n], &mut v[..n], &mut vmax[..n]);
+                for i in 0..n {
+                    let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+                    let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
+                    let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
+                    m[i] = mi;
+                    v[i] = vi;
+                    let vv = vmax[i].max(vi);
+                    vmax[i] = vv;
+                    let denom = vv.sqrt() * h.inv_sqrt_bc2 + h.eps;
+                    p[i] = p[i] * h.decay_factor - h.step_size * mi / denom;
+                }
+            }
+            _ => unreachable!("state count matches the Adam options"),
+        }
+    }
+
+    pub fn adadelta(h: &AdadeltaHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        let n = p.len();
+        let g = &g[..n];
+        let [v, u] = s else { unreachable!("Adadelta has two states") };
+        let (v, u) = (&mut v[..n], &mut u[..n]);
+        for i in 0..n {
+            let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+            let vi = h.rho * v[i] + h.one_minus_rho * gi * gi;
+            let delta = (u[i] + h.eps).sqrt() / (vi + h.eps).sqrt() * gi;
+            u[i] = h.rho * u[i] + h.one_minus_rho * delta * delta;
+            v[i] = vi;
+            p[i] -= h.lr * delta;
+        }
+    }
+
+    pub fn nadam(h: &NadamHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        let n = p.len();
+        let g = &g[..n];
+        let [m, v] = s else { unreachable!("NAdam has two states") };
+        let (m, v) = (&mut m[..n], &mut v[..n]);
+        for i in 0..n {
+            let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+            let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
+            let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            let denom = (vi / h.bias_correction2).sqrt() + h.eps;
+            let mut pi = p[i] * h.decay_factor;
+            pi -= h.grad_coef * gi / denom;
+            pi -= h.avg_coef * mi / denom;
+            p[i] = pi;
+        }
+    }
+
+    pub fn adamax(h: &AdamaxHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        let n = p.len();
+        let g = &g[..n];
+        let [m, u] = s else { unreachable!("Adamax has two states") };
+        let (m, u) = (&mut m[..n], &mut u[..n]);
+        for i in 0..n {
+            let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+            let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
+            let ui = (h.beta2 * u[i]).max(gi.abs() + h.eps);
+            m[i] = mi;
+            u[i] = ui;
+            p[i] -= h.step_size * mi / ui;
+        }
+    }
+
+    pub fn radam(h: &RadamHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        let n = p.len();
+        let g = &g[..n];
+        let [m, v] = s else { unreachable!("RAdam has two states") };
+        let (m, v) = (&mut m[..n], &mut v[..n]);
+        let rectified = h.rectified != 0;
+        for i in 0..n {
+            let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+            let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
+            let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            let pi = p[i] * h.decay_factor;
+            p[i] = if rectified {
+                pi - h.adaptive_step_size * mi / (vi.sqrt() + h.eps)
+            } else {
+                pi - h.plain_step_size * mi
+            };
+        }
+    }
+}

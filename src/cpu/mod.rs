@@ -1,0 +1,4 @@
+//! CPU implementations: the f64 reference and the fast multi-threaded f32 path.
+
+pub mod fast;
+pub mod reference;

@@ -1,0 +1,136 @@
+//! The crate's one error type.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in fused-optim, as a typed value.
+///
+/// No public function panics on bad input: it returns one of these and leaves the caller's
+/// buffers, parameters and optimizer state as they were.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// No wgpu adapter could be found.
+    #[error(
+        "no GPU adapter found ({reason}). On a machine without a GPU install a software \
+         driver: Mesa lavapipe (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`) or Mesa \
+         llvmpipe over EGL (`libegl-mesa0`); WGPU_BACKEND=vulkan|gl and WGPU_ADAPTER_NAME select one"
+    )]
+    NoAdapter {
+        /// What wgpu said.
+        reason: String,
+    },
+    /// The adapter refused to create a device.
+    #[error("could not create a device on adapter `{adapter}`: {reason}")]
+    RequestDevice {
+        /// Adapter name.
+        adapter: String,
+        /// What wgpu said.
+        reason: String,
+    },
+    /// A hyper-parameter is outside its valid range.
+    #[error("{optimizer}: invalid {name} = {value}: {requirement}")]
+    InvalidHyperParameter {
+        /// Optimizer name (PyTorch's class name).
+        optimizer: &'static str,
+        /// Hyper-parameter name (PyTorch's keyword).
+        name: &'static str,
+        /// The offending value.
+        value: f64,
+        /// What the value must satisfy.
+        requirement: &'static str,
+    },
+    /// Hyper-parameters that are valid one by one but not together.
+    #[error("{optimizer}: {reason}")]
+    InvalidCombination {
+        /// Optimizer name.
+        optimizer: &'static str,
+        /// Why the combination is refused.
+        reason: &'static str,
+    },
+    /// Two sequences that must have the same length do not.
+    #[error("length mismatch for {what}: expected {expected}, got {got}")]
+    LengthMismatch {
+        /// Which argument.
+        what: &'static str,
+        /// The length required.
+        expected: usize,
+        /// The length given.
+        got: usize,
+    },
+    /// An empty parameter set or tensor.
+    #[error("{what} is empty")]
+    Empty {
+        /// What was empty.
+        what: &'static str,
+    },
+    /// A buffer larger than the device allows.
+    #[error("{what} needs {bytes} bytes, above the device limit max_buffer_size = {limit}")]
+    BufferTooLarge {
+        /// Which buffer.
+        what: &'static str,
+        /// Bytes needed.
+        bytes: u64,
+        /// The device's limit.
+        limit: u64,
+    },
+    /// A caller-supplied buffer is smaller than required.
+    #[error(
+        "{what} holds {got} bytes but {needed} are needed (fused-optim processes 4 elements per \
+         lane, so a buffer for n elements must hold round_up(n, 4) * 4 bytes)"
+    )]
+    BufferTooSmall {
+        /// Which buffer.
+        what: &'static str,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes present.
+        got: u64,
+    },
+    /// A caller-supplied buffer lacks a usage flag it needs.
+    #[error("{what} lacks the buffer usage {usage} (it has {has})")]
+    MissingUsage {
+        /// Which buffer.
+        what: &'static str,
+        /// The missing usage.
+        usage: &'static str,
+        /// The usages it has, as wgpu prints them.
+        has: String,
+    },
+    /// A name that is not a state of this optimizer (with its options).
+    #[error("{optimizer} has no state `{name}` with this configuration (it has: {known})")]
+    UnknownState {
+        /// Optimizer name.
+        optimizer: &'static str,
+        /// The name asked for.
+        name: String,
+        /// The names it has.
+        known: String,
+    },
+    /// A segment name that does not exist, or exists twice.
+    #[error("segment `{name}`: {reason}")]
+    Segment {
+        /// The segment name.
+        name: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A wgpu validation or device error (shader compilation, mapping, polling).
+    #[error("wgpu error during {during}: {message}")]
+    Wgpu {
+        /// What was being done.
+        during: &'static str,
+        /// What wgpu said.
+        message: String,
+    },
+    /// A golden file that does not follow the `optim-golden/1` schema or asks for an
+    /// unsupported option.
+    #[error("golden file {file}: {reason}")]
+    Golden {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,407 @@
+//! Flat device buffers: creation, upload, read-back (staging + map), and named segments.
+
+use ndarray::{ArrayBase, ArrayD, Data, Dimension, IxDyn};
+
+use super::context::GpuContext;
+use crate::dispatch::padded_len;
+use crate::error::{Error, Result};
+
+/// Usages of every flat buffer fused-optim allocates.
+pub(crate) const FLAT_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Bytes a flat buffer of `len` f32 elements occupies (whole vec4 lanes).
+pub fn flat_bytes(len: usize) -> u64 {
+    padded_len(len as u64) * 4
+}
+
+/// A zero-filled flat f32 buffer of `len` elements (padded to whole vec4 lanes).
+pub(crate) fn create_flat(ctx: &GpuContext, label: &'static str, len: usize) -> Result<wgpu::Buffer> {
+    let bytes = flat_bytes(len);
+    let limit = ctx.device().limits().max_buffer_size;
+    if bytes > limit {
+        return Err(Error::BufferTooLarge {
+            what: label,
+            bytes,
+            limit,
+        });
+    }
+    // wgpu zero-initialises new buffers.
+    Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes,
+        usage: FLAT_USAGE,
+        mapped_at_creation: false,
+    }))
+}
+
+/// Fill elements `[0, len)` of `buffer` with `value` (through the queue; visible to the next
+/// submission).
+pub(crate) fn fill(ctx: &GpuContext, buffer: &wgpu::Buffer, len: usize, value: f32) {
+    if value.to_bits() == 0 {
+        return; // already zero
+    }
+    const CHUNK: usize = 1 << 20;
+    let block = vec![value; CHUNK.min(len)];
+    let mut start = 0;
+    while start < len {
+        let n = CHUNK.min(len - start);
+        ctx.queue()
+            .write_buffer(buffer, start as u64 * 4, bytemuck::cast_slice(&block[..n]));
+        start += n;
+    }
+}
+
+/// Copy elements `[start, start + len)` of any f32 `buffer` (with `COPY_SRC` usage) back to
+/// the host. Waits for the device.
+pub fn read_f32(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    start: usize,
+    len: usize,
+) -> Result<Vec<f32>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    require_usage(buffer, "buffer to read", wgpu::BufferUsages::COPY_SRC, "COPY_SRC")?;
+    let bytes = len as u64 * 4;
+    // Mappable memory cannot be a storage buffer, so the data goes through a staging copy.
+    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("fused-optim read-back"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read-back") });
+    encoder.copy_buffer_to_buffer(buffer, start as u64 * 4, &staging, 0, bytes);
+    ctx.queue().submit([encoder.finish()]);
+    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        sender.send(r).ok();
+    });
+    ctx.wait()?;
+    match pollster::block_on(receiver.receive()) {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            return Err(Error::Wgpu {
+                during: "buffer map",
+                message: e.to_string(),
+            })
+        }
+        None => {
+            return Err(Error::Wgpu {
+                during: "buffer map",
+                message: "the map callback never ran".into(),
+            })
+        }
+    }
+    let view = staging.get_mapped_range(..).map_err(|e| Error::Wgpu {
+        during: "get_mapped_range",
+        message: e.to_string(),
+    })?;
+    let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+    drop(view);
+    staging.unmap();
+    Ok(out)
+}
+
+pub(crate) fn require_usage(
+    buffer: &wgpu::Buffer,
+    what: &'static str,
+    usage: wgpu::BufferUsages,
+    usage_name: &'static str,
+) -> Result<()> {
+    if buffer.usage().contains(usage) {
+        Ok(())
+    } else {
+        Err(Error::MissingUsage {
+            what,
+            usage: usage_name,
+            has: format!("{:?}", buffer.usage()),
+        })
+    }
+}
+
+fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::LengthMismatch { what, expected, got })
+    }
+}
+
+/// One named tensor inside the flat buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Its name.
+    pub name: String,
+    /// First element in the flat buffer.
+    pub offset: usize,
+    /// Its shape (row-major); the element count is the product.
+    pub shape: Vec<usize>,
+}
+
+impl Segment {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// True for a segment of zero elements (never stored: building refuses them).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The parameters and gradients of a model on the device: two flat f32 buffers holding named
+/// tensors (segments) back to back.
+///
+/// Each buffer holds `round_up(len, 4)` elements; kernels never write the padding.
+#[derive(Clone, Debug)]
+pub struct FlatParams {
+    ctx: GpuContext,
+    params: wgpu::Buffer,
+    grads: wgpu::Buffer,
+    len: usize,
+    segments: Vec<Segment>,
+}
+
+/// Collects named tensors, then uploads them as one [`FlatParams`].
+#[derive(Clone, Debug, Default)]
+pub struct FlatParamsBuilder {
+    segments: Vec<Segment>,
+    data: Vec<f32>,
+}
+
+impl FlatParamsBuilder {
+    /// Append a 1-D tensor.
+    pub fn slice(mut self, name: &str, values: &[f32]) -> Self {
+        self.push(name, vec![values.len()], values.iter().copied());
+        self
+    }
+
+    /// Append an ndarray tensor of any shape (copied in logical row-major order).
+    pub fn array<S: Data<Elem = f32>, D: Dimension>(
+        mut self,
+        name: &str,
+        values: &ArrayBase<S, D>,
+    ) -> Self {
+        self.push(name, values.shape().to_vec(), values.iter().copied());
+        self
+    }
+
+    fn push(&mut self, name: &str, shape: Vec<usize>, values: impl Iterator<Item = f32>) {
+        let offset = self.data.len();
+        self.data.extend(values);
+        self.segments.push(Segment {
+            name: name.to_string(),
+            offset,
+            shape,
+        });
+    }
+
+    /// Upload. Fails on an empty set, an empty or duplicate segment, or a buffer past the
+    /// device limit.
+    pub fn build(self, ctx: &GpuContext) -> Result<FlatParams> {
+        for (i, s) in self.segments.iter().enumerate() {
+            if s.is_empty() {
+                return Err(Error::Segment {
+                    name: s.name.clone(),
+                    reason: "has no elements",
+                });
+            }
+            if self.segments[..i].iter().any(|o| o.name == s.name) {
+                return Err(Error::Segment {
+                    name: s.name.clone(),
+                    reason: "appears twice",
+                });
+            }
+        }
+        let mut flat = FlatParams::zeros(ctx, self.data.len())?;
+        flat.write_params(&self.data)?;
+        flat.segments = self.segments;
+        Ok(flat)
+    }
+}
+
+impl FlatParams {
+    /// Start collecting named tensors.
+    pub fn builder() -> FlatParamsBuilder {
+        FlatParamsBuilder::default()
+    }
+
+    /// One 1-D segment named `"params"` holding `values`; gradients start at 0.
+    pub fn from_slice(ctx: &GpuContext, values: &[f32]) -> Result<Self> {
+        Self::builder().slice("params", values).build(ctx)
+    }
+
+    /// `len` zero parameters in one segment named `"params"`.
+    pub fn zeros(ctx: &GpuContext, len: usize) -> Result<Self> {
+        if len == 0 {
+            return Err(Error::Empty { what: "parameter set" });
+        }
+        let params = create_flat(ctx, "fused-optim params", len)?;
+        let grads = create_flat(ctx, "fused-optim grads", len)?;
+        Ok(Self {
+            ctx: ctx.clone(),
+            params,
+            grads,
+            len,
+            segments: vec![Segment {
+                name: "params".into(),
+                offset: 0,
+                shape: vec![len],
+            }],
+        })
+    }
+
+    /// Use buffers the caller already has (e.g. gradients written by its own backward pass).
+    ///
+    /// Both need `STORAGE` usage (and `COPY_SRC`/`COPY_DST` for reads and writes through this
+    /// type) and at least `round_up(len, 4) * 4` bytes: the kernels work on whole `vec4`
+    /// lanes but never write elements at or past `len`.
+    pub fn from_buffers(
+        ctx: &GpuContext,
+        params: wgpu::Buffer,
+        grads: wgpu::Buffer,
+        len: usize,
+    ) -> Result<Self> {
+        if len == 0 {
+            return Err(Error::Empty { what: "parameter set" });
+        }
+        let needed = flat_bytes(len);
+        for (what, b) in [("params buffer", &params), ("grads buffer", &grads)] {
+            require_usage(b, what, wgpu::BufferUsages::STORAGE, "STORAGE")?;
+            if b.size() < needed {
+                return Err(Error::BufferTooSmall {
+                    what,
+                    needed,
+                    got: b.size(),
+                });
+            }
+        }
+        Ok(Self {
+            ctx: ctx.clone(),
+            params,
+            grads,
+            len,
+            segments: vec![Segment {
+                name: "params".into(),
+                offset: 0,
+                shape: vec![len],
+            }],
+        })
+    }
+
+    /// Number of logical elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false (an empty set is refused at construction).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The named tensors, in order.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// One segment by name.
+    pub fn segment(&self, name: &str) -> Result<&Segment> {
+        self.segments
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::Segment {
+                name: name.to_string(),
+                reason: "does not exist",
+            })
+    }
+
+    /// The parameter buffer.
+    pub fn params_buffer(&self) -> &wgpu::Buffer {
+        &self.params
+    }
+
+    /// The gradient buffer.
+    pub fn grads_buffer(&self) -> &wgpu::Buffer {
+        &self.grads
+    }
+
+    /// The context the buffers live on.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Overwrite all parameters (takes effect at the next submission).
+    pub fn write_params(&self, values: &[f32]) -> Result<()> {
+        check_len("params", self.len, values.len())?;
+        require_usage(&self.params, "params buffer", wgpu::BufferUsages::COPY_DST, "COPY_DST")?;
+        self.ctx
+            .queue()
+            .write_buffer(&self.params, 0, bytemuck::cast_slice(values));
+        Ok(())
+    }
+
+    /// Overwrite all gradients (takes effect at the next submission).
+    pub fn write_grads(&self, values: &[f32]) -> Result<()> {
+        check_len("grads", self.len, values.len())?;
+        require_usage(&self.grads, "grads buffer", wgpu::BufferUsages::COPY_DST, "COPY_DST")?;
+        self.ctx
+            .queue()
+            .write_buffer(&self.grads, 0, bytemuck::cast_slice(values));
+        Ok(())
+    }
+
+    /// Overwrite the gradient of one segment.
+    pub fn write_segment_grads(&self, name: &str, values: &[f32]) -> Result<()> {
+        let s = self.segment(name)?;
+        check_len("segment grads", s.len(), values.len())?;
+        require_usage(&self.grads, "grads buffer", wgpu::BufferUsages::COPY_DST, "COPY_DST")?;
+        self.ctx
+            .queue()
+            .write_buffer(&self.grads, s.offset as u64 * 4, bytemuck::cast_slice(values));
+        Ok(())
+    }
+
+    /// Overwrite the gradient of one segment from an ndarray of the segment's shape.
+    pub fn write_segment_grads_array<S: Data<Elem = f32>, D: Dimension>(
+        &self,
+        name: &str,
+        values: &ArrayBase<S, D>,
+    ) -> Result<()> {
+        let s = self.segment(name)?;
+        if values.shape() != s.shape.as_slice() {
+            return Err(Error::LengthMismatch {
+                what: "segment grads (elements; the shapes differ)",
+                expected: s.len(),
+                got: values.len(),
+            });
+        }
+        let flat: Vec<f32> = values.iter().copied().collect();
+        self.write_segment_grads(name, &flat)
+    }
+
+    /// Read all parameters back (waits for the device).
+    pub fn read_params(&self) -> Result<Vec<f32>> {
+        read_f32(&self.ctx, &self.params, 0, self.len)
+    }
+
+    /// Read all gradients back (waits for the device).
+    pub fn read_grads(&self) -> Result<Vec<f32>> {
+        read_f32(&self.ctx, &self.grads, 0, self.len)
+    }
+
+    /// Read one segment's parameters back as an array of its shape.
+    pub fn read_segment(&self, name: &str) -> Result<ArrayD<f32>> {
+        let s = self.segment(name)?.clone();
+        let values = read_f32(&self.ctx, &self.params, s.offset, s.len())?;
+        ArrayD::from_shape_vec(IxDyn(&s.shape), values).map_err(|e| Error::Wgpu {
+            during: "shaping a segment",
+            message: e.to_string(),
+        })
+    }
+}

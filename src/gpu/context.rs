@@ -1,0 +1,207 @@
+//! `GpuContext`: getting a device, kept apart from doing work on one.
+
+use crate::error::{Error, Result};
+
+/// Launch shape of every optimizer kernel. Both values are WGSL pipeline-overridable
+/// constants, so changing them rebuilds nothing at step time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelTuning {
+    /// Invocations per workgroup (`@workgroup_size`).
+    pub workgroup_size: u32,
+    /// `vec4<f32>` lanes each invocation updates; consecutive invocations touch consecutive
+    /// lanes, so every memory access of a workgroup is contiguous.
+    pub vec4_per_invocation: u32,
+}
+
+impl Default for KernelTuning {
+    fn default() -> Self {
+        Self {
+            workgroup_size: 64,
+            vec4_per_invocation: 4,
+        }
+    }
+}
+
+impl KernelTuning {
+    /// Elements updated by one workgroup.
+    pub fn elements_per_workgroup(&self) -> u64 {
+        u64::from(self.workgroup_size) * u64::from(self.vec4_per_invocation) * 4
+    }
+}
+
+/// Options for a [`GpuContext`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContextOptions {
+    /// Cap on the bytes of one storage binding, below the device's own
+    /// `max_storage_buffer_binding_size`. `None` uses the device limit. Smaller windows are
+    /// useful to exercise the windowed dispatch on small buffers.
+    pub max_binding_bytes: Option<u64>,
+    /// Kernel launch shape.
+    pub tuning: KernelTuning,
+}
+
+/// A wgpu device and queue plus what fused-optim needs to know about them.
+///
+/// Cheap to clone: `wgpu::Device` and `wgpu::Queue` are reference-counted handles.
+#[derive(Clone, Debug)]
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter_info: Option<wgpu::AdapterInfo>,
+    options: ContextOptions,
+}
+
+impl GpuContext {
+    /// Blocking constructor: picks an adapter (honouring `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`,
+    /// `WGPU_POWER_PREF`) and requests a device with the adapter's own limits.
+    pub fn new() -> Result<Self> {
+        pollster::block_on(Self::new_async(ContextOptions::default()))
+    }
+
+    /// Blocking constructor with options.
+    pub fn with_options(options: ContextOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(options))
+    }
+
+    /// Async constructor.
+    pub async fn new_async(options: ContextOptions) -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = select_adapter(&instance).await?;
+        let info = adapter.get_info();
+        // Ask for exactly what the adapter has: downlevel defaults would cap storage bindings
+        // and workgroup counts far below what real devices (and lavapipe) offer.
+        let limits = adapter.limits();
+        let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let features = adapter.features() & wanted;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("fused-optim"),
+                required_features: features,
+                required_limits: limits,
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::RequestDevice {
+                adapter: info.name.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            device,
+            queue,
+            adapter_info: Some(info),
+            options,
+        })
+    }
+
+    /// Wrap a device and queue the caller already has (e.g. from its own renderer or
+    /// training stack). The limits used are the device's own.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self {
+            device,
+            queue,
+            adapter_info: None,
+            options: ContextOptions::default(),
+        }
+    }
+
+    /// The same device with other options.
+    pub fn with_context_options(mut self, options: ContextOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The adapter's description, when this context chose the adapter itself.
+    pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
+        self.adapter_info.as_ref()
+    }
+
+    /// True when the adapter is a CPU implementation (lavapipe, llvmpipe, WARP...).
+    pub fn is_software(&self) -> bool {
+        self.adapter_info
+            .as_ref()
+            .is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu)
+    }
+
+    /// One line naming the adapter, its backend and its kind.
+    pub fn describe(&self) -> String {
+        match &self.adapter_info {
+            Some(i) => format!(
+                "{} ({:?}, {:?}{}; driver {} {})",
+                i.name,
+                i.backend,
+                i.device_type,
+                if i.device_type == wgpu::DeviceType::Cpu {
+                    ": a CPU implementation, not a GPU"
+                } else {
+                    ""
+                },
+                i.driver,
+                i.driver_info
+            ),
+            None => "caller-supplied wgpu device".to_string(),
+        }
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &ContextOptions {
+        &self.options
+    }
+
+    /// Largest storage binding used, in bytes (device limit, possibly capped by the options).
+    pub fn max_binding_bytes(&self) -> u64 {
+        let limit = self.device.limits().max_storage_buffer_binding_size;
+        self.options.max_binding_bytes.map_or(limit, |cap| cap.min(limit))
+    }
+
+    /// Wait until all submitted work has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Wgpu {
+                during: "device poll",
+                message: e.to_string(),
+            })
+    }
+}
+
+async fn select_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+    if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+        let wanted = wanted.to_lowercase();
+        let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+            .ok_or_else(|| Error::NoAdapter {
+                reason: format!(
+                    "WGPU_ADAPTER_NAME={wanted} matches none of the adapters found: {names:?}"
+                ),
+            });
+    }
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::from_env()
+                .unwrap_or(wgpu::PowerPreference::HighPerformance),
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            apply_limit_buckets: false,
+        })
+        .await
+        .map_err(|e| Error::NoAdapter {
+            reason: e.to_string(),
+        })
+}

@@ -1,0 +1,6 @@
+//! The wgpu side: context, flat buffers, kernels, the optimizer runner.
+
+pub mod buffer;
+pub mod context;
+pub mod optimizer;
+pub mod shaders;

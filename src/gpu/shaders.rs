@@ -1,0 +1,51 @@
+//! The WGSL sources, assembled: `common.wgsl` (launch geometry) + one algorithm file.
+
+use crate::optim::OptimizerConfig;
+
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+/// Every algorithm kernel: (file name, source without the common prelude, state slots in
+/// binding order starting at binding 4).
+pub const KERNELS: &[(&str, &str, &[&str])] = &[
+    ("sgd.wgsl", include_str!("../../shaders/sgd.wgsl"), &["momentum_buffer"]),
+    ("adagrad.wgsl", include_str!("../../shaders/adagrad.wgsl"), &["sum"]),
+    (
+        "rmsprop.wgsl",
+        include_str!("../../shaders/rmsprop.wgsl"),
+        &["square_avg", "momentum_buffer", "grad_avg"],
+    ),
+    (
+        "adam.wgsl",
+        include_str!("../../shaders/adam.wgsl"),
+        &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+    ),
+    (
+        "adadelta.wgsl",
+        include_str!("../../shaders/adadelta.wgsl"),
+        &["square_avg", "acc_delta"],
+    ),
+    ("nadam.wgsl", include_str!("../../shaders/nadam.wgsl"), &["exp_avg", "exp_avg_sq"]),
+    ("adamax.wgsl", include_str!("../../shaders/adamax.wgsl"), &["exp_avg", "exp_inf"]),
+    ("radam.wgsl", include_str!("../../shaders/radam.wgsl"), &["exp_avg", "exp_avg_sq"]),
+];
+
+/// The full module source of a kernel file (prelude + algorithm).
+pub fn assemble(kernel_source: &str) -> String {
+    format!("{COMMON}\n{kernel_source}")
+}
+
+/// (file name, full source, state slots) of the kernel serving `config`.
+pub fn kernel_for(config: &OptimizerConfig) -> (&'static str, String, &'static [&'static str]) {
+    let index = match config {
+        OptimizerConfig::Sgd(_) => 0,
+        OptimizerConfig::Adagrad(_) => 1,
+        OptimizerConfig::Rmsprop(_) => 2,
+        OptimizerConfig::Adam(_) => 3,
+        OptimizerConfig::Adadelta(_) => 4,
+        OptimizerConfig::Nadam(_) => 5,
+        OptimizerConfig::Adamax(_) => 6,
+        OptimizerConfig::Radam(_) => 7,
+    };
+    let (name, source, slots) = KERNELS[index];
+    (name, assemble(source), slots)
+}

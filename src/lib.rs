@@ -1,0 +1,44 @@
+//! # fused-optim
+//!
+//! GPU optimizer steps as one fused WGSL kernel per step, with PyTorch `torch.optim`
+//! semantics option for option, a plain f64 CPU reference every kernel is checked against,
+//! and a fast multi-threaded CPU path.
+//!
+//! An optimizer step reads every parameter, gradient and state element once and writes the
+//! parameter and state once: it is bound by memory bandwidth, so the whole update is one pass
+//! over flat buffers (one dispatch per binding window, one submission per step).
+//!
+//! ```no_run
+//! # fn main() -> fused_optim::Result<()> {
+//! use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer};
+//!
+//! let ctx = GpuContext::new()?;                       // WGPU_BACKEND=vulkan|gl to choose
+//! let params = FlatParams::from_slice(&ctx, &vec![0.5f32; 1_000_003])?;
+//! let mut opt = GpuOptimizer::new(&params, AdamConfig { lr: 1e-2, ..Default::default() })?;
+//! for _ in 0..10 {
+//!     params.write_grads(&vec![0.1f32; 1_000_003])?; // or bind your own grads buffer
+//!     opt.step()?;                                    // no read-back
+//! }
+//! let updated: Vec<f32> = params.read_params()?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod cpu;
+pub mod dispatch;
+pub mod error;
+pub mod golden;
+pub mod gpu;
+pub mod optim;
+
+pub use cpu::fast::CpuOptimizer;
+pub use cpu::reference::ReferenceOptimizer;
+pub use error::{Error, Result};
+pub use gpu::buffer::{FlatParams, FlatParamsBuilder, Segment};
+pub use gpu::context::{ContextOptions, GpuContext, KernelTuning};
+pub use gpu::optimizer::{GpuOptimizer, UNIFORM_RING};
+pub use optim::{
+    AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, HostState, NadamConfig,
+    OptimizerConfig, RadamConfig, RmspropConfig, SgdConfig,
+};

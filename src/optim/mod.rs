@@ -1,0 +1,263 @@
+//! Optimizer configurations (PyTorch defaults and validation) and the host-side, per-step
+//! scalars every implementation (GPU kernel, fast CPU path) is fed with.
+//!
+//! Each algorithm lives in its own file, next to the `#[repr(C)]` mirror of its WGSL uniform.
+
+mod adadelta;
+mod adagrad;
+mod adam;
+mod adamax;
+mod nadam;
+mod radam;
+mod rmsprop;
+mod sgd;
+pub(crate) mod validate;
+
+pub use adadelta::{AdadeltaConfig, AdadeltaHyper};
+pub use adagrad::{AdagradConfig, AdagradHyper};
+pub use adam::{AdamConfig, AdamHyper};
+pub use adamax::{AdamaxConfig, AdamaxHyper};
+pub use nadam::{NadamConfig, NadamHyper};
+pub use radam::{RadamConfig, RadamHyper};
+pub use rmsprop::{RmspropConfig, RmspropHyper};
+pub use sgd::{SgdConfig, SgdHyper};
+
+use crate::error::{Error, Result};
+
+/// Any optimizer of the crate, with its hyper-parameters.
+///
+/// Build one from a specific config with `.into()`:
+/// `OptimizerConfig::from(AdamConfig::default())`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OptimizerConfig {
+    /// [`SgdConfig`].
+    Sgd(SgdConfig),
+    /// [`AdagradConfig`].
+    Adagrad(AdagradConfig),
+    /// [`RmspropConfig`].
+    Rmsprop(RmspropConfig),
+    /// [`AdamConfig`] (Adam, AdamW, AMSGrad).
+    Adam(AdamConfig),
+    /// [`AdadeltaConfig`].
+    Adadelta(AdadeltaConfig),
+    /// [`NadamConfig`].
+    Nadam(NadamConfig),
+    /// [`AdamaxConfig`].
+    Adamax(AdamaxConfig),
+    /// [`RadamConfig`].
+    Radam(RadamConfig),
+}
+
+macro_rules! impl_from {
+    ($($variant:ident($ty:ty)),*) => {$(
+        impl From<$ty> for OptimizerConfig {
+            fn from(c: $ty) -> Self {
+                OptimizerConfig::$variant(c)
+            }
+        }
+    )*};
+}
+impl_from!(
+    Sgd(SgdConfig),
+    Adagrad(AdagradConfig),
+    Rmsprop(RmspropConfig),
+    Adam(AdamConfig),
+    Adadelta(AdadeltaConfig),
+    Nadam(NadamConfig),
+    Adamax(AdamaxConfig),
+    Radam(RadamConfig)
+);
+
+/// The scalar part of an optimizer's state, kept on the host: the step counter (PyTorch's
+/// `step`), the current learning rate, NAdam's `mu_product`, and whether SGD's momentum
+/// buffer exists yet.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HostState {
+    /// Steps taken so far (PyTorch's `step`); the next step uses `step + 1`.
+    pub step: u64,
+    /// Learning rate for the next step.
+    pub lr: f64,
+    /// NAdam's running product of mu (1 before the first step).
+    pub mu_product: f64,
+    /// SGD: false until the momentum buffer has been created (first step: buffer = g).
+    pub momentum_buffer_ready: bool,
+}
+
+impl HostState {
+    /// The state before the first step.
+    pub fn new(lr: f64) -> Self {
+        Self {
+            step: 0,
+            lr,
+            mu_product: 1.0,
+            momentum_buffer_ready: false,
+        }
+    }
+}
+
+/// The per-step uniform of one kernel, typed.
+#[derive(Clone, Copy, Debug)]
+pub enum Hyper {
+    /// SGD.
+    Sgd(SgdHyper),
+    /// Adagrad.
+    Adagrad(AdagradHyper),
+    /// RMSprop.
+    Rmsprop(RmspropHyper),
+    /// Adam / AdamW.
+    Adam(AdamHyper),
+    /// Adadelta.
+    Adadelta(AdadeltaHyper),
+    /// NAdam.
+    Nadam(NadamHyper),
+    /// Adamax.
+    Adamax(AdamaxHyper),
+    /// RAdam.
+    Radam(RadamHyper),
+}
+
+impl Hyper {
+    /// The bytes written to the uniform buffer.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Hyper::Sgd(h) => bytemuck::bytes_of(h),
+            Hyper::Adagrad(h) => bytemuck::bytes_of(h),
+            Hyper::Rmsprop(h) => bytemuck::bytes_of(h),
+            Hyper::Adam(h) => bytemuck::bytes_of(h),
+            Hyper::Adadelta(h) => bytemuck::bytes_of(h),
+            Hyper::Nadam(h) => bytemuck::bytes_of(h),
+            Hyper::Adamax(h) => bytemuck::bytes_of(h),
+            Hyper::Radam(h) => bytemuck::bytes_of(h),
+        }
+    }
+}
+
+/// Size in bytes of the largest per-step uniform.
+pub const MAX_HYPER_BYTES: u64 = 48;
+
+impl OptimizerConfig {
+    /// PyTorch's class name (`"AdamW"` for Adam with decoupled weight decay).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sgd(_) => SgdConfig::NAME,
+            Self::Adagrad(_) => AdagradConfig::NAME,
+            Self::Rmsprop(_) => RmspropConfig::NAME,
+            Self::Adam(c) => c.name(),
+            Self::Adadelta(_) => AdadeltaConfig::NAME,
+            Self::Nadam(_) => NadamConfig::NAME,
+            Self::Adamax(_) => AdamaxConfig::NAME,
+            Self::Radam(_) => RadamConfig::NAME,
+        }
+    }
+
+    /// Check the hyper-parameters; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Self::Sgd(c) => c.validate(),
+            Self::Adagrad(c) => c.validate(),
+            Self::Rmsprop(c) => c.validate(),
+            Self::Adam(c) => c.validate(),
+            Self::Adadelta(c) => c.validate(),
+            Self::Nadam(c) => c.validate(),
+            Self::Adamax(c) => c.validate(),
+            Self::Radam(c) => c.validate(),
+        }
+    }
+
+    /// The initial learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            Self::Sgd(c) => c.lr,
+            Self::Adagrad(c) => c.lr,
+            Self::Rmsprop(c) => c.lr,
+            Self::Adam(c) => c.lr,
+            Self::Adadelta(c) => c.lr,
+            Self::Nadam(c) => c.lr,
+            Self::Adamax(c) => c.lr,
+            Self::Radam(c) => c.lr,
+        }
+    }
+
+    /// Per-element state tensors this configuration has, by PyTorch's names, in the order the
+    /// kernels bind them.
+    pub fn state_names(&self) -> Vec<&'static str> {
+        match self {
+            Self::Sgd(c) => c.state_names(),
+            Self::Adagrad(c) => c.state_names(),
+            Self::Rmsprop(c) => c.state_names(),
+            Self::Adam(c) => c.state_names(),
+            Self::Adadelta(c) => c.state_names(),
+            Self::Nadam(c) => c.state_names(),
+            Self::Adamax(c) => c.state_names(),
+            Self::Radam(c) => c.state_names(),
+        }
+    }
+
+    /// Initial value of a state tensor (Adagrad's `sum` starts at
+    /// `initial_accumulator_value`; everything else at 0).
+    pub fn initial_state_value(&self, name: &str) -> f32 {
+        match (self, name) {
+            (Self::Adagrad(c), "sum") => c.initial_accumulator_value as f32,
+            _ => 0.0,
+        }
+    }
+
+    /// Index of a state tensor in [`Self::state_names`], or a typed error.
+    pub fn state_index(&self, name: &str) -> Result<usize> {
+        let names = self.state_names();
+        names
+            .iter()
+            .position(|n| *n == name)
+            .ok_or_else(|| Error::UnknownState {
+                optimizer: self.name(),
+                name: name.to_string(),
+                known: names.join(", "),
+            })
+    }
+
+    /// Minimal bytes moved per parameter per step: p, g read; p written; each state read and
+    /// written once (f32).
+    pub fn minimal_bytes_per_param(&self) -> u64 {
+        12 + 8 * self.state_names().len() as u64
+    }
+
+    /// Pipeline-overridable constants of the kernel for this configuration (structural
+    /// flags only; everything numeric is in the per-step uniform).
+    pub(crate) fn overrides(&self) -> Vec<(&'static str, f64)> {
+        match self {
+            Self::Sgd(c) => c.overrides(),
+            Self::Rmsprop(c) => c.overrides(),
+            Self::Adam(c) => c.overrides(),
+            _ => vec![],
+        }
+    }
+
+    /// Starts a step: increments the step counter, advances host scalar state (NAdam's
+    /// `mu_product`) and returns the step's uniform, computed in f64 and rounded to f32.
+    pub fn begin_step(&self, host: &mut HostState) -> Hyper {
+        host.step += 1;
+        if let Self::Nadam(c) = self {
+            c.advance(host);
+        }
+        match self {
+            Self::Sgd(c) => Hyper::Sgd(c.hyper(host)),
+            Self::Adagrad(c) => Hyper::Adagrad(c.hyper(host)),
+            Self::Rmsprop(c) => Hyper::Rmsprop(c.hyper(host)),
+            Self::Adam(c) => Hyper::Adam(c.hyper(host)),
+            Self::Adadelta(c) => Hyper::Adadelta(c.hyper(host)),
+            Self::Nadam(c) => Hyper::Nadam(c.hyper(host)),
+            Self::Adamax(c) => Hyper::Adamax(c.hyper(host)),
+            Self::Radam(c) => Hyper::Radam(c.hyper(host)),
+        }
+    }
+
+    /// Ends a step whose kernel has been issued.
+    pub fn end_step(&self, host: &mut HostState) {
+        host.momentum_buffer_ready = true;
+    }
+}
+
+/// Checks a learning rate given to `set_lr`.
+pub(crate) fn validate_lr(optimizer: &'static str, lr: f64) -> Result<()> {
+    validate::non_negative(optimizer, "lr", lr)
+}
