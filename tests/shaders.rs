@@ -1,0 +1,88 @@
+//! naga parses and validates every kernel; each WGSL uniform struct matches its Rust mirror
+//! (size and every member offset).
+
+use fused_optim::gpu::shaders::{assemble, KERNELS};
+use fused_optim::optim::*;
+
+fn module(source: &str) -> naga::Module {
+    naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)))
+}
+
+#[test]
+fn every_kernel_parses_and_validates() {
+    for (file, source, _) in KERNELS {
+        let full = assemble(source);
+        let m = module(&full);
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&m)
+        .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&full)));
+        assert!(m.entry_points.iter().any(|e| e.name == "main"), "{file}: no main");
+    }
+}
+
+/// (member name, byte offset) of a WGSL struct, and its size.
+fn wgsl_layout(source: &str, name: &str) -> (Vec<(String, u32)>, u32) {
+    let m = module(&assemble(source));
+    for (_, ty) in m.types.iter() {
+        if ty.name.as_deref() == Some(name) {
+            if let naga::TypeInner::Struct { members, span } = &ty.inner {
+                let members = members
+                    .iter()
+                    .map(|mem| (mem.name.clone().unwrap_or_default(), mem.offset))
+                    .collect();
+                return (members, *span);
+            }
+        }
+    }
+    panic!("struct {name} not found");
+}
+
+macro_rules! check_mirror {
+    ($file:expr, $ty:ty, [$($field:ident),*]) => {{
+        let source = KERNELS.iter().find(|k| k.0 == $file).unwrap().1;
+        let (members, size) = wgsl_layout(source, "Hyper");
+        assert_eq!(size as usize, std::mem::size_of::<$ty>(), "{} size", $file);
+        assert!(std::mem::size_of::<$ty>() as u64 <= MAX_HYPER_BYTES);
+        let rust: Vec<(&str, usize)> = vec![$((stringify!($field), std::mem::offset_of!($ty, $field))),*];
+        for (name, offset) in rust {
+            let wgsl = members.iter().find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("{}: WGSL Hyper lacks `{name}`", $file));
+            assert_eq!(wgsl.1 as usize, offset, "{}: offset of {name}", $file);
+        }
+        let real_members = members.iter().filter(|(n, _)| !n.starts_with("_pad")).count();
+        assert_eq!(real_members, [$(stringify!($field)),*].len(), "{}: member count", $file);
+    }};
+}
+
+#[test]
+fn uniform_structs_match_rust_mirrors() {
+    check_mirror!("sgd.wgsl", SgdHyper, [lr, grad_sign, weight_decay, buffer_keep, grad_into_buffer, momentum]);
+    check_mirror!("adagrad.wgsl", AdagradHyper, [grad_sign, weight_decay, clr, eps]);
+    check_mirror!("rmsprop.wgsl", RmspropHyper, [lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum]);
+    check_mirror!("adam.wgsl", AdamHyper, [grad_sign, weight_decay, decay_factor, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_sqrt_bc2, eps]);
+    check_mirror!("adadelta.wgsl", AdadeltaHyper, [lr, grad_sign, weight_decay, rho, one_minus_rho, eps]);
+    check_mirror!("nadam.wgsl", NadamHyper, [grad_sign, weight_decay, decay_factor, one_minus_beta1, beta2, one_minus_beta2, bias_correction2, eps, grad_coef, avg_coef]);
+    check_mirror!("adamax.wgsl", AdamaxHyper, [grad_sign, weight_decay, one_minus_beta1, beta2, eps, step_size]);
+    check_mirror!("radam.wgsl", RadamHyper, [grad_sign, weight_decay, decay_factor, one_minus_beta1, beta2, one_minus_beta2, eps, rectified, plain_step_size, adaptive_step_size]);
+}
+
+#[test]
+fn window_struct_is_16_bytes() {
+    let (members, size) = wgsl_layout(KERNELS[0].1, "Window");
+    assert_eq!(size, 16);
+    assert_eq!(members[0], ("n".to_string(), 0));
+}
+
+/// Every shader bounds-checks: the common entry point returns when the lane index reaches
+/// the window's lane count, and every store is masked by `live`.
+#[test]
+fn every_kernel_store_is_masked() {
+    for (file, source, _) in KERNELS {
+        for line in source.lines().filter(|l| l.contains("] = ")) {
+            assert!(line.contains("select("), "{file}: unmasked store `{}`", line.trim());
+        }
+    }
+}
