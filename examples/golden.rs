@@ -58,7 +58,10 @@ fn main() -> ExitCode {
         let case = match golden::load(&file) {
             Ok(Some(c)) => c,
             Ok(None) => {
-                println!("SKIP {} (not a golden case: another schema, or an index of cases)", file.display());
+                println!(
+                    "SKIP {} (not a golden case: another schema, or an index of cases)",
+                    file.display()
+                );
                 skipped += 1;
                 continue;
             }

@@ -22,10 +22,17 @@ fn cases() -> Vec<golden::GoldenCase> {
         .collect();
     // Both kinds are present and every optimizer is covered.
     assert!(cases.len() >= 40, "only {} golden cases found", cases.len());
-    for opt in ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "NAdam", "Adamax", "RAdam"] {
-        assert!(cases.iter().any(|c| c.optimizer == opt), "no golden case for {opt}");
+    for opt in [
+        "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "NAdam", "Adamax", "RAdam",
+    ] {
+        assert!(
+            cases.iter().any(|c| c.optimizer == opt),
+            "no golden case for {opt}"
+        );
     }
-    assert!(cases.iter().any(|c| matches!(c.gradients, golden::Gradients::Path(_))));
+    assert!(cases
+        .iter()
+        .any(|c| matches!(c.gradients, golden::Gradients::Path(_))));
     cases
 }
 
@@ -58,7 +65,9 @@ fn gpu_reproduces_pytorch_float32() {
 /// classic bug) fails.
 #[test]
 fn golden_check_catches_a_wrong_config() {
-    let mut case = golden::load(&golden_dir().join("adam_eps.json")).unwrap().unwrap();
+    let mut case = golden::load(&golden_dir().join("adam_eps.json"))
+        .unwrap()
+        .unwrap();
     if let fused_optim::OptimizerConfig::Adam(c) = &mut case.config {
         c.eps *= 1.5;
     }
@@ -67,5 +76,7 @@ fn golden_check_catches_a_wrong_config() {
 
 #[test]
 fn index_json_is_skipped_not_failed() {
-    assert!(golden::load(&golden_dir().join("index.json")).unwrap().is_none());
+    assert!(golden::load(&golden_dir().join("index.json"))
+        .unwrap()
+        .is_none());
 }

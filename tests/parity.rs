@@ -24,8 +24,11 @@ fn poisoned_params(ctx: &GpuContext, p0: &[f32]) -> FlatParams {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        ctx.queue()
-            .write_buffer(&b, 0, bytemuck::cast_slice(&vec![POISON; bytes as usize / 4]));
+        ctx.queue().write_buffer(
+            &b,
+            0,
+            bytemuck::cast_slice(&vec![POISON; bytes as usize / 4]),
+        );
         b
     };
     let flat = FlatParams::from_buffers(ctx, make("params"), make("grads"), p0.len()).unwrap();
@@ -47,6 +50,7 @@ pub fn gpu_vs_reference(
     let flat = poisoned_params(ctx, &p0);
     let mut gpu = GpuOptimizer::new(&flat, gpu_config).map_err(|e| e.to_string())?;
     let mut reference = ReferenceOptimizer::new(ref_config, n).unwrap();
+    let mut state_peaks = StatePeaks::new(&reference);
     let mut p_ref: Vec<f64> = p0.iter().map(|&x| f64::from(x)).collect();
     let mut peak: Vec<f64> = p_ref.iter().map(|x| x.abs()).collect();
     let lr0 = ref_config.lr();
@@ -60,19 +64,30 @@ pub fn gpu_vs_reference(
         gpu.step().unwrap();
         reference.step(&mut p_ref, &g64).unwrap();
         track_peak(&mut peak, &p_ref);
+        state_peaks.track(&reference);
         let got = flat.read_params().unwrap();
         check_params("gpu", &got, &p_ref, &peak, k, RTOL_PER_STEP)?;
     }
-    for name in reference.state_names() {
+    for (name, peak) in reference.state_names().iter().zip(&state_peaks.0) {
         let got = gpu.read_state(name).unwrap();
-        check_state(name, &got, reference.state(name).unwrap(), STEPS, RTOL_PER_STEP)?;
+        check_state(
+            name,
+            &got,
+            reference.state(name).unwrap(),
+            peak,
+            STEPS,
+            RTOL_PER_STEP,
+        )?;
     }
     if gpu.step_count() != STEPS {
         return Err(format!("step count {} != {STEPS}", gpu.step_count()));
     }
     // Nothing was written past n: the padding still holds the poison bits.
     let padded = flat_bytes(n) as usize / 4 + 16;
-    for (what, buffer) in [("params", flat.params_buffer()), ("grads", flat.grads_buffer())] {
+    for (what, buffer) in [
+        ("params", flat.params_buffer()),
+        ("grads", flat.grads_buffer()),
+    ] {
         let all = read_f32(ctx, buffer, 0, padded).unwrap();
         if let Some(i) = (n..padded).find(|&i| all[i].to_bits() != POISON.to_bits()) {
             return Err(format!("{what}[{i}] past n = {n} was written: {}", all[i]));
@@ -90,7 +105,12 @@ fn run_all_sizes(ctx: &GpuContext, sizes: &[usize]) {
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -109,7 +129,9 @@ fn gpu_matches_reference_100003() {
 /// with several dispatches at aligned offsets and a ragged last window.
 #[test]
 fn gpu_matches_reference_across_binding_windows() {
-    let Some(ctx) = gpu_windowed(64 << 10) else { return };
+    let Some(ctx) = gpu_windowed(64 << 10) else {
+        return;
+    };
     let flat = FlatParams::zeros(&ctx, 100_003).unwrap();
     let opt = GpuOptimizer::new(&flat, SgdConfig::default()).unwrap();
     assert_eq!(opt.windows(), 7);
@@ -151,6 +173,7 @@ fn cpu_fast_matches_reference() {
             let mut peak: Vec<f64> = p_ref.iter().map(|x| x.abs()).collect();
             let mut fast = CpuOptimizer::new(config, n).unwrap();
             let mut reference = ReferenceOptimizer::new(config, n).unwrap();
+            let mut state_peaks = StatePeaks::new(&reference);
             let mut result = Ok(());
             for k in 1..=STEPS {
                 let g = grads(&mut rng, n);
@@ -161,13 +184,22 @@ fn cpu_fast_matches_reference() {
                 fast.step(&mut p, &g).unwrap();
                 reference.step(&mut p_ref, &g64).unwrap();
                 track_peak(&mut peak, &p_ref);
-                result = result.and(check_params("cpu_fast", &p, &p_ref, &peak, k, RTOL_PER_STEP));
+                state_peaks.track(&reference);
+                result = result.and(check_params(
+                    "cpu_fast",
+                    &p,
+                    &p_ref,
+                    &peak,
+                    k,
+                    RTOL_PER_STEP,
+                ));
             }
-            for name in reference.state_names() {
+            for (name, peak) in reference.state_names().iter().zip(&state_peaks.0) {
                 result = result.and(check_state(
                     name,
                     fast.state(name).unwrap(),
                     reference.state(name).unwrap(),
+                    peak,
                     STEPS,
                     RTOL_PER_STEP,
                 ));
@@ -177,5 +209,10 @@ fn cpu_fast_matches_reference() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -19,7 +19,10 @@ fn every_kernel_parses_and_validates() {
         )
         .validate(&m)
         .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&full)));
-        assert!(m.entry_points.iter().any(|e| e.name == "main"), "{file}: no main");
+        assert!(
+            m.entry_points.iter().any(|e| e.name == "main"),
+            "{file}: no main"
+        );
     }
 }
 
@@ -59,14 +62,100 @@ macro_rules! check_mirror {
 
 #[test]
 fn uniform_structs_match_rust_mirrors() {
-    check_mirror!("sgd.wgsl", SgdHyper, [lr, grad_sign, weight_decay, buffer_keep, grad_into_buffer, momentum]);
-    check_mirror!("adagrad.wgsl", AdagradHyper, [grad_sign, weight_decay, clr, eps]);
-    check_mirror!("rmsprop.wgsl", RmspropHyper, [lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum]);
-    check_mirror!("adam.wgsl", AdamHyper, [grad_sign, weight_decay, decay_factor, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_sqrt_bc2, eps]);
-    check_mirror!("adadelta.wgsl", AdadeltaHyper, [lr, grad_sign, weight_decay, rho, one_minus_rho, eps]);
-    check_mirror!("nadam.wgsl", NadamHyper, [grad_sign, weight_decay, decay_factor, one_minus_beta1, beta2, one_minus_beta2, bias_correction2, eps, grad_coef, avg_coef]);
-    check_mirror!("adamax.wgsl", AdamaxHyper, [grad_sign, weight_decay, one_minus_beta1, beta2, eps, step_size]);
-    check_mirror!("radam.wgsl", RadamHyper, [grad_sign, weight_decay, decay_factor, one_minus_beta1, beta2, one_minus_beta2, eps, rectified, plain_step_size, adaptive_step_size]);
+    check_mirror!(
+        "sgd.wgsl",
+        SgdHyper,
+        [
+            lr,
+            grad_sign,
+            weight_decay,
+            buffer_keep,
+            grad_into_buffer,
+            momentum
+        ]
+    );
+    check_mirror!(
+        "adagrad.wgsl",
+        AdagradHyper,
+        [grad_sign, weight_decay, clr, eps]
+    );
+    check_mirror!(
+        "rmsprop.wgsl",
+        RmspropHyper,
+        [
+            lr,
+            grad_sign,
+            weight_decay,
+            alpha,
+            one_minus_alpha,
+            eps,
+            momentum
+        ]
+    );
+    check_mirror!(
+        "adam.wgsl",
+        AdamHyper,
+        [
+            grad_sign,
+            weight_decay,
+            decay_factor,
+            one_minus_beta1,
+            beta2,
+            one_minus_beta2,
+            step_size,
+            inv_sqrt_bc2,
+            eps
+        ]
+    );
+    check_mirror!(
+        "adadelta.wgsl",
+        AdadeltaHyper,
+        [lr, grad_sign, weight_decay, rho, one_minus_rho, eps]
+    );
+    check_mirror!(
+        "nadam.wgsl",
+        NadamHyper,
+        [
+            grad_sign,
+            weight_decay,
+            decay_factor,
+            one_minus_beta1,
+            beta2,
+            one_minus_beta2,
+            bias_correction2,
+            eps,
+            grad_coef,
+            avg_coef
+        ]
+    );
+    check_mirror!(
+        "adamax.wgsl",
+        AdamaxHyper,
+        [
+            grad_sign,
+            weight_decay,
+            one_minus_beta1,
+            beta2,
+            eps,
+            step_size
+        ]
+    );
+    check_mirror!(
+        "radam.wgsl",
+        RadamHyper,
+        [
+            grad_sign,
+            weight_decay,
+            decay_factor,
+            one_minus_beta1,
+            beta2,
+            one_minus_beta2,
+            eps,
+            rectified,
+            plain_step_size,
+            adaptive_step_size
+        ]
+    );
 }
 
 #[test]
@@ -82,7 +171,11 @@ fn window_struct_is_16_bytes() {
 fn every_kernel_store_is_masked() {
     for (file, source, _) in KERNELS {
         for line in source.lines().filter(|l| l.contains("] = ")) {
-            assert!(line.contains("select("), "{file}: unmasked store `{}`", line.trim());
+            assert!(
+                line.contains("select("),
+                "{file}: unmasked store `{}`",
+                line.trim()
+            );
         }
     }
 }

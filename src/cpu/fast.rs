@@ -2,7 +2,7 @@
 //! kernels, over `&mut [f32]`, split across threads (rayon) in contiguous chunks whose inner
 //! loops the compiler vectorises.
 
-use ndarray::{ArrayBase, DataMut, Data, Dimension};
+use ndarray::{ArrayBase, Data, DataMut, Dimension};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -28,7 +28,9 @@ impl CpuOptimizer {
         let config = config.into();
         config.validate()?;
         if n == 0 {
-            return Err(Error::Empty { what: "parameter set" });
+            return Err(Error::Empty {
+                what: "parameter set",
+            });
         }
         let names = config.state_names();
         let states = names
@@ -64,9 +66,9 @@ impl CpuOptimizer {
                     kernels::sgd(&h, has_momentum, nesterov, p, g, s)
                 })
             }
-            (Hyper::Adagrad(h), _) => {
-                par_apply(params, grads, &mut self.states, |p, g, s| kernels::adagrad(&h, p, g, s))
-            }
+            (Hyper::Adagrad(h), _) => par_apply(params, grads, &mut self.states, |p, g, s| {
+                kernels::adagrad(&h, p, g, s)
+            }),
             (Hyper::Rmsprop(h), OptimizerConfig::Rmsprop(c)) => {
                 let (centered, has_momentum) = (c.centered, c.momentum > 0.0);
                 par_apply(params, grads, &mut self.states, |p, g, s| {
@@ -79,18 +81,18 @@ impl CpuOptimizer {
                     kernels::adam(&h, amsgrad, p, g, s)
                 })
             }
-            (Hyper::Adadelta(h), _) => {
-                par_apply(params, grads, &mut self.states, |p, g, s| kernels::adadelta(&h, p, g, s))
-            }
-            (Hyper::Nadam(h), _) => {
-                par_apply(params, grads, &mut self.states, |p, g, s| kernels::nadam(&h, p, g, s))
-            }
-            (Hyper::Adamax(h), _) => {
-                par_apply(params, grads, &mut self.states, |p, g, s| kernels::adamax(&h, p, g, s))
-            }
-            (Hyper::Radam(h), _) => {
-                par_apply(params, grads, &mut self.states, |p, g, s| kernels::radam(&h, p, g, s))
-            }
+            (Hyper::Adadelta(h), _) => par_apply(params, grads, &mut self.states, |p, g, s| {
+                kernels::adadelta(&h, p, g, s)
+            }),
+            (Hyper::Nadam(h), _) => par_apply(params, grads, &mut self.states, |p, g, s| {
+                kernels::nadam(&h, p, g, s)
+            }),
+            (Hyper::Adamax(h), _) => par_apply(params, grads, &mut self.states, |p, g, s| {
+                kernels::adamax(&h, p, g, s)
+            }),
+            (Hyper::Radam(h), _) => par_apply(params, grads, &mut self.states, |p, g, s| {
+                kernels::radam(&h, p, g, s)
+            }),
             _ => unreachable!("begin_step returns the hyper of the config's own kind"),
         }
         self.config.end_step(&mut self.host);
@@ -200,7 +202,14 @@ where
 mod kernels {
     use crate::optim::*;
 
-    pub fn sgd(h: &SgdHyper, has_momentum: bool, nesterov: bool, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+    pub fn sgd(
+        h: &SgdHyper,
+        has_momentum: bool,
+        nesterov: bool,
+        p: &mut [f32],
+        g: &[f32],
+        s: &mut [&mut [f32]],
+    ) {
         let n = p.len();
         let g = &g[..n];
         if !has_momentum {
@@ -327,7 +336,9 @@ mod kernels {
     pub fn adadelta(h: &AdadeltaHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         let n = p.len();
         let g = &g[..n];
-        let [v, u] = s else { unreachable!("Adadelta has two states") };
+        let [v, u] = s else {
+            unreachable!("Adadelta has two states")
+        };
         let (v, u) = (&mut v[..n], &mut u[..n]);
         for i in 0..n {
             let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
@@ -342,7 +353,9 @@ mod kernels {
     pub fn nadam(h: &NadamHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         let n = p.len();
         let g = &g[..n];
-        let [m, v] = s else { unreachable!("NAdam has two states") };
+        let [m, v] = s else {
+            unreachable!("NAdam has two states")
+        };
         let (m, v) = (&mut m[..n], &mut v[..n]);
         for i in 0..n {
             let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
@@ -361,7 +374,9 @@ mod kernels {
     pub fn adamax(h: &AdamaxHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         let n = p.len();
         let g = &g[..n];
-        let [m, u] = s else { unreachable!("Adamax has two states") };
+        let [m, u] = s else {
+            unreachable!("Adamax has two states")
+        };
         let (m, u) = (&mut m[..n], &mut u[..n]);
         for i in 0..n {
             let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
@@ -376,7 +391,9 @@ mod kernels {
     pub fn radam(h: &RadamHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         let n = p.len();
         let g = &g[..n];
-        let [m, v] = s else { unreachable!("RAdam has two states") };
+        let [m, v] = s else {
+            unreachable!("RAdam has two states")
+        };
         let (m, v) = (&mut m[..n], &mut v[..n]);
         let rectified = h.rectified != 0;
         for i in 0..n {

@@ -26,7 +26,9 @@ impl ReferenceOptimizer {
         let config = config.into();
         config.validate()?;
         if n == 0 {
-            return Err(Error::Empty { what: "parameter set" });
+            return Err(Error::Empty {
+                what: "parameter set",
+            });
         }
         let names = config.state_names();
         let states = names
@@ -101,7 +103,11 @@ impl ReferenceOptimizer {
                         } else {
                             c.momentum * *buf + (1.0 - c.dampening) * g
                         };
-                        g = if c.nesterov { g + c.momentum * *buf } else { *buf };
+                        g = if c.nesterov {
+                            g + c.momentum * *buf
+                        } else {
+                            *buf
+                        };
                     }
                     params[i] -= lr * g;
                 }

@@ -125,7 +125,9 @@ fn tokenize(text: &str) -> Result<Vec<Tok>, String> {
                 }
             }
             let s: String = chars[start..i].iter().collect();
-            out.push(Tok::Num(s.parse().map_err(|_| format!("bad number `{s}`"))?));
+            out.push(Tok::Num(
+                s.parse().map_err(|_| format!("bad number `{s}`"))?,
+            ));
         } else if c.is_alphabetic() || c == '_' {
             let start = i;
             while i < chars.len()

@@ -152,7 +152,8 @@ fn parse_case(file: &Path, v: &Value) -> Result<GoldenCase> {
             .get(dtype)
             .ok_or_else(|| err(format!("missing `expected.{dtype}`")))?;
         let params = matrix(
-            e.get("params").ok_or_else(|| err("missing params".into()))?,
+            e.get("params")
+                .ok_or_else(|| err("missing params".into()))?,
             steps,
             n,
         )
@@ -202,7 +203,10 @@ fn parse_case(file: &Path, v: &Value) -> Result<GoldenCase> {
 fn vector(v: &Value, len: usize) -> Result<Vec<f64>, String> {
     let a = v.as_array().ok_or("expected an array")?;
     if a.len() != len {
-        return Err(format!("array of {} values where {len} are expected", a.len()));
+        return Err(format!(
+            "array of {} values where {len} are expected",
+            a.len()
+        ));
     }
     a.iter()
         .map(|x| x.as_f64().ok_or_else(|| format!("not a number: {x}")))
@@ -364,7 +368,10 @@ pub fn config_from_hparams(
     }
     used.extend(flags_used);
     if let Some(k) = h.keys().find(|k| !used.contains(&k.as_str())) {
-        return Err(format!("{optimizer}: unsupported hyper-parameter `{k}` = {}", h[k]));
+        return Err(format!(
+            "{optimizer}: unsupported hyper-parameter `{k}` = {}",
+            h[k]
+        ));
     }
     Ok(out)
 }
@@ -402,7 +409,7 @@ impl PathReport {
             let scale = exp[i].abs().max(p0[i].abs()).max(1e-2);
             self.params_abs = self.params_abs.max(err);
             self.params_rel = self.params_rel.max(err / scale);
-            if !(err <= tol * k as f64 * scale) {
+            if !within(err, tol * k as f64 * scale) {
                 self.fail(format!(
                     "params[{i}] after step {k}: got {} expected {} (|err| {err:.3e} > {:.3e})",
                     got[i],
@@ -422,7 +429,7 @@ impl PathReport {
             if scale > 0.0 {
                 self.state_rel = self.state_rel.max(err / scale);
             }
-            if !(err <= tol * steps as f64 * scale) && err != 0.0 {
+            if !within(err, tol * steps as f64 * scale) && err != 0.0 {
                 self.fail(format!(
                     "state {name}[{i}]: got {} expected {} (|err| {err:.3e})",
                     got[i], exp[i]
@@ -438,10 +445,23 @@ impl PathReport {
         if scale > 0.0 {
             self.state_rel = self.state_rel.max(err / scale);
         }
-        if !(err <= tol * scale) {
+        if !within(err, tol * scale) {
             self.fail(format!("state {name}: got {got} expected {exp}"));
         }
     }
+}
+
+/// `err <= bound`, false when either is NaN (a NaN never passes).
+fn within(err: f64, bound: f64) -> bool {
+    err <= bound
+}
+
+/// Scalar state of a replay to compare with PyTorch's.
+struct Scalars {
+    step: u64,
+    mu_product: f64,
+    /// The float32 run rounds `mu_product` to f32 after each product.
+    round_to_f32: bool,
 }
 
 impl GoldenCase {
@@ -468,10 +488,13 @@ impl GoldenCase {
         exp: &Expected,
         tol: f64,
         state: &dyn Fn(&str) -> Result<Vec<f64>>,
-        step: u64,
-        mu_product: f64,
-        round_scalars_to_f32: bool,
+        scalars: Scalars,
     ) {
+        let Scalars {
+            step,
+            mu_product,
+            round_to_f32,
+        } = scalars;
         let ours = self.config.state_names();
         for name in &ours {
             if !exp.tensors.contains_key(*name) {
@@ -489,7 +512,7 @@ impl GoldenCase {
                 "step" => report.scalar("step", step as f64, value, 0.0),
                 // The float32 run rounds mu_product to f32 after each product; ours is f64.
                 "mu_product" => {
-                    let got = if round_scalars_to_f32 {
+                    let got = if round_to_f32 {
                         f64::from(mu_product as f32)
                     } else {
                         mu_product
@@ -519,9 +542,11 @@ impl GoldenCase {
             exp,
             F64_TOLERANCE,
             &state,
-            opt.step_count(),
-            opt.mu_product(),
-            false,
+            Scalars {
+                step: opt.step_count(),
+                mu_product: opt.mu_product(),
+                round_to_f32: false,
+            },
         );
         Ok(report)
     }
@@ -573,9 +598,11 @@ impl GoldenCase {
             &exp32,
             F32_TOLERANCE,
             &state,
-            host.step,
-            host.mu_product,
-            true,
+            Scalars {
+                step: host.step,
+                mu_product: host.mu_product,
+                round_to_f32: true,
+            },
         );
         Ok(report)
     }

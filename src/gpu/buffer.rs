@@ -17,7 +17,11 @@ pub fn flat_bytes(len: usize) -> u64 {
 }
 
 /// A zero-filled flat f32 buffer of `len` elements (padded to whole vec4 lanes).
-pub(crate) fn create_flat(ctx: &GpuContext, label: &'static str, len: usize) -> Result<wgpu::Buffer> {
+pub(crate) fn create_flat(
+    ctx: &GpuContext,
+    label: &'static str,
+    len: usize,
+) -> Result<wgpu::Buffer> {
     let bytes = flat_bytes(len);
     let limit = ctx.device().limits().max_buffer_size;
     if bytes > limit {
@@ -64,7 +68,12 @@ pub fn read_f32(
     if len == 0 {
         return Ok(Vec::new());
     }
-    require_usage(buffer, "buffer to read", wgpu::BufferUsages::COPY_SRC, "COPY_SRC")?;
+    require_usage(
+        buffer,
+        "buffer to read",
+        wgpu::BufferUsages::COPY_SRC,
+        "COPY_SRC",
+    )?;
     let bytes = len as u64 * 4;
     // Mappable memory cannot be a storage buffer, so the data goes through a staging copy.
     let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
@@ -75,7 +84,9 @@ pub fn read_f32(
     });
     let mut encoder = ctx
         .device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read-back") });
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("read-back"),
+        });
     encoder.copy_buffer_to_buffer(buffer, start as u64 * 4, &staging, 0, bytes);
     ctx.queue().submit([encoder.finish()]);
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
@@ -129,7 +140,11 @@ fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
     if expected == got {
         Ok(())
     } else {
-        Err(Error::LengthMismatch { what, expected, got })
+        Err(Error::LengthMismatch {
+            what,
+            expected,
+            got,
+        })
     }
 }
 
@@ -205,6 +220,11 @@ impl FlatParamsBuilder {
     /// Upload. Fails on an empty set, an empty or duplicate segment, or a buffer past the
     /// device limit.
     pub fn build(self, ctx: &GpuContext) -> Result<FlatParams> {
+        if self.data.is_empty() {
+            return Err(Error::Empty {
+                what: "parameter set",
+            });
+        }
         for (i, s) in self.segments.iter().enumerate() {
             if s.is_empty() {
                 return Err(Error::Segment {
@@ -240,7 +260,9 @@ impl FlatParams {
     /// `len` zero parameters in one segment named `"params"`.
     pub fn zeros(ctx: &GpuContext, len: usize) -> Result<Self> {
         if len == 0 {
-            return Err(Error::Empty { what: "parameter set" });
+            return Err(Error::Empty {
+                what: "parameter set",
+            });
         }
         let params = create_flat(ctx, "fused-optim params", len)?;
         let grads = create_flat(ctx, "fused-optim grads", len)?;
@@ -269,7 +291,9 @@ impl FlatParams {
         len: usize,
     ) -> Result<Self> {
         if len == 0 {
-            return Err(Error::Empty { what: "parameter set" });
+            return Err(Error::Empty {
+                what: "parameter set",
+            });
         }
         let needed = flat_bytes(len);
         for (what, b) in [("params buffer", &params), ("grads buffer", &grads)] {
@@ -339,7 +363,12 @@ impl FlatParams {
     /// Overwrite all parameters (takes effect at the next submission).
     pub fn write_params(&self, values: &[f32]) -> Result<()> {
         check_len("params", self.len, values.len())?;
-        require_usage(&self.params, "params buffer", wgpu::BufferUsages::COPY_DST, "COPY_DST")?;
+        require_usage(
+            &self.params,
+            "params buffer",
+            wgpu::BufferUsages::COPY_DST,
+            "COPY_DST",
+        )?;
         self.ctx
             .queue()
             .write_buffer(&self.params, 0, bytemuck::cast_slice(values));
@@ -349,7 +378,12 @@ impl FlatParams {
     /// Overwrite all gradients (takes effect at the next submission).
     pub fn write_grads(&self, values: &[f32]) -> Result<()> {
         check_len("grads", self.len, values.len())?;
-        require_usage(&self.grads, "grads buffer", wgpu::BufferUsages::COPY_DST, "COPY_DST")?;
+        require_usage(
+            &self.grads,
+            "grads buffer",
+            wgpu::BufferUsages::COPY_DST,
+            "COPY_DST",
+        )?;
         self.ctx
             .queue()
             .write_buffer(&self.grads, 0, bytemuck::cast_slice(values));
@@ -360,10 +394,17 @@ impl FlatParams {
     pub fn write_segment_grads(&self, name: &str, values: &[f32]) -> Result<()> {
         let s = self.segment(name)?;
         check_len("segment grads", s.len(), values.len())?;
-        require_usage(&self.grads, "grads buffer", wgpu::BufferUsages::COPY_DST, "COPY_DST")?;
-        self.ctx
-            .queue()
-            .write_buffer(&self.grads, s.offset as u64 * 4, bytemuck::cast_slice(values));
+        require_usage(
+            &self.grads,
+            "grads buffer",
+            wgpu::BufferUsages::COPY_DST,
+            "COPY_DST",
+        )?;
+        self.ctx.queue().write_buffer(
+            &self.grads,
+            s.offset as u64 * 4,
+            bytemuck::cast_slice(values),
+        );
         Ok(())
     }
 

@@ -72,7 +72,8 @@ impl GpuContext {
         // Ask for exactly what the adapter has: downlevel defaults would cap storage bindings
         // and workgroup counts far below what real devices (and lavapipe) offer.
         let limits = adapter.limits();
-        let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let wanted =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
         let features = adapter.features() & wanted;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -163,7 +164,9 @@ impl GpuContext {
     /// Largest storage binding used, in bytes (device limit, possibly capped by the options).
     pub fn max_binding_bytes(&self) -> u64 {
         let limit = self.device.limits().max_storage_buffer_binding_size;
-        self.options.max_binding_bytes.map_or(limit, |cap| cap.min(limit))
+        self.options
+            .max_binding_bytes
+            .map_or(limit, |cap| cap.min(limit))
     }
 
     /// Wait until all submitted work has finished.

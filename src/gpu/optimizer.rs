@@ -84,7 +84,8 @@ impl GpuOptimizer {
         let layout = bind_group_layout(device, slots.len());
         let pipeline = build_pipeline(&ctx, file, &source, &layout, &config)?;
 
-        let hyper_stride = MAX_HYPER_BYTES.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
+        let hyper_stride =
+            MAX_HYPER_BYTES.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
         let hyper_buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("fused-optim hyper ring"),
             size: hyper_stride * UNIFORM_RING,
@@ -97,7 +98,8 @@ impl GpuOptimizer {
             ctx.max_binding_bytes(),
             u64::from(limits.min_storage_buffer_offset_alignment),
         );
-        let window_stride = 16u64.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
+        let window_stride =
+            16u64.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
         let window_buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("fused-optim windows"),
             size: window_stride * wins.len() as u64,
@@ -200,12 +202,12 @@ impl GpuOptimizer {
     /// One optimizer step on the gradients currently in the grads buffer: one uniform write,
     /// one compute pass, one submission. Nothing is read back and nothing is waited for.
     pub fn step(&mut self) -> Result<()> {
-        let mut encoder = self
-            .ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("fused-optim step"),
-            });
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("fused-optim step"),
+                });
         self.encode_step(&mut encoder);
         self.ctx.queue().submit([encoder.finish()]);
         Ok(())

@@ -7,8 +7,16 @@ const COMMON: &str = include_str!("../../shaders/common.wgsl");
 /// Every algorithm kernel: (file name, source without the common prelude, state slots in
 /// binding order starting at binding 4).
 pub const KERNELS: &[(&str, &str, &[&str])] = &[
-    ("sgd.wgsl", include_str!("../../shaders/sgd.wgsl"), &["momentum_buffer"]),
-    ("adagrad.wgsl", include_str!("../../shaders/adagrad.wgsl"), &["sum"]),
+    (
+        "sgd.wgsl",
+        include_str!("../../shaders/sgd.wgsl"),
+        &["momentum_buffer"],
+    ),
+    (
+        "adagrad.wgsl",
+        include_str!("../../shaders/adagrad.wgsl"),
+        &["sum"],
+    ),
     (
         "rmsprop.wgsl",
         include_str!("../../shaders/rmsprop.wgsl"),
@@ -24,9 +32,21 @@ pub const KERNELS: &[(&str, &str, &[&str])] = &[
         include_str!("../../shaders/adadelta.wgsl"),
         &["square_avg", "acc_delta"],
     ),
-    ("nadam.wgsl", include_str!("../../shaders/nadam.wgsl"), &["exp_avg", "exp_avg_sq"]),
-    ("adamax.wgsl", include_str!("../../shaders/adamax.wgsl"), &["exp_avg", "exp_inf"]),
-    ("radam.wgsl", include_str!("../../shaders/radam.wgsl"), &["exp_avg", "exp_avg_sq"]),
+    (
+        "nadam.wgsl",
+        include_str!("../../shaders/nadam.wgsl"),
+        &["exp_avg", "exp_avg_sq"],
+    ),
+    (
+        "adamax.wgsl",
+        include_str!("../../shaders/adamax.wgsl"),
+        &["exp_avg", "exp_inf"],
+    ),
+    (
+        "radam.wgsl",
+        include_str!("../../shaders/radam.wgsl"),
+        &["exp_avg", "exp_avg_sq"],
+    ),
 ];
 
 /// The full module source of a kernel file (prelude + algorithm).

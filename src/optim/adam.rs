@@ -98,7 +98,8 @@ impl AdamConfig {
         let t = host.step as i32;
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
-        let (l2, decay) = weight_decay_split(self.decoupled_weight_decay, self.weight_decay, host.lr);
+        let (l2, decay) =
+            weight_decay_split(self.decoupled_weight_decay, self.weight_decay, host.lr);
         AdamHyper {
             grad_sign: sign(self.maximize),
             weight_decay: l2,

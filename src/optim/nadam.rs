@@ -80,7 +80,8 @@ impl NadamConfig {
         let mu = self.mu(t);
         let mu_next = self.mu(t + 1);
         let bc2 = 1.0 - b2.powi(t as i32);
-        let (l2, decay) = weight_decay_split(self.decoupled_weight_decay, self.weight_decay, host.lr);
+        let (l2, decay) =
+            weight_decay_split(self.decoupled_weight_decay, self.weight_decay, host.lr);
         NadamHyper {
             grad_sign: sign(self.maximize),
             weight_decay: l2,

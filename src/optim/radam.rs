@@ -76,7 +76,8 @@ impl RadamConfig {
         } else {
             0.0
         };
-        let (l2, decay) = weight_decay_split(self.decoupled_weight_decay, self.weight_decay, host.lr);
+        let (l2, decay) =
+            weight_decay_split(self.decoupled_weight_decay, self.weight_decay, host.lr);
         RadamHyper {
             grad_sign: sign(self.maximize),
             weight_decay: l2,

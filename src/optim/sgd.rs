@@ -89,7 +89,11 @@ impl SgdConfig {
             // On the first step the buffer is a copy of g: 0 * buf + 1 * g (the buffer starts
             // zeroed, so no stale value leaks in).
             buffer_keep: if first { 0.0 } else { self.momentum as f32 },
-            grad_into_buffer: if first { 1.0 } else { (1.0 - self.dampening) as f32 },
+            grad_into_buffer: if first {
+                1.0
+            } else {
+                (1.0 - self.dampening) as f32
+            },
             momentum: self.momentum as f32,
             _pad: [0.0; 2],
         }

@@ -5,7 +5,10 @@
 use fused_optim::*;
 
 pub fn all() -> Vec<(&'static str, OptimizerConfig)> {
-    let sgd = SgdConfig { lr: 1e-2, ..Default::default() };
+    let sgd = SgdConfig {
+        lr: 1e-2,
+        ..Default::default()
+    };
     let adagrad = AdagradConfig::default();
     let rms = RmspropConfig::default();
     let adam = AdamConfig::default();
@@ -16,55 +19,326 @@ pub fn all() -> Vec<(&'static str, OptimizerConfig)> {
     let radam = RadamConfig::default();
     vec![
         ("sgd plain", sgd.into()),
-        ("sgd momentum", SgdConfig { momentum: 0.9, ..sgd }.into()),
-        ("sgd momentum dampening", SgdConfig { momentum: 0.9, dampening: 0.3, ..sgd }.into()),
-        ("sgd nesterov", SgdConfig { momentum: 0.9, nesterov: true, ..sgd }.into()),
-        ("sgd wd", SgdConfig { weight_decay: 0.05, ..sgd }.into()),
-        ("sgd momentum wd", SgdConfig { momentum: 0.8, weight_decay: 0.05, ..sgd }.into()),
-        ("sgd maximize", SgdConfig { momentum: 0.9, maximize: true, ..sgd }.into()),
+        (
+            "sgd momentum",
+            SgdConfig {
+                momentum: 0.9,
+                ..sgd
+            }
+            .into(),
+        ),
+        (
+            "sgd momentum dampening",
+            SgdConfig {
+                momentum: 0.9,
+                dampening: 0.3,
+                ..sgd
+            }
+            .into(),
+        ),
+        (
+            "sgd nesterov",
+            SgdConfig {
+                momentum: 0.9,
+                nesterov: true,
+                ..sgd
+            }
+            .into(),
+        ),
+        (
+            "sgd wd",
+            SgdConfig {
+                weight_decay: 0.05,
+                ..sgd
+            }
+            .into(),
+        ),
+        (
+            "sgd momentum wd",
+            SgdConfig {
+                momentum: 0.8,
+                weight_decay: 0.05,
+                ..sgd
+            }
+            .into(),
+        ),
+        (
+            "sgd maximize",
+            SgdConfig {
+                momentum: 0.9,
+                maximize: true,
+                ..sgd
+            }
+            .into(),
+        ),
         ("adagrad default", adagrad.into()),
-        ("adagrad lr_decay", AdagradConfig { lr_decay: 0.05, ..adagrad }.into()),
-        ("adagrad wd", AdagradConfig { weight_decay: 0.05, ..adagrad }.into()),
-        ("adagrad initial acc", AdagradConfig { initial_accumulator_value: 0.1, ..adagrad }.into()),
-        ("adagrad eps", AdagradConfig { eps: 1e-2, ..adagrad }.into()),
-        ("adagrad maximize", AdagradConfig { maximize: true, ..adagrad }.into()),
+        (
+            "adagrad lr_decay",
+            AdagradConfig {
+                lr_decay: 0.05,
+                ..adagrad
+            }
+            .into(),
+        ),
+        (
+            "adagrad wd",
+            AdagradConfig {
+                weight_decay: 0.05,
+                ..adagrad
+            }
+            .into(),
+        ),
+        (
+            "adagrad initial acc",
+            AdagradConfig {
+                initial_accumulator_value: 0.1,
+                ..adagrad
+            }
+            .into(),
+        ),
+        (
+            "adagrad eps",
+            AdagradConfig {
+                eps: 1e-2,
+                ..adagrad
+            }
+            .into(),
+        ),
+        (
+            "adagrad maximize",
+            AdagradConfig {
+                maximize: true,
+                ..adagrad
+            }
+            .into(),
+        ),
         ("rmsprop default", rms.into()),
-        ("rmsprop alpha", RmspropConfig { alpha: 0.9, eps: 1e-4, ..rms }.into()),
-        ("rmsprop centered", RmspropConfig { centered: true, ..rms }.into()),
-        ("rmsprop momentum", RmspropConfig { momentum: 0.9, ..rms }.into()),
-        ("rmsprop centered momentum", RmspropConfig { centered: true, momentum: 0.5, ..rms }.into()),
+        (
+            "rmsprop alpha",
+            RmspropConfig {
+                alpha: 0.9,
+                eps: 1e-4,
+                ..rms
+            }
+            .into(),
+        ),
+        (
+            "rmsprop centered",
+            RmspropConfig {
+                centered: true,
+                ..rms
+            }
+            .into(),
+        ),
+        (
+            "rmsprop momentum",
+            RmspropConfig {
+                momentum: 0.9,
+                ..rms
+            }
+            .into(),
+        ),
+        (
+            "rmsprop centered momentum",
+            RmspropConfig {
+                centered: true,
+                momentum: 0.5,
+                ..rms
+            }
+            .into(),
+        ),
         // eps 1e-4: with L2 decay g = g + wd*p can cancel to ~1e-7 in f32, and at step 1
         // RMSprop divides by sqrt(0.01 g^2) + eps: eps = 1e-8 would amplify that rounding of g
         // (an f32 property, not a kernel error) past the tolerance.
-        ("rmsprop wd", RmspropConfig { weight_decay: 0.05, eps: 1e-4, ..rms }.into()),
-        ("rmsprop maximize", RmspropConfig { maximize: true, momentum: 0.5, ..rms }.into()),
+        (
+            "rmsprop wd",
+            RmspropConfig {
+                weight_decay: 0.05,
+                eps: 1e-4,
+                ..rms
+            }
+            .into(),
+        ),
+        (
+            "rmsprop maximize",
+            RmspropConfig {
+                maximize: true,
+                momentum: 0.5,
+                ..rms
+            }
+            .into(),
+        ),
         ("adam default", adam.into()),
-        ("adam amsgrad", AdamConfig { amsgrad: true, ..adam }.into()),
-        ("adam l2", AdamConfig { weight_decay: 0.05, ..adam }.into()),
+        (
+            "adam amsgrad",
+            AdamConfig {
+                amsgrad: true,
+                ..adam
+            }
+            .into(),
+        ),
+        (
+            "adam l2",
+            AdamConfig {
+                weight_decay: 0.05,
+                ..adam
+            }
+            .into(),
+        ),
         ("adam eps", AdamConfig { eps: 1e-3, ..adam }.into()),
-        ("adam betas", AdamConfig { betas: (0.8, 0.99), ..adam }.into()),
-        ("adam maximize", AdamConfig { maximize: true, ..adam }.into()),
+        (
+            "adam betas",
+            AdamConfig {
+                betas: (0.8, 0.99),
+                ..adam
+            }
+            .into(),
+        ),
+        (
+            "adam maximize",
+            AdamConfig {
+                maximize: true,
+                ..adam
+            }
+            .into(),
+        ),
         ("adamw default", adamw.into()),
-        ("adamw amsgrad", AdamConfig { amsgrad: true, ..adamw }.into()),
-        ("adamw wd", AdamConfig { weight_decay: 0.1, lr: 1e-2, ..adamw }.into()),
-        ("adamw maximize", AdamConfig { maximize: true, ..adamw }.into()),
+        (
+            "adamw amsgrad",
+            AdamConfig {
+                amsgrad: true,
+                ..adamw
+            }
+            .into(),
+        ),
+        (
+            "adamw wd",
+            AdamConfig {
+                weight_decay: 0.1,
+                lr: 1e-2,
+                ..adamw
+            }
+            .into(),
+        ),
+        (
+            "adamw maximize",
+            AdamConfig {
+                maximize: true,
+                ..adamw
+            }
+            .into(),
+        ),
         ("adadelta default", adadelta.into()),
-        ("adadelta rho eps", AdadeltaConfig { rho: 0.5, eps: 1e-4, ..adadelta }.into()),
-        ("adadelta wd", AdadeltaConfig { weight_decay: 0.05, ..adadelta }.into()),
-        ("adadelta maximize", AdadeltaConfig { maximize: true, ..adadelta }.into()),
+        (
+            "adadelta rho eps",
+            AdadeltaConfig {
+                rho: 0.5,
+                eps: 1e-4,
+                ..adadelta
+            }
+            .into(),
+        ),
+        (
+            "adadelta wd",
+            AdadeltaConfig {
+                weight_decay: 0.05,
+                ..adadelta
+            }
+            .into(),
+        ),
+        (
+            "adadelta maximize",
+            AdadeltaConfig {
+                maximize: true,
+                ..adadelta
+            }
+            .into(),
+        ),
         ("nadam default", nadam.into()),
-        ("nadam l2", NadamConfig { weight_decay: 0.05, ..nadam }.into()),
-        ("nadam decoupled", NadamConfig { weight_decay: 0.1, decoupled_weight_decay: true, ..nadam }.into()),
-        ("nadam momentum_decay", NadamConfig { momentum_decay: 1e-2, ..nadam }.into()),
-        ("nadam maximize", NadamConfig { maximize: true, ..nadam }.into()),
+        (
+            "nadam l2",
+            NadamConfig {
+                weight_decay: 0.05,
+                ..nadam
+            }
+            .into(),
+        ),
+        (
+            "nadam decoupled",
+            NadamConfig {
+                weight_decay: 0.1,
+                decoupled_weight_decay: true,
+                ..nadam
+            }
+            .into(),
+        ),
+        (
+            "nadam momentum_decay",
+            NadamConfig {
+                momentum_decay: 1e-2,
+                ..nadam
+            }
+            .into(),
+        ),
+        (
+            "nadam maximize",
+            NadamConfig {
+                maximize: true,
+                ..nadam
+            }
+            .into(),
+        ),
         ("adamax default", adamax.into()),
-        ("adamax wd", AdamaxConfig { weight_decay: 0.05, ..adamax }.into()),
-        ("adamax eps", AdamaxConfig { eps: 1e-2, ..adamax }.into()),
-        ("adamax maximize", AdamaxConfig { maximize: true, ..adamax }.into()),
+        (
+            "adamax wd",
+            AdamaxConfig {
+                weight_decay: 0.05,
+                ..adamax
+            }
+            .into(),
+        ),
+        (
+            "adamax eps",
+            AdamaxConfig {
+                eps: 1e-2,
+                ..adamax
+            }
+            .into(),
+        ),
+        (
+            "adamax maximize",
+            AdamaxConfig {
+                maximize: true,
+                ..adamax
+            }
+            .into(),
+        ),
         ("radam default", radam.into()),
-        ("radam l2", RadamConfig { weight_decay: 0.05, ..radam }.into()),
-        ("radam decoupled", RadamConfig { weight_decay: 0.1, decoupled_weight_decay: true, ..radam }.into()),
-        ("radam maximize", RadamConfig { maximize: true, ..radam }.into()),
+        (
+            "radam l2",
+            RadamConfig {
+                weight_decay: 0.05,
+                ..radam
+            }
+            .into(),
+        ),
+        (
+            "radam decoupled",
+            RadamConfig {
+                weight_decay: 0.1,
+                decoupled_weight_decay: true,
+                ..radam
+            }
+            .into(),
+        ),
+        (
+            "radam maximize",
+            RadamConfig {
+                maximize: true,
+                ..radam
+            }
+            .into(),
+        ),
     ]
 }
 
