@@ -31,6 +31,7 @@ pub mod error;
 pub mod golden;
 pub mod gpu;
 pub mod optim;
+pub mod roofline;
 
 pub use cpu::fast::CpuOptimizer;
 pub use cpu::reference::ReferenceOptimizer;

@@ -2,5 +2,6 @@
 
 pub mod buffer;
 pub mod context;
+pub(crate) mod kernel;
 pub mod optimizer;
 pub mod shaders;

@@ -1,0 +1,270 @@
+//! The main job: GPU-versus-CPU optimizer-step throughput, each figure beside the roof
+//! measured in the same run on the same device.
+//!
+//! ```text
+//! cargo run --release --example throughput            # full table, 2^16..2^24
+//! cargo run --release --example throughput -- --quick  # under a minute
+//! cargo run --release --example throughput -- --json   # stdout: one JSON array
+//! ```
+//! The roof of an optimizer is a kernel with its exact access pattern (same buffers read and
+//! written, same vector width and elements per invocation) and trivial arithmetic: the
+//! fraction of roof is the figure that carries across machines.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use fused_optim::roofline::{benchmark_suite, cpu_copy, cpu_roof, gpu_buffer_copy, GpuRoof};
+use fused_optim::*;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(about = "Optimizer-step throughput: fused GPU kernels vs CPU, against measured roofs")]
+struct Args {
+    /// Fewer sizes and shorter measurements (under a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Print only a JSON array of records on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Only optimizers whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+    /// log2 of the sizes to run (default 16,20,22,24; --quick: 20,22).
+    #[arg(long, value_delimiter = ',')]
+    log2_sizes: Option<Vec<u32>>,
+}
+
+/// Seconds per step: median of 5 batches, the batch length calibrated to ~target/5.
+fn measure(target: Duration, mut batch: impl FnMut(usize)) -> f64 {
+    batch(1); // warm-up: first-use costs (page faults, pipeline compilation) stay out
+    let mut k = 1;
+    loop {
+        let t = Instant::now();
+        batch(k);
+        if t.elapsed() * 5 >= target || k >= 1 << 14 {
+            break;
+        }
+        k *= 2;
+    }
+    let mut samples: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            batch(k);
+            t.elapsed().as_secs_f64() / k as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[2]
+}
+
+struct Record {
+    optimizer: String,
+    imp: &'static str,
+    n: usize,
+    seconds: f64,
+    bytes_per_param: u64,
+    roof_seconds: f64,
+}
+
+impl Record {
+    fn gbps(&self) -> f64 {
+        self.n as f64 * self.bytes_per_param as f64 / self.seconds / 1e9
+    }
+    fn roof_gbps(&self) -> f64 {
+        self.n as f64 * self.bytes_per_param as f64 / self.roof_seconds / 1e9
+    }
+    fn json(&self) -> String {
+        format!(
+            "{{\"optimizer\":\"{}\",\"impl\":\"{}\",\"n\":{},\"seconds_per_step\":{:e},\"gbps\":{:.4},\"roof_gbps\":{:.4}}}",
+            self.optimizer,
+            self.imp,
+            self.n,
+            self.seconds,
+            self.gbps(),
+            self.roof_gbps()
+        )
+    }
+}
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;
+            x as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let ctx = GpuContext::new()?;
+    let target = Duration::from_millis(if args.quick { 150 } else { 600 });
+    let sizes: Vec<usize> = args
+        .log2_sizes
+        .clone()
+        .unwrap_or(if args.quick {
+            vec![20, 22]
+        } else {
+            vec![16, 20, 22, 24]
+        })
+        .into_iter()
+        .map(|l| 1usize << l)
+        .collect();
+    let suite: Vec<_> = benchmark_suite()
+        .into_iter()
+        .filter(|(name, _)| args.only.as_ref().is_none_or(|o| name.contains(o.as_str())))
+        .collect();
+    eprintln!("adapter: {}", ctx.describe());
+    eprintln!(
+        "CPU: {} threads (rayon); kernel tuning {:?}",
+        rayon::current_num_threads(),
+        ctx.options().tuning
+    );
+
+    let bar = ProgressBar::new((sizes.len() * (suite.len() + 1)) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed}]")
+            .expect("valid template"),
+    );
+    let mut records = Vec::new();
+    let mut copies = Vec::new();
+    for &n in &sizes {
+        let p0 = values(n, 1);
+        let g = values(n, 2);
+        let flat = FlatParams::from_slice(&ctx, &p0)?;
+        flat.write_grads(&g)?;
+
+        bar.set_message(format!("copies n = {n}"));
+        let mut copy_kernel = GpuRoof::copy(&flat)?;
+        let gpu_copy = measure(target, |k| {
+            (0..k).for_each(|_| copy_kernel.step());
+            ctx.wait().unwrap();
+        });
+        let gpu_buffer = measure(target, |k| {
+            (0..k).for_each(|_| gpu_buffer_copy(&flat));
+            ctx.wait().unwrap();
+        });
+        let mut dst = vec![0f32; n];
+        let cpu_c = measure(target, |k| (0..k).for_each(|_| cpu_copy(&mut dst, &g)));
+        copies.push((n, gpu_copy, gpu_buffer, cpu_c));
+        drop(copy_kernel);
+        bar.inc(1);
+
+        for (name, config) in &suite {
+            bar.set_message(format!("{name} n = {n}"));
+            let states = config.state_names().len();
+            let bytes = config.minimal_bytes_per_param();
+            flat.write_params(&p0)?;
+            flat.write_grads(&g)?;
+
+            let mut roof = GpuRoof::new(&flat, states)?;
+            let gpu_roof = measure(target, |k| {
+                (0..k).for_each(|_| roof.step());
+                ctx.wait().unwrap();
+            });
+            drop(roof);
+            flat.write_params(&p0)?;
+
+            let mut opt = GpuOptimizer::new(&flat, *config)?;
+            let gpu_step = measure(target, |k| {
+                (0..k).for_each(|_| opt.step().unwrap());
+                ctx.wait().unwrap();
+            });
+            let gpu_roundtrip = measure(target, |k| {
+                for _ in 0..k {
+                    flat.write_grads(&g).unwrap();
+                    opt.step().unwrap();
+                    std::hint::black_box(flat.read_params().unwrap());
+                }
+            });
+            drop(opt);
+
+            let mut cpu_states: Vec<Vec<f32>> = (0..states).map(|_| vec![0f32; n]).collect();
+            let mut p = p0.clone();
+            let cpu_r = measure(target, |k| {
+                (0..k).for_each(|_| cpu_roof(&mut p, &g, &mut cpu_states));
+            });
+            drop(cpu_states);
+            let mut p = p0.clone();
+            let mut fast = CpuOptimizer::new(*config, n)?;
+            let cpu_fast = measure(target, |k| {
+                (0..k).for_each(|_| fast.step(&mut p, &g).unwrap());
+            });
+            drop(fast);
+            let mut p64: Vec<f64> = p0.iter().map(|&x| f64::from(x)).collect();
+            let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
+            let mut reference = ReferenceOptimizer::new(*config, n)?;
+            let cpu_ref = measure(target / 3, |k| {
+                (0..k).for_each(|_| reference.step(&mut p64, &g64).unwrap());
+            });
+            drop(reference);
+
+            for (imp, seconds, roof_seconds) in [
+                ("gpu_step", gpu_step, gpu_roof),
+                ("gpu_roundtrip", gpu_roundtrip, gpu_roof),
+                ("cpu_fast", cpu_fast, cpu_r),
+                ("cpu_reference", cpu_ref, cpu_r),
+            ] {
+                records.push(Record {
+                    optimizer: name.to_string(),
+                    imp,
+                    n,
+                    seconds,
+                    bytes_per_param: bytes,
+                    roof_seconds,
+                });
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+
+    if args.json {
+        let body: Vec<String> = records.iter().map(Record::json).collect();
+        println!("[{}]", body.join(",\n"));
+        return Ok(());
+    }
+    println!("adapter: {}", ctx.describe());
+    println!("\ncopies (8 bytes per element moved):");
+    println!(
+        "{:>10} {:>16} {:>22} {:>14}",
+        "n", "gpu_copy GB/s", "copy_buffer GB/s", "cpu_copy GB/s"
+    );
+    for (n, a, b, c) in &copies {
+        let gb = |s: f64| *n as f64 * 8.0 / s / 1e9;
+        println!("{n:>10} {:>16.2} {:>22.2} {:>14.2}", gb(*a), gb(*b), gb(*c));
+    }
+    println!(
+        "\n{:<26} {:>9} {:<14} {:>10} {:>10} {:>8} {:>9} {:>7} {:>9}",
+        "optimizer", "n", "impl", "ms/step", "Mparam/s", "GB/s", "roof GB/s", "of roof", "gpu/cpu"
+    );
+    for r in &records {
+        let cpu_fast = records
+            .iter()
+            .find(|o| o.optimizer == r.optimizer && o.n == r.n && o.imp == "cpu_fast")
+            .map(|o| o.seconds)
+            .unwrap_or(f64::NAN);
+        let speedup = if r.imp.starts_with("gpu") {
+            format!("{:.2}x", cpu_fast / r.seconds)
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<26} {:>9} {:<14} {:>10.3} {:>10.1} {:>8.2} {:>9.2} {:>7.2} {:>9}",
+            r.optimizer,
+            r.n,
+            r.imp,
+            r.seconds * 1e3,
+            r.n as f64 / r.seconds / 1e6,
+            r.gbps(),
+            r.roof_gbps(),
+            r.roof_seconds / r.seconds,
+            speedup
+        );
+    }
+    println!(
+        "\nbytes per parameter = minimal traffic: 12 (p, g read; p written) + 8 per state tensor"
+    );
+    println!("of roof = roof time / time: 1.00 means the fused kernel is as fast as its memory traffic allows");
+    Ok(())
+}

@@ -1,0 +1,44 @@
+// roof.wgsl: the roofline kernel. The same launch geometry, vector width, masking and buffers
+// as an optimizer kernel (reads p, g and STATES state tensors; writes p and the states) with
+// trivial arithmetic, so its time is the memory-traffic cost of that access pattern on this
+// device. An optimizer kernel at 1.0x of its roof is as fast as its memory traffic allows.
+//
+// Bindings: 4, 5, 6 state slots (the first STATES are real).
+
+override STATES: u32 = 0u;
+
+struct Hyper {
+    scale: f32,
+    _pad0: f32,
+    _pad1: f32,
+    _pad2: f32,
+}
+
+@group(0) @binding(0) var<uniform> hp: Hyper;
+@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> s0: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> s1: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> s2: array<vec4<f32>>;
+
+fn update(i: u32, live: vec4<bool>) {
+    let p0 = param[i];
+    let g = grad[i];
+    var acc = p0 + hp.scale * g;
+    if (STATES > 0u) {
+        let a = s0[i];
+        s0[i] = select(a, a + g, live);
+        acc = acc + hp.scale * a;
+    }
+    if (STATES > 1u) {
+        let b = s1[i];
+        s1[i] = select(b, b + g, live);
+        acc = acc + hp.scale * b;
+    }
+    if (STATES > 2u) {
+        let c = s2[i];
+        s2[i] = select(c, c + g, live);
+        acc = acc + hp.scale * c;
+    }
+    param[i] = select(p0, acc, live);
+}

@@ -1,0 +1,297 @@
+//! `KernelRunner`: one compute pipeline over a flat parameter buffer, with its bind groups
+//! (one per binding window), its per-step uniform ring and its launch grids, all built once.
+//! The optimizers and the roofline kernels both run on it.
+
+use std::num::NonZeroU64;
+
+use super::buffer::FlatParams;
+use super::context::GpuContext;
+use crate::dispatch::{grid, padded_len, windows, Window};
+use crate::error::{Error, Result};
+use crate::optim::MAX_HYPER_BYTES;
+
+/// Per-step uniform slots. Each step writes its own slot (addressed by a dynamic offset), so
+/// up to this many steps can be encoded into one submission and each still sees its own
+/// scalars (`queue.write_buffer` lands before the whole submission, not between passes).
+pub const UNIFORM_RING: u64 = 256;
+
+struct Launch {
+    bind_group: wgpu::BindGroup,
+    groups: (u32, u32),
+}
+
+/// What a kernel binds: its WGSL module and state slots.
+pub(crate) struct KernelSpec<'a> {
+    pub file: &'static str,
+    pub source: String,
+    /// Slot names in binding order (bindings 4, 5, ...).
+    pub slots: &'a [&'a str],
+    /// The buffer bound to each active slot; slots absent here get a 16-byte dummy.
+    pub active: Vec<(&'a str, &'a wgpu::Buffer)>,
+    /// Pipeline-overridable constants besides the launch shape.
+    pub constants: Vec<(&'static str, f64)>,
+    /// Skip naga's runtime bounds checks (every kernel does its own index check).
+    pub trusted: bool,
+}
+
+pub(crate) struct KernelRunner {
+    ctx: GpuContext,
+    pipeline: wgpu::ComputePipeline,
+    hyper_buffer: wgpu::Buffer,
+    hyper_stride: u64,
+    launches: Vec<Launch>,
+    _window_buffer: wgpu::Buffer,
+    _dummies: Vec<wgpu::Buffer>,
+}
+
+impl KernelRunner {
+    pub fn new(params: &FlatParams, spec: KernelSpec<'_>) -> Result<Self> {
+        let ctx = params.context().clone();
+        let device = ctx.device();
+        let limits = device.limits();
+        let tuning = ctx.options().tuning;
+        let layout = bind_group_layout(device, spec.slots.len());
+        let pipeline = build_pipeline(&ctx, &spec, &layout)?;
+
+        let hyper_stride =
+            MAX_HYPER_BYTES.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
+        let hyper_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("fused-optim hyper ring"),
+            size: hyper_stride * UNIFORM_RING,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+
+        let wins = windows(
+            params.len() as u64,
+            ctx.max_binding_bytes(),
+            u64::from(limits.min_storage_buffer_offset_alignment),
+        );
+        let window_stride =
+            16u64.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
+        let window_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("fused-optim windows"),
+            size: window_stride * wins.len() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        // Inactive state slots (e.g. max_exp_avg_sq without amsgrad) are never touched by the
+        // specialised kernel but must be bound: each gets its own 16-byte buffer.
+        let is_active = |slot: &str| spec.active.iter().any(|(n, _)| *n == slot);
+        let dummies: Vec<wgpu::Buffer> = spec
+            .slots
+            .iter()
+            .filter(|s| !is_active(s))
+            .map(|_| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("fused-optim unused slot"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+
+        let per_group = u64::from(tuning.workgroup_size) * u64::from(tuning.vec4_per_invocation);
+        let mut launches = Vec::with_capacity(wins.len());
+        for (w_index, w) in wins.iter().enumerate() {
+            let window_offset = window_stride * w_index as u64;
+            let header: [u32; 4] = [w.len as u32, 0, 0, 0];
+            ctx.queue()
+                .write_buffer(&window_buffer, window_offset, bytemuck::cast_slice(&header));
+            let mut entries = vec![
+                uniform_entry(0, &hyper_buffer, 0, MAX_HYPER_BYTES),
+                uniform_entry(1, &window_buffer, window_offset, 16),
+                storage_entry(2, window_binding(params.params_buffer(), w)),
+                storage_entry(3, window_binding(params.grads_buffer(), w)),
+            ];
+            let mut dummy = dummies.iter();
+            for (slot_index, slot) in spec.slots.iter().enumerate() {
+                let binding = 4 + slot_index as u32;
+                match spec.active.iter().find(|(n, _)| n == slot) {
+                    Some((_, buffer)) => {
+                        entries.push(storage_entry(binding, window_binding(buffer, w)))
+                    }
+                    None => entries.push(wgpu::BindGroupEntry {
+                        binding,
+                        resource: dummy
+                            .next()
+                            .expect("one dummy per inactive slot")
+                            .as_entire_binding(),
+                    }),
+                }
+            }
+            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("fused-optim window"),
+                layout: &layout,
+                entries: &entries,
+            });
+            let lanes = padded_len(w.len) / 4;
+            let groups = grid(
+                lanes.div_ceil(per_group),
+                limits.max_compute_workgroups_per_dimension,
+            );
+            launches.push(Launch { bind_group, groups });
+        }
+        Ok(Self {
+            ctx,
+            pipeline,
+            hyper_buffer,
+            hyper_stride,
+            launches,
+            _window_buffer: window_buffer,
+            _dummies: dummies,
+        })
+    }
+
+    /// Record one launch over every window, with `hyper` in uniform slot `slot % RING`.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, slot: u64, hyper: &[u8]) {
+        let offset = (slot % UNIFORM_RING) * self.hyper_stride;
+        self.ctx
+            .queue()
+            .write_buffer(&self.hyper_buffer, offset, hyper);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("fused-optim step"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&self.pipeline);
+        for launch in &self.launches {
+            pass.set_bind_group(0, &launch.bind_group, &[offset as u32]);
+            pass.dispatch_workgroups(launch.groups.0, launch.groups.1, 1);
+        }
+    }
+
+    /// Encode and submit one launch.
+    pub fn submit(&self, slot: u64, hyper: &[u8]) {
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("fused-optim step"),
+                });
+        self.encode(&mut encoder, slot, hyper);
+        self.ctx.queue().submit([encoder.finish()]);
+    }
+
+    pub fn windows(&self) -> usize {
+        self.launches.len()
+    }
+}
+
+fn uniform_entry(
+    binding: u32,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    size: u64,
+) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer,
+            offset,
+            size: NonZeroU64::new(size),
+        }),
+    }
+}
+
+fn storage_entry(binding: u32, b: wgpu::BufferBinding<'_>) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: wgpu::BindingResource::Buffer(b),
+    }
+}
+
+fn window_binding<'a>(buffer: &'a wgpu::Buffer, w: &Window) -> wgpu::BufferBinding<'a> {
+    wgpu::BufferBinding {
+        buffer,
+        offset: w.byte_offset(),
+        size: NonZeroU64::new(w.bound_bytes()),
+    }
+}
+
+fn bind_group_layout(device: &wgpu::Device, state_slots: usize) -> wgpu::BindGroupLayout {
+    let uniform = |binding, dynamic, size| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: dynamic,
+            min_binding_size: NonZeroU64::new(size),
+        },
+        count: None,
+    };
+    let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: NonZeroU64::new(16),
+        },
+        count: None,
+    };
+    let mut entries = vec![
+        uniform(0, true, MAX_HYPER_BYTES),
+        uniform(1, false, 16),
+        storage(2, false),
+        storage(3, true),
+    ];
+    for s in 0..state_slots {
+        entries.push(storage(4 + s as u32, false));
+    }
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("fused-optim layout"),
+        entries: &entries,
+    })
+}
+
+fn build_pipeline(
+    ctx: &GpuContext,
+    spec: &KernelSpec<'_>,
+    layout: &wgpu::BindGroupLayout,
+) -> Result<wgpu::ComputePipeline> {
+    let device = ctx.device();
+    let tuning = ctx.options().tuning;
+    let mut constants = spec.constants.clone();
+    constants.push(("WORKGROUP_SIZE", f64::from(tuning.workgroup_size)));
+    constants.push(("VEC4_PER_INVOCATION", f64::from(tuning.vec4_per_invocation)));
+    // The default uncaptured-error handler panics; capture instead and return a typed error.
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let descriptor = wgpu::ShaderModuleDescriptor {
+        label: Some(spec.file),
+        source: wgpu::ShaderSource::Wgsl(spec.source.as_str().into()),
+    };
+    let module = if spec.trusted {
+        // SAFETY: every kernel bounds-checks its lane index against the window's element
+        // count (common.wgsl `main`), and every binding covers whole lanes of the window, so
+        // no access is out of bounds without naga's clamping.
+        unsafe {
+            device.create_shader_module_trusted(descriptor, wgpu::ShaderRuntimeChecks::unchecked())
+        }
+    } else {
+        device.create_shader_module(descriptor)
+    };
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(spec.file),
+        bind_group_layouts: &[Some(layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(spec.file),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &constants,
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    match pollster::block_on(scope.pop()) {
+        None => Ok(pipeline),
+        Some(e) => Err(Error::Wgpu {
+            during: "pipeline creation",
+            message: e.to_string(),
+        }),
+    }
+}

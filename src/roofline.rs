@@ -1,0 +1,204 @@
+//! Roofline kernels: the memory-traffic cost of each optimizer's access pattern, measured on
+//! the same device. A fused optimizer kernel is judged by its time relative to its roof, a
+//! ratio that carries across machines where absolute times do not.
+//!
+//! - GPU: [`GpuRoof`] (same bindings, vector width, elements per invocation and masking as
+//!   the optimizer kernels; trivial arithmetic), [`GpuRoof::copy`] (a WGSL vec4 copy) and
+//!   [`gpu_buffer_copy`] (`copy_buffer_to_buffer`, the driver's own copy).
+//! - CPU: [`cpu_roof`] (same access pattern and threading as [`CpuOptimizer`](crate::CpuOptimizer))
+//!   and [`cpu_copy`] (a parallel memcpy).
+
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::gpu::buffer::{create_flat, FlatParams};
+use crate::gpu::kernel::{KernelRunner, KernelSpec};
+use crate::gpu::shaders::assemble;
+
+const ROOF: &str = include_str!("../shaders/roof.wgsl");
+const COPY: &str = include_str!("../shaders/copy.wgsl");
+const SLOTS: &[&str] = &["s0", "s1", "s2"];
+
+/// A roofline kernel on the device over a [`FlatParams`].
+pub struct GpuRoof {
+    runner: KernelRunner,
+    _states: Vec<wgpu::Buffer>,
+    launches: u64,
+}
+
+impl GpuRoof {
+    /// Reads p, g and `states` state tensors, writes p and the states: the access pattern of
+    /// an optimizer with that many state tensors (at most 3).
+    pub fn new(params: &FlatParams, states: usize) -> Result<Self> {
+        let states = states.min(3);
+        let buffers: Vec<wgpu::Buffer> = (0..states)
+            .map(|_| create_flat(params.context(), "roof state", params.len()))
+            .collect::<Result<_>>()?;
+        let runner = KernelRunner::new(
+            params,
+            KernelSpec {
+                file: "roof.wgsl",
+                source: assemble(ROOF),
+                slots: SLOTS,
+                active: SLOTS.iter().copied().zip(buffers.iter()).collect(),
+                constants: vec![("STATES", states as f64)],
+                trusted: true,
+            },
+        )?;
+        Ok(Self {
+            runner,
+            _states: buffers,
+            launches: 0,
+        })
+    }
+
+    /// A vec4 copy kernel (grads -> params) with the same launch geometry.
+    pub fn copy(params: &FlatParams) -> Result<Self> {
+        let runner = KernelRunner::new(
+            params,
+            KernelSpec {
+                file: "copy.wgsl",
+                source: assemble(COPY),
+                slots: &[],
+                active: vec![],
+                constants: vec![],
+                trusted: true,
+            },
+        )?;
+        Ok(Self {
+            runner,
+            _states: vec![],
+            launches: 0,
+        })
+    }
+
+    /// One launch (one submission, no wait).
+    pub fn step(&mut self) {
+        let hyper = [1e-30f32, 0.0, 0.0, 0.0];
+        self.runner
+            .submit(self.launches, bytemuck::cast_slice(&hyper));
+        self.launches += 1;
+    }
+}
+
+/// `copy_buffer_to_buffer` of the grads into the params buffer (one submission, no wait).
+pub fn gpu_buffer_copy(params: &FlatParams) {
+    let ctx = params.context();
+    let mut encoder = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("copy"),
+        });
+    encoder.copy_buffer_to_buffer(
+        params.grads_buffer(),
+        0,
+        params.params_buffer(),
+        0,
+        params.len() as u64 * 4,
+    );
+    ctx.queue().submit([encoder.finish()]);
+}
+
+/// Allocate a throw-away state-sized device buffer (used by benchmarks to size memory).
+pub fn scratch_buffer(params: &FlatParams) -> Result<wgpu::Buffer> {
+    create_flat(params.context(), "scratch", params.len())
+}
+
+/// The CPU roof: p += s * g + s * sum(states); state += g, over the same chunks and threads
+/// as the fast CPU path.
+pub fn cpu_roof(p: &mut [f32], g: &[f32], states: &mut [Vec<f32>]) {
+    const CHUNK: usize = 1 << 15;
+    let scale = 1e-30f32;
+    let pg = p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK));
+    match states {
+        [] => pg.for_each(|(p, g)| {
+            for (p, g) in p.iter_mut().zip(g) {
+                *p += scale * g;
+            }
+        }),
+        [a] => pg.zip(a.par_chunks_mut(CHUNK)).for_each(|((p, g), a)| {
+            for ((p, g), a) in p.iter_mut().zip(g).zip(a.iter_mut()) {
+                *p += scale * (g + *a);
+                *a += g;
+            }
+        }),
+        [a, b] => pg
+            .zip(a.par_chunks_mut(CHUNK))
+            .zip(b.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), a), b)| {
+                for (((p, g), a), b) in p.iter_mut().zip(g).zip(a.iter_mut()).zip(b.iter_mut()) {
+                    *p += scale * (g + *a + *b);
+                    *a += g;
+                    *b += g;
+                }
+            }),
+        [a, b, c, ..] => pg
+            .zip(a.par_chunks_mut(CHUNK))
+            .zip(b.par_chunks_mut(CHUNK))
+            .zip(c.par_chunks_mut(CHUNK))
+            .for_each(|((((p, g), a), b), c)| {
+                for ((((p, g), a), b), c) in p
+                    .iter_mut()
+                    .zip(g)
+                    .zip(a.iter_mut())
+                    .zip(b.iter_mut())
+                    .zip(c.iter_mut())
+                {
+                    *p += scale * (g + *a + *b + *c);
+                    *a += g;
+                    *b += g;
+                    *c += g;
+                }
+            }),
+    }
+}
+
+/// A parallel memcpy.
+pub fn cpu_copy(dst: &mut [f32], src: &[f32]) {
+    const CHUNK: usize = 1 << 16;
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+/// The optimizer configurations the benchmarks measure, by short name: one per distinct
+/// access pattern and kernel variant.
+pub fn benchmark_suite() -> Vec<(&'static str, crate::OptimizerConfig)> {
+    use crate::optim::*;
+    vec![
+        ("sgd", SgdConfig::default().into()),
+        (
+            "sgd_momentum",
+            SgdConfig {
+                momentum: 0.9,
+                ..Default::default()
+            }
+            .into(),
+        ),
+        ("adagrad", AdagradConfig::default().into()),
+        ("rmsprop", RmspropConfig::default().into()),
+        (
+            "rmsprop_centered_momentum",
+            RmspropConfig {
+                centered: true,
+                momentum: 0.9,
+                ..Default::default()
+            }
+            .into(),
+        ),
+        ("adam", AdamConfig::default().into()),
+        ("adamw", AdamConfig::adamw().into()),
+        (
+            "amsgrad",
+            AdamConfig {
+                amsgrad: true,
+                ..Default::default()
+            }
+            .into(),
+        ),
+        ("adadelta", AdadeltaConfig::default().into()),
+        ("nadam", NadamConfig::default().into()),
+        ("adamax", AdamaxConfig::default().into()),
+        ("radam", RadamConfig::default().into()),
+    ]
+}
