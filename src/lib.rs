@@ -25,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auto;
 pub mod cpu;
 pub mod dispatch;
 pub mod error;
@@ -33,12 +34,14 @@ pub mod gpu;
 pub mod optim;
 pub mod roofline;
 
+pub use auto::{AutoOptimizer, Backend, BackendChoice};
 pub use cpu::fast::CpuOptimizer;
 pub use cpu::reference::ReferenceOptimizer;
 pub use error::{Error, Result};
 pub use gpu::buffer::{FlatParams, FlatParamsBuilder, Segment};
 pub use gpu::context::{ContextOptions, GpuContext, KernelTuning};
 pub use gpu::optimizer::{GpuOptimizer, UNIFORM_RING};
+pub use gpu::timer::GpuTimer;
 pub use optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, HostState, NadamConfig,
     OptimizerConfig, RadamConfig, RmspropConfig, SgdConfig,

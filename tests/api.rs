@@ -514,3 +514,59 @@ fn works_on_a_caller_device_and_buffers() {
     opt.step().unwrap();
     assert_eq!(flat.read_params().unwrap(), vec![0.95, 2.05, 3.0]);
 }
+
+/// The automatic choice runs the CPU path on a software adapter and the GPU kernels on a real
+/// GPU; both backends behind the same API agree with the reference.
+#[test]
+fn auto_optimizer_chooses_and_both_backends_agree() {
+    let ctx = gpu();
+    let mut rng = Rng::new(11);
+    let p0 = params0(&mut rng, 4099);
+    let config = OptimizerConfig::from(RmspropConfig {
+        momentum: 0.5,
+        centered: true,
+        ..Default::default()
+    });
+    let mut choices = vec![BackendChoice::Cpu, BackendChoice::Auto];
+    if ctx.is_some() {
+        choices.push(BackendChoice::Gpu);
+        let auto = AutoOptimizer::new(ctx.as_ref(), &p0, config, BackendChoice::Auto).unwrap();
+        let software = ctx.as_ref().unwrap().is_software();
+        assert_eq!(
+            auto.backend(),
+            if software { Backend::Cpu } else { Backend::Gpu }
+        );
+    }
+    assert_eq!(BackendChoice::Auto.resolve(None).unwrap(), Backend::Cpu);
+    assert!(matches!(
+        BackendChoice::Gpu.resolve(None),
+        Err(Error::NoAdapter { .. })
+    ));
+    for choice in choices {
+        let mut opt = AutoOptimizer::new(ctx.as_ref(), &p0, config, choice).unwrap();
+        let mut reference = ReferenceOptimizer::new(config, p0.len()).unwrap();
+        let mut p: Vec<f64> = p0.iter().map(|&x| f64::from(x)).collect();
+        let mut peak: Vec<f64> = p.iter().map(|x| x.abs()).collect();
+        let mut grng = Rng::new(12);
+        for k in 1..=5 {
+            let g = grads(&mut grng, p0.len());
+            opt.write_grads(&g).unwrap();
+            opt.step().unwrap();
+            let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
+            reference.step(&mut p, &g64).unwrap();
+            track_peak(&mut peak, &p);
+            check_params(
+                &format!("{choice:?}"),
+                &opt.read_params().unwrap(),
+                &p,
+                &peak,
+                k,
+                RTOL_PER_STEP,
+            )
+            .unwrap();
+        }
+        assert!(opt.write_grads(&[1.0]).is_err());
+        assert_eq!(opt.host_state().step, 5);
+        assert_eq!(opt.read_state("grad_avg").unwrap().len(), p0.len());
+    }
+}

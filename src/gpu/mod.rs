@@ -5,3 +5,4 @@ pub mod context;
 pub(crate) mod kernel;
 pub mod optimizer;
 pub mod shaders;
+pub mod timer;

@@ -1,0 +1,149 @@
+//! Criterion: GPU-versus-CPU optimizer-step throughput with roofs, per optimizer and size.
+//!
+//! ids per optimizer and n: `cpu_reference`, `cpu_fast`, `gpu_step` (device-resident: submit
+//! many steps, wait once), `gpu_roundtrip` (upload grads, step, read params back),
+//! `gpu_roof`, `cpu_roof` (same access pattern, trivial arithmetic); per n: `gpu_copy`
+//! (WGSL vec4 copy), `gpu_buffer_copy` (`copy_buffer_to_buffer`), `cpu_copy` (parallel
+//! memcpy). Throughput is in minimal bytes (12 + 8 per state tensor per parameter; 8 for a
+//! copy). GPU time comes from timestamp queries where the adapter has them.
+//!
+//! `FUSED_OPTIM_BENCH_SIZES=16,20` (log2) narrows the sizes; criterion's filter narrows ids.
+
+use std::time::{Duration, Instant};
+
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
+use fused_optim::roofline::{benchmark_suite, cpu_copy, cpu_roof, gpu_buffer_copy, GpuRoof};
+use fused_optim::*;
+
+fn sizes() -> Vec<usize> {
+    std::env::var("FUSED_OPTIM_BENCH_SIZES")
+        .ok()
+        .map(|s| {
+            s.split(',')
+                .filter_map(|x| x.trim().parse::<u32>().ok())
+                .collect()
+        })
+        .unwrap_or_else(|| vec![16, 20, 22, 24])
+        .into_iter()
+        .map(|l| 1usize << l)
+        .collect()
+}
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;
+            x as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+fn wall(iters: u64, mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    start.elapsed()
+}
+
+fn benches(c: &mut Criterion) {
+    let ctx = GpuContext::new().expect("an adapter (see README: running without a GPU)");
+    let timer = GpuTimer::new(&ctx);
+    eprintln!(
+        "adapter: {}\nGPU time from {}",
+        ctx.describe(),
+        if timer.uses_timestamps() {
+            "timestamp queries"
+        } else {
+            "wall clock around submit + wait"
+        }
+    );
+    let gpu_time = |iters: u64, f: &mut dyn FnMut()| {
+        timer.time(|| (0..iters).for_each(|_| f())).expect("timing")
+    };
+
+    for n in sizes() {
+        let p0 = values(n, 1);
+        let g = values(n, 2);
+        let flat = FlatParams::from_slice(&ctx, &p0).unwrap();
+        flat.write_grads(&g).unwrap();
+
+        let mut group = c.benchmark_group("copy");
+        group.sample_size(10).sampling_mode(SamplingMode::Flat);
+        group.warm_up_time(Duration::from_millis(300));
+        group.measurement_time(Duration::from_secs(2));
+        group.throughput(Throughput::Bytes(8 * n as u64));
+        let mut copy = GpuRoof::copy(&flat).unwrap();
+        group.bench_function(BenchmarkId::new("gpu_copy", n), |b| {
+            b.iter_custom(|iters| gpu_time(iters, &mut || copy.step()))
+        });
+        group.bench_function(BenchmarkId::new("gpu_buffer_copy", n), |b| {
+            b.iter_custom(|iters| gpu_time(iters, &mut || gpu_buffer_copy(&flat)))
+        });
+        let mut dst = vec![0f32; n];
+        group.bench_function(BenchmarkId::new("cpu_copy", n), |b| {
+            b.iter_custom(|iters| wall(iters, || cpu_copy(&mut dst, &g)))
+        });
+        group.finish();
+        drop(copy);
+
+        for (name, config) in benchmark_suite() {
+            let states = config.state_names().len();
+            let mut group = c.benchmark_group(name);
+            group.sample_size(10).sampling_mode(SamplingMode::Flat);
+            group.warm_up_time(Duration::from_millis(300));
+            group.measurement_time(Duration::from_secs(2));
+            group.throughput(Throughput::Bytes(
+                config.minimal_bytes_per_param() * n as u64,
+            ));
+            flat.write_params(&p0).unwrap();
+            flat.write_grads(&g).unwrap();
+
+            let mut roof = GpuRoof::new(&flat, states).unwrap();
+            group.bench_function(BenchmarkId::new("gpu_roof", n), |b| {
+                b.iter_custom(|iters| gpu_time(iters, &mut || roof.step()))
+            });
+            drop(roof);
+            flat.write_params(&p0).unwrap();
+            let mut opt = GpuOptimizer::new(&flat, config).unwrap();
+            group.bench_function(BenchmarkId::new("gpu_step", n), |b| {
+                b.iter_custom(|iters| gpu_time(iters, &mut || opt.step().unwrap()))
+            });
+            group.bench_function(BenchmarkId::new("gpu_roundtrip", n), |b| {
+                b.iter_custom(|iters| {
+                    wall(iters, || {
+                        flat.write_grads(&g).unwrap();
+                        opt.step().unwrap();
+                        std::hint::black_box(flat.read_params().unwrap());
+                    })
+                })
+            });
+            drop(opt);
+
+            let mut p = p0.clone();
+            let mut cpu_states: Vec<Vec<f32>> = (0..states).map(|_| vec![0f32; n]).collect();
+            group.bench_function(BenchmarkId::new("cpu_roof", n), |b| {
+                b.iter_custom(|iters| wall(iters, || cpu_roof(&mut p, &g, &mut cpu_states)))
+            });
+            drop(cpu_states);
+            let mut p = p0.clone();
+            let mut fast = CpuOptimizer::new(config, n).unwrap();
+            group.bench_function(BenchmarkId::new("cpu_fast", n), |b| {
+                b.iter_custom(|iters| wall(iters, || fast.step(&mut p, &g).unwrap()))
+            });
+            drop(fast);
+            let mut p64: Vec<f64> = p0.iter().map(|&x| f64::from(x)).collect();
+            let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
+            let mut reference = ReferenceOptimizer::new(config, n).unwrap();
+            group.bench_function(BenchmarkId::new("cpu_reference", n), |b| {
+                b.iter_custom(|iters| wall(iters, || reference.step(&mut p64, &g64).unwrap()))
+            });
+            group.finish();
+        }
+    }
+}
+
+criterion_group!(throughput, benches);
+criterion_main!(throughput);
