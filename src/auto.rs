@@ -50,7 +50,7 @@ impl BackendChoice {
 enum Inner {
     Gpu {
         params: FlatParams,
-        opt: GpuOptimizer,
+        opt: Box<GpuOptimizer>,
     },
     Cpu {
         params: Vec<f32>,
@@ -88,7 +88,7 @@ impl AutoOptimizer {
         let inner = match (choice.resolve(ctx)?, ctx) {
             (Backend::Gpu, Some(ctx)) => {
                 let params = FlatParams::from_slice(ctx, initial)?;
-                let opt = GpuOptimizer::new(&params, config)?;
+                let opt = Box::new(GpuOptimizer::new(&params, config)?);
                 Inner::Gpu { params, opt }
             }
             _ => Inner::Cpu {
