@@ -49,7 +49,7 @@ impl BackendChoice {
 
 enum Inner {
     Gpu {
-        params: FlatParams,
+        params: Box<FlatParams>,
         opt: Box<GpuOptimizer>,
     },
     Cpu {
@@ -87,7 +87,7 @@ impl AutoOptimizer {
         config.validate()?;
         let inner = match (choice.resolve(ctx)?, ctx) {
             (Backend::Gpu, Some(ctx)) => {
-                let params = FlatParams::from_slice(ctx, initial)?;
+                let params = Box::new(FlatParams::from_slice(ctx, initial)?);
                 let opt = Box::new(GpuOptimizer::new(&params, config)?);
                 Inner::Gpu { params, opt }
             }
