@@ -528,10 +528,10 @@ fn auto_optimizer_chooses_and_both_backends_agree() {
         ..Default::default()
     });
     let mut choices = vec![BackendChoice::Cpu, BackendChoice::Auto];
-    if ctx.is_some() {
+    if let Some(c) = &ctx {
         choices.push(BackendChoice::Gpu);
         let auto = AutoOptimizer::new(ctx.as_ref(), &p0, config, BackendChoice::Auto).unwrap();
-        let software = ctx.as_ref().unwrap().is_software();
+        let software = c.is_software();
         assert_eq!(
             auto.backend(),
             if software { Backend::Cpu } else { Backend::Gpu }
