@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
+use fused_optim::cpu::staggered::StaggeredVec;
 use fused_optim::roofline::{benchmark_suite, cpu_copy, cpu_roof, gpu_buffer_copy, GpuRoof};
 use fused_optim::*;
 
@@ -66,7 +67,8 @@ fn benches(c: &mut Criterion) {
 
     for n in sizes() {
         let p0 = values(n, 1);
-        let g = values(n, 2);
+        // Grads at stagger slot 4: params (slot 0) and states (1-3) use the others.
+        let g = StaggeredVec::from_slice(&values(n, 2), 4);
         let flat = FlatParams::from_slice(&ctx, &p0).unwrap();
         flat.write_grads(&g).unwrap();
 
@@ -122,13 +124,15 @@ fn benches(c: &mut Criterion) {
             });
             drop(opt);
 
-            let mut p = p0.clone();
-            let mut cpu_states: Vec<Vec<f32>> = (0..states).map(|_| vec![0f32; n]).collect();
+            let mut p = p0.to_vec();
+            let mut cpu_states: Vec<StaggeredVec> = (0..states)
+                .map(|k| StaggeredVec::filled(n, 0.0, k + 1))
+                .collect();
             group.bench_function(BenchmarkId::new("cpu_roof", n), |b| {
                 b.iter_custom(|iters| wall(iters, || cpu_roof(&mut p, &g, &mut cpu_states)))
             });
             drop(cpu_states);
-            let mut p = p0.clone();
+            let mut p = p0.to_vec();
             let mut fast = CpuOptimizer::new(config, n).unwrap();
             group.bench_function(BenchmarkId::new("cpu_fast", n), |b| {
                 b.iter_custom(|iters| wall(iters, || fast.step(&mut p, &g).unwrap()))

@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use fused_optim::cpu::staggered::StaggeredVec;
 use fused_optim::roofline::{benchmark_suite, cpu_copy, cpu_roof, gpu_buffer_copy, GpuRoof};
 use fused_optim::*;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -32,6 +33,12 @@ struct Args {
     /// log2 of the sizes to run (default 16,20,22,24; --quick: 20,22).
     #[arg(long, value_delimiter = ',')]
     log2_sizes: Option<Vec<u32>>,
+    /// Kernel workgroup size (default: the library's).
+    #[arg(long)]
+    workgroup_size: Option<u32>,
+    /// vec4 lanes per invocation (default: the library's).
+    #[arg(long)]
+    vec4_per_invocation: Option<u32>,
 }
 
 /// Seconds per step: median of 5 batches, the batch length calibrated to ~target/5.
@@ -97,7 +104,15 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let ctx = GpuContext::new()?;
+    let mut tuning = KernelTuning::default();
+    tuning.workgroup_size = args.workgroup_size.unwrap_or(tuning.workgroup_size);
+    tuning.vec4_per_invocation = args
+        .vec4_per_invocation
+        .unwrap_or(tuning.vec4_per_invocation);
+    let ctx = GpuContext::with_options(ContextOptions {
+        tuning,
+        ..ContextOptions::default()
+    })?;
     let target = Duration::from_millis(if args.quick { 150 } else { 600 });
     let sizes: Vec<usize> = args
         .log2_sizes
@@ -130,7 +145,8 @@ fn main() -> Result<()> {
     let mut copies = Vec::new();
     for &n in &sizes {
         let p0 = values(n, 1);
-        let g = values(n, 2);
+        // Grads at stagger slot 4: params (slot 0) and states (1-3) use the others.
+        let g = StaggeredVec::from_slice(&values(n, 2), 4);
         let flat = FlatParams::from_slice(&ctx, &p0)?;
         flat.write_grads(&g)?;
 
@@ -179,13 +195,15 @@ fn main() -> Result<()> {
             });
             drop(opt);
 
-            let mut cpu_states: Vec<Vec<f32>> = (0..states).map(|_| vec![0f32; n]).collect();
-            let mut p = p0.clone();
+            let mut cpu_states: Vec<StaggeredVec> = (0..states)
+                .map(|k| StaggeredVec::filled(n, 0.0, k + 1))
+                .collect();
+            let mut p = p0.to_vec();
             let cpu_r = measure(target, |k| {
                 (0..k).for_each(|_| cpu_roof(&mut p, &g, &mut cpu_states));
             });
             drop(cpu_states);
-            let mut p = p0.clone();
+            let mut p = p0.to_vec();
             let mut fast = CpuOptimizer::new(*config, n)?;
             let cpu_fast = measure(target, |k| {
                 (0..k).for_each(|_| fast.step(&mut p, &g).unwrap());

@@ -10,6 +10,7 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::staggered::StaggeredVec;
 use crate::error::Result;
 use crate::gpu::buffer::{create_flat, FlatParams};
 use crate::gpu::kernel::{KernelRunner, KernelSpec};
@@ -105,8 +106,9 @@ pub fn scratch_buffer(params: &FlatParams) -> Result<wgpu::Buffer> {
 }
 
 /// The CPU roof: p += s * g + s * sum(states); state += g, over the same chunks and threads
-/// as the fast CPU path.
-pub fn cpu_roof(p: &mut [f32], g: &[f32], states: &mut [Vec<f32>]) {
+/// as the fast CPU path. `states` should be allocated as [`CpuOptimizer`](crate::CpuOptimizer)
+/// allocates its own: `StaggeredVec::filled(n, 0.0, k + 1)` for state k.
+pub fn cpu_roof(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec]) {
     const CHUNK: usize = 1 << 15;
     let scale = 1e-30f32;
     let pg = p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK));

@@ -5,6 +5,7 @@
 use ndarray::{ArrayBase, Data, DataMut, Dimension};
 use rayon::prelude::*;
 
+use super::staggered::StaggeredVec;
 use crate::error::{Error, Result};
 use crate::optim::{validate_lr, HostState, Hyper, OptimizerConfig};
 
@@ -19,7 +20,7 @@ pub struct CpuOptimizer {
     host: HostState,
     n: usize,
     names: Vec<&'static str>,
-    states: Vec<Vec<f32>>,
+    states: Vec<StaggeredVec>,
 }
 
 impl CpuOptimizer {
@@ -33,9 +34,11 @@ impl CpuOptimizer {
             });
         }
         let names = config.state_names();
+        // Slots 1, 2, 3: params and grads usually sit at slot 0 (see `StaggeredVec`).
         let states = names
             .iter()
-            .map(|name| vec![config.initial_state_value(name); n])
+            .enumerate()
+            .map(|(k, name)| StaggeredVec::filled(n, config.initial_state_value(name), k + 1))
             .collect();
         Ok(Self {
             host: HostState::new(config.lr()),
@@ -175,7 +178,7 @@ impl CpuOptimizer {
 }
 
 /// Runs `f` over matching chunks of params, grads and every state, in parallel.
-fn par_apply<F>(p: &mut [f32], g: &[f32], states: &mut [Vec<f32>], f: F)
+fn par_apply<F>(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], f: F)
 where
     F: Fn(&mut [f32], &[f32], &mut [&mut [f32]]) + Sync + Send,
 {

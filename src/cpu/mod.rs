@@ -2,3 +2,4 @@
 
 pub mod fast;
 pub mod reference;
+pub mod staggered;

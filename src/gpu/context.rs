@@ -16,8 +16,10 @@ pub struct KernelTuning {
 impl Default for KernelTuning {
     fn default() -> Self {
         Self {
-            workgroup_size: 64,
-            vec4_per_invocation: 4,
+            // Measured on lavapipe (BENCHMARKS.md): 256 x 2 was the fastest Adam at 2^22 and
+            // 2^24 among 64/256/512/1024 x 1/2/4/8.
+            workgroup_size: 256,
+            vec4_per_invocation: 2,
         }
     }
 }

@@ -1,0 +1,79 @@
+//! Criterion: fixed costs of a step.
+//!
+//! - `small/step_1024` vs `small/empty_submit`: a step of a tiny model against an empty
+//!   submission + wait on the same adapter (a step should cost at most ~2x the empty one);
+//! - `model/one_tensor` vs `model/1000_tensors`: 2^22 parameters as one tensor or as 1000
+//!   named segments of varied sizes (the flat buffer makes both one dispatch per step).
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fused_optim::*;
+
+fn benches(c: &mut Criterion) {
+    let ctx = GpuContext::new().expect("an adapter (see README: running without a GPU)");
+    eprintln!("adapter: {}", ctx.describe());
+
+    let mut group = c.benchmark_group("small");
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function("empty_submit", |b| {
+        b.iter(|| {
+            let encoder = ctx.device().create_command_encoder(&Default::default());
+            ctx.queue().submit([encoder.finish()]);
+            ctx.wait().unwrap();
+        })
+    });
+    let flat = FlatParams::from_slice(&ctx, &vec![0.5f32; 1024]).unwrap();
+    flat.write_grads(&vec![0.25f32; 1024]).unwrap();
+    let mut opt = GpuOptimizer::new(&flat, AdamConfig::default()).unwrap();
+    group.bench_function("step_1024", |b| {
+        b.iter(|| {
+            opt.step().unwrap();
+            ctx.wait().unwrap();
+        })
+    });
+    group.finish();
+
+    let n = 1usize << 22;
+    let mut group = c.benchmark_group("model");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(4));
+    group.throughput(Throughput::Bytes(28 * n as u64));
+    let one = FlatParams::from_slice(&ctx, &vec![0.5f32; n]).unwrap();
+    let mut opt_one = GpuOptimizer::new(&one, AdamConfig::default()).unwrap();
+    group.bench_function("one_tensor", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            (0..iters).for_each(|_| opt_one.step().unwrap());
+            ctx.wait().unwrap();
+            start.elapsed()
+        })
+    });
+    drop(opt_one);
+    drop(one);
+    // 1000 tensors of varied sizes (a weight-and-bias mix) summing to exactly 2^22.
+    let mut sizes: Vec<usize> = (0..1000)
+        .map(|i| if i % 2 == 0 { 4_000 + 7 * i } else { 37 + i })
+        .collect();
+    let used: usize = sizes[..999].iter().sum();
+    sizes[999] = n - used;
+    let mut builder = FlatParams::builder();
+    for (i, &s) in sizes.iter().enumerate() {
+        builder = builder.slice(&format!("t{i}"), &vec![0.5f32; s]);
+    }
+    let many = builder.build(&ctx).unwrap();
+    assert_eq!(many.len(), n);
+    let mut opt_many = GpuOptimizer::new(&many, AdamConfig::default()).unwrap();
+    group.bench_function("1000_tensors", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            (0..iters).for_each(|_| opt_many.step().unwrap());
+            ctx.wait().unwrap();
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(overheads, benches);
+criterion_main!(overheads);
