@@ -1,0 +1,85 @@
+//! Per-step cost in resources: what a step creates on the device. Its own test binary: wgpu's
+//! resource counters are process-wide, so no other test may run beside it.
+
+mod common;
+
+use common::*;
+use fused_optim::*;
+
+/// No bind group, pipeline, shader module or layout is created per step, and no buffer beyond
+/// the one staging buffer wgpu's own `queue.write_buffer` allocates for the 48-byte uniform.
+/// Counts are read right after 20 submissions, before waiting: a resource made and dropped
+/// per step is still held by its in-flight submission then. The control makes a bind group
+/// per step the same way and shows the counters see it.
+#[test]
+fn steps_create_no_gpu_resources() {
+    let Some(ctx) = gpu() else { return };
+    let flat = FlatParams::from_slice(&ctx, &vec![0.5f32; 10_001]).unwrap();
+    flat.write_grads(&vec![0.1f32; 10_001]).unwrap();
+    let mut opt = GpuOptimizer::new(
+        &flat,
+        AdamConfig {
+            amsgrad: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    opt.step().unwrap();
+    ctx.wait().unwrap();
+    let snapshot = |ctx: &GpuContext| {
+        let c = ctx.device().get_internal_counters();
+        [
+            c.hal.bind_groups.read(),
+            c.hal.compute_pipelines.read(),
+            c.hal.shader_modules.read(),
+            c.hal.bind_group_layouts.read(),
+            c.hal.pipeline_layouts.read(),
+            c.hal.buffers.read(),
+        ]
+    };
+    let before = snapshot(&ctx);
+    for _ in 0..20 {
+        opt.step().unwrap();
+    }
+    let after = snapshot(&ctx);
+    ctx.wait().unwrap();
+    assert_eq!(
+        after[..5],
+        before[..5],
+        "[bind groups, pipelines, modules, layouts, pipeline layouts]"
+    );
+    assert!(
+        after[5] <= before[5] + 1,
+        "buffers {} -> {}",
+        before[5],
+        after[5]
+    );
+
+    // Control: a bind group made, used and dropped per submission shows up.
+    let layout = ctx
+        .device()
+        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: None,
+            entries: &[],
+        });
+    let before = snapshot(&ctx);
+    for _ in 0..20 {
+        let bg = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &[],
+        });
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_bind_group(0, &bg, &[]);
+        }
+        ctx.queue().submit([encoder.finish()]);
+    }
+    let after = snapshot(&ctx);
+    ctx.wait().unwrap();
+    assert!(
+        after[0] > before[0],
+        "the counters did not see per-step bind groups"
+    );
+}
