@@ -121,6 +121,14 @@ pub enum Error {
         /// What wgpu said.
         message: String,
     },
+    /// A data file (e.g. MNIST idx) that cannot be read.
+    #[error("data file {file}: {reason}")]
+    Data {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A golden file that does not follow the `optim-golden/1` schema or asks for an
     /// unsupported option.
     #[error("golden file {file}: {reason}")]

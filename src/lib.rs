@@ -32,6 +32,7 @@ pub mod error;
 pub mod golden;
 pub mod gpu;
 pub mod optim;
+pub mod playground;
 pub mod roofline;
 
 pub use auto::{AutoOptimizer, Backend, BackendChoice};
