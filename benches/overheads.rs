@@ -75,5 +75,11 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(overheads, benches);
+// Criterion's own plots are off: plotters here is built with embedded-font rendering
+// (ab_glyph, for the playground pictures) and has no system font for criterion's charts.
+criterion_group! {
+    name = overheads;
+    config = Criterion::default().without_plots();
+    targets = benches
+}
 criterion_main!(overheads);

@@ -149,5 +149,11 @@ fn benches(c: &mut Criterion) {
     }
 }
 
-criterion_group!(throughput, benches);
+// Criterion's own plots are off: plotters here is built with embedded-font rendering
+// (ab_glyph, for the playground pictures) and has no system font for criterion's charts.
+criterion_group! {
+    name = throughput;
+    config = Criterion::default().without_plots();
+    targets = benches
+}
 criterion_main!(throughput);

@@ -34,6 +34,7 @@ pub mod gpu;
 pub mod optim;
 pub mod playground;
 pub mod roofline;
+pub mod schedule;
 
 pub use auto::{AutoOptimizer, Backend, BackendChoice};
 pub use cpu::fast::CpuOptimizer;
