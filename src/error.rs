@@ -121,6 +121,15 @@ pub enum Error {
         /// What wgpu said.
         message: String,
     },
+    /// A checkpoint that cannot be written, read, or does not fit this optimizer. Nothing of
+    /// the optimizer is changed when loading fails.
+    #[error("checkpoint {file}: {reason}")]
+    Checkpoint {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A data file (e.g. MNIST idx) that cannot be read.
     #[error("data file {file}: {reason}")]
     Data {

@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod auto;
+pub mod checkpoint;
 pub mod cpu;
 pub mod dispatch;
 pub mod error;

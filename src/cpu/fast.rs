@@ -177,6 +177,40 @@ impl CpuOptimizer {
     }
 }
 
+impl CpuOptimizer {
+    /// Save the optimizer state as a safetensors checkpoint, atomically.
+    pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let tensors = self
+            .names
+            .iter()
+            .zip(&self.states)
+            .map(|(name, s)| (name.to_string(), s.to_vec()))
+            .collect();
+        crate::checkpoint::save(
+            path.as_ref(),
+            &crate::checkpoint::OptimizerState {
+                config: self.config,
+                host: self.host,
+                n: self.n,
+                tensors,
+            },
+        )
+    }
+
+    /// Load a checkpoint; validated completely first, so on any error nothing changes.
+    pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        let state = crate::checkpoint::load(path)?;
+        crate::checkpoint::check_fits(path, &state, &self.config, self.n)?;
+        for ((_, values), s) in state.tensors.iter().zip(self.states.iter_mut()) {
+            s.copy_from_slice(values);
+        }
+        self.config = state.config;
+        self.host = state.host;
+        Ok(())
+    }
+}
+
 /// Runs `f` over matching chunks of params, grads and every state, in parallel.
 fn par_apply<F>(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], f: F)
 where

@@ -182,4 +182,39 @@ impl GpuOptimizer {
         }
         Ok(())
     }
+
+    /// Save the optimizer state (state tensors, step, lr, hyper-parameters) as a safetensors
+    /// checkpoint, atomically. Reads the state back from the device.
+    pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let tensors = self
+            .state_names
+            .iter()
+            .map(|name| Ok((name.to_string(), self.read_state(name)?)))
+            .collect::<Result<Vec<_>>>()?;
+        crate::checkpoint::save(
+            path.as_ref(),
+            &crate::checkpoint::OptimizerState {
+                config: self.config,
+                host: self.host,
+                n: self.params.len(),
+                tensors,
+            },
+        )
+    }
+
+    /// Load a checkpoint written by [`Self::save_checkpoint`] (or `CpuOptimizer`'s). The file
+    /// is validated completely first; on any error nothing changes.
+    pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        let state = crate::checkpoint::load(path)?;
+        crate::checkpoint::check_fits(path, &state, &self.config, self.params.len())?;
+        for ((_, values), buffer) in state.tensors.iter().zip(&self.states) {
+            self.ctx
+                .queue()
+                .write_buffer(buffer, 0, bytemuck::cast_slice(values));
+        }
+        self.config = state.config;
+        self.host = state.host;
+        Ok(())
+    }
 }

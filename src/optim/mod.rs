@@ -251,6 +251,39 @@ impl OptimizerConfig {
         }
     }
 
+    /// The hyper-parameters under PyTorch's names (as in `param_groups[0]`), the inverse of
+    /// [`crate::golden::config_from_hparams`].
+    pub fn hparams(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Self::Sgd(c) => json!({"lr": c.lr, "momentum": c.momentum, "dampening": c.dampening,
+                "weight_decay": c.weight_decay, "nesterov": c.nesterov, "maximize": c.maximize}),
+            Self::Adagrad(c) => {
+                json!({"lr": c.lr, "lr_decay": c.lr_decay, "weight_decay": c.weight_decay,
+                "initial_accumulator_value": c.initial_accumulator_value, "eps": c.eps, "maximize": c.maximize})
+            }
+            Self::Rmsprop(c) => {
+                json!({"lr": c.lr, "alpha": c.alpha, "eps": c.eps, "weight_decay": c.weight_decay,
+                "momentum": c.momentum, "centered": c.centered, "maximize": c.maximize})
+            }
+            Self::Adam(c) => json!({"lr": c.lr, "betas": [c.betas.0, c.betas.1], "eps": c.eps,
+                "weight_decay": c.weight_decay, "amsgrad": c.amsgrad, "maximize": c.maximize,
+                "decoupled_weight_decay": c.decoupled_weight_decay}),
+            Self::Adadelta(c) => {
+                json!({"lr": c.lr, "rho": c.rho, "eps": c.eps, "weight_decay": c.weight_decay,
+                "maximize": c.maximize})
+            }
+            Self::Nadam(c) => json!({"lr": c.lr, "betas": [c.betas.0, c.betas.1], "eps": c.eps,
+                "weight_decay": c.weight_decay, "momentum_decay": c.momentum_decay,
+                "decoupled_weight_decay": c.decoupled_weight_decay, "maximize": c.maximize}),
+            Self::Adamax(c) => json!({"lr": c.lr, "betas": [c.betas.0, c.betas.1], "eps": c.eps,
+                "weight_decay": c.weight_decay, "maximize": c.maximize}),
+            Self::Radam(c) => json!({"lr": c.lr, "betas": [c.betas.0, c.betas.1], "eps": c.eps,
+                "weight_decay": c.weight_decay, "decoupled_weight_decay": c.decoupled_weight_decay,
+                "maximize": c.maximize}),
+        }
+    }
+
     /// Ends a step whose kernel has been issued.
     pub fn end_step(&self, host: &mut HostState) {
         host.momentum_buffer_ready = true;

@@ -1,0 +1,253 @@
+//! Optimizer checkpoints as safetensors files, with PyTorch's state names.
+//!
+//! Tensors: one F32 tensor of shape `[n]` per state tensor (`exp_avg`, `exp_avg_sq`, ...).
+//! Metadata (strings): `format` = `fused-optim-checkpoint/1`, `optimizer` (PyTorch's class
+//! name), `hparams` (JSON, PyTorch's names), `step`, `lr`, `mu_product`,
+//! `momentum_buffer_ready`, `n`, and `crc32.<name>` for every tensor, so that a corrupted
+//! file is refused even where the safetensors framing survives.
+//!
+//! Writes are atomic (a temporary file in the same folder, synced, then renamed over the
+//! target). Loading validates everything (framing, checksums, kind, names, shapes, dtypes)
+//! before anything is changed: a refused file leaves the optimizer as it was.
+//!
+//! ```no_run
+//! # fn main() -> fused_optim::Result<()> {
+//! use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer};
+//! let ctx = GpuContext::new()?;
+//! let params = FlatParams::from_slice(&ctx, &[1.0, 2.0, 3.0])?;
+//! let mut opt = GpuOptimizer::new(&params, AdamConfig::default())?;
+//! opt.step()?;
+//! opt.save_checkpoint("opt.safetensors")?;
+//! let mut resumed = GpuOptimizer::new(&params, AdamConfig::default())?;
+//! resumed.load_checkpoint("opt.safetensors")?; // same state, step count and hyper-parameters
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::error::{Error, Result};
+use crate::golden::config_from_hparams;
+use crate::optim::{HostState, OptimizerConfig};
+
+/// Format tag written into every checkpoint.
+pub const FORMAT: &str = "fused-optim-checkpoint/1";
+
+/// Everything an optimizer checkpoint holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    /// Kind and hyper-parameters.
+    pub config: OptimizerConfig,
+    /// Step counter, lr, NAdam's mu_product, SGD's buffer flag.
+    pub host: HostState,
+    /// Parameters covered.
+    pub n: usize,
+    /// Per-element state tensors by PyTorch's names, in `config.state_names()` order.
+    pub tensors: Vec<(String, Vec<f32>)>,
+}
+
+fn err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        file: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Write `state` to `path` atomically.
+pub fn save(path: &Path, state: &OptimizerState) -> Result<()> {
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert("optimizer".to_string(), state.config.name().to_string());
+    meta.insert("hparams".to_string(), state.config.hparams().to_string());
+    meta.insert("step".to_string(), state.host.step.to_string());
+    meta.insert("lr".to_string(), format!("{:?}", state.host.lr));
+    meta.insert(
+        "mu_product".to_string(),
+        format!("{:?}", state.host.mu_product),
+    );
+    meta.insert(
+        "momentum_buffer_ready".to_string(),
+        state.host.momentum_buffer_ready.to_string(),
+    );
+    meta.insert("n".to_string(), state.n.to_string());
+    let mut views = Vec::new();
+    for (name, values) in &state.tensors {
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        meta.insert(format!("crc32.{name}"), crc32fast::hash(bytes).to_string());
+        let view = TensorView::new(Dtype::F32, vec![values.len()], bytes)
+            .map_err(|e| err(path, e.to_string()))?;
+        views.push((name.clone(), view));
+    }
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e.to_string()))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| err(path, "not a file path"))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(path, e.to_string())
+    })
+}
+
+/// Read and validate a checkpoint file (framing, checksums, metadata, dtypes, shapes).
+pub fn load(path: &Path) -> Result<OptimizerState> {
+    let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
+    let (_, metadata) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| err(path, format!("not a valid safetensors file: {e}")))?;
+    let tensors = SafeTensors::deserialize(&bytes)
+        .map_err(|e| err(path, format!("not a valid safetensors file: {e}")))?;
+    let meta = metadata
+        .metadata()
+        .clone()
+        .ok_or_else(|| err(path, "no metadata: not a fused-optim checkpoint"))?;
+    let get = |k: &str| {
+        meta.get(k)
+            .ok_or_else(|| err(path, format!("metadata lacks `{k}`")))
+    };
+    if get("format")? != FORMAT {
+        return Err(err(
+            path,
+            format!("format is `{}`, expected `{FORMAT}`", get("format")?),
+        ));
+    }
+    let optimizer = get("optimizer")?;
+    let hparams: serde_json::Value =
+        serde_json::from_str(get("hparams")?).map_err(|e| err(path, format!("hparams: {e}")))?;
+    let map = hparams
+        .as_object()
+        .ok_or_else(|| err(path, "hparams is not an object"))?;
+    let config = config_from_hparams(optimizer, map).map_err(|e| err(path, e))?;
+    config.validate()?;
+    if config.name() != optimizer {
+        return Err(err(
+            path,
+            format!("hparams describe {}, not {optimizer}", config.name()),
+        ));
+    }
+    let number = |k: &str| -> Result<f64> {
+        get(k)?
+            .parse::<f64>()
+            .map_err(|e| err(path, format!("`{k}`: {e}")))
+    };
+    let n: usize = get("n")?
+        .parse()
+        .map_err(|e| err(path, format!("`n`: {e}")))?;
+    let host = HostState {
+        step: get("step")?
+            .parse()
+            .map_err(|e| err(path, format!("`step`: {e}")))?,
+        lr: number("lr")?,
+        mu_product: number("mu_product")?,
+        momentum_buffer_ready: get("momentum_buffer_ready")? == "true",
+    };
+    let names = config.state_names();
+    let mut found: Vec<String> = tensors.names().iter().map(|s| s.to_string()).collect();
+    found.sort();
+    let mut expected: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    if found != expected {
+        return Err(err(
+            path,
+            format!(
+                "{optimizer} with these options has state {expected:?}, the file holds {found:?}"
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let t = tensors.tensor(name).map_err(|e| err(path, e.to_string()))?;
+        if t.dtype() != Dtype::F32 {
+            return Err(err(
+                path,
+                format!("`{name}` is {:?}, expected F32", t.dtype()),
+            ));
+        }
+        if t.shape() != [n] {
+            return Err(err(
+                path,
+                format!("`{name}` has shape {:?}, expected [{n}]", t.shape()),
+            ));
+        }
+        let crc = get(&format!("crc32.{name}"))?;
+        if crc32fast::hash(t.data()).to_string() != *crc {
+            return Err(err(
+                path,
+                format!("`{name}` fails its checksum: the file is corrupted"),
+            ));
+        }
+        let values: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.push((name.to_string(), values));
+    }
+    Ok(OptimizerState {
+        config,
+        host,
+        n,
+        tensors: out,
+    })
+}
+
+/// Check that a loaded checkpoint fits an optimizer of `config` over `n` parameters: same
+/// kind and the same state tensors (the structural options); hyper-parameters may differ and
+/// are taken from the checkpoint, as PyTorch's `load_state_dict` does.
+pub(crate) fn check_fits(
+    path: &Path,
+    state: &OptimizerState,
+    config: &OptimizerConfig,
+    n: usize,
+) -> Result<()> {
+    if state.config.name() != config.name() {
+        return Err(err(
+            path,
+            format!(
+                "holds a {} state, this optimizer is {}",
+                state.config.name(),
+                config.name()
+            ),
+        ));
+    }
+    if state.config.state_names() != config.state_names() {
+        return Err(err(
+            path,
+            format!(
+                "holds state {:?}, this optimizer has {:?}",
+                state.config.state_names(),
+                config.state_names()
+            ),
+        ));
+    }
+    if state.config.overrides() != config.overrides() {
+        return Err(err(
+            path,
+            format!(
+                "structural options differ (kernel flags {:?} vs {:?})",
+                state.config.overrides(),
+                config.overrides()
+            ),
+        ));
+    }
+    if state.n != n {
+        return Err(err(
+            path,
+            format!("covers {} parameters, this optimizer {n}", state.n),
+        ));
+    }
+    Ok(())
+}
