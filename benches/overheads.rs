@@ -3,7 +3,9 @@
 //! - `small/step_1024` vs `small/empty_submit`: a step of a tiny model against an empty
 //!   submission + wait on the same adapter (a step should cost at most ~2x the empty one);
 //! - `model/one_tensor` vs `model/1000_tensors`: 2^22 parameters as one tensor or as 1000
-//!   named segments of varied sizes (the flat buffer makes both one dispatch per step).
+//!   named segments of varied sizes (the flat buffer makes both one dispatch per step);
+//! - `model/one_tensor_norm_clipped`, `model/one_tensor_unscaled_value_clipped`: the cost of
+//!   the gradient pipeline (device-side global norm; unscale + clip by value).
 
 use std::time::Duration;
 
@@ -50,6 +52,39 @@ fn benches(c: &mut Criterion) {
         })
     });
     drop(opt_one);
+    // The same step with clip_grad_norm_ on the device (two reduction passes added to the
+    // same submission) and with unscaling + clipping by value (no extra pass).
+    let mut opt_clip = GpuOptimizer::new(&one, AdamConfig::default()).unwrap();
+    opt_clip
+        .set_grad_options(GradOptions {
+            max_norm: Some(1.0),
+            ..Default::default()
+        })
+        .unwrap();
+    group.bench_function("one_tensor_norm_clipped", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            (0..iters).for_each(|_| opt_clip.step().unwrap());
+            ctx.wait().unwrap();
+            start.elapsed()
+        })
+    });
+    opt_clip
+        .set_grad_options(GradOptions {
+            grad_scale: 1.0 / 1024.0,
+            clip_value: Some(1.0),
+            max_norm: None,
+        })
+        .unwrap();
+    group.bench_function("one_tensor_unscaled_value_clipped", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            (0..iters).for_each(|_| opt_clip.step().unwrap());
+            ctx.wait().unwrap();
+            start.elapsed()
+        })
+    });
+    drop(opt_clip);
     drop(one);
     // 1000 tensors of varied sizes (a weight-and-bias mix) summing to exactly 2^22.
     let mut sizes: Vec<usize> = (0..1000)

@@ -20,13 +20,12 @@ struct Hyper {
 
 @group(0) @binding(0) var<uniform> hp: Hyper;
 @group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> exp_inf: array<vec4<f32>>;
 
 fn update(i: u32, live: vec4<bool>) {
     let p0 = param[i];
-    let g = grad[i] * hp.grad_sign + hp.weight_decay * p0;
+    let g = load_grad(i) * hp.grad_sign + hp.weight_decay * p0;
     let m0 = exp_avg[i];
     let u0 = exp_inf[i];
     let m = m0 + hp.one_minus_beta1 * (g - m0);

@@ -7,10 +7,14 @@
 //   0  uniform  Hyper   per-step scalars, computed on the host in f64 (dynamic offset)
 //   1  uniform  Window  n = logical elements in this binding window
 //   2  storage  param   read_write  array<vec4<f32>>
-//   3  storage  grad    read        array<vec4<f32>>
-//   4+ storage  state   read_write  array<vec4<f32>>, one per state tensor
+//   3  storage  grad    read        array<vec4<f32>>   (declared here; read through load_grad)
+//   4+ storage  state   read_write  array<vec4<f32>>, one per state tensor (at most 3)
+//   7  storage  control read        GradControl: unscale, clip by value, norm-clip coefficient
 
 override WORKGROUP_SIZE: u32 = 64u;
+// Off: load_grad is a plain load (the control block is bound but never read). On: the
+// gradient pipeline below. A separate pipeline, built once when gradient options are set.
+override GRAD_PIPELINE: bool = false;
 override VEC4_PER_INVOCATION: u32 = 4u;
 
 struct Window {
@@ -20,7 +24,32 @@ struct Window {
     _pad2: u32,
 }
 
+// The gradient pipeline: g = clamp(grad * inv_scale, -clip_value, clip_value) * coef.
+// inv_scale = 1 / loss scale (mixed precision), clip_value = clip_grad_value_ (f32 max when
+// off), coef = min(1, max_norm / (norm + 1e-6)) from clip_grad_norm_, written on the device by
+// norm.wgsl (1 when off). norm and nonfinite are that pass's outputs, read only by the host.
+struct GradControl {
+    inv_scale: f32,
+    clip_value: f32,
+    coef: f32,
+    nonfinite: u32,
+    norm: f32,
+    max_norm: f32,
+    _pad0: f32,
+    _pad1: f32,
+}
+
 @group(0) @binding(1) var<uniform> window: Window;
+@group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> control: GradControl;
+
+fn load_grad(i: u32) -> vec4<f32> {
+    if (GRAD_PIPELINE) {
+        let limit = vec4<f32>(control.clip_value);
+        return clamp(grad[i] * control.inv_scale, -limit, limit) * control.coef;
+    }
+    return grad[i];
+}
 
 // Which of the 4 elements of lane i are real elements (index < n).
 fn live_lanes(i: u32) -> vec4<bool> {

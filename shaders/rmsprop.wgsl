@@ -26,14 +26,13 @@ struct Hyper {
 
 @group(0) @binding(0) var<uniform> hp: Hyper;
 @group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> square_avg: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> grad_avg: array<vec4<f32>>;
 
 fn update(i: u32, live: vec4<bool>) {
     let p0 = param[i];
-    let g = grad[i] * hp.grad_sign + hp.weight_decay * p0;
+    let g = load_grad(i) * hp.grad_sign + hp.weight_decay * p0;
     let v0 = square_avg[i];
     let v = hp.alpha * v0 + hp.one_minus_alpha * g * g;
     square_avg[i] = select(v0, v, live);

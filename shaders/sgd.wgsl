@@ -24,12 +24,11 @@ struct Hyper {
 
 @group(0) @binding(0) var<uniform> hp: Hyper;
 @group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 
 fn update(i: u32, live: vec4<bool>) {
     let p0 = param[i];
-    var d = grad[i] * hp.grad_sign + hp.weight_decay * p0;
+    var d = load_grad(i) * hp.grad_sign + hp.weight_decay * p0;
     if (HAS_MOMENTUM) {
         let b0 = momentum_buffer[i];
         let b = hp.buffer_keep * b0 + hp.grad_into_buffer * d;

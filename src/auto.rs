@@ -55,7 +55,7 @@ enum Inner {
     Cpu {
         params: Vec<f32>,
         grads: Vec<f32>,
-        opt: CpuOptimizer,
+        opt: Box<CpuOptimizer>,
     },
 }
 
@@ -92,7 +92,7 @@ impl AutoOptimizer {
                 Inner::Gpu { params, opt }
             }
             _ => Inner::Cpu {
-                opt: CpuOptimizer::new(config, initial.len())?,
+                opt: Box::new(CpuOptimizer::new(config, initial.len())?),
                 params: initial.to_vec(),
                 grads: vec![0.0; initial.len()],
             },

@@ -130,6 +130,12 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The global gradient norm was not finite (`clip_grad_norm_`'s `error_if_nonfinite`).
+    #[error("the total norm of the gradients is non-finite ({norm}), so it cannot be clipped")]
+    NonFiniteGradients {
+        /// The norm found.
+        norm: f64,
+    },
     /// A data file (e.g. MNIST idx) that cannot be read.
     #[error("data file {file}: {reason}")]
     Data {

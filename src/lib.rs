@@ -43,6 +43,7 @@ pub use cpu::reference::ReferenceOptimizer;
 pub use error::{Error, Result};
 pub use gpu::buffer::{FlatParams, FlatParamsBuilder, Segment};
 pub use gpu::context::{ContextOptions, GpuContext, KernelTuning};
+pub use gpu::gradients::GradOptions;
 pub use gpu::optimizer::{GpuOptimizer, UNIFORM_RING};
 pub use gpu::timer::GpuTimer;
 pub use optim::{

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use crate::cpu::staggered::StaggeredVec;
 use crate::error::Result;
 use crate::gpu::buffer::{create_flat, FlatParams};
+use crate::gpu::gradients::{control_buffer, GradOptions};
 use crate::gpu::kernel::{KernelRunner, KernelSpec};
 use crate::gpu::shaders::assemble;
 
@@ -23,6 +24,7 @@ const SLOTS: &[&str] = &["s0", "s1", "s2"];
 /// A roofline kernel on the device over a [`FlatParams`].
 pub struct GpuRoof {
     runner: KernelRunner,
+    _control: wgpu::Buffer,
     _states: Vec<wgpu::Buffer>,
     launches: u64,
 }
@@ -32,6 +34,7 @@ impl GpuRoof {
     /// an optimizer with that many state tensors (at most 3).
     pub fn new(params: &FlatParams, states: usize) -> Result<Self> {
         let states = states.min(3);
+        let control = control_buffer(params.context(), &GradOptions::default());
         let buffers: Vec<wgpu::Buffer> = (0..states)
             .map(|_| create_flat(params.context(), "roof state", params.len()))
             .collect::<Result<_>>()?;
@@ -44,10 +47,12 @@ impl GpuRoof {
                 active: SLOTS.iter().copied().zip(buffers.iter()).collect(),
                 constants: vec![("STATES", states as f64)],
                 trusted: true,
+                control: &control,
             },
         )?;
         Ok(Self {
             runner,
+            _control: control,
             _states: buffers,
             launches: 0,
         })
@@ -55,6 +60,7 @@ impl GpuRoof {
 
     /// A vec4 copy kernel (grads -> params) with the same launch geometry.
     pub fn copy(params: &FlatParams) -> Result<Self> {
+        let control = control_buffer(params.context(), &GradOptions::default());
         let runner = KernelRunner::new(
             params,
             KernelSpec {
@@ -64,10 +70,12 @@ impl GpuRoof {
                 active: vec![],
                 constants: vec![],
                 trusted: true,
+                control: &control,
             },
         )?;
         Ok(Self {
             runner,
+            _control: control,
             _states: vec![],
             launches: 0,
         })

@@ -8,8 +8,9 @@ mod common;
 use common::*;
 use fused_optim::*;
 
+/// A file in a folder of its own per test (tests run in parallel).
 fn temp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("fused-optim-ckpt-{}", std::process::id()));
+    let d = std::env::temp_dir().join(format!("fused-optim-ckpt-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
 }

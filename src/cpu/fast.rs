@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::staggered::StaggeredVec;
 use crate::error::{Error, Result};
+use crate::gpu::gradients::GradOptions;
 use crate::optim::{validate_lr, HostState, Hyper, OptimizerConfig};
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
@@ -21,6 +22,9 @@ pub struct CpuOptimizer {
     n: usize,
     names: Vec<&'static str>,
     states: Vec<StaggeredVec>,
+    grad_options: GradOptions,
+    scratch: Vec<f32>,
+    last_grad_norm: Option<f64>,
 }
 
 impl CpuOptimizer {
@@ -46,6 +50,9 @@ impl CpuOptimizer {
             n,
             names,
             states,
+            grad_options: GradOptions::default(),
+            scratch: Vec::new(),
+            last_grad_norm: None,
         })
     }
 
@@ -60,6 +67,12 @@ impl CpuOptimizer {
                 });
             }
         }
+        let grads = if self.grad_options == GradOptions::default() {
+            grads
+        } else {
+            self.last_grad_norm = preprocess(&self.grad_options, grads, &mut self.scratch);
+            &self.scratch[..]
+        };
         let hyper = self.config.begin_step(&mut self.host);
         let c = self.config;
         match (hyper, c) {
@@ -120,6 +133,18 @@ impl CpuOptimizer {
             what: "contiguous params view (the array is not in standard layout)",
         })?;
         self.step(p, g)
+    }
+
+    /// Gradient pre-processing (unscale, clip by value, clip by global norm), as on the GPU.
+    pub fn set_grad_options(&mut self, options: GradOptions) -> Result<()> {
+        options.validate()?;
+        self.grad_options = options;
+        Ok(())
+    }
+
+    /// The global norm of the last step's gradients (with norm clipping on).
+    pub fn last_grad_norm(&self) -> Option<f64> {
+        self.last_grad_norm
     }
 
     /// Set the learning rate of the next steps.
@@ -209,6 +234,31 @@ impl CpuOptimizer {
         self.host = state.host;
         Ok(())
     }
+}
+
+/// `out = clamp(g * scale, +-clip) * coef` in parallel; returns the norm when norm clipping
+/// is on. The norm sums fixed chunks in a fixed order (deterministic).
+fn preprocess(o: &GradOptions, grads: &[f32], out: &mut Vec<f32>) -> Option<f64> {
+    let control = o.control();
+    let (scale, clip) = (control.inv_scale, control.clip_value);
+    out.resize(grads.len(), 0.0);
+    out.par_chunks_mut(CHUNK)
+        .zip(grads.par_chunks(CHUNK))
+        .for_each(|(o, g)| {
+            for (o, g) in o.iter_mut().zip(g) {
+                *o = (g * scale).clamp(-clip, clip);
+            }
+        });
+    let max_norm = o.max_norm?;
+    let partials: Vec<f64> = out
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>())
+        .collect();
+    let norm = partials.iter().sum::<f64>().sqrt();
+    let coef = (max_norm / (norm + 1e-6)).min(1.0) as f32;
+    out.par_chunks_mut(CHUNK)
+        .for_each(|c| c.iter_mut().for_each(|g| *g *= coef));
+    Some(norm)
 }
 
 /// Runs `f` over matching chunks of params, grads and every state, in parallel.

@@ -5,6 +5,7 @@
 //! (bias corrections, clr, mu, the RAdam rectifier) are recomputed here from the formulas.
 
 use crate::error::{Error, Result};
+use crate::gpu::gradients::GradOptions;
 use crate::optim::{validate_lr, OptimizerConfig};
 
 /// A plain f64 implementation of every optimizer, one element at a time.
@@ -18,6 +19,8 @@ pub struct ReferenceOptimizer {
     momentum_buffer_exists: bool,
     names: Vec<&'static str>,
     states: Vec<Vec<f64>>,
+    grad_options: GradOptions,
+    last_grad_norm: Option<f64>,
 }
 
 impl ReferenceOptimizer {
@@ -44,6 +47,8 @@ impl ReferenceOptimizer {
             momentum_buffer_exists: false,
             names,
             states,
+            grad_options: GradOptions::default(),
+            last_grad_norm: None,
         })
     }
 
@@ -52,6 +57,18 @@ impl ReferenceOptimizer {
         validate_lr(self.config.name(), lr)?;
         self.lr = lr;
         Ok(())
+    }
+
+    /// Gradient pre-processing (unscale, clip by value, clip by global norm), as on the GPU.
+    pub fn set_grad_options(&mut self, options: GradOptions) -> Result<()> {
+        options.validate()?;
+        self.grad_options = options;
+        Ok(())
+    }
+
+    /// The global norm of the last step's gradients (with norm clipping on).
+    pub fn last_grad_norm(&self) -> Option<f64> {
+        self.last_grad_norm
     }
 
     /// Steps taken.
@@ -85,6 +102,20 @@ impl ReferenceOptimizer {
                 });
             }
         }
+        // Gradient pre-processing: g = clamp(g * scale, +-clip) * min(1, max_norm / (norm + 1e-6)).
+        let o = self.grad_options;
+        let clip = o.clip_value.unwrap_or(f64::INFINITY);
+        let mut processed: Vec<f64> = grads
+            .iter()
+            .map(|&g| (g * o.grad_scale).clamp(-clip, clip))
+            .collect();
+        if let Some(max_norm) = o.max_norm {
+            let norm = processed.iter().map(|g| g * g).sum::<f64>().sqrt();
+            let coef = (max_norm / (norm + 1e-6)).min(1.0);
+            processed.iter_mut().for_each(|g| *g *= coef);
+            self.last_grad_norm = Some(norm);
+        }
+        let grads = &processed[..];
         self.step += 1;
         let t = self.step as f64;
         let ti = self.step as i32;

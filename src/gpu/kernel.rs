@@ -6,6 +6,7 @@ use std::num::NonZeroU64;
 
 use super::buffer::FlatParams;
 use super::context::GpuContext;
+use super::gradients::GradControl;
 use crate::dispatch::{grid, padded_len, windows, Window};
 use crate::error::{Error, Result};
 use crate::optim::MAX_HYPER_BYTES;
@@ -32,11 +33,17 @@ pub(crate) struct KernelSpec<'a> {
     pub constants: Vec<(&'static str, f64)>,
     /// Skip naga's runtime bounds checks (every kernel does its own index check).
     pub trusted: bool,
+    /// The gradient control block (binding 7).
+    pub control: &'a wgpu::Buffer,
 }
 
 pub(crate) struct KernelRunner {
     ctx: GpuContext,
+    /// The pipeline in use, and the two variants (plain loads / gradient pipeline), each
+    /// built at most once.
     pipeline: wgpu::ComputePipeline,
+    variants: [Option<wgpu::ComputePipeline>; 2],
+    recipe: PipelineRecipe,
     hyper_buffer: wgpu::Buffer,
     hyper_stride: u64,
     launches: Vec<Launch>,
@@ -51,7 +58,18 @@ impl KernelRunner {
         let limits = device.limits();
         let tuning = ctx.options().tuning;
         let layout = bind_group_layout(device, spec.slots.len());
-        let pipeline = build_pipeline(&ctx, &spec, &layout)?;
+        let recipe = PipelineRecipe {
+            file: spec.file,
+            source: spec.source.clone(),
+            constants: spec.constants.clone(),
+            trusted: spec.trusted,
+            layout: device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(spec.file),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            }),
+        };
+        let pipeline = recipe.build(&ctx, false)?;
 
         let hyper_stride =
             MAX_HYPER_BYTES.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
@@ -104,6 +122,10 @@ impl KernelRunner {
                 uniform_entry(1, &window_buffer, window_offset, 16),
                 storage_entry(2, window_binding(params.params_buffer(), w)),
                 storage_entry(3, window_binding(params.grads_buffer(), w)),
+                wgpu::BindGroupEntry {
+                    binding: 7,
+                    resource: spec.control.as_entire_binding(),
+                },
             ];
             let mut dummy = dummies.iter();
             for (slot_index, slot) in spec.slots.iter().enumerate() {
@@ -135,7 +157,9 @@ impl KernelRunner {
         }
         Ok(Self {
             ctx,
+            variants: [Some(pipeline.clone()), None],
             pipeline,
+            recipe,
             hyper_buffer,
             hyper_stride,
             launches,
@@ -171,6 +195,17 @@ impl KernelRunner {
                 });
         self.encode(&mut encoder, slot, hyper);
         self.ctx.queue().submit([encoder.finish()]);
+    }
+
+    /// Switch between plain gradient loads and the gradient pipeline (unscale, clip). The
+    /// variant is compiled the first time it is asked for, never per step.
+    pub fn set_grad_pipeline(&mut self, on: bool) -> Result<()> {
+        let k = usize::from(on);
+        if self.variants[k].is_none() {
+            self.variants[k] = Some(self.recipe.build(&self.ctx, on)?);
+        }
+        self.pipeline = self.variants[k].clone().expect("built above");
+        Ok(())
     }
 
     pub fn windows(&self) -> usize {
@@ -239,59 +274,73 @@ fn bind_group_layout(device: &wgpu::Device, state_slots: usize) -> wgpu::BindGro
     for s in 0..state_slots {
         entries.push(storage(4 + s as u32, false));
     }
+    let mut control = storage(7, true);
+    if let wgpu::BindingType::Buffer {
+        min_binding_size, ..
+    } = &mut control.ty
+    {
+        *min_binding_size = NonZeroU64::new(std::mem::size_of::<GradControl>() as u64);
+    }
+    entries.push(control);
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("fused-optim layout"),
         entries: &entries,
     })
 }
 
-fn build_pipeline(
-    ctx: &GpuContext,
-    spec: &KernelSpec<'_>,
-    layout: &wgpu::BindGroupLayout,
-) -> Result<wgpu::ComputePipeline> {
-    let device = ctx.device();
-    let tuning = ctx.options().tuning;
-    let mut constants = spec.constants.clone();
-    constants.push(("WORKGROUP_SIZE", f64::from(tuning.workgroup_size)));
-    constants.push(("VEC4_PER_INVOCATION", f64::from(tuning.vec4_per_invocation)));
-    // The default uncaptured-error handler panics; capture instead and return a typed error.
-    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let descriptor = wgpu::ShaderModuleDescriptor {
-        label: Some(spec.file),
-        source: wgpu::ShaderSource::Wgsl(spec.source.as_str().into()),
-    };
-    let module = if spec.trusted {
-        // SAFETY: every kernel bounds-checks its lane index against the window's element
-        // count (common.wgsl `main`), and every binding covers whole lanes of the window, so
-        // no access is out of bounds without naga's clamping.
-        unsafe {
-            device.create_shader_module_trusted(descriptor, wgpu::ShaderRuntimeChecks::unchecked())
+struct PipelineRecipe {
+    file: &'static str,
+    source: String,
+    constants: Vec<(&'static str, f64)>,
+    trusted: bool,
+    layout: wgpu::PipelineLayout,
+}
+
+impl PipelineRecipe {
+    fn build(&self, ctx: &GpuContext, grad_pipeline: bool) -> Result<wgpu::ComputePipeline> {
+        let device = ctx.device();
+        let tuning = ctx.options().tuning;
+        let mut constants = self.constants.clone();
+        constants.push(("WORKGROUP_SIZE", f64::from(tuning.workgroup_size)));
+        constants.push(("VEC4_PER_INVOCATION", f64::from(tuning.vec4_per_invocation)));
+        constants.push(("GRAD_PIPELINE", f64::from(u8::from(grad_pipeline))));
+        // The default uncaptured-error handler panics; capture instead and return a typed
+        // error.
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let descriptor = wgpu::ShaderModuleDescriptor {
+            label: Some(self.file),
+            source: wgpu::ShaderSource::Wgsl(self.source.as_str().into()),
+        };
+        let module = if self.trusted {
+            // SAFETY: every kernel bounds-checks its lane index against the window's element
+            // count (common.wgsl `main`), and every binding covers whole lanes of the window,
+            // so no access is out of bounds without naga's clamping.
+            unsafe {
+                device.create_shader_module_trusted(
+                    descriptor,
+                    wgpu::ShaderRuntimeChecks::unchecked(),
+                )
+            }
+        } else {
+            device.create_shader_module(descriptor)
+        };
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(self.file),
+            layout: Some(&self.layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        match pollster::block_on(scope.pop()) {
+            None => Ok(pipeline),
+            Some(e) => Err(Error::Wgpu {
+                during: "pipeline creation",
+                message: e.to_string(),
+            }),
         }
-    } else {
-        device.create_shader_module(descriptor)
-    };
-    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some(spec.file),
-        bind_group_layouts: &[Some(layout)],
-        immediate_size: 0,
-    });
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(spec.file),
-        layout: Some(&pipeline_layout),
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: wgpu::PipelineCompilationOptions {
-            constants: &constants,
-            zero_initialize_workgroup_memory: false,
-        },
-        cache: None,
-    });
-    match pollster::block_on(scope.pop()) {
-        None => Ok(pipeline),
-        Some(e) => Err(Error::Wgpu {
-            during: "pipeline creation",
-            message: e.to_string(),
-        }),
     }
 }

@@ -3,6 +3,7 @@
 
 use super::buffer::{create_flat, fill, flat_bytes, read_f32, FlatParams};
 use super::context::GpuContext;
+use super::gradients::{control_buffer, GradOptions, NormClipper};
 use super::kernel::{KernelRunner, KernelSpec};
 use super::shaders::kernel_for;
 use crate::error::{Error, Result};
@@ -30,6 +31,9 @@ pub struct GpuOptimizer {
     state_names: Vec<&'static str>,
     states: Vec<wgpu::Buffer>,
     runner: KernelRunner,
+    control: wgpu::Buffer,
+    grad_options: GradOptions,
+    clipper: Option<NormClipper>,
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -61,6 +65,7 @@ impl GpuOptimizer {
         }
 
         let (file, source, slots) = kernel_for(&config);
+        let control = control_buffer(&ctx, &GradOptions::default());
         let runner = KernelRunner::new(
             params,
             KernelSpec {
@@ -70,6 +75,7 @@ impl GpuOptimizer {
                 active: state_names.iter().copied().zip(states.iter()).collect(),
                 constants: config.overrides(),
                 trusted: true,
+                control: &control,
             },
         )?;
 
@@ -81,25 +87,96 @@ impl GpuOptimizer {
             state_names,
             states,
             runner,
+            control,
+            grad_options: GradOptions::default(),
+            clipper: None,
         })
     }
 
     /// One optimizer step on the gradients currently in the grads buffer: one uniform write,
     /// one compute pass, one submission. Nothing is read back and nothing is waited for.
     pub fn step(&mut self) -> Result<()> {
-        let hyper = self.config.begin_step(&mut self.host);
-        self.runner.submit(self.host.step - 1, hyper.as_bytes());
-        self.config.end_step(&mut self.host);
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("fused-optim step"),
+                });
+        self.encode_step(&mut encoder);
+        self.ctx.queue().submit([encoder.finish()]);
         Ok(())
     }
 
     /// Record one step into the caller's encoder (the caller submits). Up to
     /// [`UNIFORM_RING`] steps may be recorded before one submission.
     pub fn encode_step(&mut self, encoder: &mut wgpu::CommandEncoder) {
+        if let Some(clipper) = &self.clipper {
+            clipper.encode(encoder);
+        }
         let hyper = self.config.begin_step(&mut self.host);
         self.runner
             .encode(encoder, self.host.step - 1, hyper.as_bytes());
         self.config.end_step(&mut self.host);
+    }
+
+    /// Set how gradients are pre-processed inside the step: unscaling (`grad_scale`), clipping
+    /// by value and by global norm (see [`GradOptions`]). Norm clipping adds a two-pass
+    /// reduction to every step's submission; its pipelines are built here, once.
+    pub fn set_grad_options(&mut self, options: GradOptions) -> Result<()> {
+        options.validate()?;
+        // Fallible parts first; on error nothing changes (the previous variant is built, so
+        // switching back cannot fail).
+        let was_on = self.grad_options != GradOptions::default();
+        self.runner
+            .set_grad_pipeline(options != GradOptions::default())?;
+        if options.max_norm.is_some() && self.clipper.is_none() {
+            match NormClipper::new(&self.params, &self.control) {
+                Ok(c) => self.clipper = Some(c),
+                Err(e) => {
+                    self.runner.set_grad_pipeline(was_on)?;
+                    return Err(e);
+                }
+            }
+        }
+        if options.max_norm.is_none() {
+            self.clipper = None;
+        }
+        self.ctx
+            .queue()
+            .write_buffer(&self.control, 0, bytemuck::bytes_of(&options.control()));
+        self.grad_options = options;
+        Ok(())
+    }
+
+    /// The gradient options in force.
+    pub fn grad_options(&self) -> GradOptions {
+        self.grad_options
+    }
+
+    /// The global gradient norm of the last step (after unscaling and value clipping), read
+    /// back from the device (waits). `None` without norm clipping.
+    pub fn last_grad_norm(&self) -> Result<Option<f32>> {
+        if self.clipper.is_none() {
+            return Ok(None);
+        }
+        let c = read_f32(&self.ctx, &self.control, 0, 8)?;
+        Ok(Some(c[4]))
+    }
+
+    /// `clip_grad_norm_(error_if_nonfinite=True)`, checked when the caller wants: an error
+    /// if the last step's gradient norm was NaN or infinite (detected on the device from the
+    /// exponent bits). Reads back 32 bytes.
+    pub fn check_finite_gradients(&self) -> Result<()> {
+        if self.clipper.is_none() {
+            return Ok(());
+        }
+        let c = read_f32(&self.ctx, &self.control, 0, 8)?;
+        if c[3].to_bits() != 0 {
+            return Err(Error::NonFiniteGradients {
+                norm: f64::from(c[4]),
+            });
+        }
+        Ok(())
     }
 
     /// Set the learning rate used from the next step on (never rebuilds anything).

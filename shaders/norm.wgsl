@@ -1,0 +1,97 @@
+// norm.wgsl: the global gradient norm for clip_grad_norm_, on the device, in a fixed order
+// (deterministic: the same inputs give the same bits on the same device).
+//
+// partial_sums: workgroup w of a window sums the squares of the unscaled, value-clipped
+//               gradients of its 256 x 4 vec4 lanes (4 strided passes, then a tree) into
+//               partials[first_partial + w].
+// finish:       one workgroup sums all partials (strided, then a tree), and writes
+//               norm = sqrt(sum), nonfinite (from the exponent bits of the sum, not a NaN
+//               comparison, which WGSL may optimise away) and
+//               coef = min(1, max_norm / (norm + 1e-6)) into the control block.
+// Mirror of src/gpu/gradients.rs and the CPU paths' `grad_norm`.
+
+const WG: u32 = 256u;
+const LANES_PER_THREAD: u32 = 4u;
+
+struct GradControl {
+    inv_scale: f32,
+    clip_value: f32,
+    coef: f32,
+    nonfinite: u32,
+    norm: f32,
+    max_norm: f32,
+    _pad0: f32,
+    _pad1: f32,
+}
+
+struct Pass {
+    n: u32,
+    first_partial: u32,
+    groups: u32,
+    total_partials: u32,
+}
+
+@group(0) @binding(0) var<uniform> pass_info: Pass;
+@group(0) @binding(1) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(3) var<storage, read_write> control: GradControl;
+
+var<workgroup> scratch: array<f32, 256>;
+
+fn tree_sum(local: u32) {
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        workgroupBarrier();
+        if (local < stride) {
+            scratch[local] = scratch[local] + scratch[local + stride];
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(256)
+fn partial_sums(
+    @builtin(workgroup_id) group_id: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let group = group_id.x + group_id.y * groups.x;
+    if (group >= pass_info.groups) {
+        return; // surplus of the 2-D grid: uniform for the whole workgroup
+    }
+    let lanes = (pass_info.n + 3u) / 4u;
+    let limit = vec4<f32>(control.clip_value);
+    var acc = 0.0;
+    for (var k = 0u; k < LANES_PER_THREAD; k = k + 1u) {
+        let i = (group * LANES_PER_THREAD + k) * WG + local;
+        if (i < lanes) {
+            let first = i * 4u;
+            let live = (vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(pass_info.n);
+            let g = select(vec4<f32>(0.0), clamp(grad[i] * control.inv_scale, -limit, limit), live);
+            acc = acc + dot(g, g);
+        }
+    }
+    scratch[local] = acc;
+    tree_sum(local);
+    if (local == 0u) {
+        partials[pass_info.first_partial + group] = scratch[0];
+    }
+}
+
+@compute @workgroup_size(256)
+fn finish(@builtin(local_invocation_index) local: u32) {
+    var acc = 0.0;
+    for (var i = local; i < pass_info.total_partials; i = i + WG) {
+        acc = acc + partials[i];
+    }
+    scratch[local] = acc;
+    tree_sum(local);
+    if (local == 0u) {
+        let total = scratch[0];
+        let norm = sqrt(total);
+        // Exponent bits all ones: inf or NaN.
+        let nonfinite = (bitcast<u32>(total) & 0x7f800000u) == 0x7f800000u;
+        control.norm = norm;
+        control.nonfinite = select(0u, 1u, nonfinite);
+        control.coef = min(1.0, control.max_norm / (norm + 1e-6));
+    }
+}

@@ -1,0 +1,250 @@
+//! The gradient pipeline applied inside every optimizer kernel: unscale (mixed-precision loss
+//! scale), clip by value (`clip_grad_value_`) and clip by global norm (`clip_grad_norm_`),
+//! the norm computed on the device by a fixed-order reduction (`shaders/norm.wgsl`) in the
+//! same submission as the step: no read-back.
+//!
+//! ```text
+//! g = clamp(g * grad_scale, -clip_value, clip_value)
+//! norm = sqrt(sum g^2);  coef = min(1, max_norm / (norm + 1e-6))      (clip by norm)
+//! g = g * coef
+//! ```
+
+use std::num::NonZeroU64;
+
+use super::buffer::FlatParams;
+use crate::dispatch::{grid, padded_len, windows};
+use crate::error::{Error, Result};
+
+const NORM: &str = include_str!("../../shaders/norm.wgsl");
+
+/// Gradient pre-processing options.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GradOptions {
+    /// Multiplier applied to the raw gradients first (1 / loss scale with mixed precision).
+    pub grad_scale: f64,
+    /// Clip every element to `[-clip_value, clip_value]` (`clip_grad_value_`).
+    pub clip_value: Option<f64>,
+    /// Rescale so the global L2 norm is at most `max_norm` (`clip_grad_norm_`, norm over all
+    /// parameters of this optimizer, after unscaling and value clipping).
+    pub max_norm: Option<f64>,
+}
+
+impl Default for GradOptions {
+    fn default() -> Self {
+        Self {
+            grad_scale: 1.0,
+            clip_value: None,
+            max_norm: None,
+        }
+    }
+}
+
+impl GradOptions {
+    /// Check the options.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name, value: f64, requirement| Error::InvalidHyperParameter {
+            optimizer: "gradient options",
+            name,
+            value,
+            requirement,
+        };
+        if !(self.grad_scale.is_finite() && self.grad_scale > 0.0) {
+            return Err(bad("grad_scale", self.grad_scale, "must be finite and > 0"));
+        }
+        if let Some(v) = self.clip_value {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad("clip_value", v, "must be finite and > 0"));
+            }
+        }
+        if let Some(v) = self.max_norm {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad("max_norm", v, "must be finite and > 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The control block the kernels read (coefficient 1 until a norm pass writes it).
+    pub fn control(&self) -> GradControl {
+        GradControl {
+            inv_scale: self.grad_scale as f32,
+            clip_value: self.clip_value.map_or(f32::MAX, |v| v as f32),
+            coef: 1.0,
+            nonfinite: 0,
+            norm: 0.0,
+            max_norm: self.max_norm.unwrap_or(0.0) as f32,
+            _pad: [0.0; 2],
+        }
+    }
+}
+
+/// Mirror of `struct GradControl` in `shaders/common.wgsl` and `shaders/norm.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GradControl {
+    /// Gradient multiplier (1 / loss scale).
+    pub inv_scale: f32,
+    /// Clip-by-value bound (f32::MAX when off).
+    pub clip_value: f32,
+    /// Norm-clip coefficient (written by the norm pass; 1 when off).
+    pub coef: f32,
+    /// 1 when the last norm was not finite (written by the norm pass).
+    pub nonfinite: u32,
+    /// The last global norm (written by the norm pass).
+    pub norm: f32,
+    /// clip_grad_norm_'s max_norm.
+    pub max_norm: f32,
+    /// Padding.
+    pub _pad: [f32; 2],
+}
+
+/// A storage buffer holding a [`GradControl`].
+pub(crate) fn control_buffer(
+    ctx: &super::context::GpuContext,
+    options: &GradOptions,
+) -> wgpu::Buffer {
+    let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("fused-optim grad control"),
+        size: std::mem::size_of::<GradControl>() as u64,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    ctx.queue()
+        .write_buffer(&buffer, 0, bytemuck::bytes_of(&options.control()));
+    buffer
+}
+
+/// The two norm passes, built once.
+pub(crate) struct NormClipper {
+    partial: wgpu::ComputePipeline,
+    finish: wgpu::ComputePipeline,
+    launches: Vec<(wgpu::BindGroup, (u32, u32))>,
+    finish_group: wgpu::BindGroup,
+    _pass_buffer: wgpu::Buffer,
+    _partials: wgpu::Buffer,
+}
+
+const LANES_PER_GROUP: u64 = 256 * 4;
+
+impl NormClipper {
+    pub fn new(params: &FlatParams, control: &wgpu::Buffer) -> Result<Self> {
+        let ctx = params.context();
+        let device = ctx.device();
+        let limits = device.limits();
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("norm.wgsl"),
+            source: wgpu::ShaderSource::Wgsl(NORM.into()),
+        });
+        let pipeline = |entry| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let partial = pipeline("partial_sums");
+        let finish = pipeline("finish");
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Wgpu {
+                during: "norm pipeline creation",
+                message: e.to_string(),
+            });
+        }
+        let wins = windows(
+            params.len() as u64,
+            ctx.max_binding_bytes(),
+            u64::from(limits.min_storage_buffer_offset_alignment),
+        );
+        let stride = 16u64.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
+        let groups: Vec<u64> = wins
+            .iter()
+            .map(|w| (padded_len(w.len) / 4).div_ceil(LANES_PER_GROUP))
+            .collect();
+        let total: u64 = groups.iter().sum();
+        let pass_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("norm passes"),
+            size: stride * (wins.len() as u64 + 1),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let partials = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("norm partials"),
+            size: total.max(1) * 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let entry = |binding, buffer, offset, size| wgpu::BindGroupEntry {
+            binding,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer,
+                offset,
+                size: NonZeroU64::new(size),
+            }),
+        };
+        let mut first = 0u64;
+        let mut launches = Vec::new();
+        for (k, w) in wins.iter().enumerate() {
+            let info: [u32; 4] = [w.len as u32, first as u32, groups[k] as u32, total as u32];
+            ctx.queue()
+                .write_buffer(&pass_buffer, stride * k as u64, bytemuck::cast_slice(&info));
+            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("norm window"),
+                layout: &partial.get_bind_group_layout(0),
+                entries: &[
+                    entry(0, &pass_buffer, stride * k as u64, 16),
+                    entry(1, params.grads_buffer(), w.byte_offset(), w.bound_bytes()),
+                    entry(2, &partials, 0, total.max(1) * 4),
+                    entry(3, control, 0, std::mem::size_of::<GradControl>() as u64),
+                ],
+            });
+            launches.push((
+                bind_group,
+                grid(groups[k], limits.max_compute_workgroups_per_dimension),
+            ));
+            first += groups[k];
+        }
+        let last = stride * wins.len() as u64;
+        let info: [u32; 4] = [0, 0, 0, total as u32];
+        ctx.queue()
+            .write_buffer(&pass_buffer, last, bytemuck::cast_slice(&info));
+        let finish_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("norm finish"),
+            layout: &finish.get_bind_group_layout(0),
+            entries: &[
+                entry(0, &pass_buffer, last, 16),
+                entry(2, &partials, 0, total.max(1) * 4),
+                entry(3, control, 0, std::mem::size_of::<GradControl>() as u64),
+            ],
+        });
+        Ok(Self {
+            partial,
+            finish,
+            launches,
+            finish_group,
+            _pass_buffer: pass_buffer,
+            _partials: partials,
+        })
+    }
+
+    /// Record both passes (before the optimizer pass, in the same encoder).
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("grad norm"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&self.partial);
+        for (bind_group, (x, y)) in &self.launches {
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(*x, *y, 1);
+        }
+        pass.set_pipeline(&self.finish);
+        pass.set_bind_group(0, &self.finish_group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+}
