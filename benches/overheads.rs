@@ -74,6 +74,7 @@ fn benches(c: &mut Criterion) {
             grad_scale: 1.0 / 1024.0,
             clip_value: Some(1.0),
             max_norm: None,
+            skip_nonfinite: false,
         })
         .unwrap();
     group.bench_function("one_tensor_unscaled_value_clipped", |b| {

@@ -35,7 +35,7 @@ struct GradControl {
     nonfinite: u32,
     norm: f32,
     max_norm: f32,
-    _pad0: f32,
+    skip_nonfinite: u32,
     _pad1: f32,
 }
 
@@ -66,6 +66,13 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
+    // Mixed precision: a step whose gradients hold inf or NaN (found by norm.wgsl) is skipped
+    // whole, so params and state keep their bits.
+    if (GRAD_PIPELINE) {
+        if (control.nonfinite != 0u && control.skip_nonfinite != 0u) {
+            return;
+        }
+    }
     let group = group_id.x + group_id.y * groups.x;
     let lanes = (window.n + 3u) / 4u;
     var i = group * WORKGROUP_SIZE * VEC4_PER_INVOCATION + local;

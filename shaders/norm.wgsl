@@ -5,8 +5,8 @@
 //               gradients of its 256 x 4 vec4 lanes (4 strided passes, then a tree) into
 //               partials[first_partial + w].
 // finish:       one workgroup sums all partials (strided, then a tree), and writes
-//               norm = sqrt(sum), nonfinite (from the exponent bits of the sum, not a NaN
-//               comparison, which WGSL may optimise away) and
+//               norm = sqrt(sum), nonfinite (any raw element, or the sum, with all exponent
+//               bits set: not a NaN comparison, which WGSL may optimise away) and
 //               coef = min(1, max_norm / (norm + 1e-6)) into the control block.
 // Mirror of src/gpu/gradients.rs and the CPU paths' `grad_norm`.
 
@@ -20,7 +20,7 @@ struct GradControl {
     nonfinite: u32,
     norm: f32,
     max_norm: f32,
-    _pad0: f32,
+    skip_nonfinite: u32,
     _pad1: f32,
 }
 
@@ -35,6 +35,9 @@ struct Pass {
 @group(0) @binding(1) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(3) var<storage, read_write> control: GradControl;
+// Set when any raw gradient element is inf or NaN (exponent bits all ones), checked on the
+// raw bits before unscaling or clipping could hide it; reset by `finish`.
+@group(0) @binding(4) var<storage, read_write> found_nonfinite: atomic<u32>;
 
 var<workgroup> scratch: array<f32, 256>;
 
@@ -66,7 +69,12 @@ fn partial_sums(
         if (i < lanes) {
             let first = i * 4u;
             let live = (vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(pass_info.n);
-            let g = select(vec4<f32>(0.0), clamp(grad[i] * control.inv_scale, -limit, limit), live);
+            let raw = grad[i];
+            let exponent = bitcast<vec4<u32>>(raw) & vec4<u32>(0x7f800000u);
+            if (any((exponent == vec4<u32>(0x7f800000u)) & live)) {
+                atomicOr(&found_nonfinite, 1u);
+            }
+            let g = select(vec4<f32>(0.0), clamp(raw * control.inv_scale, -limit, limit), live);
             acc = acc + dot(g, g);
         }
     }
@@ -89,7 +97,8 @@ fn finish(@builtin(local_invocation_index) local: u32) {
         let total = scratch[0];
         let norm = sqrt(total);
         // Exponent bits all ones: inf or NaN.
-        let nonfinite = (bitcast<u32>(total) & 0x7f800000u) == 0x7f800000u;
+        let flagged = atomicExchange(&found_nonfinite, 0u) != 0u;
+        let nonfinite = flagged || (bitcast<u32>(total) & 0x7f800000u) == 0x7f800000u;
         control.norm = norm;
         control.nonfinite = select(0u, 1u, nonfinite);
         control.coef = min(1.0, control.max_norm / (norm + 1e-6));

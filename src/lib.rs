@@ -35,6 +35,7 @@ pub mod gpu;
 pub mod optim;
 pub mod playground;
 pub mod roofline;
+pub mod scaler;
 pub mod schedule;
 
 pub use auto::{AutoOptimizer, Backend, BackendChoice};
@@ -50,3 +51,4 @@ pub use optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, HostState, NadamConfig,
     OptimizerConfig, RadamConfig, RmspropConfig, SgdConfig,
 };
+pub use scaler::LossScaler;

@@ -45,6 +45,7 @@ fn options() -> GradOptions {
         grad_scale: 1.0 / 1024.0,
         clip_value: Some(0.5),
         max_norm: Some(1.0),
+        skip_nonfinite: false,
     }
 }
 

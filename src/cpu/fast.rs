@@ -25,6 +25,7 @@ pub struct CpuOptimizer {
     grad_options: GradOptions,
     scratch: Vec<f32>,
     last_grad_norm: Option<f64>,
+    last_skipped: bool,
 }
 
 impl CpuOptimizer {
@@ -53,6 +54,7 @@ impl CpuOptimizer {
             grad_options: GradOptions::default(),
             scratch: Vec::new(),
             last_grad_norm: None,
+            last_skipped: false,
         })
     }
 
@@ -66,6 +68,12 @@ impl CpuOptimizer {
                     got: len,
                 });
             }
+        }
+        self.last_skipped = false;
+        if self.grad_options.skip_nonfinite && grads.par_iter().any(|g| !g.is_finite()) {
+            // Mixed precision: skip the whole step; nothing changes.
+            self.last_skipped = true;
+            return Ok(());
         }
         let grads = if self.grad_options == GradOptions::default() {
             grads
@@ -145,6 +153,12 @@ impl CpuOptimizer {
     /// The global norm of the last step's gradients (with norm clipping on).
     pub fn last_grad_norm(&self) -> Option<f64> {
         self.last_grad_norm
+    }
+
+    /// Whether the last step was skipped for non-finite gradients
+    /// (`GradOptions::skip_nonfinite`).
+    pub fn last_step_skipped(&self) -> bool {
+        self.last_skipped
     }
 
     /// Set the learning rate of the next steps.

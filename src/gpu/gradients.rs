@@ -27,6 +27,9 @@ pub struct GradOptions {
     /// Rescale so the global L2 norm is at most `max_norm` (`clip_grad_norm_`, norm over all
     /// parameters of this optimizer, after unscaling and value clipping).
     pub max_norm: Option<f64>,
+    /// Mixed precision: check the raw gradients for inf/NaN on the device and skip the whole
+    /// step (params and state untouched) when any is found.
+    pub skip_nonfinite: bool,
 }
 
 impl Default for GradOptions {
@@ -35,6 +38,7 @@ impl Default for GradOptions {
             grad_scale: 1.0,
             clip_value: None,
             max_norm: None,
+            skip_nonfinite: false,
         }
     }
 }
@@ -64,6 +68,11 @@ impl GradOptions {
         Ok(())
     }
 
+    /// True when the device reduction pass is needed (norm clipping or the finiteness check).
+    pub fn needs_reduction(&self) -> bool {
+        self.max_norm.is_some() || self.skip_nonfinite
+    }
+
     /// The control block the kernels read (coefficient 1 until a norm pass writes it).
     pub fn control(&self) -> GradControl {
         GradControl {
@@ -72,8 +81,9 @@ impl GradOptions {
             coef: 1.0,
             nonfinite: 0,
             norm: 0.0,
-            max_norm: self.max_norm.unwrap_or(0.0) as f32,
-            _pad: [0.0; 2],
+            max_norm: self.max_norm.map_or(f32::MAX, |v| v as f32),
+            skip_nonfinite: u32::from(self.skip_nonfinite),
+            _pad: 0.0,
         }
     }
 }
@@ -92,10 +102,12 @@ pub struct GradControl {
     pub nonfinite: u32,
     /// The last global norm (written by the norm pass).
     pub norm: f32,
-    /// clip_grad_norm_'s max_norm.
+    /// clip_grad_norm_'s max_norm (f32::MAX when only the finiteness check runs).
     pub max_norm: f32,
+    /// 1: skip the whole step when the gradients are not finite.
+    pub skip_nonfinite: u32,
     /// Padding.
-    pub _pad: [f32; 2],
+    pub _pad: f32,
 }
 
 /// A storage buffer holding a [`GradControl`].
@@ -124,6 +136,7 @@ pub(crate) struct NormClipper {
     finish_group: wgpu::BindGroup,
     _pass_buffer: wgpu::Buffer,
     _partials: wgpu::Buffer,
+    _flag: wgpu::Buffer,
 }
 
 const LANES_PER_GROUP: u64 = 256 * 4;
@@ -179,6 +192,12 @@ impl NormClipper {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let flag = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("norm nonfinite flag"),
+            size: 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         let entry = |binding, buffer, offset, size| wgpu::BindGroupEntry {
             binding,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -201,6 +220,7 @@ impl NormClipper {
                     entry(1, params.grads_buffer(), w.byte_offset(), w.bound_bytes()),
                     entry(2, &partials, 0, total.max(1) * 4),
                     entry(3, control, 0, std::mem::size_of::<GradControl>() as u64),
+                    entry(4, &flag, 0, 4),
                 ],
             });
             launches.push((
@@ -220,6 +240,7 @@ impl NormClipper {
                 entry(0, &pass_buffer, last, 16),
                 entry(2, &partials, 0, total.max(1) * 4),
                 entry(3, control, 0, std::mem::size_of::<GradControl>() as u64),
+                entry(4, &flag, 0, 4),
             ],
         });
         Ok(Self {
@@ -229,6 +250,7 @@ impl NormClipper {
             finish_group,
             _pass_buffer: pass_buffer,
             _partials: partials,
+            _flag: flag,
         })
     }
 

@@ -34,6 +34,8 @@ pub struct GpuOptimizer {
     control: wgpu::Buffer,
     grad_options: GradOptions,
     clipper: Option<NormClipper>,
+    /// Host state before the last step, to undo it if the device skipped that step.
+    before_last_step: Option<HostState>,
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -90,6 +92,7 @@ impl GpuOptimizer {
             control,
             grad_options: GradOptions::default(),
             clipper: None,
+            before_last_step: None,
         })
     }
 
@@ -113,6 +116,7 @@ impl GpuOptimizer {
         if let Some(clipper) = &self.clipper {
             clipper.encode(encoder);
         }
+        self.before_last_step = Some(self.host);
         let hyper = self.config.begin_step(&mut self.host);
         self.runner
             .encode(encoder, self.host.step - 1, hyper.as_bytes());
@@ -129,7 +133,7 @@ impl GpuOptimizer {
         let was_on = self.grad_options != GradOptions::default();
         self.runner
             .set_grad_pipeline(options != GradOptions::default())?;
-        if options.max_norm.is_some() && self.clipper.is_none() {
+        if options.needs_reduction() && self.clipper.is_none() {
             match NormClipper::new(&self.params, &self.control) {
                 Ok(c) => self.clipper = Some(c),
                 Err(e) => {
@@ -138,7 +142,7 @@ impl GpuOptimizer {
                 }
             }
         }
-        if options.max_norm.is_none() {
+        if !options.needs_reduction() {
             self.clipper = None;
         }
         self.ctx
@@ -177,6 +181,28 @@ impl GpuOptimizer {
             });
         }
         Ok(())
+    }
+
+    /// Mixed precision: whether the device skipped the last step because its gradients held
+    /// inf or NaN (with `GradOptions::skip_nonfinite`). Reads back 32 bytes. When it did, the
+    /// host-side step counter (and NAdam's mu_product) is rolled back too, so call this before
+    /// the next step, as PyTorch's `GradScaler.update` does; [`crate::LossScaler::step`]
+    /// does it for you.
+    pub fn last_step_skipped(&mut self) -> Result<bool> {
+        if !self.grad_options.skip_nonfinite || self.clipper.is_none() {
+            return Ok(false);
+        }
+        let c = read_f32(&self.ctx, &self.control, 0, 8)?;
+        let skipped = c[3].to_bits() != 0;
+        if skipped {
+            if let Some(before) = self.before_last_step.take() {
+                self.host = HostState {
+                    lr: self.host.lr,
+                    ..before
+                };
+            }
+        }
+        Ok(skipped)
     }
 
     /// Set the learning rate used from the next step on (never rebuilds anything).
