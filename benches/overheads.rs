@@ -5,7 +5,9 @@
 //! - `model/one_tensor` vs `model/1000_tensors`: 2^22 parameters as one tensor or as 1000
 //!   named segments of varied sizes (the flat buffer makes both one dispatch per step);
 //! - `model/one_tensor_norm_clipped`, `model/one_tensor_unscaled_value_clipped`: the cost of
-//!   the gradient pipeline (device-side global norm; unscale + clip by value).
+//!   the gradient pipeline (device-side global norm; unscale + clip by value);
+//! - `model/1000_tensors_2_groups`: the same tensors in two parameter groups (one dispatch,
+//!   a lane-to-group table on the device).
 
 use std::time::Duration;
 
@@ -100,6 +102,51 @@ fn benches(c: &mut Criterion) {
     let many = builder.build(&ctx).unwrap();
     assert_eq!(many.len(), n);
     let mut opt_many = GpuOptimizer::new(&many, AdamConfig::default()).unwrap();
+    // The same 1000 tensors in two parameter groups (weights with decay, the rest without):
+    // one dispatch, each vec4 lane looks its group up in a table (+1 byte per parameter).
+    let aligned = {
+        let mut b = FlatParams::builder().lane_aligned();
+        for (i, &s) in sizes.iter().enumerate() {
+            b = b.slice(&format!("t{i}"), &vec![0.5f32; s]);
+        }
+        b.build(&ctx).unwrap()
+    };
+    let decayed = AdamConfig {
+        weight_decay: 0.1,
+        ..AdamConfig::adamw()
+    };
+    let names = |parity: usize| -> Vec<String> {
+        (0..1000)
+            .filter(|i| i % 2 == parity)
+            .map(|i| format!("t{i}"))
+            .collect()
+    };
+    let mut opt_groups = GpuOptimizer::with_groups(
+        &aligned,
+        &[
+            ParamGroup {
+                segments: names(0),
+                config: decayed.into(),
+            },
+            ParamGroup {
+                segments: names(1),
+                config: AdamConfig {
+                    weight_decay: 0.0,
+                    ..decayed
+                }
+                .into(),
+            },
+        ],
+    )
+    .unwrap();
+    group.bench_function("1000_tensors_2_groups", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            (0..iters).for_each(|_| opt_groups.step().unwrap());
+            ctx.wait().unwrap();
+            start.elapsed()
+        })
+    });
     group.bench_function("1000_tensors", |b| {
         b.iter_custom(|iters| {
             let start = std::time::Instant::now();

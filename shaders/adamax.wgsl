@@ -18,12 +18,13 @@ struct Hyper {
     _pad1: f32,
 }
 
-@group(0) @binding(0) var<uniform> hp: Hyper;
+@group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> exp_inf: array<vec4<f32>>;
 
 fn update(i: u32, live: vec4<bool>) {
+    let hp = hps[group_of(i)];
     let p0 = param[i];
     let g = load_grad(i) * hp.grad_sign + hp.weight_decay * p0;
     let m0 = exp_avg[i];

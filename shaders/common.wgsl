@@ -4,22 +4,27 @@
 // last lane, beyond the window's `n` elements).
 //
 // Bindings of every kernel:
-//   0  uniform  Hyper   per-step scalars, computed on the host in f64 (dynamic offset)
-//   1  uniform  Window  n = logical elements in this binding window
+//   0  uniform  array<Hyper, MAX_GROUPS>  per-step scalars of each parameter group, computed
+//                                         on the host in f64 (dynamic offset)
+//   1  uniform  Window  n = logical elements in this binding window, first_lane = its start
 //   2  storage  param   read_write  array<vec4<f32>>
 //   3  storage  grad    read        array<vec4<f32>>   (declared here; read through load_grad)
 //   4+ storage  state   read_write  array<vec4<f32>>, one per state tensor (at most 3)
 //   7  storage  control read        GradControl: unscale, clip by value, norm-clip coefficient
+//   8  storage  lane_groups read    array<u32>: parameter group of every vec4 lane (GROUPED)
 
 override WORKGROUP_SIZE: u32 = 64u;
 // Off: load_grad is a plain load (the control block is bound but never read). On: the
 // gradient pipeline below. A separate pipeline, built once when gradient options are set.
 override GRAD_PIPELINE: bool = false;
+// Parameter groups: each vec4 lane reads its group's scalars; off, every lane uses group 0.
+override GROUPED: bool = false;
+const MAX_GROUPS: u32 = 8u;
 override VEC4_PER_INVOCATION: u32 = 4u;
 
 struct Window {
     n: u32,
-    _pad0: u32,
+    first_lane: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -42,6 +47,14 @@ struct GradControl {
 @group(0) @binding(1) var<uniform> window: Window;
 @group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> control: GradControl;
+@group(0) @binding(8) var<storage, read> lane_groups: array<u32>;
+
+fn group_of(i: u32) -> u32 {
+    if (GROUPED) {
+        return lane_groups[window.first_lane + i];
+    }
+    return 0u;
+}
 
 fn load_grad(i: u32) -> vec4<f32> {
     if (GRAD_PIPELINE) {

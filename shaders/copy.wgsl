@@ -8,7 +8,7 @@ struct Hyper {
     _pad2: f32,
 }
 
-@group(0) @binding(0) var<uniform> hp: Hyper;
+@group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
 
 fn update(i: u32, live: vec4<bool>) {

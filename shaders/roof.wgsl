@@ -14,13 +14,14 @@ struct Hyper {
     _pad2: f32,
 }
 
-@group(0) @binding(0) var<uniform> hp: Hyper;
+@group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> s0: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> s1: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> s2: array<vec4<f32>>;
 
 fn update(i: u32, live: vec4<bool>) {
+    let hp = hps[group_of(i)];
     let p0 = param[i];
     let g = load_grad(i);
     var acc = p0 + hp.scale * g;

@@ -45,7 +45,7 @@ pub use error::{Error, Result};
 pub use gpu::buffer::{FlatParams, FlatParamsBuilder, Segment};
 pub use gpu::context::{ContextOptions, GpuContext, KernelTuning};
 pub use gpu::gradients::GradOptions;
-pub use gpu::optimizer::{GpuOptimizer, UNIFORM_RING};
+pub use gpu::optimizer::{GpuOptimizer, ParamGroup, MAX_GROUPS, UNIFORM_RING};
 pub use gpu::timer::GpuTimer;
 pub use optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, HostState, NadamConfig,

@@ -48,6 +48,7 @@ impl GpuRoof {
                 constants: vec![("STATES", states as f64)],
                 trusted: true,
                 control: &control,
+                lane_groups: None,
             },
         )?;
         Ok(Self {
@@ -71,6 +72,7 @@ impl GpuRoof {
                 constants: vec![],
                 trusted: true,
                 control: &control,
+                lane_groups: None,
             },
         )?;
         Ok(Self {

@@ -188,9 +188,18 @@ pub struct FlatParams {
 pub struct FlatParamsBuilder {
     segments: Vec<Segment>,
     data: Vec<f32>,
+    lane_aligned: bool,
 }
 
 impl FlatParamsBuilder {
+    /// Start every segment on a multiple of 4 elements (one vec4 lane), padding with zeros
+    /// between segments, as parameter groups need. The padding is part of the flat buffer
+    /// (`len()` counts it) and stays 0; address tensors by segment.
+    pub fn lane_aligned(mut self) -> Self {
+        self.lane_aligned = true;
+        self
+    }
+
     /// Append a 1-D tensor.
     pub fn slice(mut self, name: &str, values: &[f32]) -> Self {
         self.push(name, vec![values.len()], values.iter().copied());
@@ -208,6 +217,9 @@ impl FlatParamsBuilder {
     }
 
     fn push(&mut self, name: &str, shape: Vec<usize>, values: impl Iterator<Item = f32>) {
+        if self.lane_aligned {
+            self.data.resize(self.data.len().next_multiple_of(4), 0.0);
+        }
         let offset = self.data.len();
         self.data.extend(values);
         self.segments.push(Segment {

@@ -16,6 +16,12 @@ use crate::optim::MAX_HYPER_BYTES;
 /// scalars (`queue.write_buffer` lands before the whole submission, not between passes).
 pub const UNIFORM_RING: u64 = 256;
 
+/// Parameter groups a kernel can tell apart (`MAX_GROUPS` in `common.wgsl`).
+pub const MAX_GROUPS: usize = 8;
+
+/// Bytes of the per-step uniform: one Hyper per group.
+const HYPER_BINDING_BYTES: u64 = MAX_GROUPS as u64 * MAX_HYPER_BYTES;
+
 struct Launch {
     bind_group: wgpu::BindGroup,
     groups: (u32, u32),
@@ -35,6 +41,8 @@ pub(crate) struct KernelSpec<'a> {
     pub trusted: bool,
     /// The gradient control block (binding 7).
     pub control: &'a wgpu::Buffer,
+    /// The parameter group of every vec4 lane (binding 8), for grouped optimizers.
+    pub lane_groups: Option<&'a wgpu::Buffer>,
 }
 
 pub(crate) struct KernelRunner {
@@ -49,6 +57,7 @@ pub(crate) struct KernelRunner {
     launches: Vec<Launch>,
     _window_buffer: wgpu::Buffer,
     _dummies: Vec<wgpu::Buffer>,
+    _lane_dummy: wgpu::Buffer,
 }
 
 impl KernelRunner {
@@ -61,7 +70,11 @@ impl KernelRunner {
         let recipe = PipelineRecipe {
             file: spec.file,
             source: spec.source.clone(),
-            constants: spec.constants.clone(),
+            constants: {
+                let mut c = spec.constants.clone();
+                c.push(("GROUPED", f64::from(u8::from(spec.lane_groups.is_some()))));
+                c
+            },
             trusted: spec.trusted,
             layout: device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                 label: Some(spec.file),
@@ -71,8 +84,8 @@ impl KernelRunner {
         };
         let pipeline = recipe.build(&ctx, false)?;
 
-        let hyper_stride =
-            MAX_HYPER_BYTES.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
+        let hyper_stride = HYPER_BINDING_BYTES
+            .next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
         let hyper_buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("fused-optim hyper ring"),
             size: hyper_stride * UNIFORM_RING,
@@ -110,21 +123,32 @@ impl KernelRunner {
             })
             .collect();
 
+        let lane_dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("fused-optim ungrouped"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let lane_groups = spec.lane_groups.unwrap_or(&lane_dummy);
         let per_group = u64::from(tuning.workgroup_size) * u64::from(tuning.vec4_per_invocation);
         let mut launches = Vec::with_capacity(wins.len());
         for (w_index, w) in wins.iter().enumerate() {
             let window_offset = window_stride * w_index as u64;
-            let header: [u32; 4] = [w.len as u32, 0, 0, 0];
+            let header: [u32; 4] = [w.len as u32, (w.start / 4) as u32, 0, 0];
             ctx.queue()
                 .write_buffer(&window_buffer, window_offset, bytemuck::cast_slice(&header));
             let mut entries = vec![
-                uniform_entry(0, &hyper_buffer, 0, MAX_HYPER_BYTES),
+                uniform_entry(0, &hyper_buffer, 0, HYPER_BINDING_BYTES),
                 uniform_entry(1, &window_buffer, window_offset, 16),
                 storage_entry(2, window_binding(params.params_buffer(), w)),
                 storage_entry(3, window_binding(params.grads_buffer(), w)),
                 wgpu::BindGroupEntry {
                     binding: 7,
                     resource: spec.control.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 8,
+                    resource: lane_groups.as_entire_binding(),
                 },
             ];
             let mut dummy = dummies.iter();
@@ -165,6 +189,7 @@ impl KernelRunner {
             launches,
             _window_buffer: window_buffer,
             _dummies: dummies,
+            _lane_dummy: lane_dummy,
         })
     }
 
@@ -266,7 +291,7 @@ fn bind_group_layout(device: &wgpu::Device, state_slots: usize) -> wgpu::BindGro
         count: None,
     };
     let mut entries = vec![
-        uniform(0, true, MAX_HYPER_BYTES),
+        uniform(0, true, HYPER_BINDING_BYTES),
         uniform(1, false, 16),
         storage(2, false),
         storage(3, true),
@@ -282,6 +307,14 @@ fn bind_group_layout(device: &wgpu::Device, state_slots: usize) -> wgpu::BindGro
         *min_binding_size = NonZeroU64::new(std::mem::size_of::<GradControl>() as u64);
     }
     entries.push(control);
+    let mut groups = storage(8, true);
+    if let wgpu::BindingType::Buffer {
+        min_binding_size, ..
+    } = &mut groups.ty
+    {
+        *min_binding_size = NonZeroU64::new(4);
+    }
+    entries.push(groups);
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("fused-optim layout"),
         entries: &entries,

@@ -9,7 +9,7 @@ use super::shaders::kernel_for;
 use crate::error::{Error, Result};
 use crate::optim::{validate_lr, HostState, OptimizerConfig};
 
-pub use super::kernel::UNIFORM_RING;
+pub use super::kernel::{MAX_GROUPS, UNIFORM_RING};
 /// One optimizer running on the device over a [`FlatParams`].
 ///
 /// ```no_run
@@ -36,6 +36,25 @@ pub struct GpuOptimizer {
     clipper: Option<NormClipper>,
     /// Host state before the last step, to undo it if the device skipped that step.
     before_last_step: Option<HostState>,
+    /// Parameter groups 1.. (group 0 is `config` / `host`), each with its own
+    /// hyper-parameters and host scalars.
+    others: Vec<(OptimizerConfig, HostState)>,
+    others_before: Vec<HostState>,
+    /// The step's uniform bytes (one Hyper per group), reused every step.
+    hyper_bytes: Vec<u8>,
+    _lane_groups: Option<wgpu::Buffer>,
+}
+
+/// A parameter group: named segments of the [`FlatParams`] sharing hyper-parameters (e.g. no
+/// weight decay on biases and norms). All groups are updated by the same dispatch: the kernel
+/// looks up each vec4 lane's group in a table on the device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamGroup {
+    /// Segment names.
+    pub segments: Vec<String>,
+    /// The group's hyper-parameters (same optimizer and structural options as every other
+    /// group: the state tensors are shared buffers).
+    pub config: OptimizerConfig,
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -53,7 +72,109 @@ impl GpuOptimizer {
     /// Validate `config`, allocate and initialise the state buffers, build the pipeline and
     /// one bind group per binding window.
     pub fn new(params: &FlatParams, config: impl Into<OptimizerConfig>) -> Result<Self> {
-        let config = config.into();
+        Self::build(params, config.into(), Vec::new(), None)
+    }
+
+    /// An optimizer whose parameters are split into groups with their own hyper-parameters,
+    /// updated by one dispatch per step. Every segment must belong to exactly one group, every
+    /// group must use the same optimizer with the same structural options, at most
+    /// [`MAX_GROUPS`] groups, and each segment must start on a multiple of 4 elements (build
+    /// the params with [`FlatParamsBuilder::lane_aligned`](crate::FlatParamsBuilder::lane_aligned)).
+    ///
+    /// ```no_run
+    /// # fn main() -> fused_optim::Result<()> {
+    /// use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer, ParamGroup};
+    /// let ctx = GpuContext::new()?;
+    /// let params = FlatParams::builder().lane_aligned()
+    ///     .slice("w", &[0.5; 1000]).slice("b", &[0.0; 10]).build(&ctx)?;
+    /// let decayed = AdamConfig { weight_decay: 0.1, ..AdamConfig::adamw() };
+    /// let mut opt = GpuOptimizer::with_groups(&params, &[
+    ///     ParamGroup { segments: vec!["w".into()], config: decayed.into() },
+    ///     ParamGroup { segments: vec!["b".into()], config: AdamConfig { weight_decay: 0.0, ..decayed }.into() },
+    /// ])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_groups(params: &FlatParams, groups: &[ParamGroup]) -> Result<Self> {
+        if groups.is_empty() || groups.len() > MAX_GROUPS {
+            return Err(Error::LengthMismatch {
+                what: "parameter groups (1 to MAX_GROUPS)",
+                expected: MAX_GROUPS,
+                got: groups.len(),
+            });
+        }
+        let first = groups[0].config;
+        for g in groups {
+            g.config.validate()?;
+            if g.config.name() != first.name()
+                || g.config.state_names() != first.state_names()
+                || g.config.overrides() != first.overrides()
+            {
+                return Err(Error::InvalidCombination {
+                    optimizer: first.name(),
+                    reason: "every parameter group must use the same optimizer with the same \
+                             structural options (state tensors, amsgrad, nesterov, centered)",
+                });
+            }
+        }
+        let lanes = crate::dispatch::padded_len(params.len() as u64) as usize / 4;
+        let mut lane_group = vec![u32::MAX; lanes];
+        for (k, g) in groups.iter().enumerate() {
+            for name in &g.segments {
+                let seg = params.segment(name)?;
+                if seg.offset % 4 != 0 {
+                    return Err(Error::Segment {
+                        name: name.clone(),
+                        reason: "does not start on a multiple of 4 elements: build the params \
+                                 with FlatParamsBuilder::lane_aligned() to use groups",
+                    });
+                }
+                let lanes_of_segment = seg.offset / 4..(seg.offset + seg.len()).div_ceil(4);
+                for slot in &mut lane_group[lanes_of_segment] {
+                    if *slot != u32::MAX {
+                        return Err(Error::Segment {
+                            name: name.clone(),
+                            reason: "belongs to two parameter groups",
+                        });
+                    }
+                    *slot = k as u32;
+                }
+            }
+        }
+        if let Some(s) = params
+            .segments()
+            .iter()
+            .find(|s| lane_group[s.offset / 4] == u32::MAX)
+        {
+            return Err(Error::Segment {
+                name: s.name.clone(),
+                reason: "belongs to no parameter group",
+            });
+        }
+        // Padding lanes between aligned segments follow the segment before them.
+        for lane in 1..lanes {
+            if lane_group[lane] == u32::MAX {
+                lane_group[lane] = lane_group[lane - 1];
+            }
+        }
+        let ctx = params.context();
+        let table = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("fused-optim lane groups"),
+            size: (lanes as u64 * 4).max(16),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.queue()
+            .write_buffer(&table, 0, bytemuck::cast_slice(&lane_group));
+        let others = groups[1..].iter().map(|g| g.config).collect();
+        Self::build(params, first, others, Some(table))
+    }
+
+    fn build(
+        params: &FlatParams,
+        config: OptimizerConfig,
+        other_configs: Vec<OptimizerConfig>,
+        lane_groups: Option<wgpu::Buffer>,
+    ) -> Result<Self> {
         config.validate()?;
         let ctx = params.context().clone();
         let n = params.len();
@@ -78,6 +199,7 @@ impl GpuOptimizer {
                 constants: config.overrides(),
                 trusted: true,
                 control: &control,
+                lane_groups: lane_groups.as_ref(),
             },
         )?;
 
@@ -93,6 +215,13 @@ impl GpuOptimizer {
             grad_options: GradOptions::default(),
             clipper: None,
             before_last_step: None,
+            others_before: Vec::with_capacity(other_configs.len()),
+            others: other_configs
+                .into_iter()
+                .map(|c| (c, HostState::new(c.lr())))
+                .collect(),
+            hyper_bytes: Vec::with_capacity(MAX_GROUPS * 48),
+            _lane_groups: lane_groups,
         })
     }
 
@@ -117,9 +246,19 @@ impl GpuOptimizer {
             clipper.encode(encoder);
         }
         self.before_last_step = Some(self.host);
+        self.others_before.clear();
+        self.others_before
+            .extend(self.others.iter().map(|(_, h)| *h));
+        self.hyper_bytes.clear();
         let hyper = self.config.begin_step(&mut self.host);
+        self.hyper_bytes.extend_from_slice(hyper.as_bytes());
+        for (config, host) in &mut self.others {
+            let hyper = config.begin_step(host);
+            self.hyper_bytes.extend_from_slice(hyper.as_bytes());
+            config.end_step(host);
+        }
         self.runner
-            .encode(encoder, self.host.step - 1, hyper.as_bytes());
+            .encode(encoder, self.host.step - 1, &self.hyper_bytes);
         self.config.end_step(&mut self.host);
     }
 
@@ -200,6 +339,12 @@ impl GpuOptimizer {
                     lr: self.host.lr,
                     ..before
                 };
+                for ((_, host), before) in self.others.iter_mut().zip(&self.others_before) {
+                    *host = HostState {
+                        lr: host.lr,
+                        ..*before
+                    };
+                }
             }
         }
         Ok(skipped)
@@ -209,7 +354,36 @@ impl GpuOptimizer {
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
         validate_lr(self.config.name(), lr)?;
         self.host.lr = lr;
+        for (_, host) in &mut self.others {
+            host.lr = lr;
+        }
         Ok(())
+    }
+
+    /// Set the learning rate of one parameter group (0 = the first) from the next step on.
+    pub fn set_group_lr(&mut self, group: usize, lr: f64) -> Result<()> {
+        validate_lr(self.config.name(), lr)?;
+        match group {
+            0 => self.host.lr = lr,
+            k => {
+                let groups = self.others.len() + 1;
+                self.others
+                    .get_mut(k - 1)
+                    .ok_or(Error::LengthMismatch {
+                        what: "parameter group index (groups)",
+                        expected: groups,
+                        got: k,
+                    })?
+                    .1
+                    .lr = lr;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of parameter groups.
+    pub fn groups(&self) -> usize {
+        self.others.len() + 1
     }
 
     /// The learning rate of the next step.
@@ -282,6 +456,9 @@ impl GpuOptimizer {
             .write_buffer(&self.states[k], 0, bytemuck::cast_slice(values));
         if name == "momentum_buffer" {
             self.host.momentum_buffer_ready = true;
+            for (_, host) in &mut self.others {
+                host.momentum_buffer_ready = true;
+            }
         }
         Ok(())
     }
@@ -289,6 +466,14 @@ impl GpuOptimizer {
     /// Save the optimizer state (state tensors, step, lr, hyper-parameters) as a safetensors
     /// checkpoint, atomically. Reads the state back from the device.
     pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        if !self.others.is_empty() {
+            return Err(Error::Checkpoint {
+                file: path.as_ref().display().to_string(),
+                reason: "checkpoints of optimizers with several parameter groups are not \
+                         supported yet"
+                    .into(),
+            });
+        }
         let tensors = self
             .state_names
             .iter()
@@ -309,6 +494,14 @@ impl GpuOptimizer {
     /// is validated completely first; on any error nothing changes.
     pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
         let path = path.as_ref();
+        if !self.others.is_empty() {
+            return Err(Error::Checkpoint {
+                file: path.display().to_string(),
+                reason: "checkpoints of optimizers with several parameter groups are not \
+                         supported yet"
+                    .into(),
+            });
+        }
         let state = crate::checkpoint::load(path)?;
         crate::checkpoint::check_fits(path, &state, &self.config, self.params.len())?;
         for ((_, values), buffer) in state.tensors.iter().zip(&self.states) {
