@@ -35,5 +35,5 @@ fn update(i: u32, live: vec4<bool>) {
     let u = hp.rho * u0 + hp.one_minus_rho * delta * delta;
     square_avg[i] = select(v0, v, live);
     acc_delta[i] = select(u0, u, live);
-    param[i] = select(p0, p0 - hp.lr * delta, live);
+    store_param(i, select(p0, p0 - hp.lr * delta, live));
 }

@@ -24,5 +24,5 @@ fn update(i: u32, live: vec4<bool>) {
     let s0 = sum[i];
     let s = s0 + g * g;
     sum[i] = select(s0, s, live);
-    param[i] = select(p0, p0 - hp.clr * g / (sqrt(s) + hp.eps), live);
+    store_param(i, select(p0, p0 - hp.clr * g / (sqrt(s) + hp.eps), live));
 }

@@ -50,5 +50,5 @@ fn update(i: u32, live: vec4<bool>) {
         max_exp_avg_sq[i] = select(vmax0, vv, live);
     }
     let denom = sqrt(vv) * hp.inv_sqrt_bc2 + hp.eps;
-    param[i] = select(p0, p0 * hp.decay_factor - hp.step_size * m / denom, live);
+    store_param(i, select(p0, p0 * hp.decay_factor - hp.step_size * m / denom, live));
 }

@@ -33,5 +33,5 @@ fn update(i: u32, live: vec4<bool>) {
     let u = max(hp.beta2 * u0, abs(g) + hp.eps);
     exp_avg[i] = select(m0, m, live);
     exp_inf[i] = select(u0, u, live);
-    param[i] = select(p0, p0 - hp.step_size * m / u, live);
+    store_param(i, select(p0, p0 - hp.step_size * m / u, live));
 }

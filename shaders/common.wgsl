@@ -12,6 +12,10 @@
 //   4+ storage  state   read_write  array<vec4<f32>>, one per state tensor (at most 3)
 //   7  storage  control read        GradControl: unscale, clip by value, norm-clip coefficient
 //   8  storage  lane_groups read    array<u32>: parameter group of every vec4 lane (GROUPED)
+//   9  storage  lp_grad  read       array<vec2<u32>>: f16/bf16 gradients, 4 per lane (LOW_PRECISION)
+//  10  storage  lp_param read_write array<vec2<u32>>: f16/bf16 copy of the params, written
+//                                   from the f32 master weights every step (LOW_PRECISION)
+//  11  uniform  StepInfo            per-step seed for stochastic rounding (dynamic offset)
 
 override WORKGROUP_SIZE: u32 = 64u;
 // Off: load_grad is a plain load (the control block is bound but never read). On: the
@@ -20,6 +24,10 @@ override GRAD_PIPELINE: bool = false;
 // Parameter groups: each vec4 lane reads its group's scalars; off, every lane uses group 0.
 override GROUPED: bool = false;
 const MAX_GROUPS: u32 = 8u;
+// Low precision: 0 = off (f32 grads), 1 = f16, 2 = bf16 gradients in and params out, with f32
+// master weights (`param`) and f32 state.
+override LOW_PRECISION: u32 = 0u;
+override STOCHASTIC_ROUNDING: bool = false;
 override VEC4_PER_INVOCATION: u32 = 4u;
 
 struct Window {
@@ -49,6 +57,70 @@ struct GradControl {
 @group(0) @binding(7) var<storage, read> control: GradControl;
 @group(0) @binding(8) var<storage, read> lane_groups: array<u32>;
 
+struct StepInfo {
+    seed: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(9) var<storage, read> lp_grad: array<vec2<u32>>;
+@group(0) @binding(10) var<storage, read_write> lp_param: array<vec2<u32>>;
+@group(0) @binding(11) var<uniform> step_info: StepInfo;
+
+// 4 f16 or bf16 values (2 per u32, first element in the low half) to f32.
+fn unpack_low(w: vec2<u32>) -> vec4<f32> {
+    if (LOW_PRECISION == 1u) {
+        return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+    }
+    return bitcast<vec4<f32>>(vec4<u32>(w.x << 16u, w.x & 0xffff0000u, w.y << 16u, w.y & 0xffff0000u));
+}
+
+// PCG hash (for stochastic rounding).
+fn pcg(x: u32) -> u32 {
+    let state = x * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+// f32 to the upper 16 bits (bf16): round to nearest even, or stochastically (add 16 random
+// bits below the cut, so the probability of rounding up is the discarded fraction).
+fn to_bf16(x: vec4<f32>, lane: u32) -> vec4<u32> {
+    let bits = bitcast<vec4<u32>>(x);
+    var add: vec4<u32>;
+    if (STOCHASTIC_ROUNDING) {
+        let e = (window.first_lane + lane) * 4u;
+        let s = step_info.seed;
+        add = vec4<u32>(pcg(e ^ s), pcg((e + 1u) ^ s), pcg((e + 2u) ^ s), pcg((e + 3u) ^ s)) & vec4<u32>(0xffffu);
+    } else {
+        add = vec4<u32>(0x7fffu) + ((bits >> vec4<u32>(16u)) & vec4<u32>(1u));
+    }
+    return (bits + add) >> vec4<u32>(16u);
+}
+
+fn pack_low(p: vec4<f32>, lane: u32) -> vec2<u32> {
+    if (LOW_PRECISION == 1u) {
+        return vec2<u32>(pack2x16float(p.xy), pack2x16float(p.zw));
+    }
+    let h = to_bf16(p, lane);
+    return vec2<u32>(h.x | (h.y << 16u), h.z | (h.w << 16u));
+}
+
+fn raw_grad(i: u32) -> vec4<f32> {
+    if (LOW_PRECISION != 0u) {
+        return unpack_low(lp_grad[window.first_lane + i]);
+    }
+    return grad[i];
+}
+
+// Write the updated master weights, and their low-precision copy when on.
+fn store_param(i: u32, p: vec4<f32>) {
+    param[i] = p;
+    if (LOW_PRECISION != 0u) {
+        lp_param[window.first_lane + i] = pack_low(p, i);
+    }
+}
+
 fn group_of(i: u32) -> u32 {
     if (GROUPED) {
         return lane_groups[window.first_lane + i];
@@ -57,11 +129,12 @@ fn group_of(i: u32) -> u32 {
 }
 
 fn load_grad(i: u32) -> vec4<f32> {
+    let raw = raw_grad(i);
     if (GRAD_PIPELINE) {
         let limit = vec4<f32>(control.clip_value);
-        return clamp(grad[i] * control.inv_scale, -limit, limit) * control.coef;
+        return clamp(raw * control.inv_scale, -limit, limit) * control.coef;
     }
-    return grad[i];
+    return raw;
 }
 
 // Which of the 4 elements of lane i are real elements (index < n).

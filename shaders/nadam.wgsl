@@ -42,5 +42,5 @@ fn update(i: u32, live: vec4<bool>) {
     var p = p0 * hp.decay_factor;
     p = p - hp.grad_coef * g / denom;
     p = p - hp.avg_coef * m / denom;
-    param[i] = select(p0, p, live);
+    store_param(i, select(p0, p, live));
 }

@@ -11,6 +11,8 @@
 // Mirror of src/gpu/gradients.rs and the CPU paths' `grad_norm`.
 
 const WG: u32 = 256u;
+// As in common.wgsl: 0 = f32 gradients, 1 = f16, 2 = bf16 (packed two per u32).
+override LOW_PRECISION: u32 = 0u;
 const LANES_PER_THREAD: u32 = 4u;
 
 struct GradControl {
@@ -29,6 +31,10 @@ struct Pass {
     first_partial: u32,
     groups: u32,
     total_partials: u32,
+    first_lane: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> pass_info: Pass;
@@ -38,6 +44,19 @@ struct Pass {
 // Set when any raw gradient element is inf or NaN (exponent bits all ones), checked on the
 // raw bits before unscaling or clipping could hide it; reset by `finish`.
 @group(0) @binding(4) var<storage, read_write> found_nonfinite: atomic<u32>;
+@group(0) @binding(5) var<storage, read> lp_grad: array<vec2<u32>>;
+
+fn raw_grad(i: u32) -> vec4<f32> {
+    if (LOW_PRECISION == 1u) {
+        let w = lp_grad[pass_info.first_lane + i];
+        return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+    }
+    if (LOW_PRECISION == 2u) {
+        let w = lp_grad[pass_info.first_lane + i];
+        return bitcast<vec4<f32>>(vec4<u32>(w.x << 16u, w.x & 0xffff0000u, w.y << 16u, w.y & 0xffff0000u));
+    }
+    return grad[i];
+}
 
 var<workgroup> scratch: array<f32, 256>;
 
@@ -69,7 +88,7 @@ fn partial_sums(
         if (i < lanes) {
             let first = i * 4u;
             let live = (vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(pass_info.n);
-            let raw = grad[i];
+            let raw = raw_grad(i);
             let exponent = bitcast<vec4<u32>>(raw) & vec4<u32>(0x7f800000u);
             if (any((exponent == vec4<u32>(0x7f800000u)) & live)) {
                 atomicOr(&found_nonfinite, 1u);

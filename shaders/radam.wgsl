@@ -45,5 +45,5 @@ fn update(i: u32, live: vec4<bool>) {
     } else {
         p = p - hp.plain_step_size * m;
     }
-    param[i] = select(p0, p, live);
+    store_param(i, select(p0, p, live));
 }

@@ -55,5 +55,5 @@ fn update(i: u32, live: vec4<bool>) {
     } else {
         p = p0 - hp.lr * g / avg;
     }
-    param[i] = select(p0, p, live);
+    store_param(i, select(p0, p, live));
 }

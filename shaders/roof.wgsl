@@ -40,5 +40,5 @@ fn update(i: u32, live: vec4<bool>) {
         s2[i] = select(c, c + g, live);
         acc = acc + hp.scale * c;
     }
-    param[i] = select(p0, acc, live);
+    store_param(i, select(p0, acc, live));
 }

@@ -40,5 +40,5 @@ fn update(i: u32, live: vec4<bool>) {
             d = b;
         }
     }
-    param[i] = select(p0, p0 - hp.lr * d, live);
+    store_param(i, select(p0, p0 - hp.lr * d, live));
 }

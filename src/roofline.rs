@@ -49,6 +49,7 @@ impl GpuRoof {
                 trusted: true,
                 control: &control,
                 lane_groups: None,
+                low: None,
             },
         )?;
         Ok(Self {
@@ -73,6 +74,7 @@ impl GpuRoof {
                 trusted: true,
                 control: &control,
                 lane_groups: None,
+                low: None,
             },
         )?;
         Ok(Self {

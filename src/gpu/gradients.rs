@@ -137,12 +137,18 @@ pub(crate) struct NormClipper {
     _pass_buffer: wgpu::Buffer,
     _partials: wgpu::Buffer,
     _flag: wgpu::Buffer,
+    _low_dummy: wgpu::Buffer,
 }
 
 const LANES_PER_GROUP: u64 = 256 * 4;
 
 impl NormClipper {
-    pub fn new(params: &FlatParams, control: &wgpu::Buffer) -> Result<Self> {
+    /// `low`: (LOW_PRECISION code, packed gradient buffer) when the gradients are f16/bf16.
+    pub fn new(
+        params: &FlatParams,
+        control: &wgpu::Buffer,
+        low: Option<(u32, &wgpu::Buffer)>,
+    ) -> Result<Self> {
         let ctx = params.context();
         let device = ctx.device();
         let limits = device.limits();
@@ -151,13 +157,17 @@ impl NormClipper {
             label: Some("norm.wgsl"),
             source: wgpu::ShaderSource::Wgsl(NORM.into()),
         });
+        let constants = [("LOW_PRECISION", f64::from(low.map_or(0, |l| l.0)))];
         let pipeline = |entry| {
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
                 layout: None,
                 module: &module,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    zero_initialize_workgroup_memory: true,
+                },
                 cache: None,
             })
         };
@@ -174,7 +184,7 @@ impl NormClipper {
             ctx.max_binding_bytes(),
             u64::from(limits.min_storage_buffer_offset_alignment),
         );
-        let stride = 16u64.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
+        let stride = 32u64.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
         let groups: Vec<u64> = wins
             .iter()
             .map(|w| (padded_len(w.len) / 4).div_ceil(LANES_PER_GROUP))
@@ -192,6 +202,13 @@ impl NormClipper {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let low_dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("norm f32 grads"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let low_grads = low.map_or(&low_dummy, |l| l.1);
         let flag = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("norm nonfinite flag"),
             size: 4,
@@ -209,18 +226,31 @@ impl NormClipper {
         let mut first = 0u64;
         let mut launches = Vec::new();
         for (k, w) in wins.iter().enumerate() {
-            let info: [u32; 4] = [w.len as u32, first as u32, groups[k] as u32, total as u32];
+            let info: [u32; 8] = [
+                w.len as u32,
+                first as u32,
+                groups[k] as u32,
+                total as u32,
+                (w.start / 4) as u32,
+                0,
+                0,
+                0,
+            ];
             ctx.queue()
                 .write_buffer(&pass_buffer, stride * k as u64, bytemuck::cast_slice(&info));
             let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("norm window"),
                 layout: &partial.get_bind_group_layout(0),
                 entries: &[
-                    entry(0, &pass_buffer, stride * k as u64, 16),
+                    entry(0, &pass_buffer, stride * k as u64, 32),
                     entry(1, params.grads_buffer(), w.byte_offset(), w.bound_bytes()),
                     entry(2, &partials, 0, total.max(1) * 4),
                     entry(3, control, 0, std::mem::size_of::<GradControl>() as u64),
                     entry(4, &flag, 0, 4),
+                    wgpu::BindGroupEntry {
+                        binding: 5,
+                        resource: low_grads.as_entire_binding(),
+                    },
                 ],
             });
             launches.push((
@@ -230,14 +260,14 @@ impl NormClipper {
             first += groups[k];
         }
         let last = stride * wins.len() as u64;
-        let info: [u32; 4] = [0, 0, 0, total as u32];
+        let info: [u32; 8] = [0, 0, 0, total as u32, 0, 0, 0, 0];
         ctx.queue()
             .write_buffer(&pass_buffer, last, bytemuck::cast_slice(&info));
         let finish_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("norm finish"),
             layout: &finish.get_bind_group_layout(0),
             entries: &[
-                entry(0, &pass_buffer, last, 16),
+                entry(0, &pass_buffer, last, 32),
                 entry(2, &partials, 0, total.max(1) * 4),
                 entry(3, control, 0, std::mem::size_of::<GradControl>() as u64),
                 entry(4, &flag, 0, 4),
@@ -251,6 +281,7 @@ impl NormClipper {
             _pass_buffer: pass_buffer,
             _partials: partials,
             _flag: flag,
+            _low_dummy: low_dummy,
         })
     }
 

@@ -22,6 +22,22 @@ pub const MAX_GROUPS: usize = 8;
 /// Bytes of the per-step uniform: one Hyper per group.
 const HYPER_BINDING_BYTES: u64 = MAX_GROUPS as u64 * MAX_HYPER_BYTES;
 
+/// Bytes of the per-step `StepInfo` (stochastic-rounding seed), right after the Hypers.
+const STEP_INFO_BYTES: u64 = 16;
+
+/// Low-precision buffers of a kernel: f16/bf16 gradients in, params out (2 per u32).
+#[derive(Clone, Copy)]
+pub(crate) struct LowBinding<'a> {
+    /// 1 = f16, 2 = bf16 (`LOW_PRECISION` in common.wgsl).
+    pub format_code: u32,
+    /// Stochastic rounding of the written params (bf16 only).
+    pub stochastic: bool,
+    /// Packed gradients.
+    pub grads: &'a wgpu::Buffer,
+    /// Packed params.
+    pub params: &'a wgpu::Buffer,
+}
+
 struct Launch {
     bind_group: wgpu::BindGroup,
     groups: (u32, u32),
@@ -43,6 +59,8 @@ pub(crate) struct KernelSpec<'a> {
     pub control: &'a wgpu::Buffer,
     /// The parameter group of every vec4 lane (binding 8), for grouped optimizers.
     pub lane_groups: Option<&'a wgpu::Buffer>,
+    /// Low-precision gradients and params (bindings 9, 10).
+    pub low: Option<LowBinding<'a>>,
 }
 
 pub(crate) struct KernelRunner {
@@ -58,6 +76,8 @@ pub(crate) struct KernelRunner {
     _window_buffer: wgpu::Buffer,
     _dummies: Vec<wgpu::Buffer>,
     _lane_dummy: wgpu::Buffer,
+    _low_dummies: Vec<wgpu::Buffer>,
+    stochastic: bool,
 }
 
 impl KernelRunner {
@@ -73,6 +93,10 @@ impl KernelRunner {
             constants: {
                 let mut c = spec.constants.clone();
                 c.push(("GROUPED", f64::from(u8::from(spec.lane_groups.is_some()))));
+                let low = spec.low.map_or(0, |l| l.format_code);
+                c.push(("LOW_PRECISION", f64::from(low)));
+                let stochastic = spec.low.is_some_and(|l| l.stochastic);
+                c.push(("STOCHASTIC_ROUNDING", f64::from(u8::from(stochastic))));
                 c
             },
             trusted: spec.trusted,
@@ -84,7 +108,7 @@ impl KernelRunner {
         };
         let pipeline = recipe.build(&ctx, false)?;
 
-        let hyper_stride = HYPER_BINDING_BYTES
+        let hyper_stride = (HYPER_BINDING_BYTES + STEP_INFO_BYTES)
             .next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
         let hyper_buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("fused-optim hyper ring"),
@@ -130,6 +154,20 @@ impl KernelRunner {
             mapped_at_creation: false,
         });
         let lane_groups = spec.lane_groups.unwrap_or(&lane_dummy);
+        let low_dummies: Vec<wgpu::Buffer> = (0..2)
+            .map(|_| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("fused-optim no low precision"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+        let (low_grads, low_params) = match spec.low {
+            Some(l) => (l.grads, l.params),
+            None => (&low_dummies[0], &low_dummies[1]),
+        };
         let per_group = u64::from(tuning.workgroup_size) * u64::from(tuning.vec4_per_invocation);
         let mut launches = Vec::with_capacity(wins.len());
         for (w_index, w) in wins.iter().enumerate() {
@@ -150,6 +188,15 @@ impl KernelRunner {
                     binding: 8,
                     resource: lane_groups.as_entire_binding(),
                 },
+                wgpu::BindGroupEntry {
+                    binding: 9,
+                    resource: low_grads.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 10,
+                    resource: low_params.as_entire_binding(),
+                },
+                uniform_entry(11, &hyper_buffer, HYPER_BINDING_BYTES, STEP_INFO_BYTES),
             ];
             let mut dummy = dummies.iter();
             for (slot_index, slot) in spec.slots.iter().enumerate() {
@@ -190,6 +237,8 @@ impl KernelRunner {
             _window_buffer: window_buffer,
             _dummies: dummies,
             _lane_dummy: lane_dummy,
+            _low_dummies: low_dummies,
+            stochastic: spec.low.is_some_and(|l| l.stochastic),
         })
     }
 
@@ -199,13 +248,22 @@ impl KernelRunner {
         self.ctx
             .queue()
             .write_buffer(&self.hyper_buffer, offset, hyper);
+        if self.stochastic {
+            // A fresh seed per step for stochastic rounding, from the step index.
+            let seed = (slot as u32).wrapping_mul(0x9E37_79B9) ^ 0x85EB_CA6B;
+            self.ctx.queue().write_buffer(
+                &self.hyper_buffer,
+                offset + HYPER_BINDING_BYTES,
+                bytemuck::bytes_of(&[seed, 0u32, 0, 0]),
+            );
+        }
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("fused-optim step"),
             timestamp_writes: None,
         });
         pass.set_pipeline(&self.pipeline);
         for launch in &self.launches {
-            pass.set_bind_group(0, &launch.bind_group, &[offset as u32]);
+            pass.set_bind_group(0, &launch.bind_group, &[offset as u32, offset as u32]);
             pass.dispatch_workgroups(launch.groups.0, launch.groups.1, 1);
         }
     }
@@ -315,6 +373,16 @@ fn bind_group_layout(device: &wgpu::Device, state_slots: usize) -> wgpu::BindGro
         *min_binding_size = NonZeroU64::new(4);
     }
     entries.push(groups);
+    let mut low_grads = storage(9, true);
+    let mut low_params = storage(10, false);
+    for e in [&mut low_grads, &mut low_params] {
+        if let wgpu::BindingType::Buffer { min_binding_size, .. } = &mut e.ty {
+            *min_binding_size = NonZeroU64::new(8);
+        }
+    }
+    entries.push(low_grads);
+    entries.push(low_params);
+    entries.push(uniform(11, true, STEP_INFO_BYTES));
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("fused-optim layout"),
         entries: &entries,

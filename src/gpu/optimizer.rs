@@ -200,6 +200,7 @@ impl GpuOptimizer {
                 trusted: true,
                 control: &control,
                 lane_groups: lane_groups.as_ref(),
+                low: None,
             },
         )?;
 
@@ -273,7 +274,7 @@ impl GpuOptimizer {
         self.runner
             .set_grad_pipeline(options != GradOptions::default())?;
         if options.needs_reduction() && self.clipper.is_none() {
-            match NormClipper::new(&self.params, &self.control) {
+            match NormClipper::new(&self.params, &self.control, None) {
                 Ok(c) => self.clipper = Some(c),
                 Err(e) => {
                     self.runner.set_grad_pipeline(was_on)?;
