@@ -65,6 +65,18 @@ pub fn read_f32(
     start: usize,
     len: usize,
 ) -> Result<Vec<f32>> {
+    let bytes = read_bytes(ctx, buffer, start as u64 * 4, len as u64 * 4)?;
+    Ok(bytemuck::pod_collect_to_vec(&bytes))
+}
+
+/// Copy `len` bytes from byte `offset` of `buffer` (both multiples of 4; the buffer needs
+/// `COPY_SRC`) back to the host. Waits for the device.
+pub fn read_bytes(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>> {
     if len == 0 {
         return Ok(Vec::new());
     }
@@ -74,7 +86,8 @@ pub fn read_f32(
         wgpu::BufferUsages::COPY_SRC,
         "COPY_SRC",
     )?;
-    let bytes = len as u64 * 4;
+    let bytes = len;
+    let start_byte = offset;
     // Mappable memory cannot be a storage buffer, so the data goes through a staging copy.
     let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("fused-optim read-back"),
@@ -87,7 +100,7 @@ pub fn read_f32(
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("read-back"),
         });
-    encoder.copy_buffer_to_buffer(buffer, start as u64 * 4, &staging, 0, bytes);
+    encoder.copy_buffer_to_buffer(buffer, start_byte, &staging, 0, bytes);
     ctx.queue().submit([encoder.finish()]);
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
     staging.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -113,7 +126,7 @@ pub fn read_f32(
         during: "get_mapped_range",
         message: e.to_string(),
     })?;
-    let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+    let out = view.to_vec();
     drop(view);
     staging.unmap();
     Ok(out)

@@ -376,7 +376,10 @@ fn bind_group_layout(device: &wgpu::Device, state_slots: usize) -> wgpu::BindGro
     let mut low_grads = storage(9, true);
     let mut low_params = storage(10, false);
     for e in [&mut low_grads, &mut low_params] {
-        if let wgpu::BindingType::Buffer { min_binding_size, .. } = &mut e.ty {
+        if let wgpu::BindingType::Buffer {
+            min_binding_size, ..
+        } = &mut e.ty
+        {
             *min_binding_size = NonZeroU64::new(8);
         }
     }

@@ -4,6 +4,7 @@ pub mod buffer;
 pub mod context;
 pub mod gradients;
 pub(crate) mod kernel;
+pub mod low_precision;
 pub mod optimizer;
 pub mod shaders;
 pub mod timer;

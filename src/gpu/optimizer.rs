@@ -4,7 +4,8 @@
 use super::buffer::{create_flat, fill, flat_bytes, read_f32, FlatParams};
 use super::context::GpuContext;
 use super::gradients::{control_buffer, GradOptions, NormClipper};
-use super::kernel::{KernelRunner, KernelSpec};
+use super::kernel::{KernelRunner, KernelSpec, LowBinding};
+use super::low_precision::{LowFormat, LowPrecisionParams};
 use super::shaders::kernel_for;
 use crate::error::{Error, Result};
 use crate::optim::{validate_lr, HostState, OptimizerConfig};
@@ -43,6 +44,15 @@ pub struct GpuOptimizer {
     /// The step's uniform bytes (one Hyper per group), reused every step.
     hyper_bytes: Vec<u8>,
     _lane_groups: Option<wgpu::Buffer>,
+    low: Option<LowSetup>,
+}
+
+/// The 16-bit buffers of a low-precision optimizer.
+struct LowSetup {
+    code: u32,
+    stochastic: bool,
+    grads: wgpu::Buffer,
+    params: wgpu::Buffer,
 }
 
 /// A parameter group: named segments of the [`FlatParams`] sharing hyper-parameters (e.g. no
@@ -72,7 +82,43 @@ impl GpuOptimizer {
     /// Validate `config`, allocate and initialise the state buffers, build the pipeline and
     /// one bind group per binding window.
     pub fn new(params: &FlatParams, config: impl Into<OptimizerConfig>) -> Result<Self> {
-        Self::build(params, config.into(), Vec::new(), None)
+        Self::build(params, config.into(), Vec::new(), None, None)
+    }
+
+    /// An optimizer over 16-bit params and gradients with f32 master weights and f32 state:
+    /// each step reads the f16/bf16 gradients, updates the masters and the state, and writes
+    /// the rounded 16-bit params (`stochastic_rounding`: bf16 only). The gradient pipeline
+    /// (unscaling, clipping, skipping non-finite steps) works on the 16-bit gradients too.
+    ///
+    /// ```no_run
+    /// # fn main() -> fused_optim::Result<()> {
+    /// use fused_optim::{AdamConfig, GpuContext, GpuOptimizer, LowFormat, LowPrecisionParams};
+    /// let ctx = GpuContext::new()?;
+    /// let lp = LowPrecisionParams::new(&ctx, &[0.5; 4096], LowFormat::Bf16)?;
+    /// let mut opt = GpuOptimizer::new_low_precision(&lp, AdamConfig::default(), true)?;
+    /// lp.write_grads_bf16(&[half::bf16::from_f32(0.01); 4096])?;
+    /// opt.step()?;
+    /// let bits = lp.read_param_bits()?; // the bf16 params the model uses next
+    /// # Ok(()) }
+    /// ```
+    pub fn new_low_precision(
+        params: &LowPrecisionParams,
+        config: impl Into<OptimizerConfig>,
+        stochastic_rounding: bool,
+    ) -> Result<Self> {
+        if stochastic_rounding && params.format() == LowFormat::F16 {
+            return Err(Error::InvalidCombination {
+                optimizer: "low precision",
+                reason: "stochastic rounding is implemented for bf16 params only",
+            });
+        }
+        let low = LowSetup {
+            code: params.format().code(),
+            stochastic: stochastic_rounding,
+            grads: params.grads_buffer().clone(),
+            params: params.params_buffer().clone(),
+        };
+        Self::build(params.master(), config.into(), Vec::new(), None, Some(low))
     }
 
     /// An optimizer whose parameters are split into groups with their own hyper-parameters,
@@ -166,7 +212,7 @@ impl GpuOptimizer {
         ctx.queue()
             .write_buffer(&table, 0, bytemuck::cast_slice(&lane_group));
         let others = groups[1..].iter().map(|g| g.config).collect();
-        Self::build(params, first, others, Some(table))
+        Self::build(params, first, others, Some(table), None)
     }
 
     fn build(
@@ -174,6 +220,7 @@ impl GpuOptimizer {
         config: OptimizerConfig,
         other_configs: Vec<OptimizerConfig>,
         lane_groups: Option<wgpu::Buffer>,
+        low: Option<LowSetup>,
     ) -> Result<Self> {
         config.validate()?;
         let ctx = params.context().clone();
@@ -200,7 +247,12 @@ impl GpuOptimizer {
                 trusted: true,
                 control: &control,
                 lane_groups: lane_groups.as_ref(),
-                low: None,
+                low: low.as_ref().map(|l| LowBinding {
+                    format_code: l.code,
+                    stochastic: l.stochastic,
+                    grads: &l.grads,
+                    params: &l.params,
+                }),
             },
         )?;
 
@@ -223,6 +275,7 @@ impl GpuOptimizer {
                 .collect(),
             hyper_bytes: Vec::with_capacity(MAX_GROUPS * 48),
             _lane_groups: lane_groups,
+            low,
         })
     }
 
@@ -274,7 +327,11 @@ impl GpuOptimizer {
         self.runner
             .set_grad_pipeline(options != GradOptions::default())?;
         if options.needs_reduction() && self.clipper.is_none() {
-            match NormClipper::new(&self.params, &self.control, None) {
+            match NormClipper::new(
+                &self.params,
+                &self.control,
+                self.low.as_ref().map(|l| (l.code, &l.grads)),
+            ) {
                 Ok(c) => self.clipper = Some(c),
                 Err(e) => {
                     self.runner.set_grad_pipeline(was_on)?;
