@@ -8,17 +8,34 @@ fn module(source: &str) -> naga::Module {
     naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)))
 }
 
+/// The capabilities the kernels need: only the f16 pack/unpack builtins of the f16
+/// low-precision mode (`SHADER_FLOAT16_IN_FLOAT32`, which wgpu grants on Vulkan and GL here).
+fn capabilities() -> naga::valid::Capabilities {
+    naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
+}
+
 #[test]
 fn every_kernel_parses_and_validates() {
+    let extra = [
+        ("roof.wgsl", assemble(include_str!("../shaders/roof.wgsl"))),
+        ("copy.wgsl", assemble(include_str!("../shaders/copy.wgsl"))),
+        (
+            "norm.wgsl",
+            include_str!("../shaders/norm.wgsl").to_string(),
+        ),
+    ];
+    for (file, full) in extra {
+        let m = module(&full);
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities())
+            .validate(&m)
+            .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&full)));
+    }
     for (file, source, _) in KERNELS {
         let full = assemble(source);
         let m = module(&full);
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
-        )
-        .validate(&m)
-        .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&full)));
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities())
+            .validate(&m)
+            .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&full)));
         assert!(
             m.entry_points.iter().any(|e| e.name == "main"),
             "{file}: no main"
