@@ -6,6 +6,8 @@
 //!   named segments of varied sizes (the flat buffer makes both one dispatch per step);
 //! - `model/one_tensor_norm_clipped`, `model/one_tensor_unscaled_value_clipped`: the cost of
 //!   the gradient pipeline (device-side global norm; unscale + clip by value);
+//! - `low_precision/adam_{bf16,bf16_stochastic,f16}`: 16-bit params and grads with f32 master
+//!   weights and state, against their own minimal bytes (28 per parameter);
 //! - `model/1000_tensors_2_groups`: the same tensors in two parameter groups (one dispatch,
 //!   a lane-to-group table on the device).
 
@@ -39,6 +41,32 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     let n = 1usize << 22;
+    // Mixed-precision kernels against their own minimal bytes: f32 master r/w (8), 16-bit
+    // grad read (2), 16-bit param write (2), Adam state r/w (16) = 28 bytes per parameter.
+    let mut group = c.benchmark_group("low_precision");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(4));
+    group.throughput(Throughput::Bytes(28 * n as u64));
+    for (name, format, stochastic) in [
+        ("adam_bf16", LowFormat::Bf16, false),
+        ("adam_bf16_stochastic", LowFormat::Bf16, true),
+        ("adam_f16", LowFormat::F16, false),
+    ] {
+        let lp = LowPrecisionParams::new(&ctx, &vec![0.5f32; n], format).unwrap();
+        lp.write_grad_bits(&vec![format.round(0.01); n]).unwrap();
+        let mut opt =
+            GpuOptimizer::new_low_precision(&lp, AdamConfig::default(), stochastic).unwrap();
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = std::time::Instant::now();
+                (0..iters).for_each(|_| opt.step().unwrap());
+                ctx.wait().unwrap();
+                start.elapsed()
+            })
+        });
+    }
+    group.finish();
+
     let mut group = c.benchmark_group("model");
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(4));
