@@ -47,6 +47,100 @@ pub struct OptimizerState {
     pub n: usize,
     /// Per-element state tensors by PyTorch's names, in `config.state_names()` order.
     pub tensors: Vec<(String, Vec<f32>)>,
+    /// Parameter groups (empty for an optimizer without groups; otherwise every group,
+    /// group 0 repeating `config` and `host`).
+    pub groups: Vec<GroupState>,
+}
+
+/// One parameter group of a checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupState {
+    /// Its segments.
+    pub segments: Vec<String>,
+    /// Its hyper-parameters.
+    pub config: OptimizerConfig,
+    /// Its host scalars (step, lr, mu_product).
+    pub host: HostState,
+}
+
+fn host_json(h: &HostState) -> serde_json::Value {
+    serde_json::json!({
+        "step": h.step,
+        "lr": h.lr,
+        "mu_product": h.mu_product,
+        "momentum_buffer_ready": h.momentum_buffer_ready,
+    })
+}
+
+fn groups_json(groups: &[GroupState]) -> String {
+    serde_json::Value::Array(
+        groups
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "segments": g.segments,
+                    "optimizer": g.config.name(),
+                    "hparams": g.config.hparams(),
+                    "host": host_json(&g.host),
+                })
+            })
+            .collect(),
+    )
+    .to_string()
+}
+
+fn parse_groups(path: &Path, text: &str) -> Result<Vec<GroupState>> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| err(path, format!("groups: {e}")))?;
+    let items = v
+        .as_array()
+        .ok_or_else(|| err(path, "groups is not an array"))?;
+    items
+        .iter()
+        .map(|g| {
+            let field = |k: &str| {
+                g.get(k)
+                    .ok_or_else(|| err(path, format!("group lacks `{k}`")))
+            };
+            let optimizer = field("optimizer")?
+                .as_str()
+                .ok_or_else(|| err(path, "group optimizer is not a string"))?;
+            let hparams = field("hparams")?
+                .as_object()
+                .ok_or_else(|| err(path, "group hparams is not an object"))?;
+            let config = config_from_hparams(optimizer, hparams).map_err(|e| err(path, e))?;
+            config.validate()?;
+            let h = field("host")?;
+            let num = |k: &str| {
+                h.get(k)
+                    .and_then(serde_json::Value::as_f64)
+                    .ok_or_else(|| err(path, format!("group host lacks `{k}`")))
+            };
+            let segments = field("segments")?
+                .as_array()
+                .ok_or_else(|| err(path, "group segments is not an array"))?
+                .iter()
+                .map(|s| s.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| err(path, "a segment name is not a string"))?;
+            Ok(GroupState {
+                segments,
+                config,
+                host: HostState {
+                    step: h
+                        .get("step")
+                        .and_then(serde_json::Value::as_u64)
+                        .ok_or_else(|| err(path, "group host lacks `step`"))?,
+                    lr: num("lr")?,
+                    mu_product: num("mu_product")?,
+                    momentum_buffer_ready: h
+                        .get("momentum_buffer_ready")
+                        .and_then(serde_json::Value::as_bool)
+                        .unwrap_or(false),
+                },
+            })
+        })
+        .collect()
 }
 
 fn err(path: &Path, reason: impl Into<String>) -> Error {
@@ -73,6 +167,9 @@ pub fn save(path: &Path, state: &OptimizerState) -> Result<()> {
         state.host.momentum_buffer_ready.to_string(),
     );
     meta.insert("n".to_string(), state.n.to_string());
+    if !state.groups.is_empty() {
+        meta.insert("groups".to_string(), groups_json(&state.groups));
+    }
     let mut views = Vec::new();
     for (name, values) in &state.tensors {
         let bytes: &[u8] = bytemuck::cast_slice(values);
@@ -196,11 +293,16 @@ pub fn load(path: &Path) -> Result<OptimizerState> {
             .collect();
         out.push((name.to_string(), values));
     }
+    let groups = match meta.get("groups") {
+        Some(text) => parse_groups(path, text)?,
+        None => Vec::new(),
+    };
     Ok(OptimizerState {
         config,
         host,
         n,
         tensors: out,
+        groups,
     })
 }
 

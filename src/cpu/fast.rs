@@ -232,6 +232,7 @@ impl CpuOptimizer {
                 host: self.host,
                 n: self.n,
                 tensors,
+                groups: Vec::new(),
             },
         )
     }
@@ -241,6 +242,12 @@ impl CpuOptimizer {
         let path = path.as_ref();
         let state = crate::checkpoint::load(path)?;
         crate::checkpoint::check_fits(path, &state, &self.config, self.n)?;
+        if !state.groups.is_empty() {
+            return Err(Error::Checkpoint {
+                file: path.display().to_string(),
+                reason: "it holds parameter groups, which CpuOptimizer does not have".into(),
+            });
+        }
         for ((_, values), s) in state.tensors.iter().zip(self.states.iter_mut()) {
             s.copy_from_slice(values);
         }

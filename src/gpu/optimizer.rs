@@ -45,6 +45,8 @@ pub struct GpuOptimizer {
     hyper_bytes: Vec<u8>,
     _lane_groups: Option<wgpu::Buffer>,
     low: Option<LowSetup>,
+    /// Segment names of each group (empty without groups).
+    group_segments: Vec<Vec<String>>,
 }
 
 /// The 16-bit buffers of a low-precision optimizer.
@@ -212,7 +214,9 @@ impl GpuOptimizer {
         ctx.queue()
             .write_buffer(&table, 0, bytemuck::cast_slice(&lane_group));
         let others = groups[1..].iter().map(|g| g.config).collect();
-        Self::build(params, first, others, Some(table), None)
+        let mut opt = Self::build(params, first, others, Some(table), None)?;
+        opt.group_segments = groups.iter().map(|g| g.segments.clone()).collect();
+        Ok(opt)
     }
 
     fn build(
@@ -276,6 +280,7 @@ impl GpuOptimizer {
             hyper_bytes: Vec::with_capacity(MAX_GROUPS * 48),
             _lane_groups: lane_groups,
             low,
+            group_segments: Vec::new(),
         })
     }
 
@@ -319,6 +324,21 @@ impl GpuOptimizer {
     /// Set how gradients are pre-processed inside the step: unscaling (`grad_scale`), clipping
     /// by value and by global norm (see [`GradOptions`]). Norm clipping adds a two-pass
     /// reduction to every step's submission; its pipelines are built here, once.
+    ///
+    /// ```no_run
+    /// # fn main() -> fused_optim::Result<()> {
+    /// use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer, GradOptions};
+    /// let ctx = GpuContext::new()?;
+    /// let params = FlatParams::from_slice(&ctx, &[0.5; 1000])?;
+    /// let mut opt = GpuOptimizer::new(&params, AdamConfig::default())?;
+    /// // clip_grad_norm_(max_norm=1.0), computed on the device inside each step.
+    /// opt.set_grad_options(GradOptions { max_norm: Some(1.0), ..Default::default() })?;
+    /// params.write_grads(&[3.0; 1000])?;
+    /// opt.step()?;
+    /// let norm = opt.last_grad_norm()?; // Some(94.87), read back only because we asked
+    /// opt.check_finite_gradients()?;    // error_if_nonfinite, when wanted
+    /// # Ok(()) }
+    /// ```
     pub fn set_grad_options(&mut self, options: GradOptions) -> Result<()> {
         options.validate()?;
         // Fallible parts first; on error nothing changes (the previous variant is built, so
@@ -524,14 +544,6 @@ impl GpuOptimizer {
     /// Save the optimizer state (state tensors, step, lr, hyper-parameters) as a safetensors
     /// checkpoint, atomically. Reads the state back from the device.
     pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        if !self.others.is_empty() {
-            return Err(Error::Checkpoint {
-                file: path.as_ref().display().to_string(),
-                reason: "checkpoints of optimizers with several parameter groups are not \
-                         supported yet"
-                    .into(),
-            });
-        }
         let tensors = self
             .state_names
             .iter()
@@ -544,24 +556,49 @@ impl GpuOptimizer {
                 host: self.host,
                 n: self.params.len(),
                 tensors,
+                groups: self.group_states(),
             },
         )
+    }
+
+    fn group_states(&self) -> Vec<crate::checkpoint::GroupState> {
+        if self.others.is_empty() {
+            return Vec::new();
+        }
+        std::iter::once((self.config, self.host))
+            .chain(self.others.iter().copied())
+            .zip(&self.group_segments)
+            .map(|((config, host), segments)| crate::checkpoint::GroupState {
+                segments: segments.clone(),
+                config,
+                host,
+            })
+            .collect()
     }
 
     /// Load a checkpoint written by [`Self::save_checkpoint`] (or `CpuOptimizer`'s). The file
     /// is validated completely first; on any error nothing changes.
     pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
         let path = path.as_ref();
-        if !self.others.is_empty() {
-            return Err(Error::Checkpoint {
-                file: path.display().to_string(),
-                reason: "checkpoints of optimizers with several parameter groups are not \
-                         supported yet"
-                    .into(),
-            });
-        }
         let state = crate::checkpoint::load(path)?;
         crate::checkpoint::check_fits(path, &state, &self.config, self.params.len())?;
+        let ours = self.group_states();
+        let fits = state.groups.len() == ours.len()
+            && state.groups.iter().zip(&ours).all(|(a, b)| {
+                a.segments == b.segments
+                    && a.config.name() == b.config.name()
+                    && a.config.overrides() == b.config.overrides()
+            });
+        if !fits {
+            return Err(Error::Checkpoint {
+                file: path.display().to_string(),
+                reason: format!(
+                    "its parameter groups ({} groups) differ from this optimizer's ({})",
+                    state.groups.len(),
+                    ours.len()
+                ),
+            });
+        }
         for ((_, values), buffer) in state.tensors.iter().zip(&self.states) {
             self.ctx
                 .queue()
@@ -569,6 +606,10 @@ impl GpuOptimizer {
         }
         self.config = state.config;
         self.host = state.host;
+        for ((config, host), group) in self.others.iter_mut().zip(state.groups.iter().skip(1)) {
+            *config = group.config;
+            *host = group.host;
+        }
         Ok(())
     }
 }
