@@ -65,6 +65,21 @@ fn benches(c: &mut Criterion) {
             })
         });
     }
+    // bf16 Adam state with f32 params: 8 + 4 + 8 = 20 bytes per parameter.
+    group.throughput(Throughput::Bytes(20 * n as u64));
+    let flat = FlatParams::from_slice(&ctx, &vec![0.5f32; n]).unwrap();
+    flat.write_grads(&vec![0.01f32; n]).unwrap();
+    let mut opt = GpuOptimizer::with_bf16_state(&flat, None, AdamConfig::default(), false).unwrap();
+    group.bench_function("adam_bf16_state", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            (0..iters).for_each(|_| opt.step().unwrap());
+            ctx.wait().unwrap();
+            start.elapsed()
+        })
+    });
+    drop(opt);
+    drop(flat);
     group.finish();
 
     let mut group = c.benchmark_group("model");

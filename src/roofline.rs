@@ -50,6 +50,7 @@ impl GpuRoof {
                 control: &control,
                 lane_groups: None,
                 low: None,
+                packed_states: None,
             },
         )?;
         Ok(Self {
@@ -75,6 +76,7 @@ impl GpuRoof {
                 control: &control,
                 lane_groups: None,
                 low: None,
+                packed_states: None,
             },
         )?;
         Ok(Self {

@@ -183,16 +183,27 @@ fn window_struct_is_16_bytes() {
 }
 
 /// Every shader bounds-checks: the common entry point returns when the lane index reaches
-/// the window's lane count, and every store is masked by `live`.
+/// the window's lane count, and every store is masked by `live` (`select(old, new, live)`);
+/// the `store_*` helpers store what their callers masked.
 #[test]
 fn every_kernel_store_is_masked() {
     for (file, source, _) in KERNELS {
-        for line in source.lines().filter(|l| l.contains("] = ")) {
-            assert!(
-                line.contains("select("),
-                "{file}: unmasked store `{}`",
-                line.trim()
-            );
+        let mut current_fn = String::new();
+        let mut stores = 0;
+        for line in source.lines() {
+            let t = line.trim();
+            if let Some(rest) = t.strip_prefix("fn ") {
+                current_fn = rest.split('(').next().unwrap_or_default().to_string();
+            }
+            let is_store = t.contains("] = ")
+                || t.starts_with("store_param(")
+                || t.starts_with("store_state(");
+            if !is_store || current_fn.starts_with("store_") {
+                continue;
+            }
+            stores += 1;
+            assert!(t.contains("select("), "{file}: unmasked store `{t}`");
         }
+        assert!(stores >= 1, "{file}: no store found");
     }
 }

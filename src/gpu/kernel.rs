@@ -61,6 +61,9 @@ pub(crate) struct KernelSpec<'a> {
     pub lane_groups: Option<&'a wgpu::Buffer>,
     /// Low-precision gradients and params (bindings 9, 10).
     pub low: Option<LowBinding<'a>>,
+    /// bf16 state tensors (bindings 12+), with stochastic rounding or not; `active` is then
+    /// empty and slots 4+ get dummies.
+    pub packed_states: Option<(Vec<(&'a str, &'a wgpu::Buffer)>, bool)>,
 }
 
 pub(crate) struct KernelRunner {
@@ -95,8 +98,13 @@ impl KernelRunner {
                 c.push(("GROUPED", f64::from(u8::from(spec.lane_groups.is_some()))));
                 let low = spec.low.map_or(0, |l| l.format_code);
                 c.push(("LOW_PRECISION", f64::from(low)));
-                let stochastic = spec.low.is_some_and(|l| l.stochastic);
+                let stochastic = spec.low.is_some_and(|l| l.stochastic)
+                    || spec.packed_states.as_ref().is_some_and(|p| p.1);
                 c.push(("STOCHASTIC_ROUNDING", f64::from(u8::from(stochastic))));
+                c.push((
+                    "BF16_STATE",
+                    f64::from(u8::from(spec.packed_states.is_some())),
+                ));
                 c
             },
             trusted: spec.trusted,
@@ -133,10 +141,18 @@ impl KernelRunner {
         // Inactive state slots (e.g. max_exp_avg_sq without amsgrad) are never touched by the
         // specialised kernel but must be bound: each gets its own 16-byte buffer.
         let is_active = |slot: &str| spec.active.iter().any(|(n, _)| *n == slot);
+        let packed: Vec<(&str, &wgpu::Buffer)> = spec
+            .packed_states
+            .as_ref()
+            .map_or(Vec::new(), |p| p.0.clone());
+        let is_packed = |slot: &str| packed.iter().any(|(n, _)| *n == slot);
+        // One dummy per f32 slot not bound to a real buffer, then one per packed slot not
+        // bound to a real buffer.
         let dummies: Vec<wgpu::Buffer> = spec
             .slots
             .iter()
             .filter(|s| !is_active(s))
+            .chain(spec.slots.iter().filter(|s| !is_packed(s)))
             .map(|_| {
                 device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("fused-optim unused slot"),
@@ -199,6 +215,7 @@ impl KernelRunner {
                 uniform_entry(11, &hyper_buffer, HYPER_BINDING_BYTES, STEP_INFO_BYTES),
             ];
             let mut dummy = dummies.iter();
+            let mut packed_entries = Vec::new();
             for (slot_index, slot) in spec.slots.iter().enumerate() {
                 let binding = 4 + slot_index as u32;
                 match spec.active.iter().find(|(n, _)| n == slot) {
@@ -214,6 +231,18 @@ impl KernelRunner {
                     }),
                 }
             }
+            for (slot_index, slot) in spec.slots.iter().enumerate() {
+                let binding = 12 + slot_index as u32;
+                let resource = match packed.iter().find(|(n, _)| n == slot) {
+                    Some((_, buffer)) => buffer.as_entire_binding(),
+                    None => dummy
+                        .next()
+                        .expect("one dummy per unbound packed slot")
+                        .as_entire_binding(),
+                };
+                packed_entries.push(wgpu::BindGroupEntry { binding, resource });
+            }
+            entries.extend(packed_entries);
             let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("fused-optim window"),
                 layout: &layout,
@@ -238,7 +267,8 @@ impl KernelRunner {
             _dummies: dummies,
             _lane_dummy: lane_dummy,
             _low_dummies: low_dummies,
-            stochastic: spec.low.is_some_and(|l| l.stochastic),
+            stochastic: spec.low.is_some_and(|l| l.stochastic)
+                || spec.packed_states.as_ref().is_some_and(|p| p.1),
         })
     }
 
@@ -386,6 +416,16 @@ fn bind_group_layout(device: &wgpu::Device, state_slots: usize) -> wgpu::BindGro
     entries.push(low_grads);
     entries.push(low_params);
     entries.push(uniform(11, true, STEP_INFO_BYTES));
+    for s in 0..state_slots {
+        let mut e = storage(12 + s as u32, false);
+        if let wgpu::BindingType::Buffer {
+            min_binding_size, ..
+        } = &mut e.ty
+        {
+            *min_binding_size = NonZeroU64::new(8);
+        }
+        entries.push(e);
+    }
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("fused-optim layout"),
         entries: &entries,

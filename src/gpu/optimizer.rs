@@ -1,13 +1,15 @@
 //! `GpuOptimizer`: pipeline, bind groups and state buffers built once; `step` writes one
 //! small uniform and dispatches one kernel per binding window, in one submission.
 
-use super::buffer::{create_flat, fill, flat_bytes, read_f32, FlatParams};
+use super::buffer::{create_flat, fill, flat_bytes, read_bytes, read_f32, FlatParams, FLAT_USAGE};
 use super::context::GpuContext;
 use super::gradients::{control_buffer, GradOptions, NormClipper};
 use super::kernel::{KernelRunner, KernelSpec, LowBinding};
 use super::low_precision::{LowFormat, LowPrecisionParams};
 use super::shaders::kernel_for;
+use crate::dispatch::padded_len;
 use crate::error::{Error, Result};
+use crate::optim::AdamConfig;
 use crate::optim::{validate_lr, HostState, OptimizerConfig};
 
 pub use super::kernel::{MAX_GROUPS, UNIFORM_RING};
@@ -47,6 +49,8 @@ pub struct GpuOptimizer {
     low: Option<LowSetup>,
     /// Segment names of each group (empty without groups).
     group_segments: Vec<Vec<String>>,
+    /// State tensors stored as packed bf16.
+    bf16_state: bool,
 }
 
 /// The 16-bit buffers of a low-precision optimizer.
@@ -84,7 +88,62 @@ impl GpuOptimizer {
     /// Validate `config`, allocate and initialise the state buffers, build the pipeline and
     /// one bind group per binding window.
     pub fn new(params: &FlatParams, config: impl Into<OptimizerConfig>) -> Result<Self> {
-        Self::build(params, config.into(), Vec::new(), None, None)
+        Self::build(params, config.into(), Vec::new(), None, None, None)
+    }
+
+    /// Adam or AdamW with its state tensors (`exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`) kept
+    /// in bf16: half the state memory and traffic; the arithmetic stays f32 and each state
+    /// value is rounded to bf16 when stored (to nearest even, or stochastically). `low`: the
+    /// 16-bit params and gradients as well (see [`Self::new_low_precision`]), or f32 ones.
+    ///
+    /// ```no_run
+    /// # fn main() -> fused_optim::Result<()> {
+    /// use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer};
+    /// let ctx = GpuContext::new()?;
+    /// let params = FlatParams::from_slice(&ctx, &[0.5; 4096])?;
+    /// let mut opt = GpuOptimizer::with_bf16_state(&params, None, AdamConfig::adamw(), true)?;
+    /// params.write_grads(&[0.01; 4096])?;
+    /// opt.step()?;
+    /// let m = opt.read_state("exp_avg")?; // bf16 values, widened to f32
+    /// # Ok(()) }
+    /// ```
+    pub fn with_bf16_state(
+        params: &FlatParams,
+        low: Option<(&LowPrecisionParams, bool)>,
+        config: AdamConfig,
+        stochastic_rounding: bool,
+    ) -> Result<Self> {
+        let low = match low {
+            None => None,
+            Some((lp, lp_stochastic)) => {
+                if lp_stochastic && lp.format() == LowFormat::F16 {
+                    return Err(Error::InvalidCombination {
+                        optimizer: "low precision",
+                        reason: "stochastic rounding is implemented for bf16 params only",
+                    });
+                }
+                if lp.master().params_buffer() != params.params_buffer() {
+                    return Err(Error::InvalidCombination {
+                        optimizer: "low precision",
+                        reason: "`params` must be the master weights of the low-precision params",
+                    });
+                }
+                Some(LowSetup {
+                    code: lp.format().code(),
+                    stochastic: lp_stochastic,
+                    grads: lp.grads_buffer().clone(),
+                    params: lp.params_buffer().clone(),
+                })
+            }
+        };
+        Self::build(
+            params,
+            config.into(),
+            Vec::new(),
+            None,
+            low,
+            Some(stochastic_rounding),
+        )
     }
 
     /// An optimizer over 16-bit params and gradients with f32 master weights and f32 state:
@@ -120,7 +179,14 @@ impl GpuOptimizer {
             grads: params.grads_buffer().clone(),
             params: params.params_buffer().clone(),
         };
-        Self::build(params.master(), config.into(), Vec::new(), None, Some(low))
+        Self::build(
+            params.master(),
+            config.into(),
+            Vec::new(),
+            None,
+            Some(low),
+            None,
+        )
     }
 
     /// An optimizer whose parameters are split into groups with their own hyper-parameters,
@@ -214,7 +280,7 @@ impl GpuOptimizer {
         ctx.queue()
             .write_buffer(&table, 0, bytemuck::cast_slice(&lane_group));
         let others = groups[1..].iter().map(|g| g.config).collect();
-        let mut opt = Self::build(params, first, others, Some(table), None)?;
+        let mut opt = Self::build(params, first, others, Some(table), None, None)?;
         opt.group_segments = groups.iter().map(|g| g.segments.clone()).collect();
         Ok(opt)
     }
@@ -225,6 +291,7 @@ impl GpuOptimizer {
         other_configs: Vec<OptimizerConfig>,
         lane_groups: Option<wgpu::Buffer>,
         low: Option<LowSetup>,
+        bf16_state: Option<bool>,
     ) -> Result<Self> {
         config.validate()?;
         let ctx = params.context().clone();
@@ -233,8 +300,20 @@ impl GpuOptimizer {
         let state_names = config.state_names();
         let mut states = Vec::with_capacity(state_names.len());
         for name in &state_names {
-            let buffer = create_flat(&ctx, "fused-optim state", n)?;
-            fill(&ctx, &buffer, n, config.initial_state_value(name));
+            let buffer = match bf16_state {
+                None => {
+                    let b = create_flat(&ctx, "fused-optim state", n)?;
+                    fill(&ctx, &b, n, config.initial_state_value(name));
+                    b
+                }
+                // Adam's states start at 0: a zeroed buffer is bf16 zeros too.
+                Some(_) => ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("fused-optim bf16 state"),
+                    size: padded_len(n as u64) * 2,
+                    usage: FLAT_USAGE,
+                    mapped_at_creation: false,
+                }),
+            };
             states.push(buffer);
         }
 
@@ -246,7 +325,11 @@ impl GpuOptimizer {
                 file,
                 source,
                 slots,
-                active: state_names.iter().copied().zip(states.iter()).collect(),
+                active: if bf16_state.is_some() {
+                    Vec::new()
+                } else {
+                    state_names.iter().copied().zip(states.iter()).collect()
+                },
                 constants: config.overrides(),
                 trusted: true,
                 control: &control,
@@ -256,6 +339,12 @@ impl GpuOptimizer {
                     stochastic: l.stochastic,
                     grads: &l.grads,
                     params: &l.params,
+                }),
+                packed_states: bf16_state.map(|stochastic| {
+                    (
+                        state_names.iter().copied().zip(states.iter()).collect(),
+                        stochastic,
+                    )
                 }),
             },
         )?;
@@ -281,6 +370,7 @@ impl GpuOptimizer {
             _lane_groups: lane_groups,
             low,
             group_segments: Vec::new(),
+            bf16_state: bf16_state.is_some(),
         })
     }
 
@@ -514,6 +604,15 @@ impl GpuOptimizer {
     /// Read one state tensor back (waits for the device).
     pub fn read_state(&self, name: &str) -> Result<Vec<f32>> {
         let k = self.config.state_index(name)?;
+        if self.bf16_state {
+            let n = self.params.len();
+            let bytes = read_bytes(&self.ctx, &self.states[k], 0, n.div_ceil(2) as u64 * 4)?;
+            let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&bytes);
+            return Ok(bits[..n]
+                .iter()
+                .map(|&b| LowFormat::Bf16.value(b))
+                .collect());
+        }
         read_f32(&self.ctx, &self.states[k], 0, self.params.len())
     }
 
@@ -528,10 +627,7 @@ impl GpuOptimizer {
                 got: values.len(),
             });
         }
-        debug_assert!(self.states[k].size() >= flat_bytes(values.len()));
-        self.ctx
-            .queue()
-            .write_buffer(&self.states[k], 0, bytemuck::cast_slice(values));
+        self.write_state(k, values);
         if name == "momentum_buffer" {
             self.host.momentum_buffer_ready = true;
             for (_, host) in &mut self.others {
@@ -539,6 +635,22 @@ impl GpuOptimizer {
             }
         }
         Ok(())
+    }
+
+    /// Write state tensor `k` (rounded to bf16, nearest even, when the state is bf16).
+    fn write_state(&self, k: usize, values: &[f32]) {
+        if self.bf16_state {
+            let mut bits: Vec<u16> = values.iter().map(|&v| LowFormat::Bf16.round(v)).collect();
+            bits.resize(values.len().next_multiple_of(2), 0);
+            self.ctx
+                .queue()
+                .write_buffer(&self.states[k], 0, bytemuck::cast_slice(&bits));
+        } else {
+            debug_assert!(self.states[k].size() >= flat_bytes(values.len()));
+            self.ctx
+                .queue()
+                .write_buffer(&self.states[k], 0, bytemuck::cast_slice(values));
+        }
     }
 
     /// Save the optimizer state (state tensors, step, lr, hyper-parameters) as a safetensors
@@ -599,10 +711,8 @@ impl GpuOptimizer {
                 ),
             });
         }
-        for ((_, values), buffer) in state.tensors.iter().zip(&self.states) {
-            self.ctx
-                .queue()
-                .write_buffer(buffer, 0, bytemuck::cast_slice(values));
+        for (k, (_, values)) in state.tensors.iter().enumerate() {
+            self.write_state(k, values);
         }
         self.config = state.config;
         self.host = state.host;
