@@ -175,6 +175,50 @@ fn uniform_structs_match_rust_mirrors() {
     );
 }
 
+/// The gradient control block is declared in common.wgsl (read by every kernel) and in
+/// norm.wgsl (written by the reduction): both match the Rust mirror.
+#[test]
+fn grad_control_matches_its_mirror_in_both_shaders() {
+    use fused_optim::gpu::gradients::GradControl;
+    let rust = [
+        ("inv_scale", std::mem::offset_of!(GradControl, inv_scale)),
+        ("clip_value", std::mem::offset_of!(GradControl, clip_value)),
+        ("coef", std::mem::offset_of!(GradControl, coef)),
+        ("nonfinite", std::mem::offset_of!(GradControl, nonfinite)),
+        ("norm", std::mem::offset_of!(GradControl, norm)),
+        ("max_norm", std::mem::offset_of!(GradControl, max_norm)),
+        (
+            "skip_nonfinite",
+            std::mem::offset_of!(GradControl, skip_nonfinite),
+        ),
+    ];
+    let norm_module = module(include_str!("../shaders/norm.wgsl"));
+    let sources = [module(&assemble(KERNELS[0].1)), norm_module];
+    for m in &sources {
+        let (members, size) = m
+            .types
+            .iter()
+            .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
+                (Some(n), naga::TypeInner::Struct { members, span }) if n == "GradControl" => {
+                    Some((
+                        members
+                            .iter()
+                            .map(|mem| (mem.name.clone().unwrap_or_default(), mem.offset))
+                            .collect::<Vec<_>>(),
+                        *span,
+                    ))
+                }
+                _ => None,
+            })
+            .expect("GradControl declared");
+        assert_eq!(size as usize, std::mem::size_of::<GradControl>());
+        for (name, offset) in rust {
+            let wgsl = members.iter().find(|(n, _)| n == name).expect(name);
+            assert_eq!(wgsl.1 as usize, offset, "{name}");
+        }
+    }
+}
+
 #[test]
 fn window_struct_is_16_bytes() {
     let (members, size) = wgsl_layout(KERNELS[0].1, "Window");
