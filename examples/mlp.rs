@@ -40,7 +40,7 @@ fn main() -> Result<()> {
 
     let mut series = Vec::new();
     for hidden in [4usize, 16] {
-        let mlp = Mlp::new(&[2, hidden, 1], Activation::Tanh);
+        let mlp = Mlp::new(&[2, hidden, 1], Activation::Tanh)?;
         let init = mlp.init(hidden as u64);
         let init64: Vec<f64> = init.iter().map(|&v| f64::from(v)).collect();
         let worst = mlp.gradient_check(&init64, &x, &targets);

@@ -73,7 +73,7 @@ fn train(args: &Args, path: &std::path::Path) -> Result<()> {
     let mlp = Mlp::new(
         &[data.train_images.ncols(), args.hidden, 10],
         Activation::Relu,
-    );
+    )?;
     let init = mlp.init(1);
     let mut opt = AutoOptimizer::new(
         ctx.as_ref(),

@@ -570,3 +570,48 @@ fn auto_optimizer_chooses_and_both_backends_agree() {
         assert_eq!(opt.read_state("grad_avg").unwrap().len(), p0.len());
     }
 }
+
+/// Launch options the device cannot run are typed errors at construction, not panics.
+#[test]
+fn invalid_launch_options_are_typed_errors() {
+    let Some(shared) = gpu() else { return };
+    let flat = FlatParams::from_slice(&shared, &[1.0; 100]).unwrap();
+    for (tuning, cap) in [
+        (
+            KernelTuning {
+                workgroup_size: 0,
+                vec4_per_invocation: 2,
+            },
+            None,
+        ),
+        (
+            KernelTuning {
+                workgroup_size: 1 << 20,
+                vec4_per_invocation: 2,
+            },
+            None,
+        ),
+        (
+            KernelTuning {
+                workgroup_size: 64,
+                vec4_per_invocation: 0,
+            },
+            None,
+        ),
+        (KernelTuning::default(), Some(8)),
+    ] {
+        let ctx = shared.clone().with_context_options(ContextOptions {
+            tuning,
+            max_binding_bytes: cap,
+        });
+        let flat_here = FlatParams::from_slice(&ctx, &[1.0; 100]).unwrap();
+        assert!(
+            matches!(
+                GpuOptimizer::new(&flat_here, AdamConfig::default()),
+                Err(Error::InvalidHyperParameter { .. })
+            ),
+            "{tuning:?} {cap:?}"
+        );
+    }
+    assert_eq!(flat.read_params().unwrap(), vec![1.0; 100]);
+}

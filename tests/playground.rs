@@ -125,7 +125,9 @@ fn mlp_learns_xor_to_100_percent() {
     let (ctx, choice) = backend();
     let (x, y) = data::xor(256, 1);
     let t = Targets::Binary(y);
-    let mlp = Mlp::new(&[2, 16, 1], Activation::Tanh);
+    let mlp = Mlp::new(&[2, 16, 1], Activation::Tanh).unwrap();
+    assert!(Mlp::new(&[2], Activation::Tanh).is_err());
+    assert!(Mlp::new(&[2, 0, 1], Activation::Tanh).is_err());
     let init = mlp.init(16);
     let mut params: Vec<f64> = init.iter().map(|&v| f64::from(v)).collect();
     assert!(mlp.gradient_check(&params, &x, &t) < 1e-5);

@@ -150,6 +150,7 @@ impl NormClipper {
         low: Option<(u32, &wgpu::Buffer)>,
     ) -> Result<Self> {
         let ctx = params.context();
+        super::kernel::check_launch(ctx)?;
         let device = ctx.device();
         let limits = device.limits();
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);

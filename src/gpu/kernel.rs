@@ -89,6 +89,7 @@ impl KernelRunner {
         let device = ctx.device();
         let limits = device.limits();
         let tuning = ctx.options().tuning;
+        check_launch(&ctx)?;
         let layout = bind_group_layout(device, spec.slots.len());
         let recipe = PipelineRecipe {
             file: spec.file,
@@ -324,6 +325,46 @@ impl KernelRunner {
     pub fn windows(&self) -> usize {
         self.launches.len()
     }
+}
+
+/// Refuse launch shapes and binding caps the device cannot run (instead of failing later).
+pub(crate) fn check_launch(ctx: &GpuContext) -> Result<()> {
+    let limits = ctx.device().limits();
+    let t = ctx.options().tuning;
+    let bad = |name, value: f64, requirement| {
+        Err(Error::InvalidHyperParameter {
+            optimizer: "kernel launch options",
+            name,
+            value,
+            requirement,
+        })
+    };
+    if t.workgroup_size == 0
+        || t.workgroup_size > limits.max_compute_workgroup_size_x
+        || t.workgroup_size > limits.max_compute_invocations_per_workgroup
+    {
+        return bad(
+            "workgroup_size",
+            f64::from(t.workgroup_size),
+            "must be between 1 and the device's max_compute_workgroup_size_x",
+        );
+    }
+    if t.vec4_per_invocation == 0 || t.vec4_per_invocation > 64 {
+        return bad(
+            "vec4_per_invocation",
+            f64::from(t.vec4_per_invocation),
+            "must be between 1 and 64",
+        );
+    }
+    let align = u64::from(limits.min_storage_buffer_offset_alignment).max(16);
+    if ctx.max_binding_bytes() < 2 * align {
+        return bad(
+            "max_binding_bytes",
+            ctx.max_binding_bytes() as f64,
+            "must hold at least two offset-alignment blocks",
+        );
+    }
+    Ok(())
 }
 
 fn uniform_entry(

@@ -57,16 +57,18 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// A network with these widths.
-    pub fn new(sizes: &[usize], activation: Activation) -> Self {
-        assert!(
-            sizes.len() >= 2,
-            "an MLP has at least an input and an output layer"
-        );
-        Self {
+    /// A network with these widths: at least an input and an output layer, none empty.
+    pub fn new(sizes: &[usize], activation: Activation) -> crate::Result<Self> {
+        if sizes.len() < 2 || sizes.contains(&0) {
+            return Err(crate::Error::InvalidCombination {
+                optimizer: "Mlp",
+                reason: "an MLP needs at least an input and an output layer, none of width 0",
+            });
+        }
+        Ok(Self {
             sizes: sizes.to_vec(),
             activation,
-        }
+        })
     }
 
     /// Number of weights and biases.
@@ -295,15 +297,15 @@ mod tests {
         let (x, y) = data::xor(16, 3);
         let cases = [
             (
-                Mlp::new(&[2, 4, 1], Activation::Tanh),
+                Mlp::new(&[2, 4, 1], Activation::Tanh).unwrap(),
                 Targets::Binary(y.clone()),
             ),
             (
-                Mlp::new(&[2, 5, 3, 1], Activation::Relu),
+                Mlp::new(&[2, 5, 3, 1], Activation::Relu).unwrap(),
                 Targets::Binary(y),
             ),
             (
-                Mlp::new(&[2, 6, 3], Activation::Tanh),
+                Mlp::new(&[2, 6, 3], Activation::Tanh).unwrap(),
                 Targets::Classes((0..16).map(|i| i % 3).collect()),
             ),
         ];
