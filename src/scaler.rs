@@ -7,7 +7,8 @@
 //! ```text
 //! found inf/NaN:  scale = scale * backoff_factor;  growth_tracker = 0      (step skipped)
 //! otherwise:      growth_tracker += 1;
-//!                 if growth_tracker == growth_interval: scale *= growth_factor; growth_tracker = 0
+//!                 if growth_tracker == growth_interval:
+//!                     scale *= growth_factor (unless that overflows f32); growth_tracker = 0
 //! ```
 //! Defaults as PyTorch: init_scale 2^16, growth_factor 2, backoff_factor 0.5,
 //! growth_interval 2000.
@@ -71,9 +72,57 @@ impl LossScaler {
         })
     }
 
+    /// Check the settings as PyTorch's GradScaler does (scale finite and > 0, growth_factor
+    /// > 1, backoff_factor in (0, 1), growth_interval >= 1).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name, value: f64, requirement| {
+            Err(Error::InvalidHyperParameter {
+                optimizer: "LossScaler",
+                name,
+                value,
+                requirement,
+            })
+        };
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return bad("scale", self.scale, "must be finite and > 0");
+        }
+        if !(self.growth_factor.is_finite() && self.growth_factor > 1.0) {
+            return bad(
+                "growth_factor",
+                self.growth_factor,
+                "must be finite and > 1",
+            );
+        }
+        if !(self.backoff_factor > 0.0 && self.backoff_factor < 1.0) {
+            return bad("backoff_factor", self.backoff_factor, "must be in (0, 1)");
+        }
+        if self.growth_interval == 0 {
+            return bad("growth_interval", 0.0, "must be at least 1");
+        }
+        Ok(())
+    }
+
     /// The current loss scale (multiply the loss by it).
     pub fn scale(&self) -> f64 {
         self.scale
+    }
+
+    /// A scaler in the given state, as read back from the device (not validated: the
+    /// device's scale may have backed off to 0).
+    pub(crate) fn from_parts(
+        scale: f64,
+        growth_tracker: u32,
+        growth_factor: f64,
+        backoff_factor: f64,
+        growth_interval: u32,
+    ) -> Self {
+        Self {
+            scale,
+            growth_factor,
+            backoff_factor,
+            growth_interval,
+            growth_tracker,
+        }
     }
 
     /// Clean steps since the last growth or back-off.
@@ -98,7 +147,10 @@ impl LossScaler {
         } else {
             self.growth_tracker += 1;
             if self.growth_tracker >= self.growth_interval {
-                self.scale *= self.growth_factor;
+                // Grow only to a scale that is finite in f32 (PyTorch keeps it in f32).
+                if ((self.scale * self.growth_factor) as f32).is_finite() {
+                    self.scale *= self.growth_factor;
+                }
                 self.growth_tracker = 0;
             }
         }
@@ -108,6 +160,7 @@ impl LossScaler {
     /// inf/NaN, update the scale. Returns whether the step was skipped. Reads back the
     /// 32-byte flag, as `GradScaler.step` + `update` do with `found_inf`.
     pub fn step(&mut self, opt: &mut GpuOptimizer) -> Result<bool> {
+        self.validate()?;
         let options = self.grad_options(opt.grad_options());
         if options != opt.grad_options() {
             opt.set_grad_options(options)?;

@@ -438,7 +438,7 @@ fn encode_step_batches_steps_in_one_submission() {
     let mut opt_b = GpuOptimizer::new(&b, config).unwrap();
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
     for _ in 0..5 {
-        opt_a.encode_step(&mut encoder);
+        opt_a.encode_step(&mut encoder).unwrap();
     }
     ctx.queue().submit([encoder.finish()]);
     for _ in 0..5 {

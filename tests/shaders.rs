@@ -23,6 +23,10 @@ fn every_kernel_parses_and_validates() {
             "norm.wgsl",
             include_str!("../shaders/norm.wgsl").to_string(),
         ),
+        (
+            "device_step.wgsl",
+            include_str!("../shaders/device_step.wgsl").to_string(),
+        ),
     ];
     for (file, full) in extra {
         let m = module(&full);
@@ -175,10 +179,11 @@ fn uniform_structs_match_rust_mirrors() {
     );
 }
 
-/// The gradient control block is declared in common.wgsl (read by every kernel) and in
-/// norm.wgsl (written by the reduction): both match the Rust mirror.
+/// The gradient control block is declared in common.wgsl (read by every kernel), in
+/// norm.wgsl (written by the reduction) and in device_step.wgsl (flag read, loss scale
+/// written): all match the Rust mirror.
 #[test]
-fn grad_control_matches_its_mirror_in_both_shaders() {
+fn grad_control_matches_its_mirror_in_every_shader() {
     use fused_optim::gpu::gradients::GradControl;
     let rust = [
         ("inv_scale", std::mem::offset_of!(GradControl, inv_scale)),
@@ -193,7 +198,11 @@ fn grad_control_matches_its_mirror_in_both_shaders() {
         ),
     ];
     let norm_module = module(include_str!("../shaders/norm.wgsl"));
-    let sources = [module(&assemble(KERNELS[0].1)), norm_module];
+    let sources = [
+        module(&assemble(KERNELS[0].1)),
+        norm_module,
+        module(include_str!("../shaders/device_step.wgsl")),
+    ];
     for m in &sources {
         let (members, size) = m
             .types
@@ -217,6 +226,47 @@ fn grad_control_matches_its_mirror_in_both_shaders() {
             assert_eq!(wgsl.1 as usize, offset, "{name}");
         }
     }
+}
+
+/// The device step counter block matches its Rust mirror.
+#[test]
+fn device_step_block_matches_its_mirror() {
+    use fused_optim::gpu::device_step::DeviceStepBlock as B;
+    let rust = [
+        ("calls", std::mem::offset_of!(B, calls)),
+        ("steps", std::mem::offset_of!(B, steps)),
+        ("scaler_on", std::mem::offset_of!(B, scaler_on)),
+        ("growth_tracker", std::mem::offset_of!(B, growth_tracker)),
+        ("scale", std::mem::offset_of!(B, scale)),
+        ("growth_factor", std::mem::offset_of!(B, growth_factor)),
+        ("backoff_factor", std::mem::offset_of!(B, backoff_factor)),
+        ("growth_interval", std::mem::offset_of!(B, growth_interval)),
+    ];
+    let m = module(include_str!("../shaders/device_step.wgsl"));
+    let (members, size) = m
+        .types
+        .iter()
+        .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
+            (Some(n), naga::TypeInner::Struct { members, span }) if n == "DeviceStep" => Some((
+                members
+                    .iter()
+                    .map(|mem| (mem.name.clone().unwrap_or_default(), mem.offset))
+                    .collect::<Vec<_>>(),
+                *span,
+            )),
+            _ => None,
+        })
+        .expect("DeviceStep declared");
+    assert_eq!(size as usize, std::mem::size_of::<B>());
+    assert_eq!(members.len(), rust.len());
+    for (name, offset) in rust {
+        let wgsl = members.iter().find(|(n, _)| n == name).expect(name);
+        assert_eq!(wgsl.1 as usize, offset, "{name}");
+    }
+    assert_eq!(
+        fused_optim::gpu::device_step::SCALE_OFFSET as usize,
+        std::mem::offset_of!(B, scale)
+    );
 }
 
 #[test]

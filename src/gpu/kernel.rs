@@ -117,12 +117,19 @@ impl KernelRunner {
         };
         let pipeline = recipe.build(&ctx, false)?;
 
-        let hyper_stride = (HYPER_BINDING_BYTES + STEP_INFO_BYTES)
-            .next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
+        // Slots are bound as uniforms by the kernel and as storage by the device step counter
+        // (which completes them on the device), so they are aligned for both.
+        let slot_alignment = limits
+            .min_uniform_buffer_offset_alignment
+            .max(limits.min_storage_buffer_offset_alignment);
+        let hyper_stride =
+            (HYPER_BINDING_BYTES + STEP_INFO_BYTES).next_multiple_of(u64::from(slot_alignment));
         let hyper_buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("fused-optim hyper ring"),
             size: hyper_stride * UNIFORM_RING,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::UNIFORM
+                | wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
 
@@ -273,9 +280,19 @@ impl KernelRunner {
         })
     }
 
+    /// The per-step uniform ring.
+    pub fn hyper_ring(&self) -> &wgpu::Buffer {
+        &self.hyper_buffer
+    }
+
+    /// Byte offset of uniform slot `slot % RING` in the ring.
+    pub fn slot_offset(&self, slot: u64) -> u64 {
+        (slot % UNIFORM_RING) * self.hyper_stride
+    }
+
     /// Record one launch over every window, with `hyper` in uniform slot `slot % RING`.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, slot: u64, hyper: &[u8]) {
-        let offset = (slot % UNIFORM_RING) * self.hyper_stride;
+        let offset = self.slot_offset(slot);
         self.ctx
             .queue()
             .write_buffer(&self.hyper_buffer, offset, hyper);

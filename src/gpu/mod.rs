@@ -2,6 +2,7 @@
 
 pub mod buffer;
 pub mod context;
+pub mod device_step;
 pub mod gradients;
 pub(crate) mod kernel;
 pub mod low_precision;

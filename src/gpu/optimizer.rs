@@ -3,6 +3,7 @@
 
 use super::buffer::{create_flat, fill, flat_bytes, read_bytes, read_f32, FlatParams, FLAT_USAGE};
 use super::context::GpuContext;
+use super::device_step::{DeviceSteps, SCALE_OFFSET};
 use super::gradients::{control_buffer, GradOptions, NormClipper};
 use super::kernel::{KernelRunner, KernelSpec, LowBinding};
 use super::low_precision::{LowFormat, LowPrecisionParams};
@@ -11,6 +12,7 @@ use crate::dispatch::padded_len;
 use crate::error::{Error, Result};
 use crate::optim::AdamConfig;
 use crate::optim::{validate_lr, HostState, OptimizerConfig};
+use crate::scaler::LossScaler;
 
 pub use super::kernel::{MAX_GROUPS, UNIFORM_RING};
 /// One optimizer running on the device over a [`FlatParams`].
@@ -37,12 +39,14 @@ pub struct GpuOptimizer {
     control: wgpu::Buffer,
     grad_options: GradOptions,
     clipper: Option<NormClipper>,
-    /// Host state before the last step, to undo it if the device skipped that step.
-    before_last_step: Option<HostState>,
+    /// With `skip_nonfinite`: the step counter (and loss scaler) on the device. `host.step`
+    /// then counts the steps issued, and the true count is the device's.
+    device: Option<DeviceSteps>,
     /// Parameter groups 1.. (group 0 is `config` / `host`), each with its own
     /// hyper-parameters and host scalars.
     others: Vec<(OptimizerConfig, HostState)>,
-    others_before: Vec<HostState>,
+    /// Every group's config (group 0 first), for the device step counter.
+    configs: Vec<OptimizerConfig>,
     /// The step's uniform bytes (one Hyper per group), reused every step.
     hyper_bytes: Vec<u8>,
     _lane_groups: Option<wgpu::Buffer>,
@@ -360,8 +364,10 @@ impl GpuOptimizer {
             control,
             grad_options: GradOptions::default(),
             clipper: None,
-            before_last_step: None,
-            others_before: Vec::with_capacity(other_configs.len()),
+            device: None,
+            configs: std::iter::once(config)
+                .chain(other_configs.iter().copied())
+                .collect(),
             others: other_configs
                 .into_iter()
                 .map(|c| (c, HostState::new(c.lr())))
@@ -383,32 +389,45 @@ impl GpuOptimizer {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("fused-optim step"),
                 });
-        self.encode_step(&mut encoder);
+        self.encode_step(&mut encoder)?;
         self.ctx.queue().submit([encoder.finish()]);
         Ok(())
     }
 
     /// Record one step into the caller's encoder (the caller submits). Up to
-    /// [`UNIFORM_RING`] steps may be recorded before one submission.
-    pub fn encode_step(&mut self, encoder: &mut wgpu::CommandEncoder) {
+    /// [`UNIFORM_RING`] steps may be recorded before one submission. Fails only if the
+    /// device step counter (with `skip_nonfinite`) had to be read and the read failed.
+    pub fn encode_step(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        if let Some(device) = &mut self.device {
+            device.prepare(&self.configs)?;
+        }
         if let Some(clipper) = &self.clipper {
             clipper.encode(encoder);
         }
-        self.before_last_step = Some(self.host);
-        self.others_before.clear();
-        self.others_before
-            .extend(self.others.iter().map(|(_, h)| *h));
         self.hyper_bytes.clear();
+        let slot = self.host.step;
         let hyper = self.config.begin_step(&mut self.host);
-        self.hyper_bytes.extend_from_slice(hyper.as_bytes());
+        match &self.device {
+            Some(d) => d.host_words(&hyper, self.host.lr, &mut self.hyper_bytes),
+            None => self.hyper_bytes.extend_from_slice(hyper.as_bytes()),
+        }
         for (config, host) in &mut self.others {
             let hyper = config.begin_step(host);
-            self.hyper_bytes.extend_from_slice(hyper.as_bytes());
+            match &self.device {
+                Some(d) => d.host_words(&hyper, host.lr, &mut self.hyper_bytes),
+                None => self.hyper_bytes.extend_from_slice(hyper.as_bytes()),
+            }
             config.end_step(host);
         }
-        self.runner
-            .encode(encoder, self.host.step - 1, &self.hyper_bytes);
+        if let Some(device) = &self.device {
+            device.encode_resolve(encoder, self.runner.slot_offset(slot));
+        }
+        self.runner.encode(encoder, slot, &self.hyper_bytes);
+        if let Some(device) = &self.device {
+            device.encode_update_scale(encoder);
+        }
         self.config.end_step(&mut self.host);
+        Ok(())
     }
 
     /// Set how gradients are pre-processed inside the step: unscaling (`grad_scale`), clipping
@@ -429,10 +448,34 @@ impl GpuOptimizer {
     /// opt.check_finite_gradients()?;    // error_if_nonfinite, when wanted
     /// # Ok(()) }
     /// ```
+    ///
+    /// With `skip_nonfinite`, the step counter moves to the device (see
+    /// [`Self::device_step_count`]); turning it off brings the count back (reads it).
     pub fn set_grad_options(&mut self, options: GradOptions) -> Result<()> {
         options.validate()?;
+        let scaler_on = self.device.as_ref().is_some_and(|d| d.scaler_on());
+        if scaler_on && !options.skip_nonfinite {
+            return Err(Error::InvalidCombination {
+                optimizer: "gradient options",
+                reason: "the device loss scaler needs skip_nonfinite: turn the scaler off \
+                         first (set_device_loss_scaler(None))",
+            });
+        }
         // Fallible parts first; on error nothing changes (the previous variant is built, so
         // switching back cannot fail).
+        let mut new_device = None;
+        let mut hosts_back = None;
+        if options.skip_nonfinite && self.device.is_none() {
+            new_device = Some(DeviceSteps::new(
+                &self.ctx,
+                self.runner.hyper_ring(),
+                &self.control,
+                &self.configs,
+                &self.group_hosts(),
+            )?);
+        } else if !options.skip_nonfinite && self.device.is_some() {
+            hosts_back = Some(self.true_hosts()?);
+        }
         let was_on = self.grad_options != GradOptions::default();
         self.runner
             .set_grad_pipeline(options != GradOptions::default())?;
@@ -452,11 +495,140 @@ impl GpuOptimizer {
         if !options.needs_reduction() {
             self.clipper = None;
         }
-        self.ctx
-            .queue()
-            .write_buffer(&self.control, 0, bytemuck::bytes_of(&options.control()));
+        if let Some(device) = new_device {
+            self.device = Some(device);
+        }
+        if let Some(hosts) = hosts_back {
+            self.device = None;
+            self.set_group_hosts(&hosts);
+        }
+        // With the device loss scaler on, inv_scale (the first word) is the device's.
+        let skip = if scaler_on { 4 } else { 0 };
+        self.ctx.queue().write_buffer(
+            &self.control,
+            skip as u64,
+            &bytemuck::bytes_of(&options.control())[skip..],
+        );
         self.grad_options = options;
         Ok(())
+    }
+
+    /// Mixed precision with no read-back at all: PyTorch GradScaler's dynamic loss scale kept
+    /// and updated on the device. Each step unscales the gradients by the device's scale,
+    /// skips the step on inf/NaN (the device counts only the steps taken) and then applies
+    /// the growth / back-off rule to the scale, all in the step's one submission. Turns on
+    /// `skip_nonfinite`; while the scaler is on, `GradOptions::grad_scale` is ignored. The
+    /// caller's backward pass multiplies its loss by the scale, which it reads
+    /// ([`Self::device_loss_scaler`]) or binds ([`Self::loss_scale_buffer`]). `None` turns
+    /// the scaler off (unscaling by `GradOptions::grad_scale` again).
+    ///
+    /// ```no_run
+    /// # fn main() -> fused_optim::Result<()> {
+    /// use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer, LossScaler};
+    /// let ctx = GpuContext::new()?;
+    /// let params = FlatParams::from_slice(&ctx, &[0.5; 1024])?;
+    /// let mut opt = GpuOptimizer::new(&params, AdamConfig::default())?;
+    /// opt.set_device_loss_scaler(Some(LossScaler::default()))?;
+    /// for _ in 0..10 {
+    ///     // backward with loss * scale (scale bound from opt.loss_scale_buffer()) ...
+    ///     opt.step()?; // no read-back, even when a step is skipped
+    /// }
+    /// let scaler = opt.device_loss_scaler()?.expect("on"); // reads back, when wanted
+    /// let steps = opt.device_step_count()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_device_loss_scaler(&mut self, scaler: Option<LossScaler>) -> Result<()> {
+        match scaler {
+            Some(s) => {
+                s.validate()?;
+                let options = GradOptions {
+                    skip_nonfinite: true,
+                    grad_scale: 1.0 / s.scale(),
+                    ..self.grad_options
+                };
+                if let Some(d) = &mut self.device {
+                    d.write_scaler(None); // so that the options' inv_scale is written
+                }
+                self.set_grad_options(options)?;
+                if let Some(d) = &mut self.device {
+                    d.write_scaler(Some(&s));
+                }
+            }
+            None => {
+                if let Some(d) = &mut self.device {
+                    d.write_scaler(None);
+                    self.ctx.queue().write_buffer(
+                        &self.control,
+                        0,
+                        bytemuck::bytes_of(&self.grad_options.control()),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The device loss scaler's current state (reads it back; waits), `None` when off.
+    pub fn device_loss_scaler(&self) -> Result<Option<LossScaler>> {
+        let Some(device) = self.device.as_ref().filter(|d| d.scaler_on()) else {
+            return Ok(None);
+        };
+        let b = device.read()?;
+        Ok(Some(LossScaler::from_parts(
+            f64::from(b.scale),
+            b.growth_tracker,
+            f64::from(b.growth_factor),
+            f64::from(b.backoff_factor),
+            b.growth_interval,
+        )))
+    }
+
+    /// Where the device loss scale lives: the buffer and the byte offset of its f32 (for a
+    /// backward pass that multiplies the loss by it on the device). `None` when off.
+    pub fn loss_scale_buffer(&self) -> Option<(&wgpu::Buffer, u64)> {
+        self.device
+            .as_ref()
+            .filter(|d| d.scaler_on())
+            .map(|d| (d.counter_buffer(), SCALE_OFFSET))
+    }
+
+    /// Steps taken (PyTorch's `step`), read from the device when it keeps the count (with
+    /// `skip_nonfinite`; waits for the submitted steps), else the host's count.
+    pub fn device_step_count(&self) -> Result<u64> {
+        match &self.device {
+            Some(d) => Ok(d.steps_from(&d.read()?)),
+            None => Ok(self.host.step),
+        }
+    }
+
+    /// Every group's host state (group 0 first), as the host sees it.
+    fn group_hosts(&self) -> Vec<HostState> {
+        std::iter::once(self.host)
+            .chain(self.others.iter().map(|(_, h)| *h))
+            .collect()
+    }
+
+    fn set_group_hosts(&mut self, hosts: &[HostState]) {
+        self.host = hosts[0];
+        for ((_, host), h) in self.others.iter_mut().zip(&hosts[1..]) {
+            *host = *h;
+        }
+    }
+
+    /// Every group's host state at the true step count: read from the device when it keeps
+    /// the count (waits), else the host's.
+    fn true_hosts(&self) -> Result<Vec<HostState>> {
+        match &self.device {
+            None => Ok(self.group_hosts()),
+            Some(d) => {
+                let t = d.steps_from(&d.read()?);
+                Ok(d.hosts_at(&self.configs, t, &self.lrs()))
+            }
+        }
+    }
+
+    fn lrs(&self) -> Vec<f64> {
+        self.group_hosts().iter().map(|h| h.lr).collect()
     }
 
     /// The gradient options in force.
@@ -491,31 +663,19 @@ impl GpuOptimizer {
     }
 
     /// Mixed precision: whether the device skipped the last step because its gradients held
-    /// inf or NaN (with `GradOptions::skip_nonfinite`). Reads back 32 bytes. When it did, the
-    /// host-side step counter (and NAdam's mu_product) is rolled back too, so call this before
-    /// the next step, as PyTorch's `GradScaler.update` does; [`crate::LossScaler::step`]
-    /// does it for you.
+    /// inf or NaN (with `GradOptions::skip_nonfinite`). Reads back 32 bytes and the device's
+    /// step count (waits), after which [`Self::step_count`] is exact again. Nothing needs
+    /// it: the device counts the steps it takes.
     pub fn last_step_skipped(&mut self) -> Result<bool> {
-        if !self.grad_options.skip_nonfinite || self.clipper.is_none() {
+        if self.device.is_none() || self.clipper.is_none() {
             return Ok(false);
         }
         let c = read_f32(&self.ctx, &self.control, 0, 8)?;
-        let skipped = c[3].to_bits() != 0;
-        if skipped {
-            if let Some(before) = self.before_last_step.take() {
-                self.host = HostState {
-                    lr: self.host.lr,
-                    ..before
-                };
-                for ((_, host), before) in self.others.iter_mut().zip(&self.others_before) {
-                    *host = HostState {
-                        lr: host.lr,
-                        ..*before
-                    };
-                }
-            }
+        if let Some(device) = &mut self.device {
+            let block = device.read()?;
+            device.confirm(&self.configs, &block);
         }
-        Ok(skipped)
+        Ok(c[3].to_bits() != 0)
     }
 
     /// Set the learning rate used from the next step on (never rebuilds anything).
@@ -559,9 +719,14 @@ impl GpuOptimizer {
         self.host.lr
     }
 
-    /// Steps taken (PyTorch's `step`).
+    /// Steps taken (PyTorch's `step`). With `skip_nonfinite` the device keeps the count:
+    /// this is then the steps issued minus the skips the host has seen (exact after
+    /// [`Self::last_step_skipped`]; [`Self::device_step_count`] reads the count).
     pub fn step_count(&self) -> u64 {
-        self.host.step
+        match &self.device {
+            Some(d) => d.step_upper_bound(),
+            None => self.host.step,
+        }
     }
 
     /// The configuration.
@@ -569,15 +734,24 @@ impl GpuOptimizer {
         &self.config
     }
 
-    /// The host-side scalar state (step, lr, NAdam's mu_product).
+    /// The host-side scalar state (step, lr, NAdam's mu_product) at [`Self::step_count`].
     pub fn host_state(&self) -> HostState {
-        self.host
+        match &self.device {
+            Some(d) => d.hosts_at(&self.configs[..1], self.step_count(), &[self.host.lr])[0],
+            None => self.host,
+        }
     }
 
-    /// Replace the host-side scalar state (e.g. from a checkpoint).
+    /// Replace the host-side scalar state of group 0 (e.g. from a checkpoint; the device
+    /// step count too when the device keeps it).
     pub fn set_host_state(&mut self, host: HostState) -> Result<()> {
         validate_lr(self.config.name(), host.lr)?;
-        self.host = host;
+        let mut hosts = self.true_hosts()?;
+        hosts[0] = host;
+        if let Some(d) = &mut self.device {
+            d.reset(&hosts)?;
+        }
+        self.set_group_hosts(&hosts);
         Ok(())
     }
 
@@ -627,13 +801,17 @@ impl GpuOptimizer {
                 got: values.len(),
             });
         }
-        self.write_state(k, values);
         if name == "momentum_buffer" {
-            self.host.momentum_buffer_ready = true;
-            for (_, host) in &mut self.others {
-                host.momentum_buffer_ready = true;
+            let mut hosts = self.true_hosts()?;
+            for h in &mut hosts {
+                h.momentum_buffer_ready = true;
             }
+            if let Some(d) = &mut self.device {
+                d.reset(&hosts)?;
+            }
+            self.set_group_hosts(&hosts);
         }
+        self.write_state(k, values);
         Ok(())
     }
 
@@ -661,24 +839,27 @@ impl GpuOptimizer {
             .iter()
             .map(|name| Ok((name.to_string(), self.read_state(name)?)))
             .collect::<Result<Vec<_>>>()?;
+        let hosts = self.true_hosts()?;
         crate::checkpoint::save(
             path.as_ref(),
             &crate::checkpoint::OptimizerState {
                 config: self.config,
-                host: self.host,
+                host: hosts[0],
                 n: self.params.len(),
                 tensors,
-                groups: self.group_states(),
+                groups: self.group_states(&hosts),
             },
         )
     }
 
-    fn group_states(&self) -> Vec<crate::checkpoint::GroupState> {
+    fn group_states(&self, hosts: &[HostState]) -> Vec<crate::checkpoint::GroupState> {
         if self.others.is_empty() {
             return Vec::new();
         }
-        std::iter::once((self.config, self.host))
-            .chain(self.others.iter().copied())
+        self.configs
+            .iter()
+            .copied()
+            .zip(hosts.iter().copied())
             .zip(&self.group_segments)
             .map(|((config, host), segments)| crate::checkpoint::GroupState {
                 segments: segments.clone(),
@@ -694,7 +875,10 @@ impl GpuOptimizer {
         let path = path.as_ref();
         let state = crate::checkpoint::load(path)?;
         crate::checkpoint::check_fits(path, &state, &self.config, self.params.len())?;
-        let ours = self.group_states();
+        let ours = self.group_states(&self.group_hosts());
+        if self.device.is_some() {
+            DeviceSteps::check_countable(state.host.step)?;
+        }
         let fits = state.groups.len() == ours.len()
             && state.groups.iter().zip(&ours).all(|(a, b)| {
                 a.segments == b.segments
@@ -719,6 +903,13 @@ impl GpuOptimizer {
         for ((config, host), group) in self.others.iter_mut().zip(state.groups.iter().skip(1)) {
             *config = group.config;
             *host = group.host;
+        }
+        self.configs = std::iter::once(self.config)
+            .chain(self.others.iter().map(|(c, _)| *c))
+            .collect();
+        let hosts = self.group_hosts();
+        if let Some(d) = &mut self.device {
+            d.reset(&hosts)?; // cannot fail: checked above
         }
         Ok(())
     }

@@ -132,6 +132,42 @@ impl Hyper {
     }
 }
 
+/// How one 32-bit word of a per-step uniform depends on the step number `t`, for the
+/// device-side step counter (`shaders/device_step.wgsl`), which completes the uniform on the
+/// device once it knows `t`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WordClass {
+    /// Independent of `t`: the host's value is used as is.
+    Keep = 0,
+    /// `lr * f(t)`: the host writes `lr`, the step table `f(t)`, the device multiplies (f32).
+    LrTimes = 1,
+    /// `f(t)`, independent of `lr`: taken from the step table.
+    OfStep = 2,
+}
+
+impl Hyper {
+    /// Class of every word of this uniform (see [`WordClass`]).
+    pub fn word_classes(&self) -> &'static [WordClass] {
+        use WordClass::{Keep as K, LrTimes as L, OfStep as T};
+        match self {
+            // lr, sign, wd, buffer_keep, grad_into_buffer, momentum, pad x2
+            Hyper::Sgd(_) => &[K, K, K, T, T, K, K, K],
+            // sign, wd, clr, eps
+            Hyper::Adagrad(_) => &[K, K, L, K],
+            Hyper::Rmsprop(_) => &[K; 8],
+            // sign, wd, decay, 1-b1, b2, 1-b2, step_size, inv_sqrt_bc2, eps, pad x3
+            Hyper::Adam(_) => &[K, K, K, K, K, K, L, T, K, K, K, K],
+            Hyper::Adadelta(_) => &[K; 8],
+            // sign, wd, decay, 1-b1, b2, 1-b2, bc2, eps, grad_coef, avg_coef, pad x2
+            Hyper::Nadam(_) => &[K, K, K, K, K, K, T, K, L, L, K, K],
+            // sign, wd, 1-b1, b2, eps, step_size, pad x2
+            Hyper::Adamax(_) => &[K, K, K, K, K, L, K, K],
+            // sign, wd, decay, 1-b1, b2, 1-b2, eps, rectified, plain, adaptive, pad x2
+            Hyper::Radam(_) => &[K, K, K, K, K, K, K, T, L, L, K, K],
+        }
+    }
+}
+
 /// Size in bytes of the largest per-step uniform.
 pub const MAX_HYPER_BYTES: u64 = 48;
 
