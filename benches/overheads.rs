@@ -6,8 +6,11 @@
 //!   named segments of varied sizes (the flat buffer makes both one dispatch per step);
 //! - `model/one_tensor_norm_clipped`, `model/one_tensor_unscaled_value_clipped`: the cost of
 //!   the gradient pipeline (device-side global norm; unscale + clip by value);
-//! - `low_precision/adam_{bf16,bf16_stochastic,f16}`: 16-bit params and grads with f32 master
-//!   weights and state, against their own minimal bytes (28 per parameter);
+//! - `model/one_tensor_device_loss_scaler`: mixed precision with no read-back (inf/NaN check,
+//!   device step counter, device GradScaler update);
+//! - `low_precision/adam_{bf16,bf16_stochastic,f16,f16_packed}`: 16-bit params and grads with
+//!   f32 master weights and state, against their own minimal bytes (28 per parameter); f16
+//!   with native `shader-f16` loads/stores where the device has it, and forced packed;
 //! - `model/1000_tensors_2_groups`: the same tensors in two parameter groups (one dispatch,
 //!   a lane-to-group table on the device).
 
@@ -47,12 +50,19 @@ fn benches(c: &mut Criterion) {
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(4));
     group.throughput(Throughput::Bytes(28 * n as u64));
-    for (name, format, stochastic) in [
-        ("adam_bf16", LowFormat::Bf16, false),
-        ("adam_bf16_stochastic", LowFormat::Bf16, true),
-        ("adam_f16", LowFormat::F16, false),
+    // adam_f16 uses native f16 where the device has shader-f16; adam_f16_packed forces
+    // pack2x16float on the same device.
+    let packed_ctx = ctx.clone().with_context_options(ContextOptions {
+        packed_f16_only: true,
+        ..*ctx.options()
+    });
+    for (name, format, stochastic, on) in [
+        ("adam_bf16", LowFormat::Bf16, false, &ctx),
+        ("adam_bf16_stochastic", LowFormat::Bf16, true, &ctx),
+        ("adam_f16", LowFormat::F16, false, &ctx),
+        ("adam_f16_packed", LowFormat::F16, false, &packed_ctx),
     ] {
-        let lp = LowPrecisionParams::new(&ctx, &vec![0.5f32; n], format).unwrap();
+        let lp = LowPrecisionParams::new(on, &vec![0.5f32; n], format).unwrap();
         lp.write_grad_bits(&vec![format.round(0.01); n]).unwrap();
         let mut opt =
             GpuOptimizer::new_low_precision(&lp, AdamConfig::default(), stochastic).unwrap();
@@ -123,6 +133,20 @@ fn benches(c: &mut Criterion) {
         })
         .unwrap();
     group.bench_function("one_tensor_unscaled_value_clipped", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            (0..iters).for_each(|_| opt_clip.step().unwrap());
+            ctx.wait().unwrap();
+            start.elapsed()
+        })
+    });
+    // Mixed precision with everything on the device: unscale by the device loss scale,
+    // inf/NaN check (the norm pass), device step count, GradScaler update (2 tiny passes).
+    opt_clip.set_grad_options(GradOptions::default()).unwrap();
+    opt_clip
+        .set_device_loss_scaler(Some(LossScaler::default()))
+        .unwrap();
+    group.bench_function("one_tensor_device_loss_scaler", |b| {
         b.iter_custom(|iters| {
             let start = std::time::Instant::now();
             (0..iters).for_each(|_| opt_clip.step().unwrap());

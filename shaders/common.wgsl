@@ -12,9 +12,10 @@
 //   4+ storage  state   read_write  array<vec4<f32>>, one per state tensor (at most 3)
 //   7  storage  control read        GradControl: unscale, clip by value, norm-clip coefficient
 //   8  storage  lane_groups read    array<u32>: parameter group of every vec4 lane (GROUPED)
-//   9  storage  lp_grad  read       array<vec2<u32>>: f16/bf16 gradients, 4 per lane (LOW_PRECISION)
-//  10  storage  lp_param read_write array<vec2<u32>>: f16/bf16 copy of the params, written
-//                                   from the f32 master weights every step (LOW_PRECISION)
+//   9  storage  lp_grad  read       f16/bf16 gradients, 4 per lane (LOW_PRECISION): packed
+//                                   array<vec2<u32>>, or array<vec4<f16>> with shader-f16
+//  10  storage  lp_param read_write f16/bf16 copy of the params, written from the f32 master
+//                                   weights every step (LOW_PRECISION), same two layouts
 //  11  uniform  StepInfo            per-step seed for stochastic rounding (dynamic offset)
 //  12+ storage  packed state read_write array<vec2<u32>>, bf16 state tensors (BF16_STATE)
 
@@ -68,21 +69,14 @@ struct StepInfo {
     _pad2: u32,
 }
 
-@group(0) @binding(9) var<storage, read> lp_grad: array<vec2<u32>>;
-@group(0) @binding(10) var<storage, read_write> lp_param: array<vec2<u32>>;
+// Bindings 9 and 10 (lp_grad, lp_param) are declared by f16_packed.wgsl (packed in u32) or
+// f16_native.wgsl (array<vec4<f16>>, with `shader-f16`), appended by the host with
+// load_low_grad / store_low_param.
 @group(0) @binding(11) var<uniform> step_info: StepInfo;
 
 // 4 bf16 values (2 per u32, first element in the low half) to f32, exactly.
 fn unpack_bf16(w: vec2<u32>) -> vec4<f32> {
     return bitcast<vec4<f32>>(vec4<u32>(w.x << 16u, w.x & 0xffff0000u, w.y << 16u, w.y & 0xffff0000u));
-}
-
-// 4 f16 or bf16 values to f32.
-fn unpack_low(w: vec2<u32>) -> vec4<f32> {
-    if (LOW_PRECISION == 1u) {
-        return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
-    }
-    return unpack_bf16(w);
 }
 
 // PCG hash (for stochastic rounding).
@@ -108,13 +102,6 @@ fn to_bf16(x: vec4<f32>, lane: u32, stream: u32) -> vec4<u32> {
     return (bits + add) >> vec4<u32>(16u);
 }
 
-fn pack_low(p: vec4<f32>, lane: u32) -> vec2<u32> {
-    if (LOW_PRECISION == 1u) {
-        return vec2<u32>(pack2x16float(p.xy), pack2x16float(p.zw));
-    }
-    return pack_bf16(p, lane, 0u);
-}
-
 // 4 f32 to bf16, packed two per u32.
 fn pack_bf16(x: vec4<f32>, lane: u32, stream: u32) -> vec2<u32> {
     let h = to_bf16(x, lane, stream);
@@ -123,7 +110,7 @@ fn pack_bf16(x: vec4<f32>, lane: u32, stream: u32) -> vec2<u32> {
 
 fn raw_grad(i: u32) -> vec4<f32> {
     if (LOW_PRECISION != 0u) {
-        return unpack_low(lp_grad[window.first_lane + i]);
+        return load_low_grad(window.first_lane + i);
     }
     return grad[i];
 }
@@ -132,7 +119,7 @@ fn raw_grad(i: u32) -> vec4<f32> {
 fn store_param(i: u32, p: vec4<f32>) {
     param[i] = p;
     if (LOW_PRECISION != 0u) {
-        lp_param[window.first_lane + i] = pack_low(p, i);
+        store_low_param(window.first_lane + i, p, i);
     }
 }
 

@@ -158,7 +158,9 @@ impl LossScaler {
 
     /// One scaled step: unscale inside the kernel (keeping `opt`'s clipping options), skip on
     /// inf/NaN, update the scale. Returns whether the step was skipped. Reads back the
-    /// 32-byte flag, as `GradScaler.step` + `update` do with `found_inf`.
+    /// 32-byte flag, as `GradScaler.step` + `update` do with `found_inf`. To keep the scale
+    /// on the device with no read-back, give the scaler to
+    /// [`GpuOptimizer::set_device_loss_scaler`] instead.
     pub fn step(&mut self, opt: &mut GpuOptimizer) -> Result<bool> {
         self.validate()?;
         let options = self.grad_options(opt.grad_options());

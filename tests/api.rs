@@ -603,6 +603,7 @@ fn invalid_launch_options_are_typed_errors() {
         let ctx = shared.clone().with_context_options(ContextOptions {
             tuning,
             max_binding_bytes: cap,
+            ..ContextOptions::default()
         });
         let flat_here = FlatParams::from_slice(&ctx, &[1.0; 100]).unwrap();
         assert!(

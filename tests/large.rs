@@ -79,6 +79,7 @@ fn more_than_65535_workgroups_use_a_2d_grid() {
             workgroup_size: 16,
             vec4_per_invocation: 1,
         },
+        ..ContextOptions::default()
     });
     let n = 4_200_001;
     assert!((n as u64).div_ceil(64) > 65_535);

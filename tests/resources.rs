@@ -67,6 +67,39 @@ fn steps_create_no_gpu_resources() {
         "resources left behind after the steps completed"
     );
 
+    // The same with mixed precision entirely on the device (norm pass, device step counter,
+    // loss scaler): per step one uniform slot and one step-table row are written.
+    opt.set_device_loss_scaler(Some(LossScaler::default()))
+        .unwrap();
+    opt.step().unwrap();
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .unwrap();
+    let before = snapshot(&ctx);
+    for _ in 0..20 {
+        opt.step().unwrap();
+    }
+    let after = snapshot(&ctx);
+    assert_eq!(
+        after[..5],
+        before[..5],
+        "device step counter: [bind groups, pipelines, modules, layouts, pipeline layouts]"
+    );
+    assert!(
+        after[5] <= before[5] + 40,
+        "buffers {} -> {}",
+        before[5],
+        after[5]
+    );
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .unwrap();
+    assert_eq!(
+        snapshot(&ctx),
+        before,
+        "device step counter: resources left behind"
+    );
+
     // Control: a bind group made, used and dropped per submission shows up.
     let layout = ctx
         .device()

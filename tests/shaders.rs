@@ -1,7 +1,7 @@
 //! naga parses and validates every kernel; each WGSL uniform struct matches its Rust mirror
 //! (size and every member offset).
 
-use fused_optim::gpu::shaders::{assemble, KERNELS};
+use fused_optim::gpu::shaders::{assemble, assemble_with, KERNELS};
 use fused_optim::optim::*;
 
 fn module(source: &str) -> naga::Module {
@@ -33,6 +33,17 @@ fn every_kernel_parses_and_validates() {
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities())
             .validate(&m)
             .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&full)));
+    }
+    // The native-f16 variant of every kernel (`enable f16;`, capability SHADER_FLOAT16).
+    for (file, source, _) in KERNELS {
+        let full = assemble_with(source, true);
+        let m = module(&full);
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            capabilities() | naga::valid::Capabilities::SHADER_FLOAT16,
+        )
+        .validate(&m)
+        .unwrap_or_else(|e| panic!("{file} (native f16): {}", e.emit_to_string(&full)));
     }
     for (file, source, _) in KERNELS {
         let full = assemble(source);

@@ -40,6 +40,10 @@ pub struct ContextOptions {
     pub max_binding_bytes: Option<u64>,
     /// Kernel launch shape.
     pub tuning: KernelTuning,
+    /// Never use the device's `shader-f16` feature: f16 params are then rounded with
+    /// `pack2x16float` instead of native f16 conversions (the results are the same; this
+    /// exists to compare the two paths on one device).
+    pub packed_f16_only: bool,
 }
 
 /// A wgpu device and queue plus what fused-optim needs to know about them.
@@ -74,8 +78,9 @@ impl GpuContext {
         // Ask for exactly what the adapter has: downlevel defaults would cap storage bindings
         // and workgroup counts far below what real devices (and lavapipe) offer.
         let limits = adapter.limits();
-        let wanted =
-            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let wanted = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::SHADER_F16;
         let features = adapter.features() & wanted;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -156,6 +161,12 @@ impl GpuContext {
             ),
             None => "caller-supplied wgpu device".to_string(),
         }
+    }
+
+    /// Whether f16 kernels use native f16 (`enable f16;`): the device has `shader-f16` and
+    /// [`ContextOptions::packed_f16_only`] is off.
+    pub fn uses_shader_f16(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F16) && !self.options.packed_f16_only
     }
 
     /// The options in force.

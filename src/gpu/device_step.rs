@@ -257,7 +257,7 @@ impl DeviceSteps {
             self.confirm(configs, &block);
         }
         let highest = self.confirmed.1 + (self.issued - self.confirmed.0) + 1;
-        let mut row = vec![0u32; WORDS];
+        let mut row = [0u32; WORDS];
         while self.rows_through < highest {
             row.fill(0);
             let words_per_group = self.classes.len();

@@ -55,6 +55,8 @@ pub struct GpuOptimizer {
     group_segments: Vec<Vec<String>>,
     /// State tensors stored as packed bf16.
     bf16_state: bool,
+    /// f16 params converted with native f16 (`shader-f16`).
+    native_f16: bool,
 }
 
 /// The 16-bit buffers of a low-precision optimizer.
@@ -321,7 +323,12 @@ impl GpuOptimizer {
             states.push(buffer);
         }
 
-        let (file, source, slots) = kernel_for(&config);
+        // Native f16 only where it is used (f16 params) and available.
+        let native_f16 = low
+            .as_ref()
+            .is_some_and(|l| l.code == LowFormat::F16.code())
+            && ctx.uses_shader_f16();
+        let (file, source, slots) = kernel_for(&config, native_f16);
         let control = control_buffer(&ctx, &GradOptions::default());
         let runner = KernelRunner::new(
             params,
@@ -377,6 +384,7 @@ impl GpuOptimizer {
             low,
             group_segments: Vec::new(),
             bf16_state: bf16_state.is_some(),
+            native_f16,
         })
     }
 
@@ -707,6 +715,12 @@ impl GpuOptimizer {
             }
         }
         Ok(())
+    }
+
+    /// Whether this optimizer's kernel converts f16 params with native f16 (the device's
+    /// `shader-f16`) rather than `pack2x16float` (f16 low precision only).
+    pub fn uses_shader_f16(&self) -> bool {
+        self.native_f16
     }
 
     /// Number of parameter groups.

@@ -3,6 +3,8 @@
 use crate::optim::OptimizerConfig;
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
+const F16_PACKED: &str = include_str!("../../shaders/f16_packed.wgsl");
+const F16_NATIVE: &str = include_str!("../../shaders/f16_native.wgsl");
 
 /// Every algorithm kernel: (file name, source without the common prelude, state slots in
 /// binding order starting at binding 4).
@@ -49,13 +51,27 @@ pub const KERNELS: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// The full module source of a kernel file (prelude + algorithm).
+/// The full module source of a kernel file (prelude + packed f16 helpers + algorithm).
 pub fn assemble(kernel_source: &str) -> String {
-    format!("{COMMON}\n{kernel_source}")
+    assemble_with(kernel_source, false)
 }
 
-/// (file name, full source, state slots) of the kernel serving `config`.
-pub fn kernel_for(config: &OptimizerConfig) -> (&'static str, String, &'static [&'static str]) {
+/// The full module source, with native f16 (`enable f16;`, needs the device's `shader-f16`)
+/// or packed f16 conversions.
+pub fn assemble_with(kernel_source: &str, native_f16: bool) -> String {
+    if native_f16 {
+        format!("enable f16;\n{COMMON}\n{F16_NATIVE}\n{kernel_source}")
+    } else {
+        format!("{COMMON}\n{F16_PACKED}\n{kernel_source}")
+    }
+}
+
+/// (file name, full source, state slots) of the kernel serving `config`; `native_f16`:
+/// see [`assemble_with`].
+pub fn kernel_for(
+    config: &OptimizerConfig,
+    native_f16: bool,
+) -> (&'static str, String, &'static [&'static str]) {
     let index = match config {
         OptimizerConfig::Sgd(_) => 0,
         OptimizerConfig::Adagrad(_) => 1,
@@ -67,5 +83,5 @@ pub fn kernel_for(config: &OptimizerConfig) -> (&'static str, String, &'static [
         OptimizerConfig::Radam(_) => 7,
     };
     let (name, source, slots) = KERNELS[index];
-    (name, assemble(source), slots)
+    (name, assemble_with(source, native_f16), slots)
 }
