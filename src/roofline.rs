@@ -89,7 +89,8 @@ impl GpuRoof {
 
     /// One launch (one submission, no wait).
     pub fn step(&mut self) {
-        let hyper = [1e-30f32, 0.0, 0.0, 0.0];
+        // Small enough to keep the values bounded, large enough that every store changes p.
+        let hyper = [1e-6f32, 0.0, 0.0, 0.0];
         self.runner
             .submit(self.launches, bytemuck::cast_slice(&hyper));
         self.launches += 1;
@@ -119,54 +120,13 @@ pub fn scratch_buffer(params: &FlatParams) -> Result<wgpu::Buffer> {
     create_flat(params.context(), "scratch", params.len())
 }
 
-/// The CPU roof: p += s * g + s * sum(states); state += g, over the same chunks and threads
-/// as the fast CPU path. `states` should be allocated as [`CpuOptimizer`](crate::CpuOptimizer)
-/// allocates its own: `StaggeredVec::filled(n, 0.0, k + 1)` for state k.
+/// The CPU roof: p += s * (g + sum(states)); state += g, over the same chunks, threads and
+/// vector code (AVX2 where the CPU has it) as the fast CPU path. `states` should be allocated
+/// as [`CpuOptimizer`](crate::CpuOptimizer) allocates its own:
+/// `StaggeredVec::filled(n, 0.0, k + 1)` for state k.
 pub fn cpu_roof(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec]) {
-    const CHUNK: usize = 1 << 15;
-    let scale = 1e-30f32;
-    let pg = p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK));
-    match states {
-        [] => pg.for_each(|(p, g)| {
-            for (p, g) in p.iter_mut().zip(g) {
-                *p += scale * g;
-            }
-        }),
-        [a] => pg.zip(a.par_chunks_mut(CHUNK)).for_each(|((p, g), a)| {
-            for ((p, g), a) in p.iter_mut().zip(g).zip(a.iter_mut()) {
-                *p += scale * (g + *a);
-                *a += g;
-            }
-        }),
-        [a, b] => pg
-            .zip(a.par_chunks_mut(CHUNK))
-            .zip(b.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), a), b)| {
-                for (((p, g), a), b) in p.iter_mut().zip(g).zip(a.iter_mut()).zip(b.iter_mut()) {
-                    *p += scale * (g + *a + *b);
-                    *a += g;
-                    *b += g;
-                }
-            }),
-        [a, b, c, ..] => pg
-            .zip(a.par_chunks_mut(CHUNK))
-            .zip(b.par_chunks_mut(CHUNK))
-            .zip(c.par_chunks_mut(CHUNK))
-            .for_each(|((((p, g), a), b), c)| {
-                for ((((p, g), a), b), c) in p
-                    .iter_mut()
-                    .zip(g)
-                    .zip(a.iter_mut())
-                    .zip(b.iter_mut())
-                    .zip(c.iter_mut())
-                {
-                    *p += scale * (g + *a + *b + *c);
-                    *a += g;
-                    *b += g;
-                    *c += g;
-                }
-            }),
-    }
+    // As the GPU roof: every store changes p.
+    crate::cpu::fast::roof_step(p, g, states, 1e-6)
 }
 
 /// A parallel memcpy.

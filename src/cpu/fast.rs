@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::staggered::StaggeredVec;
 use crate::error::{Error, Result};
 use crate::gpu::gradients::GradOptions;
-use crate::optim::{validate_lr, HostState, Hyper, OptimizerConfig};
+use crate::optim::*;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 1 << 15;
@@ -82,43 +82,12 @@ impl CpuOptimizer {
             &self.scratch[..]
         };
         let hyper = self.config.begin_step(&mut self.host);
-        let c = self.config;
-        match (hyper, c) {
-            (Hyper::Sgd(h), OptimizerConfig::Sgd(c)) => {
-                let (has_momentum, nesterov) = (c.momentum != 0.0, c.nesterov);
-                par_apply(params, grads, &mut self.states, |p, g, s| {
-                    kernels::sgd(&h, has_momentum, nesterov, p, g, s)
-                })
-            }
-            (Hyper::Adagrad(h), _) => par_apply(params, grads, &mut self.states, |p, g, s| {
-                kernels::adagrad(&h, p, g, s)
-            }),
-            (Hyper::Rmsprop(h), OptimizerConfig::Rmsprop(c)) => {
-                let (centered, has_momentum) = (c.centered, c.momentum > 0.0);
-                par_apply(params, grads, &mut self.states, |p, g, s| {
-                    kernels::rmsprop(&h, centered, has_momentum, p, g, s)
-                })
-            }
-            (Hyper::Adam(h), OptimizerConfig::Adam(c)) => {
-                let amsgrad = c.amsgrad;
-                par_apply(params, grads, &mut self.states, |p, g, s| {
-                    kernels::adam(&h, amsgrad, p, g, s)
-                })
-            }
-            (Hyper::Adadelta(h), _) => par_apply(params, grads, &mut self.states, |p, g, s| {
-                kernels::adadelta(&h, p, g, s)
-            }),
-            (Hyper::Nadam(h), _) => par_apply(params, grads, &mut self.states, |p, g, s| {
-                kernels::nadam(&h, p, g, s)
-            }),
-            (Hyper::Adamax(h), _) => par_apply(params, grads, &mut self.states, |p, g, s| {
-                kernels::adamax(&h, p, g, s)
-            }),
-            (Hyper::Radam(h), _) => par_apply(params, grads, &mut self.states, |p, g, s| {
-                kernels::radam(&h, p, g, s)
-            }),
-            _ => unreachable!("begin_step returns the hyper of the config's own kind"),
-        }
+        par_apply(
+            params,
+            grads,
+            &mut self.states,
+            Kernel::new(hyper, &self.config),
+        );
         self.config.end_step(&mut self.host);
         Ok(())
     }
@@ -283,7 +252,138 @@ fn preprocess(o: &GradOptions, grads: &[f32], out: &mut Vec<f32>) -> Option<f64>
 }
 
 /// Runs `f` over matching chunks of params, grads and every state, in parallel.
-fn par_apply<F>(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], f: F)
+/// One optimizer's per-chunk loop with its step scalars and structural flags.
+#[derive(Clone, Copy)]
+enum Kernel {
+    Sgd(SgdHyper, bool, bool),
+    Adagrad(AdagradHyper),
+    Rmsprop(RmspropHyper, bool, bool),
+    Adam(AdamHyper, bool),
+    Adadelta(AdadeltaHyper),
+    Nadam(NadamHyper),
+    Adamax(AdamaxHyper),
+    Radam(RadamHyper),
+    /// The CPU roof (`roofline::cpu_roof`): the access pattern with trivial arithmetic.
+    Roof(f32),
+}
+
+impl Kernel {
+    fn new(hyper: Hyper, config: &OptimizerConfig) -> Self {
+        match (hyper, config) {
+            (Hyper::Sgd(h), OptimizerConfig::Sgd(c)) => {
+                Kernel::Sgd(h, c.momentum != 0.0, c.nesterov)
+            }
+            (Hyper::Adagrad(h), _) => Kernel::Adagrad(h),
+            (Hyper::Rmsprop(h), OptimizerConfig::Rmsprop(c)) => {
+                Kernel::Rmsprop(h, c.centered, c.momentum > 0.0)
+            }
+            (Hyper::Adam(h), OptimizerConfig::Adam(c)) => Kernel::Adam(h, c.amsgrad),
+            (Hyper::Adadelta(h), _) => Kernel::Adadelta(h),
+            (Hyper::Nadam(h), _) => Kernel::Nadam(h),
+            (Hyper::Adamax(h), _) => Kernel::Adamax(h),
+            (Hyper::Radam(h), _) => Kernel::Radam(h),
+            _ => unreachable!("begin_step returns the hyper of the config's own kind"),
+        }
+    }
+
+    /// The loop over one chunk; always inlined, so that it is compiled into both the SSE2
+    /// and the AVX2 entry points.
+    #[inline(always)]
+    fn run(&self, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        match self {
+            Kernel::Sgd(h, momentum, nesterov) => kernels::sgd(h, *momentum, *nesterov, p, g, s),
+            Kernel::Adagrad(h) => kernels::adagrad(h, p, g, s),
+            Kernel::Rmsprop(h, centered, momentum) => {
+                kernels::rmsprop(h, *centered, *momentum, p, g, s)
+            }
+            Kernel::Adam(h, amsgrad) => kernels::adam(h, *amsgrad, p, g, s),
+            Kernel::Adadelta(h) => kernels::adadelta(h, p, g, s),
+            Kernel::Nadam(h) => kernels::nadam(h, p, g, s),
+            Kernel::Adamax(h) => kernels::adamax(h, p, g, s),
+            Kernel::Radam(h) => kernels::radam(h, p, g, s),
+            Kernel::Roof(scale) => kernels::roof(*scale, p, g, s),
+        }
+    }
+
+    fn run_sse2(&self, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        self.run(p, g, s)
+    }
+}
+
+/// The CPU roof: `p += scale * (g + sum(states)); state += g` over the same chunks, threads
+/// and vector code (AVX2 where available) as the optimizers.
+pub(crate) fn roof_step(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], scale: f32) {
+    par_apply(p, g, states, Kernel::Roof(scale))
+}
+
+fn par_apply(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], k: Kernel) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::avx2_enabled() {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time by `avx2_enabled`).
+        return par_chunks(p, g, states, move |p, g, s| unsafe {
+            simd::avx2(&k, p, g, s)
+        });
+    }
+    par_chunks(p, g, states, move |p, g, s| k.run_sse2(p, g, s))
+}
+
+/// Runtime dispatch of the per-chunk loops to AVX2 code on CPUs that have it (the default
+/// x86_64 target only assumes SSE2). The loops are the same source compiled twice; Rust never
+/// contracts `a * b + c` into an FMA, so both versions give the same bits.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    /// 0 = not checked yet, 1 = off, 2 = on.
+    static STATE: AtomicU8 = AtomicU8::new(0);
+
+    /// Whether the AVX2 loops are used: the CPU has AVX2 and FMA, and neither
+    /// `FUSED_OPTIM_CPU_SIMD=sse2` nor [`super::set_avx2`] turned them off.
+    pub fn avx2_enabled() -> bool {
+        match STATE.load(Ordering::Relaxed) {
+            2 => true,
+            1 => false,
+            _ => {
+                let on = std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                    && std::env::var("FUSED_OPTIM_CPU_SIMD").as_deref() != Ok("sse2");
+                STATE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+                on
+            }
+        }
+    }
+
+    pub fn set(on: bool) -> bool {
+        let available =
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        STATE.store(if on && available { 2 } else { 1 }, Ordering::Relaxed);
+        on && available
+    }
+
+    /// The kernel's loop compiled for AVX2 + FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn avx2(k: &super::Kernel, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        k.run(p, g, s)
+    }
+}
+
+/// Use (`true`) or avoid the AVX2 code of the fast CPU path from now on, process-wide;
+/// returns whether AVX2 is in use (false on CPUs without AVX2 + FMA). For comparisons: both
+/// versions give the same bits. The environment variable `FUSED_OPTIM_CPU_SIMD=sse2` turns it
+/// off from the start.
+pub fn set_avx2(on: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd::set(on)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = on;
+        false
+    }
+}
+
+fn par_chunks<F>(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], f: F)
 where
     F: Fn(&mut [f32], &[f32], &mut [&mut [f32]]) + Sync + Send,
 {
@@ -310,6 +410,44 @@ where
 mod kernels {
     use crate::optim::*;
 
+    #[inline(always)]
+    pub fn roof(scale: f32, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        let n = p.len();
+        let g = &g[..n];
+        match s {
+            [] => {
+                for i in 0..n {
+                    p[i] += scale * g[i];
+                }
+            }
+            [a] => {
+                let a = &mut a[..n];
+                for i in 0..n {
+                    p[i] += scale * (g[i] + a[i]);
+                    a[i] += g[i];
+                }
+            }
+            [a, b] => {
+                let (a, b) = (&mut a[..n], &mut b[..n]);
+                for i in 0..n {
+                    p[i] += scale * (g[i] + a[i] + b[i]);
+                    a[i] += g[i];
+                    b[i] += g[i];
+                }
+            }
+            [a, b, c, ..] => {
+                let (a, b, c) = (&mut a[..n], &mut b[..n], &mut c[..n]);
+                for i in 0..n {
+                    p[i] += scale * (g[i] + a[i] + b[i] + c[i]);
+                    a[i] += g[i];
+                    b[i] += g[i];
+                    c[i] += g[i];
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
     pub fn sgd(
         h: &SgdHyper,
         has_momentum: bool,
@@ -321,9 +459,10 @@ mod kernels {
         let n = p.len();
         let g = &g[..n];
         if !has_momentum {
+            let (sign, wd, lr) = (h.grad_sign, h.weight_decay, h.lr);
             for i in 0..n {
-                let d = g[i] * h.grad_sign + h.weight_decay * p[i];
-                p[i] -= h.lr * d;
+                let d = g[i] * sign + wd * p[i];
+                p[i] -= lr * d;
             }
             return;
         }
@@ -337,6 +476,7 @@ mod kernels {
         }
     }
 
+    #[inline(always)]
     pub fn adagrad(h: &AdagradHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         let n = p.len();
         let (g, sum) = (&g[..n], &mut s[0][..n]);
@@ -348,6 +488,7 @@ mod kernels {
         }
     }
 
+    #[inline(always)]
     pub fn rmsprop(
         h: &RmspropHyper,
         centered: bool,
@@ -407,6 +548,7 @@ mod kernels {
         }
     }
 
+    #[inline(always)]
     pub fn adam(h: &AdamHyper, amsgrad: bool, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         let n = p.len();
         let g = &g[..n];
@@ -441,6 +583,7 @@ mod kernels {
         }
     }
 
+    #[inline(always)]
     pub fn adadelta(h: &AdadeltaHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         let n = p.len();
         let g = &g[..n];
@@ -458,6 +601,7 @@ mod kernels {
         }
     }
 
+    #[inline(always)]
     pub fn nadam(h: &NadamHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         let n = p.len();
         let g = &g[..n];
@@ -479,6 +623,7 @@ mod kernels {
         }
     }
 
+    #[inline(always)]
     pub fn adamax(h: &AdamaxHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         let n = p.len();
         let g = &g[..n];
@@ -496,6 +641,7 @@ mod kernels {
         }
     }
 
+    #[inline(always)]
     pub fn radam(h: &RadamHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         let n = p.len();
         let g = &g[..n];
