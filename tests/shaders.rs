@@ -154,7 +154,7 @@ fn uniform_structs_match_rust_mirrors() {
             one_minus_beta1,
             beta2,
             one_minus_beta2,
-            bias_correction2,
+            inv_sqrt_bc2,
             eps,
             grad_coef,
             avg_coef

@@ -615,10 +615,10 @@ mod kernels {
             let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
             m[i] = mi;
             v[i] = vi;
-            let denom = (vi / h.bias_correction2).sqrt() + h.eps;
+            let inv = 1.0 / (vi.sqrt() * h.inv_sqrt_bc2 + h.eps);
             let mut pi = p[i] * h.decay_factor;
-            pi -= h.grad_coef * gi / denom;
-            pi -= h.avg_coef * mi / denom;
+            pi -= h.grad_coef * gi * inv;
+            pi -= h.avg_coef * mi * inv;
             p[i] = pi;
         }
     }

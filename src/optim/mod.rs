@@ -158,7 +158,7 @@ impl Hyper {
             // sign, wd, decay, 1-b1, b2, 1-b2, step_size, inv_sqrt_bc2, eps, pad x3
             Hyper::Adam(_) => &[K, K, K, K, K, K, L, T, K, K, K, K],
             Hyper::Adadelta(_) => &[K; 8],
-            // sign, wd, decay, 1-b1, b2, 1-b2, bc2, eps, grad_coef, avg_coef, pad x2
+            // sign, wd, decay, 1-b1, b2, 1-b2, inv_sqrt_bc2, eps, grad_coef, avg_coef, pad x2
             Hyper::Nadam(_) => &[K, K, K, K, K, K, T, K, L, L, K, K],
             // sign, wd, 1-b1, b2, eps, step_size, pad x2
             Hyper::Adamax(_) => &[K, K, K, K, K, L, K, K],
