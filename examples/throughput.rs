@@ -39,6 +39,9 @@ struct Args {
     /// vec4 lanes per invocation (default: the library's).
     #[arg(long)]
     vec4_per_invocation: Option<u32>,
+    /// How kernels move their lanes: auto (u64 on CPU adapters with shader-int64), f32, u64.
+    #[arg(long, default_value = "auto")]
+    lanes: String,
 }
 
 /// Seconds per step: median of 5 batches, the batch length calibrated to ~target/5.
@@ -109,8 +112,18 @@ fn main() -> Result<()> {
     tuning.vec4_per_invocation = args
         .vec4_per_invocation
         .unwrap_or(tuning.vec4_per_invocation);
+    let lane_transport = match args.lanes.as_str() {
+        "auto" => LaneTransport::Auto,
+        "f32" => LaneTransport::F32x4,
+        "u64" => LaneTransport::U64x2,
+        other => {
+            eprintln!("--lanes must be auto, f32 or u64, not {other}");
+            std::process::exit(2);
+        }
+    };
     let ctx = GpuContext::with_options(ContextOptions {
         tuning,
+        lane_transport,
         ..ContextOptions::default()
     })?;
     let target = Duration::from_millis(if args.quick { 150 } else { 600 });
@@ -129,7 +142,15 @@ fn main() -> Result<()> {
         .into_iter()
         .filter(|(name, _)| args.only.as_ref().is_none_or(|o| name.contains(o.as_str())))
         .collect();
-    eprintln!("adapter: {}", ctx.describe());
+    eprintln!(
+        "adapter: {} (lanes moved as {})",
+        ctx.describe(),
+        if ctx.uses_u64_lanes() {
+            "2 x u64"
+        } else {
+            "vec4<f32>"
+        }
+    );
     eprintln!(
         "CPU: {} threads (rayon); kernel tuning {:?}",
         rayon::current_num_threads(),
@@ -242,7 +263,15 @@ fn main() -> Result<()> {
         println!("[{}]", body.join(",\n"));
         return Ok(());
     }
-    println!("adapter: {}", ctx.describe());
+    println!(
+        "adapter: {} (lanes moved as {})",
+        ctx.describe(),
+        if ctx.uses_u64_lanes() {
+            "2 x u64"
+        } else {
+            "vec4<f32>"
+        }
+    );
     println!("\ncopies (8 bytes per element moved):");
     println!(
         "{:>10} {:>16} {:>22} {:>14}",

@@ -20,20 +20,20 @@ struct Hyper {
 }
 
 @group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
-@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> square_avg: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> acc_delta: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> param: array<Lane>;
+@group(0) @binding(4) var<storage, read_write> square_avg: array<Lane>;
+@group(0) @binding(5) var<storage, read_write> acc_delta: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
     let hp = hps[group_of(i)];
-    let p0 = param[i];
+    let p0 = unpack_lane(param[i]);
     let g = load_grad(i) * hp.grad_sign + hp.weight_decay * p0;
-    let v0 = square_avg[i];
-    let u0 = acc_delta[i];
+    let v0 = unpack_lane(square_avg[i]);
+    let u0 = unpack_lane(acc_delta[i]);
     let v = hp.rho * v0 + hp.one_minus_rho * g * g;
     let delta = sqrt(u0 + hp.eps) / sqrt(v + hp.eps) * g;
     let u = hp.rho * u0 + hp.one_minus_rho * delta * delta;
-    square_avg[i] = select(v0, v, live);
-    acc_delta[i] = select(u0, u, live);
+    square_avg[i] = pack_lane(select(v0, v, live));
+    acc_delta[i] = pack_lane(select(u0, u, live));
     store_param(i, select(p0, p0 - hp.lr * delta, live));
 }

@@ -14,15 +14,15 @@ struct Hyper {
 }
 
 @group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
-@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> sum: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> param: array<Lane>;
+@group(0) @binding(4) var<storage, read_write> sum: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
     let hp = hps[group_of(i)];
-    let p0 = param[i];
+    let p0 = unpack_lane(param[i]);
     let g = load_grad(i) * hp.grad_sign + hp.weight_decay * p0;
-    let s0 = sum[i];
+    let s0 = unpack_lane(sum[i]);
     let s = s0 + g * g;
-    sum[i] = select(s0, s, live);
+    sum[i] = pack_lane(select(s0, s, live));
     store_param(i, select(p0, p0 - hp.clr * g / (sqrt(s) + hp.eps), live));
 }

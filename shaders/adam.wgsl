@@ -29,10 +29,10 @@ struct Hyper {
 }
 
 @group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
-@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> exp_avg: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> max_exp_avg_sq: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> param: array<Lane>;
+@group(0) @binding(4) var<storage, read_write> exp_avg: array<Lane>;
+@group(0) @binding(5) var<storage, read_write> exp_avg_sq: array<Lane>;
+@group(0) @binding(6) var<storage, read_write> max_exp_avg_sq: array<Lane>;
 @group(0) @binding(12) var<storage, read_write> exp_avg_bf16: array<vec2<u32>>;
 @group(0) @binding(13) var<storage, read_write> exp_avg_sq_bf16: array<vec2<u32>>;
 @group(0) @binding(14) var<storage, read_write> max_exp_avg_sq_bf16: array<vec2<u32>>;
@@ -49,11 +49,11 @@ fn load_state(k: u32, i: u32) -> vec4<f32> {
         return unpack_bf16(max_exp_avg_sq_bf16[j]);
     }
     if (k == 0u) {
-        return exp_avg[i];
+        return unpack_lane(exp_avg[i]);
     } else if (k == 1u) {
-        return exp_avg_sq[i];
+        return unpack_lane(exp_avg_sq[i]);
     }
-    return max_exp_avg_sq[i];
+    return unpack_lane(max_exp_avg_sq[i]);
 }
 
 fn store_state(k: u32, i: u32, x: vec4<f32>) {
@@ -70,17 +70,17 @@ fn store_state(k: u32, i: u32, x: vec4<f32>) {
         return;
     }
     if (k == 0u) {
-        exp_avg[i] = x;
+        exp_avg[i] = pack_lane(x);
     } else if (k == 1u) {
-        exp_avg_sq[i] = x;
+        exp_avg_sq[i] = pack_lane(x);
     } else {
-        max_exp_avg_sq[i] = x;
+        max_exp_avg_sq[i] = pack_lane(x);
     }
 }
 
 fn update(i: u32, live: vec4<bool>) {
     let hp = hps[group_of(i)];
-    let p0 = param[i];
+    let p0 = unpack_lane(param[i]);
     let g = load_grad(i) * hp.grad_sign + hp.weight_decay * p0;
     let m0 = load_state(0u, i);
     let v0 = load_state(1u, i);

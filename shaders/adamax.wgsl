@@ -19,19 +19,19 @@ struct Hyper {
 }
 
 @group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
-@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> exp_avg: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> exp_inf: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> param: array<Lane>;
+@group(0) @binding(4) var<storage, read_write> exp_avg: array<Lane>;
+@group(0) @binding(5) var<storage, read_write> exp_inf: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
     let hp = hps[group_of(i)];
-    let p0 = param[i];
+    let p0 = unpack_lane(param[i]);
     let g = load_grad(i) * hp.grad_sign + hp.weight_decay * p0;
-    let m0 = exp_avg[i];
-    let u0 = exp_inf[i];
+    let m0 = unpack_lane(exp_avg[i]);
+    let u0 = unpack_lane(exp_inf[i]);
     let m = m0 + hp.one_minus_beta1 * (g - m0);
     let u = max(hp.beta2 * u0, abs(g) + hp.eps);
-    exp_avg[i] = select(m0, m, live);
-    exp_inf[i] = select(u0, u, live);
+    exp_avg[i] = pack_lane(select(m0, m, live));
+    exp_inf[i] = pack_lane(select(u0, u, live));
     store_param(i, select(p0, p0 - hp.step_size * m / u, live));
 }

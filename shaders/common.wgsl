@@ -58,7 +58,7 @@ struct GradControl {
 }
 
 @group(0) @binding(1) var<uniform> window: Window;
-@group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> grad: array<Lane>;
 @group(0) @binding(7) var<storage, read> control: GradControl;
 @group(0) @binding(8) var<storage, read> lane_groups: array<u32>;
 
@@ -112,12 +112,12 @@ fn raw_grad(i: u32) -> vec4<f32> {
     if (LOW_PRECISION != 0u) {
         return load_low_grad(window.first_lane + i);
     }
-    return grad[i];
+    return unpack_lane(grad[i]);
 }
 
 // Write the updated master weights, and their low-precision copy when on.
 fn store_param(i: u32, p: vec4<f32>) {
-    param[i] = p;
+    param[i] = pack_lane(p);
     if (LOW_PRECISION != 0u) {
         store_low_param(window.first_lane + i, p, i);
     }

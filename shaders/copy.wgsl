@@ -9,9 +9,9 @@ struct Hyper {
 }
 
 @group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
-@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> param: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
     // Padding lanes of our own buffers may be overwritten here: this kernel only measures.
-    param[i] = load_grad(i);
+    param[i] = pack_lane(load_grad(i));
 }

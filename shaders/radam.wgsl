@@ -25,20 +25,20 @@ struct Hyper {
 }
 
 @group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
-@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> exp_avg: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> param: array<Lane>;
+@group(0) @binding(4) var<storage, read_write> exp_avg: array<Lane>;
+@group(0) @binding(5) var<storage, read_write> exp_avg_sq: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
     let hp = hps[group_of(i)];
-    let p0 = param[i];
+    let p0 = unpack_lane(param[i]);
     let g = load_grad(i) * hp.grad_sign + hp.weight_decay * p0;
-    let m0 = exp_avg[i];
-    let v0 = exp_avg_sq[i];
+    let m0 = unpack_lane(exp_avg[i]);
+    let v0 = unpack_lane(exp_avg_sq[i]);
     let m = m0 + hp.one_minus_beta1 * (g - m0);
     let v = hp.beta2 * v0 + hp.one_minus_beta2 * g * g;
-    exp_avg[i] = select(m0, m, live);
-    exp_avg_sq[i] = select(v0, v, live);
+    exp_avg[i] = pack_lane(select(m0, m, live));
+    exp_avg_sq[i] = pack_lane(select(v0, v, live));
     var p = p0 * hp.decay_factor;
     if (hp.rectified != 0u) {
         p = p - hp.adaptive_step_size * m / (sqrt(v) + hp.eps);

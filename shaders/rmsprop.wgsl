@@ -25,32 +25,32 @@ struct Hyper {
 }
 
 @group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
-@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> square_avg: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> grad_avg: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> param: array<Lane>;
+@group(0) @binding(4) var<storage, read_write> square_avg: array<Lane>;
+@group(0) @binding(5) var<storage, read_write> momentum_buffer: array<Lane>;
+@group(0) @binding(6) var<storage, read_write> grad_avg: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
     let hp = hps[group_of(i)];
-    let p0 = param[i];
+    let p0 = unpack_lane(param[i]);
     let g = load_grad(i) * hp.grad_sign + hp.weight_decay * p0;
-    let v0 = square_avg[i];
+    let v0 = unpack_lane(square_avg[i]);
     let v = hp.alpha * v0 + hp.one_minus_alpha * g * g;
-    square_avg[i] = select(v0, v, live);
+    square_avg[i] = pack_lane(select(v0, v, live));
     var avg: vec4<f32>;
     if (CENTERED) {
-        let a0 = grad_avg[i];
+        let a0 = unpack_lane(grad_avg[i]);
         let a = a0 + hp.one_minus_alpha * (g - a0);
-        grad_avg[i] = select(a0, a, live);
+        grad_avg[i] = pack_lane(select(a0, a, live));
         avg = sqrt(v - a * a) + hp.eps;
     } else {
         avg = sqrt(v) + hp.eps;
     }
     var p: vec4<f32>;
     if (HAS_MOMENTUM) {
-        let b0 = momentum_buffer[i];
+        let b0 = unpack_lane(momentum_buffer[i]);
         let b = hp.momentum * b0 + g / avg;
-        momentum_buffer[i] = select(b0, b, live);
+        momentum_buffer[i] = pack_lane(select(b0, b, live));
         p = p0 - hp.lr * b;
     } else {
         p = p0 - hp.lr * g / avg;

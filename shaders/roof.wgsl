@@ -15,29 +15,29 @@ struct Hyper {
 }
 
 @group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
-@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> s0: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> s1: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> s2: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> param: array<Lane>;
+@group(0) @binding(4) var<storage, read_write> s0: array<Lane>;
+@group(0) @binding(5) var<storage, read_write> s1: array<Lane>;
+@group(0) @binding(6) var<storage, read_write> s2: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
     let hp = hps[group_of(i)];
-    let p0 = param[i];
+    let p0 = unpack_lane(param[i]);
     let g = load_grad(i);
     var acc = p0 + hp.scale * g;
     if (STATES > 0u) {
-        let a = s0[i];
-        s0[i] = select(a, a + g, live);
+        let a = unpack_lane(s0[i]);
+        s0[i] = pack_lane(select(a, a + g, live));
         acc = acc + hp.scale * a;
     }
     if (STATES > 1u) {
-        let b = s1[i];
-        s1[i] = select(b, b + g, live);
+        let b = unpack_lane(s1[i]);
+        s1[i] = pack_lane(select(b, b + g, live));
         acc = acc + hp.scale * b;
     }
     if (STATES > 2u) {
-        let c = s2[i];
-        s2[i] = select(c, c + g, live);
+        let c = unpack_lane(s2[i]);
+        s2[i] = pack_lane(select(c, c + g, live));
         acc = acc + hp.scale * c;
     }
     store_param(i, select(p0, acc, live));

@@ -23,17 +23,17 @@ struct Hyper {
 }
 
 @group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
-@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> param: array<Lane>;
+@group(0) @binding(4) var<storage, read_write> momentum_buffer: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
     let hp = hps[group_of(i)];
-    let p0 = param[i];
+    let p0 = unpack_lane(param[i]);
     var d = load_grad(i) * hp.grad_sign + hp.weight_decay * p0;
     if (HAS_MOMENTUM) {
-        let b0 = momentum_buffer[i];
+        let b0 = unpack_lane(momentum_buffer[i]);
         let b = hp.buffer_keep * b0 + hp.grad_into_buffer * d;
-        momentum_buffer[i] = select(b0, b, live);
+        momentum_buffer[i] = pack_lane(select(b0, b, live));
         if (NESTEROV) {
             d = d + hp.momentum * b;
         } else {

@@ -119,6 +119,30 @@ fn gpu_matches_reference_small_sizes() {
     run_all_sizes(&ctx, &[1, 3, 255, 257]);
 }
 
+/// Both lane transports on the same device: the default (u64 lanes on lavapipe, which has
+/// shader-int64 and is a CPU adapter) and vec4<f32> forced.
+#[test]
+fn gpu_matches_reference_with_either_lane_transport() {
+    let Some(ctx) = gpu() else { return };
+    let info = ctx.adapter_info().cloned();
+    let cpu_with_int64 = info.is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu)
+        && ctx
+            .device()
+            .features()
+            .contains(wgpu::Features::SHADER_INT64);
+    assert_eq!(ctx.uses_u64_lanes(), cpu_with_int64);
+    if !cpu_with_int64 {
+        eprintln!("NOTE: this adapter is not a CPU adapter with shader-int64: u64 lanes forced");
+    }
+    for transport in [LaneTransport::F32x4, LaneTransport::U64x2] {
+        let forced = ctx.clone().with_context_options(ContextOptions {
+            lane_transport: transport,
+            ..*ctx.options()
+        });
+        run_all_sizes(&forced, &[3, 257, 10_001]);
+    }
+}
+
 #[test]
 fn gpu_matches_reference_100003() {
     let Some(ctx) = gpu() else { return };

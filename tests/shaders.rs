@@ -1,7 +1,7 @@
 //! naga parses and validates every kernel; each WGSL uniform struct matches its Rust mirror
 //! (size and every member offset).
 
-use fused_optim::gpu::shaders::{assemble, assemble_with, KERNELS};
+use fused_optim::gpu::shaders::{assemble, assemble_with, Variant, KERNELS};
 use fused_optim::optim::*;
 
 fn module(source: &str) -> naga::Module {
@@ -34,16 +34,38 @@ fn every_kernel_parses_and_validates() {
             .validate(&m)
             .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&full)));
     }
-    // The native-f16 variant of every kernel (`enable f16;`, capability SHADER_FLOAT16).
-    for (file, source, _) in KERNELS {
-        let full = assemble_with(source, true);
-        let m = module(&full);
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            capabilities() | naga::valid::Capabilities::SHADER_FLOAT16,
-        )
-        .validate(&m)
-        .unwrap_or_else(|e| panic!("{file} (native f16): {}", e.emit_to_string(&full)));
+    // Every variant of every kernel (native f16: `enable f16;`, capability SHADER_FLOAT16;
+    // u64 lanes: SHADER_INT64), the roof and the copy kernel included.
+    let all = KERNELS.iter().map(|(f, s, _)| (*f, *s)).chain([
+        ("roof.wgsl", include_str!("../shaders/roof.wgsl")),
+        ("copy.wgsl", include_str!("../shaders/copy.wgsl")),
+    ]);
+    for (file, source) in all {
+        for native_f16 in [false, true] {
+            for u64_lanes in [false, true] {
+                let full = assemble_with(
+                    source,
+                    Variant {
+                        native_f16,
+                        u64_lanes,
+                    },
+                );
+                let m = module(&full);
+                naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    capabilities()
+                        | naga::valid::Capabilities::SHADER_FLOAT16
+                        | naga::valid::Capabilities::SHADER_INT64,
+                )
+                .validate(&m)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{file} (f16 {native_f16}, u64 {u64_lanes}): {}",
+                        e.emit_to_string(&full)
+                    )
+                });
+            }
+        }
     }
     for (file, source, _) in KERNELS {
         let full = assemble(source);

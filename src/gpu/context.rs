@@ -44,6 +44,21 @@ pub struct ContextOptions {
     /// `pack2x16float` instead of native f16 conversions (the results are the same; this
     /// exists to compare the two paths on one device).
     pub packed_f16_only: bool,
+    /// How kernels move their f32 lanes (see [`LaneTransport`]).
+    pub lane_transport: LaneTransport,
+}
+
+/// How the kernels load and store their f32 data, 4 elements (a lane) at a time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LaneTransport {
+    /// Two u64 on CPU implementations of WebGPU that have `shader-int64` (lavapipe: half
+    /// the memory operations, which are its cost), one vec4<f32> elsewhere.
+    #[default]
+    Auto,
+    /// Always one vec4<f32> (a 16-byte access: what GPUs do best).
+    F32x4,
+    /// Two u64 where the device has `shader-int64` (else vec4<f32>).
+    U64x2,
 }
 
 /// A wgpu device and queue plus what fused-optim needs to know about them.
@@ -80,7 +95,8 @@ impl GpuContext {
         let limits = adapter.limits();
         let wanted = wgpu::Features::TIMESTAMP_QUERY
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
-            | wgpu::Features::SHADER_F16;
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::SHADER_INT64;
         let features = adapter.features() & wanted;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -167,6 +183,32 @@ impl GpuContext {
     /// [`ContextOptions::packed_f16_only`] is off.
     pub fn uses_shader_f16(&self) -> bool {
         self.device.features().contains(wgpu::Features::SHADER_F16) && !self.options.packed_f16_only
+    }
+
+    /// Whether the kernels move their lanes as two u64 (see [`LaneTransport`]).
+    pub fn uses_u64_lanes(&self) -> bool {
+        let has = self
+            .device
+            .features()
+            .contains(wgpu::Features::SHADER_INT64);
+        match self.options.lane_transport {
+            LaneTransport::F32x4 => false,
+            LaneTransport::U64x2 => has,
+            LaneTransport::Auto => {
+                has && self
+                    .adapter_info
+                    .as_ref()
+                    .is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu)
+            }
+        }
+    }
+
+    /// The kernel source variant this context builds.
+    pub(crate) fn kernel_variant(&self, f16_params: bool) -> super::shaders::Variant {
+        super::shaders::Variant {
+            native_f16: f16_params && self.uses_shader_f16(),
+            u64_lanes: self.uses_u64_lanes(),
+        }
     }
 
     /// The options in force.

@@ -324,11 +324,12 @@ impl GpuOptimizer {
         }
 
         // Native f16 only where it is used (f16 params) and available.
-        let native_f16 = low
-            .as_ref()
-            .is_some_and(|l| l.code == LowFormat::F16.code())
-            && ctx.uses_shader_f16();
-        let (file, source, slots) = kernel_for(&config, native_f16);
+        let variant = ctx.kernel_variant(
+            low.as_ref()
+                .is_some_and(|l| l.code == LowFormat::F16.code()),
+        );
+        let native_f16 = variant.native_f16;
+        let (file, source, slots) = kernel_for(&config, variant);
         let control = control_buffer(&ctx, &GradOptions::default());
         let runner = KernelRunner::new(
             params,

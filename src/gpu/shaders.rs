@@ -5,6 +5,8 @@ use crate::optim::OptimizerConfig;
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const F16_PACKED: &str = include_str!("../../shaders/f16_packed.wgsl");
 const F16_NATIVE: &str = include_str!("../../shaders/f16_native.wgsl");
+const LANE_F32: &str = include_str!("../../shaders/lane_f32.wgsl");
+const LANE_U64: &str = include_str!("../../shaders/lane_u64.wgsl");
 
 /// Every algorithm kernel: (file name, source without the common prelude, state slots in
 /// binding order starting at binding 4).
@@ -51,26 +53,39 @@ pub const KERNELS: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// The full module source of a kernel file (prelude + packed f16 helpers + algorithm).
+/// The full module source of a kernel file (lane transport + prelude + f16 helpers +
+/// algorithm) with the defaults: vec4<f32> lanes, packed f16.
 pub fn assemble(kernel_source: &str) -> String {
-    assemble_with(kernel_source, false)
+    assemble_with(kernel_source, Variant::default())
 }
 
-/// The full module source, with native f16 (`enable f16;`, needs the device's `shader-f16`)
-/// or packed f16 conversions.
-pub fn assemble_with(kernel_source: &str, native_f16: bool) -> String {
-    if native_f16 {
-        format!("enable f16;\n{COMMON}\n{F16_NATIVE}\n{kernel_source}")
+/// Source variants of a kernel, chosen once per pipeline from what the device has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Variant {
+    /// f16 params through native f16 (`enable f16;`, needs `shader-f16`), else packed.
+    pub native_f16: bool,
+    /// Lanes moved as two u64 (needs `shader-int64`), else as vec4<f32>.
+    pub u64_lanes: bool,
+}
+
+/// The full module source of a kernel file in the given variant.
+pub fn assemble_with(kernel_source: &str, variant: Variant) -> String {
+    let lanes = if variant.u64_lanes {
+        LANE_U64
     } else {
-        format!("{COMMON}\n{F16_PACKED}\n{kernel_source}")
+        LANE_F32
+    };
+    if variant.native_f16 {
+        format!("enable f16;\n{lanes}\n{COMMON}\n{F16_NATIVE}\n{kernel_source}")
+    } else {
+        format!("{lanes}\n{COMMON}\n{F16_PACKED}\n{kernel_source}")
     }
 }
 
-/// (file name, full source, state slots) of the kernel serving `config`; `native_f16`:
-/// see [`assemble_with`].
+/// (file name, full source, state slots) of the kernel serving `config`, in `variant`.
 pub fn kernel_for(
     config: &OptimizerConfig,
-    native_f16: bool,
+    variant: Variant,
 ) -> (&'static str, String, &'static [&'static str]) {
     let index = match config {
         OptimizerConfig::Sgd(_) => 0,
@@ -83,5 +98,5 @@ pub fn kernel_for(
         OptimizerConfig::Radam(_) => 7,
     };
     let (name, source, slots) = KERNELS[index];
-    (name, assemble_with(source, native_f16), slots)
+    (name, assemble_with(source, variant), slots)
 }
