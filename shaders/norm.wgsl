@@ -38,7 +38,10 @@ struct Pass {
 }
 
 @group(0) @binding(0) var<uniform> pass_info: Pass;
-@group(0) @binding(1) var<storage, read> grad: array<vec4<f32>>;
+// Lane, unpack_lane: lane_f32.wgsl or lane_u64.wgsl, prepended by the host as for the
+// optimizer kernels (the same transport; the bits pass through unchanged, so the
+// exponent-bit check below sees the raw gradients).
+@group(0) @binding(1) var<storage, read> grad: array<Lane>;
 @group(0) @binding(2) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(3) var<storage, read_write> control: GradControl;
 // Set when any raw gradient element is inf or NaN (exponent bits all ones), checked on the
@@ -55,7 +58,7 @@ fn raw_grad(i: u32) -> vec4<f32> {
         let w = lp_grad[pass_info.first_lane + i];
         return bitcast<vec4<f32>>(vec4<u32>(w.x << 16u, w.x & 0xffff0000u, w.y << 16u, w.y & 0xffff0000u));
     }
-    return grad[i];
+    return unpack_lane(grad[i]);
 }
 
 var<workgroup> scratch: array<f32, 256>;

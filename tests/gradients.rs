@@ -148,6 +148,19 @@ fn norm_clipping_across_binding_windows() {
     run(&ctx, AdamConfig::default().into(), options(), 100_003).unwrap();
 }
 
+/// The norm pass and the kernels with vec4<f32> lanes forced (the default context uses u64
+/// lanes on lavapipe).
+#[test]
+fn norm_clipping_with_vec4_f32_lanes() {
+    let Some(ctx) = gpu() else { return };
+    let forced = ctx.clone().with_context_options(ContextOptions {
+        lane_transport: LaneTransport::F32x4,
+        ..*ctx.options()
+    });
+    assert!(!forced.uses_u64_lanes());
+    run(&forced, AdamConfig::default().into(), options(), 10_007).unwrap();
+}
+
 #[test]
 fn device_norm_is_deterministic_and_a_large_max_norm_changes_nothing() {
     let Some(ctx) = gpu() else { return };

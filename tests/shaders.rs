@@ -1,17 +1,18 @@
 //! naga parses and validates every kernel; each WGSL uniform struct matches its Rust mirror
 //! (size and every member offset).
 
-use fused_optim::gpu::shaders::{assemble, assemble_with, Variant, KERNELS};
+use fused_optim::gpu::shaders::{assemble, assemble_with, with_lanes, Variant, KERNELS};
 use fused_optim::optim::*;
 
 fn module(source: &str) -> naga::Module {
     naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)))
 }
 
-/// The capabilities the kernels need: only the f16 pack/unpack builtins of the f16
-/// low-precision mode (`SHADER_FLOAT16_IN_FLOAT32`, which wgpu grants on Vulkan and GL here).
+/// The capabilities the default kernels need: only the f16 pack/unpack builtins of the f16
+/// low-precision mode (`SHADER_FLOAT16_IN_FLOAT32`, which wgpu grants on Vulkan and GL
+/// here); u64 lanes add `SHADER_INT64` (only used where the device has it).
 fn capabilities() -> naga::valid::Capabilities {
-    naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
+    naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32 | naga::valid::Capabilities::SHADER_INT64
 }
 
 #[test]
@@ -21,7 +22,11 @@ fn every_kernel_parses_and_validates() {
         ("copy.wgsl", assemble(include_str!("../shaders/copy.wgsl"))),
         (
             "norm.wgsl",
-            include_str!("../shaders/norm.wgsl").to_string(),
+            with_lanes(include_str!("../shaders/norm.wgsl"), false),
+        ),
+        (
+            "norm.wgsl (u64 lanes)",
+            with_lanes(include_str!("../shaders/norm.wgsl"), true),
         ),
         (
             "device_step.wgsl",
@@ -230,7 +235,7 @@ fn grad_control_matches_its_mirror_in_every_shader() {
             std::mem::offset_of!(GradControl, skip_nonfinite),
         ),
     ];
-    let norm_module = module(include_str!("../shaders/norm.wgsl"));
+    let norm_module = module(&with_lanes(include_str!("../shaders/norm.wgsl"), false));
     let sources = [
         module(&assemble(KERNELS[0].1)),
         norm_module,

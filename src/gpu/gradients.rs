@@ -154,9 +154,10 @@ impl NormClipper {
         let device = ctx.device();
         let limits = device.limits();
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let source = super::shaders::with_lanes(NORM, ctx.uses_u64_lanes());
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("norm.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(NORM.into()),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
         });
         let constants = [("LOW_PRECISION", f64::from(low.map_or(0, |l| l.0)))];
         let pipeline = |entry| {

@@ -59,6 +59,12 @@ pub fn assemble(kernel_source: &str) -> String {
     assemble_with(kernel_source, Variant::default())
 }
 
+/// A standalone shader (e.g. `norm.wgsl`) with the lane transport prepended.
+pub fn with_lanes(source: &str, u64_lanes: bool) -> String {
+    let lanes = if u64_lanes { LANE_U64 } else { LANE_F32 };
+    format!("{lanes}\n{source}")
+}
+
 /// Source variants of a kernel, chosen once per pipeline from what the device has.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Variant {
