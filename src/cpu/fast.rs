@@ -290,17 +290,36 @@ impl Kernel {
     /// and the AVX2 entry points.
     #[inline(always)]
     fn run(&self, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        // Monomorphise on (weight decay in the gradient, decoupled decay factor).
+        macro_rules! shaped {
+            ($l2:expr, $decay:expr, $f:ident($($arg:expr),*)) => {
+                match ($l2 != 0.0, $decay != 1.0) {
+                    (false, false) => kernels::$f::<false, false>($($arg),*),
+                    (true, false) => kernels::$f::<true, false>($($arg),*),
+                    (false, true) => kernels::$f::<false, true>($($arg),*),
+                    (true, true) => kernels::$f::<true, true>($($arg),*),
+                }
+            };
+        }
         match self {
-            Kernel::Sgd(h, momentum, nesterov) => kernels::sgd(h, *momentum, *nesterov, p, g, s),
-            Kernel::Adagrad(h) => kernels::adagrad(h, p, g, s),
-            Kernel::Rmsprop(h, centered, momentum) => {
-                kernels::rmsprop(h, *centered, *momentum, p, g, s)
+            Kernel::Sgd(h, momentum, nesterov) => {
+                shaped!(h.weight_decay, 1.0, sgd(h, *momentum, *nesterov, p, g, s))
             }
-            Kernel::Adam(h, amsgrad) => kernels::adam(h, *amsgrad, p, g, s),
-            Kernel::Adadelta(h) => kernels::adadelta(h, p, g, s),
-            Kernel::Nadam(h) => kernels::nadam(h, p, g, s),
-            Kernel::Adamax(h) => kernels::adamax(h, p, g, s),
-            Kernel::Radam(h) => kernels::radam(h, p, g, s),
+            Kernel::Adagrad(h) => shaped!(h.weight_decay, 1.0, adagrad(h, p, g, s)),
+            Kernel::Rmsprop(h, centered, momentum) => {
+                shaped!(
+                    h.weight_decay,
+                    1.0,
+                    rmsprop(h, *centered, *momentum, p, g, s)
+                )
+            }
+            Kernel::Adam(h, amsgrad) => {
+                shaped!(h.weight_decay, h.decay_factor, adam(h, *amsgrad, p, g, s))
+            }
+            Kernel::Adadelta(h) => shaped!(h.weight_decay, 1.0, adadelta(h, p, g, s)),
+            Kernel::Nadam(h) => shaped!(h.weight_decay, h.decay_factor, nadam(h, p, g, s)),
+            Kernel::Adamax(h) => shaped!(h.weight_decay, 1.0, adamax(h, p, g, s)),
+            Kernel::Radam(h) => shaped!(h.weight_decay, h.decay_factor, radam(h, p, g, s)),
             Kernel::Roof(scale) => kernels::roof(*scale, p, g, s),
         }
     }
@@ -406,9 +425,32 @@ where
     }
 }
 
-/// Per-chunk loops: the same operations, in the same order, as the WGSL `update` functions.
+/// Per-chunk loops: the same operations, in the same order, as the WGSL `update` functions,
+/// except that terms PyTorch skips are skipped (monomorphised on `L2`: weight decay added to
+/// the gradient; `DECAY`: decoupled decay factor): no `+ 0 * p`, no `p * 1`. Where this
+/// VM's large L3 holds the data, instructions, not bytes, set the pace.
 mod kernels {
     use crate::optim::*;
+
+    /// `sign * g (+ wd * p)`.
+    #[inline(always)]
+    fn grad_term<const L2: bool>(g: f32, p: f32, sign: f32, wd: f32) -> f32 {
+        if L2 {
+            g * sign + wd * p
+        } else {
+            g * sign
+        }
+    }
+
+    /// `p (* decay_factor)`.
+    #[inline(always)]
+    fn decay<const DECAY: bool>(p: f32, factor: f32) -> f32 {
+        if DECAY {
+            p * factor
+        } else {
+            p
+        }
+    }
 
     #[inline(always)]
     pub fn roof(scale: f32, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
@@ -448,7 +490,7 @@ mod kernels {
     }
 
     #[inline(always)]
-    pub fn sgd(
+    pub fn sgd<const L2: bool, const DECAY: bool>(
         h: &SgdHyper,
         has_momentum: bool,
         nesterov: bool,
@@ -459,16 +501,15 @@ mod kernels {
         let n = p.len();
         let g = &g[..n];
         if !has_momentum {
-            let (sign, wd, lr) = (h.grad_sign, h.weight_decay, h.lr);
             for i in 0..n {
-                let d = g[i] * sign + wd * p[i];
-                p[i] -= lr * d;
+                let d = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
+                p[i] -= h.lr * d;
             }
             return;
         }
         let buf = &mut s[0][..n];
         for i in 0..n {
-            let d = g[i] * h.grad_sign + h.weight_decay * p[i];
+            let d = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
             let b = h.buffer_keep * buf[i] + h.grad_into_buffer * d;
             buf[i] = b;
             let d = if nesterov { d + h.momentum * b } else { b };
@@ -477,11 +518,16 @@ mod kernels {
     }
 
     #[inline(always)]
-    pub fn adagrad(h: &AdagradHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+    pub fn adagrad<const L2: bool, const DECAY: bool>(
+        h: &AdagradHyper,
+        p: &mut [f32],
+        g: &[f32],
+        s: &mut [&mut [f32]],
+    ) {
         let n = p.len();
         let (g, sum) = (&g[..n], &mut s[0][..n]);
         for i in 0..n {
-            let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+            let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
             let si = sum[i] + gi * gi;
             sum[i] = si;
             p[i] -= h.clr * gi / (si.sqrt() + h.eps);
@@ -489,7 +535,7 @@ mod kernels {
     }
 
     #[inline(always)]
-    pub fn rmsprop(
+    pub fn rmsprop<const L2: bool, const DECAY: bool>(
         h: &RmspropHyper,
         centered: bool,
         has_momentum: bool,
@@ -503,7 +549,7 @@ mod kernels {
             ([v], false, false) => {
                 let v = &mut v[..n];
                 for i in 0..n {
-                    let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+                    let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
                     let vi = h.alpha * v[i] + h.one_minus_alpha * gi * gi;
                     v[i] = vi;
                     p[i] -= h.lr * gi / (vi.sqrt() + h.eps);
@@ -512,7 +558,7 @@ mod kernels {
             ([v, ga], true, false) => {
                 let (v, ga) = (&mut v[..n], &mut ga[..n]);
                 for i in 0..n {
-                    let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+                    let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
                     let vi = h.alpha * v[i] + h.one_minus_alpha * gi * gi;
                     let a = ga[i] + h.one_minus_alpha * (gi - ga[i]);
                     v[i] = vi;
@@ -523,7 +569,7 @@ mod kernels {
             ([v, buf], false, true) => {
                 let (v, buf) = (&mut v[..n], &mut buf[..n]);
                 for i in 0..n {
-                    let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+                    let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
                     let vi = h.alpha * v[i] + h.one_minus_alpha * gi * gi;
                     v[i] = vi;
                     let b = h.momentum * buf[i] + gi / (vi.sqrt() + h.eps);
@@ -534,7 +580,7 @@ mod kernels {
             ([v, buf, ga], true, true) => {
                 let (v, buf, ga) = (&mut v[..n], &mut buf[..n], &mut ga[..n]);
                 for i in 0..n {
-                    let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+                    let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
                     let vi = h.alpha * v[i] + h.one_minus_alpha * gi * gi;
                     let a = ga[i] + h.one_minus_alpha * (gi - ga[i]);
                     v[i] = vi;
@@ -549,26 +595,32 @@ mod kernels {
     }
 
     #[inline(always)]
-    pub fn adam(h: &AdamHyper, amsgrad: bool, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+    pub fn adam<const L2: bool, const DECAY: bool>(
+        h: &AdamHyper,
+        amsgrad: bool,
+        p: &mut [f32],
+        g: &[f32],
+        s: &mut [&mut [f32]],
+    ) {
         let n = p.len();
         let g = &g[..n];
         match s {
             [m, v] if !amsgrad => {
                 let (m, v) = (&mut m[..n], &mut v[..n]);
                 for i in 0..n {
-                    let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+                    let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
                     let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
                     let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
                     m[i] = mi;
                     v[i] = vi;
                     let denom = vi.sqrt() * h.inv_sqrt_bc2 + h.eps;
-                    p[i] = p[i] * h.decay_factor - h.step_size * mi / denom;
+                    p[i] = decay::<DECAY>(p[i], h.decay_factor) - h.step_size * mi / denom;
                 }
             }
             [m, v, vmax] => {
                 let (m, v, vmax) = (&mut m[..n], &mut v[..n], &mut vmax[..n]);
                 for i in 0..n {
-                    let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+                    let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
                     let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
                     let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
                     m[i] = mi;
@@ -576,7 +628,7 @@ mod kernels {
                     let vv = vmax[i].max(vi);
                     vmax[i] = vv;
                     let denom = vv.sqrt() * h.inv_sqrt_bc2 + h.eps;
-                    p[i] = p[i] * h.decay_factor - h.step_size * mi / denom;
+                    p[i] = decay::<DECAY>(p[i], h.decay_factor) - h.step_size * mi / denom;
                 }
             }
             _ => unreachable!("state count matches the Adam options"),
@@ -584,7 +636,12 @@ mod kernels {
     }
 
     #[inline(always)]
-    pub fn adadelta(h: &AdadeltaHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+    pub fn adadelta<const L2: bool, const DECAY: bool>(
+        h: &AdadeltaHyper,
+        p: &mut [f32],
+        g: &[f32],
+        s: &mut [&mut [f32]],
+    ) {
         let n = p.len();
         let g = &g[..n];
         let [v, u] = s else {
@@ -592,7 +649,7 @@ mod kernels {
         };
         let (v, u) = (&mut v[..n], &mut u[..n]);
         for i in 0..n {
-            let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+            let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
             let vi = h.rho * v[i] + h.one_minus_rho * gi * gi;
             let delta = (u[i] + h.eps).sqrt() / (vi + h.eps).sqrt() * gi;
             u[i] = h.rho * u[i] + h.one_minus_rho * delta * delta;
@@ -602,7 +659,12 @@ mod kernels {
     }
 
     #[inline(always)]
-    pub fn nadam(h: &NadamHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+    pub fn nadam<const L2: bool, const DECAY: bool>(
+        h: &NadamHyper,
+        p: &mut [f32],
+        g: &[f32],
+        s: &mut [&mut [f32]],
+    ) {
         let n = p.len();
         let g = &g[..n];
         let [m, v] = s else {
@@ -610,13 +672,13 @@ mod kernels {
         };
         let (m, v) = (&mut m[..n], &mut v[..n]);
         for i in 0..n {
-            let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+            let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
             let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
             let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
             m[i] = mi;
             v[i] = vi;
             let inv = 1.0 / (vi.sqrt() * h.inv_sqrt_bc2 + h.eps);
-            let mut pi = p[i] * h.decay_factor;
+            let mut pi = decay::<DECAY>(p[i], h.decay_factor);
             pi -= h.grad_coef * gi * inv;
             pi -= h.avg_coef * mi * inv;
             p[i] = pi;
@@ -624,7 +686,12 @@ mod kernels {
     }
 
     #[inline(always)]
-    pub fn adamax(h: &AdamaxHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+    pub fn adamax<const L2: bool, const DECAY: bool>(
+        h: &AdamaxHyper,
+        p: &mut [f32],
+        g: &[f32],
+        s: &mut [&mut [f32]],
+    ) {
         let n = p.len();
         let g = &g[..n];
         let [m, u] = s else {
@@ -632,7 +699,7 @@ mod kernels {
         };
         let (m, u) = (&mut m[..n], &mut u[..n]);
         for i in 0..n {
-            let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+            let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
             let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
             let ui = (h.beta2 * u[i]).max(gi.abs() + h.eps);
             m[i] = mi;
@@ -642,7 +709,12 @@ mod kernels {
     }
 
     #[inline(always)]
-    pub fn radam(h: &RadamHyper, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+    pub fn radam<const L2: bool, const DECAY: bool>(
+        h: &RadamHyper,
+        p: &mut [f32],
+        g: &[f32],
+        s: &mut [&mut [f32]],
+    ) {
         let n = p.len();
         let g = &g[..n];
         let [m, v] = s else {
@@ -651,12 +723,12 @@ mod kernels {
         let (m, v) = (&mut m[..n], &mut v[..n]);
         let rectified = h.rectified != 0;
         for i in 0..n {
-            let gi = g[i] * h.grad_sign + h.weight_decay * p[i];
+            let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
             let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
             let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
             m[i] = mi;
             v[i] = vi;
-            let pi = p[i] * h.decay_factor;
+            let pi = decay::<DECAY>(p[i], h.decay_factor);
             p[i] = if rectified {
                 pi - h.adaptive_step_size * mi / (vi.sqrt() + h.eps)
             } else {
