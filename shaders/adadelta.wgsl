@@ -2,7 +2,8 @@
 //
 //   g = sign * g + weight_decay * p
 //   v = rho * v + (1 - rho) * g * g
-//   delta = sqrt(u + eps) / sqrt(v + eps) * g
+//   delta = sqrt((u + eps) / (v + eps)) * g     (PyTorch: sqrt(u + eps) / sqrt(v + eps) * g;
+//                                               one square root fewer, equal up to rounding)
 //   u = rho * u + (1 - rho) * delta * delta
 //   p = p - lr * delta
 //
@@ -31,7 +32,7 @@ fn update(i: u32, live: vec4<bool>) {
     let v0 = unpack_lane(square_avg[i]);
     let u0 = unpack_lane(acc_delta[i]);
     let v = hp.rho * v0 + hp.one_minus_rho * g * g;
-    let delta = sqrt(u0 + hp.eps) / sqrt(v + hp.eps) * g;
+    let delta = sqrt((u0 + hp.eps) / (v + hp.eps)) * g;
     let u = hp.rho * u0 + hp.one_minus_rho * delta * delta;
     square_avg[i] = pack_lane(select(v0, v, live));
     acc_delta[i] = pack_lane(select(u0, u, live));

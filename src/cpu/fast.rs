@@ -651,7 +651,7 @@ mod kernels {
         for i in 0..n {
             let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
             let vi = h.rho * v[i] + h.one_minus_rho * gi * gi;
-            let delta = (u[i] + h.eps).sqrt() / (vi + h.eps).sqrt() * gi;
+            let delta = ((u[i] + h.eps) / (vi + h.eps)).sqrt() * gi;
             u[i] = h.rho * u[i] + h.one_minus_rho * delta * delta;
             v[i] = vi;
             p[i] -= h.lr * delta;

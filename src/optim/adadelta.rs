@@ -11,6 +11,7 @@ use crate::error::Result;
 /// g = -g if maximize;  g = g + weight_decay * p
 /// v = rho * v + (1 - rho) * g * g
 /// delta = sqrt(u + eps) / sqrt(v + eps) * g       eps inside both roots
+///         (f32 paths: sqrt((u + eps) / (v + eps)) * g, one root fewer, equal up to rounding)
 /// u = rho * u + (1 - rho) * delta * delta
 /// p = p - lr * delta
 /// ```
