@@ -44,27 +44,53 @@ struct Args {
     lanes: String,
 }
 
-/// Seconds per step: median of 5 batches, the batch length calibrated to ~target/5.
-fn measure(target: Duration, mut batch: impl FnMut(usize)) -> f64 {
-    batch(1); // warm-up: first-use costs (page faults, pipeline compilation) stay out
+/// Batch length (steps) for which one batch takes about `target / 5`, after a warm-up step
+/// (first-use costs such as page faults and pipeline compilation stay out).
+fn calibrate(target: Duration, batch: &mut impl FnMut(usize)) -> usize {
+    batch(1);
     let mut k = 1;
     loop {
         let t = Instant::now();
         batch(k);
         if t.elapsed() * 5 >= target || k >= 1 << 14 {
-            break;
+            return k;
         }
         k *= 2;
     }
-    let mut samples: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            batch(k);
-            t.elapsed().as_secs_f64() / k as f64
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    samples[2]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn timed(k: usize, batch: &mut impl FnMut(usize)) -> f64 {
+    let t = Instant::now();
+    batch(k);
+    t.elapsed().as_secs_f64() / k as f64
+}
+
+/// Seconds per step: median of 5 batches, the batch length calibrated to ~target/5.
+fn measure(target: Duration, mut batch: impl FnMut(usize)) -> f64 {
+    let k = calibrate(target, &mut batch);
+    median((0..5).map(|_| timed(k, &mut batch)).collect())
+}
+
+/// A kernel and its roof measured alternately (roof, kernel, roof, kernel, ... 5 batches
+/// each): the machine's drift over the measurement affects both alike, so their ratio is
+/// the ratio of two medians taken side by side. Returns (kernel, roof) seconds per step.
+fn measure_against_roof(
+    target: Duration,
+    mut kernel: impl FnMut(usize),
+    mut roof: impl FnMut(usize),
+) -> (f64, f64) {
+    let (kk, kr) = (calibrate(target, &mut kernel), calibrate(target, &mut roof));
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        b.push(timed(kr, &mut roof));
+        a.push(timed(kk, &mut kernel));
+    }
+    (median(a), median(b))
 }
 
 struct Record {
@@ -194,19 +220,25 @@ fn main() -> Result<()> {
             flat.write_params(&p0)?;
             flat.write_grads(&g)?;
 
-            let mut roof = GpuRoof::new(&flat, states)?;
-            let gpu_roof = measure(target, |k| {
-                (0..k).for_each(|_| roof.step());
-                ctx.wait().unwrap();
-            });
-            drop(roof);
-            flat.write_params(&p0)?;
-
+            // The roof runs on its own copy of the params (its states are its own too), so
+            // the optimizer's params are not disturbed between alternating batches.
+            let roof_params = FlatParams::from_slice(&ctx, &p0)?;
+            roof_params.write_grads(&g)?;
+            let mut roof = GpuRoof::new(&roof_params, states)?;
             let mut opt = GpuOptimizer::new(&flat, *config)?;
-            let gpu_step = measure(target, |k| {
-                (0..k).for_each(|_| opt.step().unwrap());
-                ctx.wait().unwrap();
-            });
+            let (gpu_step, gpu_roof) = measure_against_roof(
+                target,
+                |k| {
+                    (0..k).for_each(|_| opt.step().unwrap());
+                    ctx.wait().unwrap();
+                },
+                |k| {
+                    (0..k).for_each(|_| roof.step());
+                    ctx.wait().unwrap();
+                },
+            );
+            drop(roof);
+            drop(roof_params);
             let gpu_roundtrip = measure(target, |k| {
                 for _ in 0..k {
                     flat.write_grads(&g).unwrap();
@@ -219,16 +251,16 @@ fn main() -> Result<()> {
             let mut cpu_states: Vec<StaggeredVec> = (0..states)
                 .map(|k| StaggeredVec::filled(n, 0.0, k + 1))
                 .collect();
-            let mut p = p0.to_vec();
-            let cpu_r = measure(target, |k| {
-                (0..k).for_each(|_| cpu_roof(&mut p, &g, &mut cpu_states));
-            });
-            drop(cpu_states);
+            let mut p_roof = p0.to_vec();
             let mut p = p0.to_vec();
             let mut fast = CpuOptimizer::new(*config, n)?;
-            let cpu_fast = measure(target, |k| {
-                (0..k).for_each(|_| fast.step(&mut p, &g).unwrap());
-            });
+            let (cpu_fast, cpu_r) = measure_against_roof(
+                target,
+                |k| (0..k).for_each(|_| fast.step(&mut p, &g).unwrap()),
+                |k| (0..k).for_each(|_| cpu_roof(&mut p_roof, &g, &mut cpu_states)),
+            );
+            drop(cpu_states);
+            drop(p_roof);
             drop(fast);
             let mut p64: Vec<f64> = p0.iter().map(|&x| f64::from(x)).collect();
             let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
