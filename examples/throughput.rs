@@ -93,6 +93,16 @@ fn measure_against_roof(
     (median(a), median(b))
 }
 
+/// The adapter and how the kernels move their lanes on it.
+fn adapter_line(ctx: &GpuContext) -> String {
+    let lanes = if ctx.uses_u64_lanes() {
+        "2 x u64"
+    } else {
+        "vec4<f32>"
+    };
+    format!("adapter: {} (lanes moved as {lanes})", ctx.describe())
+}
+
 struct Record {
     optimizer: String,
     imp: &'static str,
@@ -168,15 +178,7 @@ fn main() -> Result<()> {
         .into_iter()
         .filter(|(name, _)| args.only.as_ref().is_none_or(|o| name.contains(o.as_str())))
         .collect();
-    eprintln!(
-        "adapter: {} (lanes moved as {})",
-        ctx.describe(),
-        if ctx.uses_u64_lanes() {
-            "2 x u64"
-        } else {
-            "vec4<f32>"
-        }
-    );
+    eprintln!("{}", adapter_line(&ctx));
     eprintln!(
         "CPU: {} threads (rayon); kernel tuning {:?}",
         rayon::current_num_threads(),
@@ -295,15 +297,7 @@ fn main() -> Result<()> {
         println!("[{}]", body.join(",\n"));
         return Ok(());
     }
-    println!(
-        "adapter: {} (lanes moved as {})",
-        ctx.describe(),
-        if ctx.uses_u64_lanes() {
-            "2 x u64"
-        } else {
-            "vec4<f32>"
-        }
-    );
+    println!("{}", adapter_line(&ctx));
     println!("\ncopies (8 bytes per element moved):");
     println!(
         "{:>10} {:>16} {:>22} {:>14}",

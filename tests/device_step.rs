@@ -19,6 +19,22 @@ fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x)).collect()
 }
 
+/// Params `p0` and an optimizer that skips non-finite steps on the device.
+fn skipping_on_device(
+    ctx: &GpuContext,
+    p0: &[f32],
+    config: OptimizerConfig,
+) -> (FlatParams, GpuOptimizer) {
+    let flat = FlatParams::from_slice(ctx, p0).unwrap();
+    let mut gpu = GpuOptimizer::new(&flat, config).unwrap();
+    gpu.set_grad_options(GradOptions {
+        skip_nonfinite: true,
+        ..Default::default()
+    })
+    .unwrap();
+    (flat, gpu)
+}
+
 /// The host state before step `t` (t - 1 steps taken) with learning rate `lr`.
 fn host_before(config: &OptimizerConfig, t: u64, lr: f64) -> HostState {
     let mut h = HostState::new(lr);
@@ -106,13 +122,7 @@ fn every_optimizer_skips_on_the_device_without_any_read_back() {
     for (desc, config) in cases::all() {
         let mut rng = Rng::new(41);
         let p0 = params0(&mut rng, n);
-        let flat = FlatParams::from_slice(&ctx, &p0).unwrap();
-        let mut gpu = GpuOptimizer::new(&flat, config).unwrap();
-        gpu.set_grad_options(GradOptions {
-            skip_nonfinite: true,
-            ..Default::default()
-        })
-        .unwrap();
+        let (flat, mut gpu) = skipping_on_device(&ctx, &p0, config);
         let mut reference = ReferenceOptimizer::new(config, n).unwrap();
         let mut p = f64s(&p0);
         let mut peak: Vec<f64> = p.iter().map(|v| v.abs()).collect();
@@ -256,13 +266,7 @@ fn the_step_table_wraps_and_the_count_is_confirmed_when_needed() {
     .into();
     let mut rng = Rng::new(9);
     let p0 = params0(&mut rng, n);
-    let flat = FlatParams::from_slice(&ctx, &p0).unwrap();
-    let mut gpu = GpuOptimizer::new(&flat, config).unwrap();
-    gpu.set_grad_options(GradOptions {
-        skip_nonfinite: true,
-        ..Default::default()
-    })
-    .unwrap();
+    let (flat, mut gpu) = skipping_on_device(&ctx, &p0, config);
     let mut reference = ReferenceOptimizer::new(config, n).unwrap();
     let mut p = f64s(&p0);
     let mut peak: Vec<f64> = p.iter().map(|v| v.abs()).collect();

@@ -38,67 +38,42 @@ fn steps_create_no_gpu_resources() {
             c.hal.buffers.read(),
         ]
     };
-    let before = snapshot(&ctx);
-    for _ in 0..20 {
+    // 20 steps: no GPU object made; buffers: wgpu's queue.write_buffer stages each write in
+    // a buffer of its own until that submission completes (`writes_per_step` per step in
+    // flight), none of ours; and nothing left once the device is idle.
+    let check_steps = |opt: &mut GpuOptimizer, what: &str, writes_per_step: isize| {
         opt.step().unwrap();
-    }
-    let after = snapshot(&ctx);
-    ctx.wait().unwrap();
-    assert_eq!(
-        after[..5],
-        before[..5],
-        "[bind groups, pipelines, modules, layouts, pipeline layouts]"
-    );
-    // Buffers: wgpu's queue.write_buffer stages each 48-byte uniform write in a buffer of its
-    // own until that submission completes, so up to one per step in flight; none of ours.
-    assert!(
-        after[5] <= before[5] + 20,
-        "buffers {} -> {}",
-        before[5],
-        after[5]
-    );
-    // And nothing leaks once the device is idle.
-    ctx.device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .unwrap();
-    let idle = snapshot(&ctx);
-    assert_eq!(
-        idle, before,
-        "resources left behind after the steps completed"
-    );
-
-    // The same with mixed precision entirely on the device (norm pass, device step counter,
-    // loss scaler): per step one uniform slot and one step-table row are written.
+        ctx.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .unwrap();
+        let before = snapshot(&ctx);
+        for _ in 0..20 {
+            opt.step().unwrap();
+        }
+        let after = snapshot(&ctx);
+        assert_eq!(
+            after[..5],
+            before[..5],
+            "{what}: [bind groups, pipelines, modules, layouts, pipeline layouts]"
+        );
+        assert!(
+            after[5] <= before[5] + 20 * writes_per_step,
+            "{what}: buffers {} -> {}",
+            before[5],
+            after[5]
+        );
+        ctx.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .unwrap();
+        assert_eq!(snapshot(&ctx), before, "{what}: resources left behind");
+    };
+    // A plain step writes its uniform slot.
+    check_steps(&mut opt, "plain step", 1);
+    // Mixed precision entirely on the device (norm pass, device step counter, loss scaler):
+    // per step one uniform slot and one step-table row.
     opt.set_device_loss_scaler(Some(LossScaler::default()))
         .unwrap();
-    opt.step().unwrap();
-    ctx.device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .unwrap();
-    let before = snapshot(&ctx);
-    for _ in 0..20 {
-        opt.step().unwrap();
-    }
-    let after = snapshot(&ctx);
-    assert_eq!(
-        after[..5],
-        before[..5],
-        "device step counter: [bind groups, pipelines, modules, layouts, pipeline layouts]"
-    );
-    assert!(
-        after[5] <= before[5] + 40,
-        "buffers {} -> {}",
-        before[5],
-        after[5]
-    );
-    ctx.device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .unwrap();
-    assert_eq!(
-        snapshot(&ctx),
-        before,
-        "device step counter: resources left behind"
-    );
+    check_steps(&mut opt, "device step counter", 2);
 
     // Control: a bind group made, used and dropped per submission shows up.
     let layout = ctx
