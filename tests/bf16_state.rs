@@ -10,22 +10,6 @@
 
 mod common;
 
-/// RNE rounding and widening by the `half` crate directly: an implementation independent of
-/// both the WGSL kernels and the library.
-fn round16(format: LowFormat, x: f32) -> u16 {
-    match format {
-        LowFormat::F16 => half::f16::from_f32(x).to_bits(),
-        LowFormat::Bf16 => half::bf16::from_f32(x).to_bits(),
-    }
-}
-
-fn value16(format: LowFormat, bits: u16) -> f32 {
-    match format {
-        LowFormat::F16 => half::f16::from_bits(bits).to_f32(),
-        LowFormat::Bf16 => half::bf16::from_bits(bits).to_f32(),
-    }
-}
-
 use common::*;
 use fused_optim::*;
 

@@ -123,10 +123,7 @@ fn every_optimizer_skips_on_the_device_without_any_read_back() {
         let mut rng = Rng::new(41);
         let p0 = params0(&mut rng, n);
         let (flat, mut gpu) = skipping_on_device(&ctx, &p0, config);
-        let mut reference = ReferenceOptimizer::new(config, n).unwrap();
-        let mut p = f64s(&p0);
-        let mut peak: Vec<f64> = p.iter().map(|v| v.abs()).collect();
-        let mut taken = 0;
+        let mut taken = ReferenceRun::new(config, &p0);
         for k in 1..=CALLS {
             let lr = config.lr() * cases::lr_factor(k);
             gpu.set_lr(lr).unwrap();
@@ -137,37 +134,23 @@ fn every_optimizer_skips_on_the_device_without_any_read_back() {
             flat.write_grads(&g).unwrap();
             gpu.step().unwrap();
             if !BAD.contains(&k) {
-                reference.set_lr(lr).unwrap();
-                reference.step(&mut p, &f64s(&g)).unwrap();
-                track_peak(&mut peak, &p);
-                taken += 1;
+                taken.reference.set_lr(lr).unwrap();
+                taken.step(&g);
             }
         }
         // Nothing was read so far: the host only knows an upper bound.
         assert_eq!(gpu.step_count(), CALLS, "{desc}");
-        assert_eq!(gpu.device_step_count().unwrap(), taken, "{desc}");
-        check_params(
-            desc,
-            &flat.read_params().unwrap(),
-            &p,
-            &peak,
-            taken,
-            RTOL_PER_STEP,
-        )
-        .unwrap();
-        for name in reference.state_names() {
-            let want = reference.state(name).unwrap();
-            let peak: Vec<f64> = want.iter().map(|x| x.abs()).collect();
-            let got = gpu.read_state(name).unwrap();
-            check_state(desc, &got, want, &peak, taken, 10.0 * RTOL_PER_STEP)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-        }
+        assert_eq!(gpu.device_step_count().unwrap(), taken.steps, "{desc}");
+        taken.check(desc, &flat.read_params().unwrap());
+        taken.check_states(desc, 10.0 * RTOL_PER_STEP, |name| {
+            gpu.read_state(name).unwrap()
+        });
         assert!(!gpu.last_step_skipped().unwrap());
-        assert_eq!(gpu.step_count(), taken, "{desc}: exact once read");
+        assert_eq!(gpu.step_count(), taken.steps, "{desc}: exact once read");
         // Turning the mode off brings the count (and NAdam's mu_product) back to the host.
         gpu.set_grad_options(GradOptions::default()).unwrap();
-        assert_eq!(gpu.step_count(), taken, "{desc}");
-        let (gh, rh) = (gpu.host_state().mu_product, reference.mu_product());
+        assert_eq!(gpu.step_count(), taken.steps, "{desc}");
+        let (gh, rh) = (gpu.host_state().mu_product, taken.reference.mu_product());
         assert!((gh - rh).abs() <= 1e-12 * rh.abs(), "{desc}: {gh} vs {rh}");
     }
 }
@@ -216,16 +199,7 @@ fn parameter_groups_get_their_own_step_rows() {
         ..Default::default()
     })
     .unwrap();
-    let mut refs = [
-        ReferenceOptimizer::new(a, sizes[0].1).unwrap(),
-        ReferenceOptimizer::new(b, sizes[1].1).unwrap(),
-    ];
-    let mut p: Vec<Vec<f64>> = p0.iter().map(|v| f64s(v)).collect();
-    let mut peaks: Vec<Vec<f64>> = p
-        .iter()
-        .map(|v| v.iter().map(|x| x.abs()).collect())
-        .collect();
-    let mut taken = 0;
+    let mut refs = [ReferenceRun::new(a, &p0[0]), ReferenceRun::new(b, &p0[1])];
     for k in 1..=CALLS {
         let g: Vec<Vec<f32>> = sizes.iter().map(|(_, n)| grads(&mut rng, *n)).collect();
         let mut seg_grads = g.clone();
@@ -237,16 +211,14 @@ fn parameter_groups_get_their_own_step_rows() {
         }
         gpu.step().unwrap();
         if !BAD.contains(&k) {
-            taken += 1;
-            for i in 0..2 {
-                refs[i].step(&mut p[i], &f64s(&g[i])).unwrap();
-                track_peak(&mut peaks[i], &p[i]);
+            for (r, g) in refs.iter_mut().zip(&g) {
+                r.step(g);
             }
         }
     }
     for (i, (name, _)) in sizes.iter().enumerate() {
         let got: Vec<f32> = flat.read_segment(name).unwrap().iter().copied().collect();
-        check_params(name, &got, &p[i], &peaks[i], taken, RTOL_PER_STEP).unwrap();
+        refs[i].check(name, &got);
     }
 }
 
@@ -267,11 +239,8 @@ fn the_step_table_wraps_and_the_count_is_confirmed_when_needed() {
     let mut rng = Rng::new(9);
     let p0 = params0(&mut rng, n);
     let (flat, mut gpu) = skipping_on_device(&ctx, &p0, config);
-    let mut reference = ReferenceOptimizer::new(config, n).unwrap();
-    let mut p = f64s(&p0);
-    let mut peak: Vec<f64> = p.iter().map(|v| v.abs()).collect();
+    let mut taken = ReferenceRun::new(config, &p0);
     let calls = 1500u64;
-    let mut taken = 0;
     for k in 1..=calls {
         let mut g = grads(&mut rng, n);
         let bad = k % 5 == 0;
@@ -281,25 +250,15 @@ fn the_step_table_wraps_and_the_count_is_confirmed_when_needed() {
         flat.write_grads(&g).unwrap();
         gpu.step().unwrap();
         if !bad {
-            reference.step(&mut p, &f64s(&g)).unwrap();
-            track_peak(&mut peak, &p);
-            taken += 1;
+            taken.step(&g);
         }
     }
-    assert!(taken > 1024 && calls - taken < 1024);
-    assert_eq!(gpu.device_step_count().unwrap(), taken);
+    assert!(taken.steps > 1024 && calls - taken.steps < 1024);
+    assert_eq!(gpu.device_step_count().unwrap(), taken.steps);
     // The host confirmed the count on its own at least once (after 1023 unconfirmed
     // steps), so it knows more than "every call was a step".
     assert!(gpu.step_count() < calls, "{}", gpu.step_count());
-    check_params(
-        "wrap",
-        &flat.read_params().unwrap(),
-        &p,
-        &peak,
-        taken,
-        RTOL_PER_STEP,
-    )
-    .unwrap();
+    taken.check("wrap", &flat.read_params().unwrap());
 }
 
 /// GradScaler's rule run on the device against the host `LossScaler` fed the same events;
@@ -322,11 +281,8 @@ fn the_device_loss_scaler_follows_grad_scaler_rules_without_read_back() {
         gpu.set_grad_options(GradOptions::default()).is_err(),
         "the scaler needs skip_nonfinite"
     );
-    let mut reference = ReferenceOptimizer::new(config, n).unwrap();
-    let mut p = f64s(&p0);
-    let mut peak: Vec<f64> = p.iter().map(|v| v.abs()).collect();
+    let mut taken = ReferenceRun::new(config, &p0);
     let bad = [2u64, 9, 10, 15];
-    let mut taken = 0;
     for k in 1..=16u64 {
         // The caller scales its loss by the current scale (a power of two: exact).
         let g = grads(&mut rng, n);
@@ -338,9 +294,7 @@ fn the_device_loss_scaler_follows_grad_scaler_rules_without_read_back() {
         gpu.step().unwrap();
         host.update(bad.contains(&k));
         if !bad.contains(&k) {
-            reference.step(&mut p, &f64s(&g)).unwrap();
-            track_peak(&mut peak, &p);
-            taken += 1;
+            taken.step(&g);
         }
     }
     let device = gpu.device_loss_scaler().unwrap().expect("on");
@@ -354,27 +308,29 @@ fn the_device_loss_scaler_follows_grad_scaler_rules_without_read_back() {
         f64::from(f32::from_le_bytes(bytes.try_into().unwrap())),
         host.scale()
     );
-    assert_eq!(gpu.device_step_count().unwrap(), taken);
-    check_params(
-        "scaler",
-        &flat.read_params().unwrap(),
-        &p,
-        &peak,
-        taken,
-        RTOL_PER_STEP,
-    )
-    .unwrap();
-    // Off: unscaling by GradOptions::grad_scale again, and the options can drop the skip.
-    gpu.set_device_loss_scaler(None).unwrap();
-    assert!(gpu.device_loss_scaler().unwrap().is_none());
-    gpu.set_grad_options(GradOptions::default()).unwrap();
-    assert_eq!(gpu.step_count(), taken);
+    assert_eq!(gpu.device_step_count().unwrap(), taken.steps);
+    taken.check("scaler", &flat.read_params().unwrap());
+    // A bad scaler is refused and the one on stays as it was; a new one replaces it.
     let mut bad_scaler = LossScaler::default();
     bad_scaler.backoff_factor = 1.5;
     assert!(matches!(
         gpu.set_device_loss_scaler(Some(bad_scaler)),
         Err(Error::InvalidHyperParameter { .. })
     ));
+    assert_eq!(gpu.device_loss_scaler().unwrap(), Some(device));
+    gpu.set_device_loss_scaler(Some(LossScaler::new(2.0).unwrap()))
+        .unwrap();
+    let g = grads(&mut rng, n);
+    flat.write_grads(&g.iter().map(|&x| x * 2.0).collect::<Vec<_>>())
+        .unwrap();
+    gpu.step().unwrap();
+    taken.step(&g);
+    taken.check("new scaler", &flat.read_params().unwrap());
+    // Off: unscaling by GradOptions::grad_scale again, and the options can drop the skip.
+    gpu.set_device_loss_scaler(None).unwrap();
+    assert!(gpu.device_loss_scaler().unwrap().is_none());
+    gpu.set_grad_options(GradOptions::default()).unwrap();
+    assert_eq!(gpu.step_count(), taken.steps);
 }
 
 /// A checkpoint saved while the device keeps the count holds the true count and NAdam's

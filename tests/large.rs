@@ -11,41 +11,16 @@ fn run(ctx: &GpuContext, config: OptimizerConfig, n: usize, steps: u64) -> usize
     let p0 = params0(&mut rng, n);
     let flat = FlatParams::from_slice(ctx, &p0).unwrap();
     let mut opt = GpuOptimizer::new(&flat, config).unwrap();
-    let mut reference = ReferenceOptimizer::new(config, n).unwrap();
-    let mut state_peaks = StatePeaks::new(&reference);
-    let mut p: Vec<f64> = p0.iter().map(|&x| f64::from(x)).collect();
-    let mut peak: Vec<f64> = p.iter().map(|x| x.abs()).collect();
+    let mut run = ReferenceRun::new(config, &p0);
     drop(p0);
     for _ in 0..steps {
         let g = grads(&mut rng, n);
         flat.write_grads(&g).unwrap();
         opt.step().unwrap();
-        let g: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
-        reference.step(&mut p, &g).unwrap();
-        track_peak(&mut peak, &p);
-        state_peaks.track(&reference);
+        run.step(&g);
     }
-    check_params(
-        "large",
-        &flat.read_params().unwrap(),
-        &p,
-        &peak,
-        steps,
-        RTOL_PER_STEP,
-    )
-    .unwrap();
-    for (name, peak) in reference.state_names().iter().zip(&state_peaks.0) {
-        let got = opt.read_state(name).unwrap();
-        check_state(
-            name,
-            &got,
-            reference.state(name).unwrap(),
-            peak,
-            steps,
-            RTOL_PER_STEP,
-        )
-        .unwrap();
-    }
+    run.check("large", &flat.read_params().unwrap());
+    run.check_states("large", RTOL_PER_STEP, |name| opt.read_state(name).unwrap());
     opt.windows()
 }
 

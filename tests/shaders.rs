@@ -87,7 +87,11 @@ fn every_kernel_parses_and_validates() {
 
 /// (member name, byte offset) of a WGSL struct, and its size.
 fn wgsl_layout(source: &str, name: &str) -> (Vec<(String, u32)>, u32) {
-    let m = module(&assemble(source));
+    struct_layout(&module(&assemble(source)), name)
+}
+
+/// (member names and offsets, size) of struct `name` in a parsed module.
+fn struct_layout(m: &naga::Module, name: &str) -> (Vec<(String, u32)>, u32) {
     for (_, ty) in m.types.iter() {
         if ty.name.as_deref() == Some(name) {
             if let naga::TypeInner::Struct { members, span } = &ty.inner {
@@ -100,6 +104,18 @@ fn wgsl_layout(source: &str, name: &str) -> (Vec<(String, u32)>, u32) {
         }
     }
     panic!("struct {name} not found");
+}
+
+/// Struct `name` of `m` has exactly the Rust mirror's members at its offsets, and its size.
+fn assert_mirrors(m: &naga::Module, name: &str, rust: &[(&str, usize)], rust_size: usize) {
+    let (members, size) = struct_layout(m, name);
+    assert_eq!(size as usize, rust_size, "{name}: size");
+    let real = members.iter().filter(|(n, _)| !n.starts_with("_pad"));
+    assert_eq!(real.count(), rust.len(), "{name}: member count");
+    for (field, offset) in rust {
+        let wgsl = members.iter().find(|(n, _)| n == field).expect(field);
+        assert_eq!(wgsl.1 as usize, *offset, "{name}: offset of {field}");
+    }
 }
 
 macro_rules! check_mirror {
@@ -242,27 +258,7 @@ fn grad_control_matches_its_mirror_in_every_shader() {
         module(include_str!("../shaders/device_step.wgsl")),
     ];
     for m in &sources {
-        let (members, size) = m
-            .types
-            .iter()
-            .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
-                (Some(n), naga::TypeInner::Struct { members, span }) if n == "GradControl" => {
-                    Some((
-                        members
-                            .iter()
-                            .map(|mem| (mem.name.clone().unwrap_or_default(), mem.offset))
-                            .collect::<Vec<_>>(),
-                        *span,
-                    ))
-                }
-                _ => None,
-            })
-            .expect("GradControl declared");
-        assert_eq!(size as usize, std::mem::size_of::<GradControl>());
-        for (name, offset) in rust {
-            let wgsl = members.iter().find(|(n, _)| n == name).expect(name);
-            assert_eq!(wgsl.1 as usize, offset, "{name}");
-        }
+        assert_mirrors(m, "GradControl", &rust, std::mem::size_of::<GradControl>());
     }
 }
 
@@ -281,26 +277,7 @@ fn device_step_block_matches_its_mirror() {
         ("growth_interval", std::mem::offset_of!(B, growth_interval)),
     ];
     let m = module(include_str!("../shaders/device_step.wgsl"));
-    let (members, size) = m
-        .types
-        .iter()
-        .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
-            (Some(n), naga::TypeInner::Struct { members, span }) if n == "DeviceStep" => Some((
-                members
-                    .iter()
-                    .map(|mem| (mem.name.clone().unwrap_or_default(), mem.offset))
-                    .collect::<Vec<_>>(),
-                *span,
-            )),
-            _ => None,
-        })
-        .expect("DeviceStep declared");
-    assert_eq!(size as usize, std::mem::size_of::<B>());
-    assert_eq!(members.len(), rust.len());
-    for (name, offset) in rust {
-        let wgsl = members.iter().find(|(n, _)| n == name).expect(name);
-        assert_eq!(wgsl.1 as usize, offset, "{name}");
-    }
+    assert_mirrors(&m, "DeviceStep", &rust, std::mem::size_of::<B>());
     assert_eq!(
         fused_optim::gpu::device_step::SCALE_OFFSET as usize,
         std::mem::offset_of!(B, scale)

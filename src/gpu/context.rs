@@ -181,6 +181,23 @@ impl GpuContext {
 
     /// Whether f16 kernels use native f16 (`enable f16;`): the device has `shader-f16` and
     /// [`ContextOptions::packed_f16_only`] is off.
+    ///
+    /// ```no_run
+    /// # fn main() -> fused_optim::Result<()> {
+    /// use fused_optim::{AdamConfig, ContextOptions, GpuContext, GpuOptimizer};
+    /// use fused_optim::{LowFormat, LowPrecisionParams};
+    /// let ctx = GpuContext::new()?;
+    /// let lp = LowPrecisionParams::new(&ctx, &[0.5; 4096], LowFormat::F16)?;
+    /// let opt = GpuOptimizer::new_low_precision(&lp, AdamConfig::default(), false)?;
+    /// assert_eq!(opt.uses_shader_f16(), ctx.uses_shader_f16()); // native f16 where available
+    /// // The same device with packed f16 (pack2x16float) instead:
+    /// let packed = ctx.clone().with_context_options(ContextOptions {
+    ///     packed_f16_only: true,
+    ///     ..*ctx.options()
+    /// });
+    /// assert!(!packed.uses_shader_f16());
+    /// # Ok(()) }
+    /// ```
     pub fn uses_shader_f16(&self) -> bool {
         self.device.features().contains(wgpu::Features::SHADER_F16) && !self.options.packed_f16_only
     }

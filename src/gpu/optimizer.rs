@@ -555,13 +555,17 @@ impl GpuOptimizer {
                     grad_scale: 1.0 / s.scale(),
                     ..self.grad_options
                 };
-                if let Some(d) = &mut self.device {
-                    d.write_scaler(None); // so that the options' inv_scale is written
-                }
+                // Fallible first: on error nothing changes (not even a scaler already on).
                 self.set_grad_options(options)?;
                 if let Some(d) = &mut self.device {
                     d.write_scaler(Some(&s));
                 }
+                // The new scale's inverse, which set_grad_options leaves to a scaler already on.
+                self.ctx.queue().write_buffer(
+                    &self.control,
+                    0,
+                    bytemuck::bytes_of(&((1.0 / s.scale()) as f32)),
+                );
             }
             None => {
                 if let Some(d) = &mut self.device {

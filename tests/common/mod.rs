@@ -190,3 +190,74 @@ impl StatePeaks {
 pub fn within(err: f64, bound: f64) -> bool {
     err <= bound
 }
+
+/// RNE rounding and widening by the `half` crate directly: an implementation independent of
+/// both the WGSL kernels and the library (the low-precision tests' oracle).
+pub fn round16(format: fused_optim::LowFormat, x: f32) -> u16 {
+    match format {
+        fused_optim::LowFormat::F16 => half::f16::from_f32(x).to_bits(),
+        fused_optim::LowFormat::Bf16 => half::bf16::from_f32(x).to_bits(),
+    }
+}
+
+/// The value of 16-bit `bits`, by the `half` crate.
+pub fn value16(format: fused_optim::LowFormat, bits: u16) -> f32 {
+    match format {
+        fused_optim::LowFormat::F16 => half::f16::from_bits(bits).to_f32(),
+        fused_optim::LowFormat::Bf16 => half::bf16::from_bits(bits).to_f32(),
+    }
+}
+
+/// The f64 reference run over the steps a test takes, with the per-element trajectory peaks
+/// of the params and of every state tensor that [`check_params`] and [`check_state`] need.
+pub struct ReferenceRun {
+    pub reference: fused_optim::ReferenceOptimizer,
+    pub p: Vec<f64>,
+    pub peak: Vec<f64>,
+    pub state_peaks: StatePeaks,
+    pub steps: u64,
+}
+
+impl ReferenceRun {
+    pub fn new(config: fused_optim::OptimizerConfig, p0: &[f32]) -> Self {
+        let reference = fused_optim::ReferenceOptimizer::new(config, p0.len()).unwrap();
+        let p: Vec<f64> = p0.iter().map(|&x| f64::from(x)).collect();
+        Self {
+            state_peaks: StatePeaks::new(&reference),
+            peak: p.iter().map(|v| v.abs()).collect(),
+            p,
+            reference,
+            steps: 0,
+        }
+    }
+
+    /// One reference step on `g` (widened to f64).
+    pub fn step(&mut self, g: &[f32]) {
+        let g: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
+        self.reference.step(&mut self.p, &g).unwrap();
+        track_peak(&mut self.peak, &self.p);
+        self.state_peaks.track(&self.reference);
+        self.steps += 1;
+    }
+
+    /// `got` params against the reference after the steps taken, `RTOL_PER_STEP` per step.
+    pub fn check(&self, label: &str, got: &[f32]) {
+        check_params(label, got, &self.p, &self.peak, self.steps, RTOL_PER_STEP).unwrap();
+    }
+
+    /// Every state tensor (`read(name)`) against the reference, `rtol` per step.
+    pub fn check_states(&self, label: &str, rtol: f64, mut read: impl FnMut(&str) -> Vec<f32>) {
+        for (name, peak) in self.reference.state_names().iter().zip(&self.state_peaks.0) {
+            let want = self.reference.state(name).unwrap();
+            check_state(
+                &format!("{label} {name}"),
+                &read(name),
+                want,
+                peak,
+                self.steps,
+                rtol,
+            )
+            .unwrap();
+        }
+    }
+}
