@@ -84,7 +84,7 @@ fn benches(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("gpu_buffer_copy", n), |b| {
             b.iter_custom(|iters| gpu_time(iters, &mut || gpu_buffer_copy(&flat)))
         });
-        let mut dst = vec![0f32; n];
+        let mut dst = StaggeredVec::filled(n, 0.0, 0);
         group.bench_function(BenchmarkId::new("cpu_copy", n), |b| {
             b.iter_custom(|iters| wall(iters, || cpu_copy(&mut dst, &g)))
         });
@@ -124,7 +124,7 @@ fn benches(c: &mut Criterion) {
             });
             drop(opt);
 
-            let mut p = p0.to_vec();
+            let mut p = StaggeredVec::from_slice(&p0, 0);
             let mut cpu_states: Vec<StaggeredVec> = (0..states)
                 .map(|k| StaggeredVec::filled(n, 0.0, k + 1))
                 .collect();
@@ -132,7 +132,7 @@ fn benches(c: &mut Criterion) {
                 b.iter_custom(|iters| wall(iters, || cpu_roof(&mut p, &g, &mut cpu_states)))
             });
             drop(cpu_states);
-            let mut p = p0.to_vec();
+            let mut p = StaggeredVec::from_slice(&p0, 0);
             let mut fast = CpuOptimizer::new(config, n).unwrap();
             group.bench_function(BenchmarkId::new("cpu_fast", n), |b| {
                 b.iter_custom(|iters| wall(iters, || fast.step(&mut p, &g).unwrap()))

@@ -209,7 +209,7 @@ fn main() -> Result<()> {
             (0..k).for_each(|_| gpu_buffer_copy(&flat));
             ctx.wait().unwrap();
         });
-        let mut dst = vec![0f32; n];
+        let mut dst = StaggeredVec::filled(n, 0.0, 0);
         let cpu_c = measure(target, |k| (0..k).for_each(|_| cpu_copy(&mut dst, &g)));
         copies.push((n, gpu_copy, gpu_buffer, cpu_c));
         drop(copy_kernel);
@@ -253,8 +253,8 @@ fn main() -> Result<()> {
             let mut cpu_states: Vec<StaggeredVec> = (0..states)
                 .map(|k| StaggeredVec::filled(n, 0.0, k + 1))
                 .collect();
-            let mut p_roof = p0.to_vec();
-            let mut p = p0.to_vec();
+            let mut p_roof = StaggeredVec::from_slice(&p0, 0);
+            let mut p = StaggeredVec::from_slice(&p0, 0);
             let mut fast = CpuOptimizer::new(*config, n)?;
             let (cpu_fast, cpu_r) = measure_against_roof(
                 target,

@@ -7,6 +7,11 @@ the single-tensor loop: each is tried, the fastest kept), with as many threads a
 runs `target/release/examples/throughput --json` for the same optimizer and n and reads its
 `cpu_fast` (and `gpu_step`) records. Prints a Markdown table; `--json` prints records.
 
+fused-optim's host vectors ask Linux for 2 MiB pages (`madvise(MADV_HUGEPAGE)`). PyTorch does
+the same when started with `THP_MEM_ALLOC_ENABLE=1`, which it reads once per process: each
+PyTorch path is therefore timed in two child processes, with and without it, and the faster
+kept, so PyTorch is compared at its best configuration too.
+
     cargo build --release --example throughput
     python3 scripts/pytorch_compare.py --log2 24        # needs `pip install torch`
 
@@ -22,26 +27,26 @@ import subprocess
 import sys
 import time
 
-import torch
-
+# torch.optim class name and arguments of each optimizer of the suite.
 SUITE = {
-    "sgd": (torch.optim.SGD, dict(lr=1e-3)),
-    "sgd_momentum": (torch.optim.SGD, dict(lr=1e-3, momentum=0.9)),
-    "adagrad": (torch.optim.Adagrad, dict()),
-    "rmsprop": (torch.optim.RMSprop, dict()),
-    "rmsprop_centered_momentum": (torch.optim.RMSprop, dict(centered=True, momentum=0.9)),
-    "adam": (torch.optim.Adam, dict()),
-    "adamw": (torch.optim.AdamW, dict()),
-    "amsgrad": (torch.optim.Adam, dict(amsgrad=True)),
-    "adadelta": (torch.optim.Adadelta, dict()),
-    "nadam": (torch.optim.NAdam, dict()),
-    "adamax": (torch.optim.Adamax, dict()),
-    "radam": (torch.optim.RAdam, dict()),
+    "sgd": ("SGD", dict(lr=1e-3)),
+    "sgd_momentum": ("SGD", dict(lr=1e-3, momentum=0.9)),
+    "adagrad": ("Adagrad", dict()),
+    "rmsprop": ("RMSprop", dict()),
+    "rmsprop_centered_momentum": ("RMSprop", dict(centered=True, momentum=0.9)),
+    "adam": ("Adam", dict()),
+    "adamw": ("AdamW", dict()),
+    "amsgrad": ("Adam", dict(amsgrad=True)),
+    "adadelta": ("Adadelta", dict()),
+    "nadam": ("NAdam", dict()),
+    "adamax": ("Adamax", dict()),
+    "radam": ("RAdam", dict()),
 }
 
 
 def seconds_per_step(cls, kwargs, n, path, target=0.6):
     """Median over 5 batches of the time of one step; None if PyTorch has no such path."""
+    import torch
     p = torch.nn.Parameter(torch.randn(n, dtype=torch.float32))
     p.grad = torch.randn(n, dtype=torch.float32) * 0.01
     extra = {"fused": dict(fused=True), "foreach": dict(foreach=True),
@@ -68,6 +73,27 @@ def seconds_per_step(cls, kwargs, n, path, target=0.6):
     return statistics.median(samples)
 
 
+def child(name, log2, threads):
+    """In a child process: time every PyTorch path of one optimizer, print JSON."""
+    import torch
+    torch.set_num_threads(threads)
+    cls_name, kwargs = SUITE[name]
+    cls = getattr(torch.optim, cls_name)
+    paths = {path: seconds_per_step(cls, kwargs, 1 << log2, path)
+             for path in ("fused", "foreach", "single")}
+    print(json.dumps(dict(version=torch.__version__, paths=paths)))
+
+
+def torch_paths(name, log2, threads, thp):
+    """PyTorch's seconds per step for each path, from a child process whose allocator uses
+    huge pages (`thp`) or not."""
+    env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1" if thp else "0")
+    out = subprocess.run([sys.executable, __file__, "--child", name, "--log2", str(log2),
+                          "--threads", str(threads)],
+                         check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def ours(binary, name, log2):
     out = subprocess.run([binary, "--json", "--only", name, "--log2-sizes", str(log2)],
                          check=True, capture_output=True, text=True).stdout
@@ -81,23 +107,32 @@ def main():
     ap.add_argument("--only", default="")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--binary", default="target/release/examples/throughput")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    if args.child:
+        return child(args.child, args.log2, args.threads)
     n = 1 << args.log2
     rows = []
-    for name, (cls, kwargs) in SUITE.items():
+    version = None
+    for name in SUITE:
         if args.only not in name:
             continue
-        paths = {path: seconds_per_step(cls, kwargs, n, path)
-                 for path in ("fused", "foreach", "single")}
-        best = min((s, path) for path, s in paths.items() if s is not None)
+        paths = {}
+        for thp in (False, True):
+            got = torch_paths(name, args.log2, args.threads, thp)
+            version = got["version"]
+            for path, sec in got["paths"].items():
+                if sec is not None:
+                    paths[path + ("+thp" if thp else "")] = sec
+        best = min((s, path) for path, s in paths.items())
         rec = ours(args.binary, name, args.log2)
         fast = rec[(name, "cpu_fast")]
         gpu = rec[(name, "gpu_step")]
         rows.append(dict(
-            optimizer=name, n=n, torch_version=torch.__version__,
-            torch_threads=torch.get_num_threads(),
-            torch_seconds={k: v for k, v in paths.items() if v is not None},
+            optimizer=name, n=n, torch_version=version,
+            torch_threads=args.threads,
+            torch_seconds=paths,
             torch_best_path=best[1], torch_best_seconds=best[0],
             cpu_fast_seconds=fast["seconds_per_step"], cpu_roof_gbps=fast["roof_gbps"],
             cpu_fast_gbps=fast["gbps"], gpu_step_seconds=gpu["seconds_per_step"],
@@ -107,7 +142,7 @@ def main():
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    print(f"n = {n}, PyTorch {torch.__version__} ({torch.get_num_threads()} threads)\n")
+    print(f"n = {n}, PyTorch {version} ({args.threads} threads; +thp: THP_MEM_ALLOC_ENABLE=1)\n")
     print("| optimizer | PyTorch best path | PyTorch Mparam/s | fused-optim cpu_fast Mparam/s "
           "| cpu_fast / PyTorch | PyTorch paths (Mparam/s) |")
     print("|---|---|---|---|---|---|")

@@ -32,9 +32,9 @@ fn update(i: u32, live: vec4<bool>) {
     let v0 = unpack_lane(square_avg[i]);
     let u0 = unpack_lane(acc_delta[i]);
     let v = hp.rho * v0 + hp.one_minus_rho * g * g;
+    square_avg[i] = pack_lane(select(v0, v, live));
     let delta = sqrt((u0 + hp.eps) / (v + hp.eps)) * g;
     let u = hp.rho * u0 + hp.one_minus_rho * delta * delta;
-    square_avg[i] = pack_lane(select(v0, v, live));
     acc_delta[i] = pack_lane(select(u0, u, live));
     store_param(i, select(p0, p0 - hp.lr * delta, live));
 }
