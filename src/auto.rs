@@ -4,6 +4,7 @@
 //! force either.
 
 use crate::cpu::fast::CpuOptimizer;
+use crate::cpu::staggered::StaggeredVec;
 use crate::error::{Error, Result};
 use crate::gpu::buffer::FlatParams;
 use crate::gpu::context::GpuContext;
@@ -53,8 +54,9 @@ enum Inner {
         opt: Box<GpuOptimizer>,
     },
     Cpu {
-        params: Vec<f32>,
-        grads: Vec<f32>,
+        // Laid out as the optimizer's states are: staggered, huge pages (see StaggeredVec).
+        params: StaggeredVec,
+        grads: StaggeredVec,
         opt: Box<CpuOptimizer>,
     },
 }
@@ -93,8 +95,8 @@ impl AutoOptimizer {
             }
             _ => Inner::Cpu {
                 opt: Box::new(CpuOptimizer::new(config, initial.len())?),
-                params: initial.to_vec(),
-                grads: vec![0.0; initial.len()],
+                params: StaggeredVec::from_slice(initial, 0),
+                grads: StaggeredVec::filled(initial.len(), 0.0, 4),
             },
         };
         Ok(Self { inner })
@@ -138,7 +140,7 @@ impl AutoOptimizer {
     pub fn read_params(&self) -> Result<Vec<f32>> {
         match &self.inner {
             Inner::Gpu { params, .. } => params.read_params(),
-            Inner::Cpu { params, .. } => Ok(params.clone()),
+            Inner::Cpu { params, .. } => Ok(params.to_vec()),
         }
     }
 
