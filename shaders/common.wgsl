@@ -139,6 +139,15 @@ fn load_grad(i: u32) -> vec4<f32> {
     return raw;
 }
 
+// L2 weight decay, `g + weight_decay * p`, added only when weight_decay != 0 as PyTorch does
+// (an infinite param then stays infinite instead of turning NaN through 0 * inf).
+fn with_weight_decay(g: vec4<f32>, p: vec4<f32>, weight_decay: f32) -> vec4<f32> {
+    if (weight_decay != 0.0) {
+        return g + weight_decay * p;
+    }
+    return g;
+}
+
 // Which of the 4 elements of lane i are real elements (index < n).
 fn live_lanes(i: u32) -> vec4<bool> {
     let first = i * 4u;

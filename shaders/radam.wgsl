@@ -32,7 +32,7 @@ struct Hyper {
 fn update(i: u32, live: vec4<bool>) {
     let hp = hps[group_of(i)];
     let p0 = unpack_lane(param[i]);
-    let g = load_grad(i) * hp.grad_sign + hp.weight_decay * p0;
+    let g = with_weight_decay(load_grad(i) * hp.grad_sign, p0, hp.weight_decay);
     let m0 = unpack_lane(exp_avg[i]);
     let v0 = unpack_lane(exp_avg_sq[i]);
     let m = m0 + hp.one_minus_beta1 * (g - m0);

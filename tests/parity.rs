@@ -240,3 +240,61 @@ fn cpu_fast_matches_reference() {
         failures.join("\n")
     );
 }
+
+/// PyTorch adds `weight_decay * p` only when weight_decay != 0, so an infinite parameter
+/// stays infinite (`0 * inf` would make it NaN). The GPU kernels, the fast CPU path and the
+/// reference must all keep it, with its sign, for every optimizer of the suite (PyTorch's
+/// defaults: no L2 decay; AdamW's decoupled factor leaves inf as inf). Finite elements are
+/// checked against the reference as everywhere else.
+#[test]
+fn infinite_params_stay_infinite_without_weight_decay() {
+    let Some(ctx) = gpu() else { return };
+    let n = 1001;
+    let infinite = [
+        (0, f32::INFINITY),
+        (517, f32::NEG_INFINITY),
+        (1000, f32::INFINITY),
+    ];
+    let mut failures = Vec::new();
+    for (name, config) in fused_optim::roofline::benchmark_suite() {
+        let mut rng = Rng::new(4242);
+        let mut p0 = params0(&mut rng, n);
+        for &(i, x) in &infinite {
+            p0[i] = x;
+        }
+        let flat = FlatParams::from_slice(&ctx, &p0).unwrap();
+        let mut gpu_opt = GpuOptimizer::new(&flat, config).unwrap();
+        let mut fast = CpuOptimizer::new(config, n).unwrap();
+        let mut p_fast = p0.clone();
+        let mut run = ReferenceRun::new(config, &p0);
+        for _ in 0..3 {
+            let g = grads(&mut rng, n);
+            flat.write_grads(&g).unwrap();
+            gpu_opt.step().unwrap();
+            fast.step(&mut p_fast, &g).unwrap();
+            run.step(&g);
+        }
+        let p_gpu = flat.read_params().unwrap();
+        for &(i, x) in &infinite {
+            let want = f64::from(x);
+            if run.p[i] != want {
+                failures.push(format!("{name}: reference p[{i}] = {}", run.p[i]));
+            }
+            for (imp, got) in [("gpu", p_gpu[i]), ("cpu_fast", p_fast[i])] {
+                if got != x {
+                    failures.push(format!("{name}: {imp} p[{i}] = {got}, want {x}"));
+                }
+            }
+        }
+        let finite: Vec<usize> = (0..n).filter(|i| p0[*i].is_finite()).collect();
+        let pick = |v: &[f32]| finite.iter().map(|&i| v[i]).collect::<Vec<f32>>();
+        let want: Vec<f64> = finite.iter().map(|&i| run.p[i]).collect();
+        let peak: Vec<f64> = finite.iter().map(|&i| run.peak[i]).collect();
+        for (imp, got) in [("gpu", pick(&p_gpu)), ("cpu_fast", pick(&p_fast))] {
+            if let Err(e) = check_params(imp, &got, &want, &peak, 3, RTOL_PER_STEP) {
+                failures.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -126,7 +126,9 @@ impl ReferenceOptimizer {
                 let first = !self.momentum_buffer_exists;
                 for i in 0..self.n {
                     let mut g = if c.maximize { -grads[i] } else { grads[i] };
-                    g += c.weight_decay * params[i];
+                    if c.weight_decay != 0.0 {
+                        g += c.weight_decay * params[i];
+                    }
                     if c.momentum != 0.0 {
                         let buf = &mut st[0][i];
                         *buf = if first {
@@ -148,7 +150,9 @@ impl ReferenceOptimizer {
                 let clr = lr / (1.0 + (t - 1.0) * c.lr_decay);
                 for i in 0..self.n {
                     let mut g = if c.maximize { -grads[i] } else { grads[i] };
-                    g += c.weight_decay * params[i];
+                    if c.weight_decay != 0.0 {
+                        g += c.weight_decay * params[i];
+                    }
                     st[0][i] += g * g;
                     params[i] -= clr * g / (st[0][i].sqrt() + c.eps);
                 }
@@ -163,7 +167,9 @@ impl ReferenceOptimizer {
                 };
                 for i in 0..self.n {
                     let mut g = if c.maximize { -grads[i] } else { grads[i] };
-                    g += c.weight_decay * params[i];
+                    if c.weight_decay != 0.0 {
+                        g += c.weight_decay * params[i];
+                    }
                     st[0][i] = c.alpha * st[0][i] + (1.0 - c.alpha) * g * g;
                     let v = st[0][i];
                     let avg = if c.centered {
@@ -191,7 +197,9 @@ impl ReferenceOptimizer {
                     if c.decoupled_weight_decay {
                         params[i] *= 1.0 - lr * c.weight_decay;
                     } else {
-                        g += c.weight_decay * params[i];
+                        if c.weight_decay != 0.0 {
+                            g += c.weight_decay * params[i];
+                        }
                     }
                     st[0][i] = b1 * st[0][i] + (1.0 - b1) * g;
                     st[1][i] = b2 * st[1][i] + (1.0 - b2) * g * g;
@@ -207,7 +215,9 @@ impl ReferenceOptimizer {
             OptimizerConfig::Adadelta(c) => {
                 for i in 0..self.n {
                     let mut g = if c.maximize { -grads[i] } else { grads[i] };
-                    g += c.weight_decay * params[i];
+                    if c.weight_decay != 0.0 {
+                        g += c.weight_decay * params[i];
+                    }
                     st[0][i] = c.rho * st[0][i] + (1.0 - c.rho) * g * g;
                     let delta = (st[1][i] + c.eps).sqrt() / (st[0][i] + c.eps).sqrt() * g;
                     st[1][i] = c.rho * st[1][i] + (1.0 - c.rho) * delta * delta;
@@ -226,7 +236,9 @@ impl ReferenceOptimizer {
                     if c.decoupled_weight_decay {
                         params[i] *= 1.0 - lr * c.weight_decay;
                     } else {
-                        g += c.weight_decay * params[i];
+                        if c.weight_decay != 0.0 {
+                            g += c.weight_decay * params[i];
+                        }
                     }
                     st[0][i] = b1 * st[0][i] + (1.0 - b1) * g;
                     st[1][i] = b2 * st[1][i] + (1.0 - b2) * g * g;
@@ -240,7 +252,9 @@ impl ReferenceOptimizer {
                 let bc1 = 1.0 - b1.powi(ti);
                 for i in 0..self.n {
                     let mut g = if c.maximize { -grads[i] } else { grads[i] };
-                    g += c.weight_decay * params[i];
+                    if c.weight_decay != 0.0 {
+                        g += c.weight_decay * params[i];
+                    }
                     st[0][i] = b1 * st[0][i] + (1.0 - b1) * g;
                     st[1][i] = (b2 * st[1][i]).max(g.abs() + c.eps);
                     params[i] -= (lr / bc1) * st[0][i] / st[1][i];
@@ -257,7 +271,9 @@ impl ReferenceOptimizer {
                     if c.decoupled_weight_decay {
                         params[i] *= 1.0 - lr * c.weight_decay;
                     } else {
-                        g += c.weight_decay * params[i];
+                        if c.weight_decay != 0.0 {
+                            g += c.weight_decay * params[i];
+                        }
                     }
                     st[0][i] = b1 * st[0][i] + (1.0 - b1) * g;
                     st[1][i] = b2 * st[1][i] + (1.0 - b2) * g * g;
