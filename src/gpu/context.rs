@@ -52,12 +52,12 @@ pub struct ContextOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LaneTransport {
     /// Two u64 on CPU implementations of WebGPU that have `shader-int64` (lavapipe: half
-    /// the memory operations, which are its cost), one vec4<f32> elsewhere.
+    /// the memory operations, which are its cost), one `vec4<f32>` elsewhere.
     #[default]
     Auto,
-    /// Always one vec4<f32> (a 16-byte access: what GPUs do best).
+    /// Always one `vec4<f32>` (a 16-byte access: what GPUs do best).
     F32x4,
-    /// Two u64 where the device has `shader-int64` (else vec4<f32>).
+    /// Two u64 where the device has `shader-int64` (else `vec4<f32>`).
     U64x2,
 }
 

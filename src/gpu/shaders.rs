@@ -54,7 +54,7 @@ pub const KERNELS: &[(&str, &str, &[&str])] = &[
 ];
 
 /// The full module source of a kernel file (lane transport + prelude + f16 helpers +
-/// algorithm) with the defaults: vec4<f32> lanes, packed f16.
+/// algorithm) with the defaults: `vec4<f32>` lanes, packed f16.
 pub fn assemble(kernel_source: &str) -> String {
     assemble_with(kernel_source, Variant::default())
 }
@@ -70,7 +70,7 @@ pub fn with_lanes(source: &str, u64_lanes: bool) -> String {
 pub struct Variant {
     /// f16 params through native f16 (`enable f16;`, needs `shader-f16`), else packed.
     pub native_f16: bool,
-    /// Lanes moved as two u64 (needs `shader-int64`), else as vec4<f32>.
+    /// Lanes moved as two u64 (needs `shader-int64`), else as `vec4<f32>`.
     pub u64_lanes: bool,
 }
 
