@@ -42,20 +42,7 @@ struct Window {
     _pad2: u32,
 }
 
-// The gradient pipeline: g = clamp(grad * inv_scale, -clip_value, clip_value) * coef.
-// inv_scale = 1 / loss scale (mixed precision), clip_value = clip_grad_value_ (f32 max when
-// off), coef = min(1, max_norm / (norm + 1e-6)) from clip_grad_norm_, written on the device by
-// norm.wgsl (1 when off). norm and nonfinite are that pass's outputs, read only by the host.
-struct GradControl {
-    inv_scale: f32,
-    clip_value: f32,
-    coef: f32,
-    nonfinite: u32,
-    norm: f32,
-    max_norm: f32,
-    skip_nonfinite: u32,
-    _pad1: f32,
-}
+// GradControl (binding 7): declared in grad_control.wgsl, prepended by the host.
 
 @group(0) @binding(1) var<uniform> window: Window;
 @group(0) @binding(3) var<storage, read> grad: array<Lane>;

@@ -20,16 +20,7 @@
 const WORDS: u32 = 96u;
 override ROWS: u32 = 1024u;
 
-struct GradControl {
-    inv_scale: f32,
-    clip_value: f32,
-    coef: f32,
-    nonfinite: u32,
-    norm: f32,
-    max_norm: f32,
-    skip_nonfinite: u32,
-    _pad1: f32,
-}
+// GradControl: declared in grad_control.wgsl, prepended by the host.
 
 struct DeviceStep {
     calls: u32,

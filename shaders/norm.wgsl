@@ -15,16 +15,7 @@ const WG: u32 = 256u;
 override LOW_PRECISION: u32 = 0u;
 const LANES_PER_THREAD: u32 = 4u;
 
-struct GradControl {
-    inv_scale: f32,
-    clip_value: f32,
-    coef: f32,
-    nonfinite: u32,
-    norm: f32,
-    max_norm: f32,
-    skip_nonfinite: u32,
-    _pad1: f32,
-}
+// GradControl: declared in grad_control.wgsl, prepended by the host.
 
 struct Pass {
     n: u32,

@@ -1,7 +1,9 @@
 //! naga parses and validates every kernel; each WGSL uniform struct matches its Rust mirror
 //! (size and every member offset).
 
-use fused_optim::gpu::shaders::{assemble, assemble_with, with_lanes, Variant, KERNELS};
+use fused_optim::gpu::shaders::{
+    assemble, assemble_with, with_grad_control, with_lanes, Variant, KERNELS,
+};
 use fused_optim::optim::*;
 
 fn module(source: &str) -> naga::Module {
@@ -30,7 +32,7 @@ fn every_kernel_parses_and_validates() {
         ),
         (
             "device_step.wgsl",
-            include_str!("../shaders/device_step.wgsl").to_string(),
+            with_grad_control(include_str!("../shaders/device_step.wgsl")),
         ),
     ];
     for (file, full) in extra {
@@ -233,9 +235,9 @@ fn uniform_structs_match_rust_mirrors() {
     );
 }
 
-/// The gradient control block is declared in common.wgsl (read by every kernel), in
-/// norm.wgsl (written by the reduction) and in device_step.wgsl (flag read, loss scale
-/// written): all match the Rust mirror.
+/// The gradient control block (declared once, in grad_control.wgsl) as each of its users
+/// sees it after assembly: a kernel (common.wgsl), norm.wgsl and device_step.wgsl; all match
+/// the Rust mirror.
 #[test]
 fn grad_control_matches_its_mirror_in_every_shader() {
     use fused_optim::gpu::gradients::GradControl;
@@ -255,7 +257,9 @@ fn grad_control_matches_its_mirror_in_every_shader() {
     let sources = [
         module(&assemble(KERNELS[0].1)),
         norm_module,
-        module(include_str!("../shaders/device_step.wgsl")),
+        module(&with_grad_control(include_str!(
+            "../shaders/device_step.wgsl"
+        ))),
     ];
     for m in &sources {
         assert_mirrors(m, "GradControl", &rust, std::mem::size_of::<GradControl>());
@@ -276,7 +280,9 @@ fn device_step_block_matches_its_mirror() {
         ("backoff_factor", std::mem::offset_of!(B, backoff_factor)),
         ("growth_interval", std::mem::offset_of!(B, growth_interval)),
     ];
-    let m = module(include_str!("../shaders/device_step.wgsl"));
+    let m = module(&with_grad_control(include_str!(
+        "../shaders/device_step.wgsl"
+    )));
     assert_mirrors(&m, "DeviceStep", &rust, std::mem::size_of::<B>());
     assert_eq!(
         fused_optim::gpu::device_step::SCALE_OFFSET as usize,

@@ -20,6 +20,9 @@ use std::ops::{Deref, DerefMut};
 /// Bytes between the starts of consecutive slots: one 4 KiB page plus one 64-byte line.
 pub const STAGGER_BYTES: usize = 4096 + 64;
 
+/// Distinct slots; larger slot numbers wrap around (so no slot can overflow the offset).
+pub const SLOTS: usize = 16;
+
 /// Size of a huge page on x86_64 and aarch64 Linux.
 const HUGE_PAGE_BYTES: usize = 2 << 20;
 
@@ -44,9 +47,9 @@ pub struct StaggeredVec {
 }
 
 impl StaggeredVec {
-    /// `len` copies of `value`, offset by `slot` staggers.
+    /// `len` copies of `value`, offset by `slot % SLOTS` staggers.
     pub fn filled(len: usize, value: f32, slot: usize) -> Self {
-        let start = slot * STAGGER_BYTES / 4;
+        let start = (slot % SLOTS) * STAGGER_BYTES / 4;
         let total = start + len;
         // Reserve first and advise before the first write, so that the kernel can back the
         // pages with huge pages when they are first touched (by `resize`).
@@ -65,7 +68,7 @@ impl StaggeredVec {
         v
     }
 
-    /// The slot this vector was laid out for.
+    /// The slot this vector was laid out for (`slot % SLOTS` of the one it was made with).
     pub fn slot(&self) -> usize {
         self.start * 4 / STAGGER_BYTES
     }
@@ -134,5 +137,8 @@ mod tests {
         }
         let small = StaggeredVec::filled(5, 2.5, 2);
         assert_eq!(&small[..], &[2.5; 5]);
+        let wrapped = StaggeredVec::filled(3, 1.0, usize::MAX);
+        assert_eq!(wrapped.slot(), usize::MAX % SLOTS);
+        assert_eq!(&wrapped[..], &[1.0; 3]);
     }
 }

@@ -133,7 +133,7 @@ impl DeviceSteps {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("device_step.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(SOURCE.into()),
+            source: wgpu::ShaderSource::Wgsl(super::shaders::with_grad_control(SOURCE).into()),
         });
         let entry = |binding, read_only, dynamic, size: u64| wgpu::BindGroupLayoutEntry {
             binding,

@@ -88,7 +88,8 @@ impl GradOptions {
     }
 }
 
-/// Mirror of `struct GradControl` in `shaders/common.wgsl` and `shaders/norm.wgsl`.
+/// Mirror of `struct GradControl` in `shaders/grad_control.wgsl`, which the host prepends to
+/// every kernel, `norm.wgsl` and `device_step.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GradControl {

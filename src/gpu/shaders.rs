@@ -3,6 +3,7 @@
 use crate::optim::OptimizerConfig;
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
+const GRAD_CONTROL: &str = include_str!("../../shaders/grad_control.wgsl");
 const F16_PACKED: &str = include_str!("../../shaders/f16_packed.wgsl");
 const F16_NATIVE: &str = include_str!("../../shaders/f16_native.wgsl");
 const LANE_F32: &str = include_str!("../../shaders/lane_f32.wgsl");
@@ -59,10 +60,17 @@ pub fn assemble(kernel_source: &str) -> String {
     assemble_with(kernel_source, Variant::default())
 }
 
-/// A standalone shader (e.g. `norm.wgsl`) with the lane transport prepended.
+/// A standalone shader (e.g. `norm.wgsl`) with the lane transport and the gradient control
+/// block (`grad_control.wgsl`) prepended.
 pub fn with_lanes(source: &str, u64_lanes: bool) -> String {
     let lanes = if u64_lanes { LANE_U64 } else { LANE_F32 };
-    format!("{lanes}\n{source}")
+    format!("{lanes}\n{GRAD_CONTROL}\n{source}")
+}
+
+/// A standalone shader (e.g. `device_step.wgsl`) with the gradient control block
+/// (`grad_control.wgsl`, one declaration for every shader that binds it) prepended.
+pub fn with_grad_control(source: &str) -> String {
+    format!("{GRAD_CONTROL}\n{source}")
 }
 
 /// Source variants of a kernel, chosen once per pipeline from what the device has.
@@ -82,9 +90,9 @@ pub fn assemble_with(kernel_source: &str, variant: Variant) -> String {
         LANE_F32
     };
     if variant.native_f16 {
-        format!("enable f16;\n{lanes}\n{COMMON}\n{F16_NATIVE}\n{kernel_source}")
+        format!("enable f16;\n{lanes}\n{GRAD_CONTROL}\n{COMMON}\n{F16_NATIVE}\n{kernel_source}")
     } else {
-        format!("{lanes}\n{COMMON}\n{F16_PACKED}\n{kernel_source}")
+        format!("{lanes}\n{GRAD_CONTROL}\n{COMMON}\n{F16_PACKED}\n{kernel_source}")
     }
 }
 
