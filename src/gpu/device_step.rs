@@ -163,18 +163,16 @@ impl DeviceSteps {
             immediate_size: 0,
         });
         let rows = [("ROWS", STEP_ROWS as f64)];
-        let pipeline = |entry_point| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry_point),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(entry_point),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &rows,
-                    zero_initialize_workgroup_memory: true,
-                },
-                cache: None,
-            })
+        let pipeline = |entry| {
+            super::kernel::compute_pipeline(
+                device,
+                entry,
+                &module,
+                Some(&pipeline_layout),
+                entry,
+                &rows,
+                true,
+            )
         };
         let resolve = pipeline("resolve");
         let update_scale = pipeline("update_scale");

@@ -162,17 +162,7 @@ impl NormClipper {
         });
         let constants = [("LOW_PRECISION", f64::from(low.map_or(0, |l| l.0)))];
         let pipeline = |entry| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: None,
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &constants,
-                    zero_initialize_workgroup_memory: true,
-                },
-                cache: None,
-            })
+            super::kernel::compute_pipeline(device, entry, &module, None, entry, &constants, true)
         };
         let partial = pipeline("partial_sums");
         let finish = pipeline("finish");

@@ -526,17 +526,15 @@ impl PipelineRecipe {
         } else {
             device.create_shader_module(descriptor)
         };
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(self.file),
-            layout: Some(&self.layout),
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &constants,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
+        let pipeline = compute_pipeline(
+            device,
+            self.file,
+            &module,
+            Some(&self.layout),
+            "main",
+            &constants,
+            false,
+        );
         match pollster::block_on(scope.pop()) {
             None => Ok(pipeline),
             Some(e) => Err(Error::Wgpu {
@@ -545,4 +543,29 @@ impl PipelineRecipe {
             }),
         }
     }
+}
+
+/// A compute pipeline (named `label` in errors) for `entry` of `module` with override
+/// `constants` (`layout: None`: the layout is derived from the shader).
+/// `zero_workgroup_memory` only matters for shaders with workgroup arrays.
+pub(crate) fn compute_pipeline(
+    device: &wgpu::Device,
+    label: &str,
+    module: &wgpu::ShaderModule,
+    layout: Option<&wgpu::PipelineLayout>,
+    entry: &str,
+    constants: &[(&str, f64)],
+    zero_workgroup_memory: bool,
+) -> wgpu::ComputePipeline {
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout,
+        module,
+        entry_point: Some(entry),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants,
+            zero_initialize_workgroup_memory: zero_workgroup_memory,
+        },
+        cache: None,
+    })
 }
