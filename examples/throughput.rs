@@ -76,21 +76,36 @@ fn measure(target: Duration, mut batch: impl FnMut(usize)) -> f64 {
     median((0..5).map(|_| timed(k, &mut batch)).collect())
 }
 
-/// A kernel and its roof measured alternately (roof, kernel, roof, kernel, ... 5 batches
-/// each): the machine's drift over the measurement affects both alike, so their ratio is
-/// the ratio of two medians taken side by side. Returns (kernel, roof) seconds per step.
+/// Alternating batches of a kernel and its roof (roof, kernel, roof, kernel, ...).
+const PAIRS: usize = 9;
+
+/// A kernel and its roof measured alternately, `PAIRS` batches each. Each roof batch and the
+/// kernel batch right after it form a pair that saw the same machine state, so the fraction
+/// of roof is the median of the per-pair ratios, which cancels the drift between pairs (a
+/// roof measured against itself this way gives 1.00, where the ratio of the two medians was
+/// off by up to 3% on this machine). Returns (kernel seconds per step, the median of the
+/// kernel batches; roof seconds per step, that time times the median pair ratio, so that
+/// kernel time / roof time is the paired fraction).
 fn measure_against_roof(
     target: Duration,
     mut kernel: impl FnMut(usize),
     mut roof: impl FnMut(usize),
 ) -> (f64, f64) {
-    let (kk, kr) = (calibrate(target, &mut kernel), calibrate(target, &mut roof));
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        b.push(timed(kr, &mut roof));
-        a.push(timed(kk, &mut kernel));
+    // Batches of about target / PAIRS: the pair costs the time of one 5-batch `measure` each.
+    let batch_target = target * 5 / PAIRS as u32;
+    let (kk, kr) = (
+        calibrate(batch_target, &mut kernel),
+        calibrate(batch_target, &mut roof),
+    );
+    let (mut kernel_times, mut ratios) = (Vec::new(), Vec::new());
+    for _ in 0..PAIRS {
+        let r = timed(kr, &mut roof);
+        let k = timed(kk, &mut kernel);
+        kernel_times.push(k);
+        ratios.push(r / k);
     }
-    (median(a), median(b))
+    let kernel_seconds = median(kernel_times);
+    (kernel_seconds, kernel_seconds * median(ratios))
 }
 
 /// The adapter and how the kernels move their lanes on it.

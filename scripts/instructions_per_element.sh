@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Instructions per element executed by each optimizer kernel and by its roof on a CPU
+# implementation of WebGPU (lavapipe), counted by valgrind's callgrind: a fraction of roof
+# that does not depend on timing noise. For each kernel the step counts 2 and 12 are run and
+# the difference of the two totals divided by 10 steps and n elements, so setup (device,
+# pipeline compilation) cancels out. Each count is preceded by an uncounted run under
+# valgrind so that the shader cache holds the kernels compiled for valgrind's CPU features.
+#
+#   scripts/instructions_per_element.sh [optimizer ...]      (default: all of them)
+#
+# Needs valgrind and a CPU adapter; about a minute per optimizer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --example kernel_steps >&2
+bin=target/release/examples/kernel_steps
+n=65539
+count() {
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" "$3" "$n" 2>&1 |
+        awk '/Collected/ { print $4 }'
+}
+per_element() {
+    valgrind --tool=none "$bin" "$1" "$2" 0 "$n" >/dev/null 2>&1
+    local a b
+    a=$(count "$1" "$2" 2)
+    b=$(count "$1" "$2" 12)
+    echo "scale=2; ($b - $a) / 10 / $n" | bc
+}
+names=("$@")
+if [ ${#names[@]} -eq 0 ]; then
+    names=(sgd sgd_momentum adagrad rmsprop rmsprop_centered_momentum adam adamw amsgrad
+        adadelta nadam adamax radam)
+fi
+printf '%-26s %14s %14s %14s\n' optimizer kernel_instr/el roof_instr/el roof/kernel
+for name in "${names[@]}"; do
+    k=$(per_element "$name" kernel)
+    r=$(per_element "$name" roof)
+    printf '%-26s %14s %14s %14s\n' "$name" "$k" "$r" "$(echo "scale=3; $r / $k" | bc)"
+done
