@@ -18,7 +18,7 @@ struct Hyper {
 @group(0) @binding(4) var<storage, read_write> sum: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
-    let hp = hps[group_of(i)];
+    let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
     let g = with_weight_decay(load_grad(i) * hp.grad_sign, p0, hp.weight_decay);
     let s0 = unpack_lane(sum[i]);

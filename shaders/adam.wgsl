@@ -79,7 +79,7 @@ fn store_state(k: u32, i: u32, x: vec4<f32>) {
 }
 
 fn update(i: u32, live: vec4<bool>) {
-    let hp = hps[group_of(i)];
+    let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
     let g = with_weight_decay(load_grad(i) * hp.grad_sign, p0, hp.weight_decay);
     let m0 = load_state(0u, i);

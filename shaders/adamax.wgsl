@@ -24,7 +24,7 @@ struct Hyper {
 @group(0) @binding(5) var<storage, read_write> exp_inf: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
-    let hp = hps[group_of(i)];
+    let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
     let g = with_weight_decay(load_grad(i) * hp.grad_sign, p0, hp.weight_decay);
     let m0 = unpack_lane(exp_avg[i]);

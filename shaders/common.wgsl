@@ -1,7 +1,8 @@
 // common.wgsl: launch geometry shared by every optimizer kernel. Each kernel file is appended
-// to this one and defines `fn update(i: u32, live: vec4<bool>)`, which updates vec4 lane `i`
-// of every flat buffer and keeps the old value wherever `live` is false (the padding of the
-// last lane, beyond the window's `n` elements).
+// to this one and defines `struct Hyper` (its per-step scalars), the uniform `hps` (binding 0)
+// and `fn update(i: u32, live: vec4<bool>)`, which updates vec4 lane `i` of every flat buffer
+// (with the scalars of `hyper_of(i)`) and keeps the old value wherever `live` is false (the
+// padding of the last lane, beyond the window's `n` elements).
 //
 // Bindings of every kernel:
 //   0  uniform  array<Hyper, MAX_GROUPS>  per-step scalars of each parameter group, computed
@@ -117,11 +118,28 @@ fn group_of(i: u32) -> u32 {
     return 0u;
 }
 
+// Group 0's scalars, read once per invocation when every lane uses group 0 (not GROUPED)
+// instead of once per lane: llvmpipe reloads a uniform inside the lane loop (it cannot prove
+// that the storage writes between two loads leave the uniform buffer alone).
+var<private> group0: Hyper;
+
+// The scalars of the group that lane i belongs to.
+fn hyper_of(i: u32) -> Hyper {
+    if (GROUPED) {
+        return hps[group_of(i)];
+    }
+    return group0;
+}
+
+// The gradient pipeline's scalars (inv_scale, clip_value, coef), read once per invocation
+// for the same reason.
+var<private> grad_scalars: vec3<f32>;
+
 fn load_grad(i: u32) -> vec4<f32> {
     let raw = raw_grad(i);
     if (GRAD_PIPELINE) {
-        let limit = vec4<f32>(control.clip_value);
-        return clamp(raw * control.inv_scale, -limit, limit) * control.coef;
+        let limit = vec4<f32>(grad_scalars.y);
+        return clamp(raw * grad_scalars.x, -limit, limit) * grad_scalars.z;
     }
     return raw;
 }
@@ -156,6 +174,10 @@ fn main(
         if (control.nonfinite != 0u && control.skip_nonfinite != 0u) {
             return;
         }
+        grad_scalars = vec3<f32>(control.inv_scale, control.clip_value, control.coef);
+    }
+    if (!GROUPED) {
+        group0 = hps[0];
     }
     let group = group_id.x + group_id.y * groups.x;
     let lanes = (window.n + 3u) / 4u;

@@ -21,7 +21,7 @@ struct Hyper {
 @group(0) @binding(6) var<storage, read_write> s2: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
-    let hp = hps[group_of(i)];
+    let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
     let g = load_grad(i);
     var acc = p0 + hp.scale * g;
