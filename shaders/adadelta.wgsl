@@ -28,7 +28,7 @@ struct Hyper {
 fn update(i: u32, live: vec4<bool>) {
     let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
-    let g = with_weight_decay(load_grad(i) * hp.grad_sign, p0, hp.weight_decay);
+    let g = with_weight_decay(signed(load_grad(i), hp.grad_sign), p0, hp.weight_decay);
     let v0 = unpack_lane(square_avg[i]);
     let u0 = unpack_lane(acc_delta[i]);
     let v = hp.rho * v0 + hp.one_minus_rho * g * g;

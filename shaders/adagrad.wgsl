@@ -20,7 +20,7 @@ struct Hyper {
 fn update(i: u32, live: vec4<bool>) {
     let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
-    let g = with_weight_decay(load_grad(i) * hp.grad_sign, p0, hp.weight_decay);
+    let g = with_weight_decay(signed(load_grad(i), hp.grad_sign), p0, hp.weight_decay);
     let s0 = unpack_lane(sum[i]);
     let s = s0 + g * g;
     sum[i] = pack_lane(select(s0, s, live));

@@ -81,7 +81,7 @@ fn store_state(k: u32, i: u32, x: vec4<f32>) {
 fn update(i: u32, live: vec4<bool>) {
     let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
-    let g = with_weight_decay(load_grad(i) * hp.grad_sign, p0, hp.weight_decay);
+    let g = with_weight_decay(signed(load_grad(i), hp.grad_sign), p0, hp.weight_decay);
     let m0 = load_state(0u, i);
     let v0 = load_state(1u, i);
     let m = m0 + hp.one_minus_beta1 * (g - m0);
@@ -95,5 +95,5 @@ fn update(i: u32, live: vec4<bool>) {
         store_state(2u, i, select(vmax0, vv, live));
     }
     let denom = sqrt(vv) * hp.inv_sqrt_bc2 + hp.eps;
-    store_param(i, select(p0, p0 * hp.decay_factor - hp.step_size * m / denom, live));
+    store_param(i, select(p0, decayed(p0, hp.decay_factor) - hp.step_size * m / denom, live));
 }

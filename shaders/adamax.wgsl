@@ -26,7 +26,7 @@ struct Hyper {
 fn update(i: u32, live: vec4<bool>) {
     let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
-    let g = with_weight_decay(load_grad(i) * hp.grad_sign, p0, hp.weight_decay);
+    let g = with_weight_decay(signed(load_grad(i), hp.grad_sign), p0, hp.weight_decay);
     let m0 = unpack_lane(exp_avg[i]);
     let u0 = unpack_lane(exp_inf[i]);
     let m = m0 + hp.one_minus_beta1 * (g - m0);

@@ -35,6 +35,11 @@ override STOCHASTIC_ROUNDING: bool = false;
 // 12+ instead of f32 at 4+, halving their traffic and memory.
 override BF16_STATE: bool = false;
 override VEC4_PER_INVOCATION: u32 = 4u;
+// Per-lane options, false when no parameter group uses them (src/gpu/kernel.rs
+// Specialization): the kernel then leaves their arithmetic out.
+override MAXIMIZE: bool = true;
+override L2_DECAY: bool = true;
+override DECOUPLED_DECAY: bool = true;
 
 struct Window {
     n: u32,
@@ -144,13 +149,29 @@ fn load_grad(i: u32) -> vec4<f32> {
     return raw;
 }
 
+// The gradient times grad_sign (-1 when maximizing, else 1).
+fn signed(g: vec4<f32>, grad_sign: f32) -> vec4<f32> {
+    if (MAXIMIZE) {
+        return g * grad_sign;
+    }
+    return g;
+}
+
 // L2 weight decay, `g + weight_decay * p`, added only when weight_decay != 0 as PyTorch does
 // (an infinite param then stays infinite instead of turning NaN through 0 * inf).
 fn with_weight_decay(g: vec4<f32>, p: vec4<f32>, weight_decay: f32) -> vec4<f32> {
-    if (weight_decay != 0.0) {
+    if (L2_DECAY && weight_decay != 0.0) {
         return g + weight_decay * p;
     }
     return g;
+}
+
+// Decoupled weight decay (AdamW, NAdamW, RAdamW): `p * decay_factor`, 1 - lr * weight_decay.
+fn decayed(p: vec4<f32>, decay_factor: f32) -> vec4<f32> {
+    if (DECOUPLED_DECAY) {
+        return p * decay_factor;
+    }
+    return p;
 }
 
 // Which of the 4 elements of lane i are real elements (index < n).

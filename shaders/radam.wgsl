@@ -32,14 +32,14 @@ struct Hyper {
 fn update(i: u32, live: vec4<bool>) {
     let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
-    let g = with_weight_decay(load_grad(i) * hp.grad_sign, p0, hp.weight_decay);
+    let g = with_weight_decay(signed(load_grad(i), hp.grad_sign), p0, hp.weight_decay);
     let m0 = unpack_lane(exp_avg[i]);
     let v0 = unpack_lane(exp_avg_sq[i]);
     let m = m0 + hp.one_minus_beta1 * (g - m0);
     let v = hp.beta2 * v0 + hp.one_minus_beta2 * g * g;
     exp_avg[i] = pack_lane(select(m0, m, live));
     exp_avg_sq[i] = pack_lane(select(v0, v, live));
-    var p = p0 * hp.decay_factor;
+    var p = decayed(p0, hp.decay_factor);
     if (hp.rectified != 0u) {
         p = p - hp.adaptive_step_size * m / (sqrt(v) + hp.eps);
     } else {

@@ -29,7 +29,7 @@ struct Hyper {
 fn update(i: u32, live: vec4<bool>) {
     let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
-    var d = with_weight_decay(load_grad(i) * hp.grad_sign, p0, hp.weight_decay);
+    var d = with_weight_decay(signed(load_grad(i), hp.grad_sign), p0, hp.weight_decay);
     if (HAS_MOMENTUM) {
         let b0 = unpack_lane(momentum_buffer[i]);
         let b = hp.buffer_keep * b0 + hp.grad_into_buffer * d;

@@ -14,7 +14,7 @@ use crate::cpu::staggered::StaggeredVec;
 use crate::error::Result;
 use crate::gpu::buffer::{create_flat, FlatParams};
 use crate::gpu::gradients::{control_buffer, GradOptions};
-use crate::gpu::kernel::{KernelRunner, KernelSpec};
+use crate::gpu::kernel::{KernelRunner, KernelSpec, Specialization};
 use crate::gpu::shaders::assemble_with;
 
 const ROOF: &str = include_str!("../shaders/roof.wgsl");
@@ -46,6 +46,7 @@ impl GpuRoof {
                 slots: SLOTS,
                 active: SLOTS.iter().copied().zip(buffers.iter()).collect(),
                 constants: vec![("STATES", states as f64)],
+                specialization: Specialization::GENERAL,
                 trusted: true,
                 control: &control,
                 lane_groups: None,
@@ -72,6 +73,7 @@ impl GpuRoof {
                 slots: &[],
                 active: vec![],
                 constants: vec![],
+                specialization: Specialization::GENERAL,
                 trusted: true,
                 control: &control,
                 lane_groups: None,

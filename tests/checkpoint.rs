@@ -15,18 +15,44 @@ fn temp(name: &str) -> std::path::PathBuf {
     d.join(name)
 }
 
-/// Another learning rate and default hyper-parameters of the same kind and structure.
+/// Other hyper-parameters of the same kind and structure: another learning rate or
+/// coefficient, and no weight decay and no maximize (whose arithmetic the kernel of this
+/// instance then leaves out: loading a checkpoint that uses them must bring them back).
 fn other_instance(config: OptimizerConfig) -> OptimizerConfig {
     let mut c = config;
     match &mut c {
-        OptimizerConfig::Sgd(x) => x.lr *= 3.0,
-        OptimizerConfig::Adagrad(x) => x.lr_decay += 0.5,
-        OptimizerConfig::Rmsprop(x) => x.alpha = 0.5,
-        OptimizerConfig::Adam(x) => x.betas = (0.5, 0.9),
-        OptimizerConfig::Adadelta(x) => x.rho = 0.5,
-        OptimizerConfig::Nadam(x) => x.momentum_decay = 0.1,
-        OptimizerConfig::Adamax(x) => x.eps = 0.5,
-        OptimizerConfig::Radam(x) => x.lr *= 3.0,
+        OptimizerConfig::Sgd(x) => {
+            x.lr *= 3.0;
+            (x.weight_decay, x.maximize) = (0.0, false);
+        }
+        OptimizerConfig::Adagrad(x) => {
+            x.lr_decay += 0.5;
+            (x.weight_decay, x.maximize) = (0.0, false);
+        }
+        OptimizerConfig::Rmsprop(x) => {
+            x.alpha = 0.5;
+            (x.weight_decay, x.maximize) = (0.0, false);
+        }
+        OptimizerConfig::Adam(x) => {
+            x.betas = (0.5, 0.9);
+            (x.weight_decay, x.maximize) = (0.0, false);
+        }
+        OptimizerConfig::Adadelta(x) => {
+            x.rho = 0.5;
+            (x.weight_decay, x.maximize) = (0.0, false);
+        }
+        OptimizerConfig::Nadam(x) => {
+            x.momentum_decay = 0.1;
+            (x.weight_decay, x.maximize) = (0.0, false);
+        }
+        OptimizerConfig::Adamax(x) => {
+            x.eps = 0.5;
+            (x.weight_decay, x.maximize) = (0.0, false);
+        }
+        OptimizerConfig::Radam(x) => {
+            x.lr *= 3.0;
+            (x.weight_decay, x.maximize) = (0.0, false);
+        }
     }
     c
 }

@@ -112,7 +112,9 @@ fn groups_with_their_own_hyper_parameters_match_per_segment_references() {
         }
         .into(),
     );
-    // NAdam keeps a mu_product per group (different momentum_decay).
+    // NAdam keeps a mu_product per group (different momentum_decay). Only the second group
+    // maximizes and only the SGD group below decays: the kernel compiles an option in when
+    // any group uses it.
     let nadam = NadamConfig::default();
     run_groups(
         &ctx,
@@ -120,6 +122,7 @@ fn groups_with_their_own_hyper_parameters_match_per_segment_references() {
         NadamConfig {
             momentum_decay: 0.05,
             lr: 1e-2,
+            maximize: true,
             ..nadam
         }
         .into(),

@@ -9,7 +9,7 @@ use super::context::GpuContext;
 use super::gradients::GradControl;
 use crate::dispatch::{grid, padded_len, windows, Window};
 use crate::error::{Error, Result};
-use crate::optim::MAX_HYPER_BYTES;
+use crate::optim::{OptimizerConfig, MAX_HYPER_BYTES};
 
 /// Per-step uniform slots. Each step writes its own slot (addressed by a dynamic offset), so
 /// up to this many steps can be encoded into one submission and each still sees its own
@@ -43,6 +43,51 @@ struct Launch {
     groups: (u32, u32),
 }
 
+/// The per-lane options a kernel is compiled for (override constants `MAXIMIZE`, `L2_DECAY`,
+/// `DECOUPLED_DECAY` of common.wgsl): an option that no parameter group uses is left out of
+/// the kernel's arithmetic. On a CPU implementation of WebGPU (lavapipe) every vector
+/// operation costs time (measured: about 1.5 instructions per element of Adam's 87); a GPU
+/// hardly notices. Each combination is compiled once, when first used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Specialization {
+    pub maximize: bool,
+    pub l2_decay: bool,
+    pub decoupled_decay: bool,
+}
+
+impl Specialization {
+    /// Every option compiled in (kernels that do not read them: roofs, copies).
+    pub const GENERAL: Self = Self {
+        maximize: true,
+        l2_decay: true,
+        decoupled_decay: true,
+    };
+
+    /// The options some group of `configs` uses.
+    pub fn of(configs: &[OptimizerConfig]) -> Self {
+        let mut s = Self {
+            maximize: false,
+            l2_decay: false,
+            decoupled_decay: false,
+        };
+        for c in configs {
+            let (maximize, l2, decoupled) = c.lane_options();
+            s.maximize |= maximize;
+            s.l2_decay |= l2;
+            s.decoupled_decay |= decoupled;
+        }
+        s
+    }
+
+    fn constants(self) -> [(&'static str, f64); 3] {
+        [
+            ("MAXIMIZE", f64::from(u8::from(self.maximize))),
+            ("L2_DECAY", f64::from(u8::from(self.l2_decay))),
+            ("DECOUPLED_DECAY", f64::from(u8::from(self.decoupled_decay))),
+        ]
+    }
+}
+
 /// What a kernel binds: its WGSL module and state slots.
 pub(crate) struct KernelSpec<'a> {
     pub file: &'static str,
@@ -51,8 +96,10 @@ pub(crate) struct KernelSpec<'a> {
     pub slots: &'a [&'a str],
     /// The buffer bound to each active slot; slots absent here get a 16-byte dummy.
     pub active: Vec<(&'a str, &'a wgpu::Buffer)>,
-    /// Pipeline-overridable constants besides the launch shape.
+    /// Pipeline-overridable constants besides the launch shape and the specialization.
     pub constants: Vec<(&'static str, f64)>,
+    /// The per-lane options compiled in (can be changed later: `set_specialization`).
+    pub specialization: Specialization,
     /// Skip naga's runtime bounds checks (every kernel does its own index check).
     pub trusted: bool,
     /// The gradient control block (binding 7).
@@ -68,10 +115,11 @@ pub(crate) struct KernelSpec<'a> {
 
 pub(crate) struct KernelRunner {
     ctx: GpuContext,
-    /// The pipeline in use, and the two variants (plain loads / gradient pipeline), each
-    /// built at most once.
+    /// The pipeline in use, its key (gradient pipeline on, specialization), and every
+    /// variant built so far (each at most once, never per step).
     pipeline: wgpu::ComputePipeline,
-    variants: [Option<wgpu::ComputePipeline>; 2],
+    key: (bool, Specialization),
+    variants: Vec<((bool, Specialization), wgpu::ComputePipeline)>,
     recipe: PipelineRecipe,
     hyper_buffer: wgpu::Buffer,
     hyper_stride: u64,
@@ -115,7 +163,8 @@ impl KernelRunner {
                 immediate_size: 0,
             }),
         };
-        let pipeline = recipe.build(&ctx, false)?;
+        let key = (false, spec.specialization);
+        let pipeline = recipe.build(&ctx, key)?;
 
         // Slots are bound as uniforms by the kernel and as storage by the device step counter
         // (which completes them on the device), so they are aligned for both.
@@ -265,8 +314,9 @@ impl KernelRunner {
         }
         Ok(Self {
             ctx,
-            variants: [Some(pipeline.clone()), None],
+            variants: vec![(key, pipeline.clone())],
             pipeline,
+            key,
             recipe,
             hyper_buffer,
             hyper_stride,
@@ -331,11 +381,29 @@ impl KernelRunner {
     /// Switch between plain gradient loads and the gradient pipeline (unscale, clip). The
     /// variant is compiled the first time it is asked for, never per step.
     pub fn set_grad_pipeline(&mut self, on: bool) -> Result<()> {
-        let k = usize::from(on);
-        if self.variants[k].is_none() {
-            self.variants[k] = Some(self.recipe.build(&self.ctx, on)?);
+        self.use_variant((on, self.key.1))
+    }
+
+    /// Switch to the kernel compiled for `specialization` (compiled the first time).
+    pub fn set_specialization(&mut self, specialization: Specialization) -> Result<()> {
+        self.use_variant((self.key.0, specialization))
+    }
+
+    /// On error (the variant does not compile) the pipeline in use stays.
+    fn use_variant(&mut self, key: (bool, Specialization)) -> Result<()> {
+        if key == self.key {
+            return Ok(());
         }
-        self.pipeline = self.variants[k].clone().expect("built above");
+        let pipeline = match self.variants.iter().find(|(k, _)| *k == key) {
+            Some((_, p)) => p.clone(),
+            None => {
+                let p = self.recipe.build(&self.ctx, key)?;
+                self.variants.push((key, p.clone()));
+                p
+            }
+        };
+        self.pipeline = pipeline;
+        self.key = key;
         Ok(())
     }
 
@@ -499,10 +567,15 @@ struct PipelineRecipe {
 }
 
 impl PipelineRecipe {
-    fn build(&self, ctx: &GpuContext, grad_pipeline: bool) -> Result<wgpu::ComputePipeline> {
+    fn build(
+        &self,
+        ctx: &GpuContext,
+        (grad_pipeline, specialization): (bool, Specialization),
+    ) -> Result<wgpu::ComputePipeline> {
         let device = ctx.device();
         let tuning = ctx.options().tuning;
         let mut constants = self.constants.clone();
+        constants.extend(specialization.constants());
         constants.push(("WORKGROUP_SIZE", f64::from(tuning.workgroup_size)));
         constants.push(("VEC4_PER_INVOCATION", f64::from(tuning.vec4_per_invocation)));
         constants.push(("GRAD_PIPELINE", f64::from(u8::from(grad_pipeline))));

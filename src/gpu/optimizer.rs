@@ -5,7 +5,7 @@ use super::buffer::{create_flat, fill, flat_bytes, read_bytes, read_f32, FlatPar
 use super::context::GpuContext;
 use super::device_step::{DeviceSteps, SCALE_OFFSET};
 use super::gradients::{control_buffer, GradOptions, NormClipper};
-use super::kernel::{KernelRunner, KernelSpec, LowBinding};
+use super::kernel::{KernelRunner, KernelSpec, LowBinding, Specialization};
 use super::low_precision::{LowFormat, LowPrecisionParams};
 use super::shaders::kernel_for;
 use crate::dispatch::padded_len;
@@ -343,6 +343,11 @@ impl GpuOptimizer {
                     state_names.iter().copied().zip(states.iter()).collect()
                 },
                 constants: config.overrides(),
+                specialization: Specialization::of(
+                    &std::iter::once(config)
+                        .chain(other_configs.iter().copied())
+                        .collect::<Vec<_>>(),
+                ),
                 trusted: true,
                 control: &control,
                 lane_groups: lane_groups.as_ref(),
@@ -914,6 +919,13 @@ impl GpuOptimizer {
                 ),
             });
         }
+        // The last fallible part: the kernel for the checkpoint's options (weight decay,
+        // maximize may differ from ours), compiled before anything changes.
+        let configs: Vec<OptimizerConfig> = std::iter::once(state.config)
+            .chain(state.groups.iter().skip(1).map(|g| g.config))
+            .collect();
+        self.runner
+            .set_specialization(Specialization::of(&configs))?;
         for (k, (_, values)) in state.tensors.iter().enumerate() {
             self.write_state(k, values);
         }

@@ -200,6 +200,25 @@ impl OptimizerConfig {
         }
     }
 
+    /// The options of this configuration that cost arithmetic in every lane of a kernel:
+    /// (maximize, L2 weight decay added to the gradient, decoupled decay of the params).
+    /// A kernel leaves out the arithmetic of an option no parameter group uses
+    /// ([`crate::gpu::kernel::Specialization`]).
+    pub(crate) fn lane_options(&self) -> (bool, bool, bool) {
+        let (maximize, weight_decay, decoupled) = match self {
+            Self::Sgd(c) => (c.maximize, c.weight_decay, false),
+            Self::Adagrad(c) => (c.maximize, c.weight_decay, false),
+            Self::Rmsprop(c) => (c.maximize, c.weight_decay, false),
+            Self::Adam(c) => (c.maximize, c.weight_decay, c.decoupled_weight_decay),
+            Self::Adadelta(c) => (c.maximize, c.weight_decay, false),
+            Self::Nadam(c) => (c.maximize, c.weight_decay, c.decoupled_weight_decay),
+            Self::Adamax(c) => (c.maximize, c.weight_decay, false),
+            Self::Radam(c) => (c.maximize, c.weight_decay, c.decoupled_weight_decay),
+        };
+        let decays = weight_decay != 0.0;
+        (maximize, decays && !decoupled, decays && decoupled)
+    }
+
     /// The initial learning rate.
     pub fn lr(&self) -> f64 {
         match self {
