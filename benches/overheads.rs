@@ -2,6 +2,8 @@
 //!
 //! - `small/step_1024` vs `small/empty_submit`: a step of a tiny model against an empty
 //!   submission + wait on the same adapter (a step should cost at most ~2x the empty one);
+//!   `small/noop_dispatch`, one workgroup of an empty kernel + wait, is the floor under any
+//!   step on that adapter;
 //! - `model/one_tensor` vs `model/1000_tensors`: 2^22 parameters as one tensor or as 1000
 //!   named segments of varied sizes (the flat buffer makes both one dispatch per step);
 //! - `model/one_tensor_norm_clipped`, `model/one_tensor_unscaled_value_clipped`: the cost of
@@ -28,6 +30,36 @@ fn benches(c: &mut Criterion) {
     group.bench_function("empty_submit", |b| {
         b.iter(|| {
             let encoder = ctx.device().create_command_encoder(&Default::default());
+            ctx.queue().submit([encoder.finish()]);
+            ctx.wait().unwrap();
+        })
+    });
+    // The floor under any step: one compute pass dispatching one workgroup of a kernel that
+    // does nothing, + wait.
+    let noop = ctx
+        .device()
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("no-op"),
+            source: wgpu::ShaderSource::Wgsl("@compute @workgroup_size(64) fn main() {}".into()),
+        });
+    let noop = ctx
+        .device()
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("no-op"),
+            layout: None,
+            module: &noop,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+    group.bench_function("noop_dispatch", |b| {
+        b.iter(|| {
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&noop);
+                pass.dispatch_workgroups(1, 1, 1);
+            }
             ctx.queue().submit([encoder.finish()]);
             ctx.wait().unwrap();
         })
