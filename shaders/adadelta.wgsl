@@ -9,7 +9,7 @@
 //
 // Bindings: 4 square_avg (v), 5 acc_delta (u).
 
-struct Hyper {
+struct StepUniform {
     lr: f32,
     grad_sign: f32,
     weight_decay: f32,
@@ -20,7 +20,7 @@ struct Hyper {
     _pad1: f32,
 }
 
-@group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
+@group(0) @binding(0) var<uniform> hps: array<StepUniform, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<Lane>;
 @group(0) @binding(4) var<storage, read_write> square_avg: array<Lane>;
 @group(0) @binding(5) var<storage, read_write> acc_delta: array<Lane>;

@@ -6,14 +6,14 @@
 //
 // Bindings: 4 sum.
 
-struct Hyper {
+struct StepUniform {
     grad_sign: f32,
     weight_decay: f32,
     clr: f32,
     eps: f32,
 }
 
-@group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
+@group(0) @binding(0) var<uniform> hps: array<StepUniform, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<Lane>;
 @group(0) @binding(4) var<storage, read_write> sum: array<Lane>;
 

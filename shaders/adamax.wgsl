@@ -7,7 +7,7 @@
 //
 // Bindings: 4 exp_avg, 5 exp_inf.
 
-struct Hyper {
+struct StepUniform {
     grad_sign: f32,
     weight_decay: f32,
     one_minus_beta1: f32,
@@ -18,7 +18,7 @@ struct Hyper {
     _pad1: f32,
 }
 
-@group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
+@group(0) @binding(0) var<uniform> hps: array<StepUniform, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<Lane>;
 @group(0) @binding(4) var<storage, read_write> exp_avg: array<Lane>;
 @group(0) @binding(5) var<storage, read_write> exp_inf: array<Lane>;

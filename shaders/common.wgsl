@@ -1,11 +1,11 @@
 // common.wgsl: launch geometry shared by every optimizer kernel. Each kernel file is appended
-// to this one and defines `struct Hyper` (its per-step scalars), the uniform `hps` (binding 0)
+// to this one and defines `struct StepUniform` (its per-step scalars), the uniform `hps` (binding 0)
 // and `fn update(i: u32, live: vec4<bool>)`, which updates vec4 lane `i` of every flat buffer
 // (with the scalars of `hyper_of(i)`) and keeps the old value wherever `live` is false (the
 // padding of the last lane, beyond the window's `n` elements).
 //
 // Bindings of every kernel:
-//   0  uniform  array<Hyper, MAX_GROUPS>  per-step scalars of each parameter group, computed
+//   0  uniform  array<StepUniform, MAX_GROUPS>  per-step scalars of each parameter group, computed
 //                                         on the host in f64 (dynamic offset)
 //   1  uniform  Window  n = logical elements in this binding window, first_lane = its start
 //   2  storage  param   read_write  array<vec4<f32>>
@@ -126,10 +126,10 @@ fn group_of(i: u32) -> u32 {
 // Group 0's scalars, read once per invocation when every lane uses group 0 (not GROUPED)
 // instead of once per lane: llvmpipe reloads a uniform inside the lane loop (it cannot prove
 // that the storage writes between two loads leave the uniform buffer alone).
-var<private> group0: Hyper;
+var<private> group0: StepUniform;
 
 // The scalars of the group that lane i belongs to.
-fn hyper_of(i: u32) -> Hyper {
+fn hyper_of(i: u32) -> StepUniform {
     if (GROUPED) {
         return hps[group_of(i)];
     }

@@ -13,7 +13,7 @@
 override CENTERED: bool = false;
 override HAS_MOMENTUM: bool = false;
 
-struct Hyper {
+struct StepUniform {
     lr: f32,
     grad_sign: f32,
     weight_decay: f32,
@@ -24,7 +24,7 @@ struct Hyper {
     _pad0: f32,
 }
 
-@group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
+@group(0) @binding(0) var<uniform> hps: array<StepUniform, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<Lane>;
 @group(0) @binding(4) var<storage, read_write> square_avg: array<Lane>;
 @group(0) @binding(5) var<storage, read_write> momentum_buffer: array<Lane>;

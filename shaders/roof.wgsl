@@ -7,14 +7,14 @@
 
 override STATES: u32 = 0u;
 
-struct Hyper {
+struct StepUniform {
     scale: f32,
     _pad0: f32,
     _pad1: f32,
     _pad2: f32,
 }
 
-@group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
+@group(0) @binding(0) var<uniform> hps: array<StepUniform, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<Lane>;
 @group(0) @binding(4) var<storage, read_write> s0: array<Lane>;
 @group(0) @binding(5) var<storage, read_write> s1: array<Lane>;

@@ -11,7 +11,7 @@
 override HAS_MOMENTUM: bool = false;
 override NESTEROV: bool = false;
 
-struct Hyper {
+struct StepUniform {
     lr: f32,
     grad_sign: f32,
     weight_decay: f32,
@@ -22,7 +22,7 @@ struct Hyper {
     _pad1: f32,
 }
 
-@group(0) @binding(0) var<uniform> hps: array<Hyper, MAX_GROUPS>;
+@group(0) @binding(0) var<uniform> hps: array<StepUniform, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<Lane>;
 @group(0) @binding(4) var<storage, read_write> momentum_buffer: array<Lane>;
 

@@ -2,8 +2,8 @@
 //!
 //! Tensors: one F32 tensor of shape `[n]` per state tensor (`exp_avg`, `exp_avg_sq`, ...).
 //! Metadata (strings): `format` = `fused-optim-checkpoint/1`, `optimizer` (PyTorch's class
-//! name), `hparams` (JSON, PyTorch's names), `step`, `lr`, `mu_product`,
-//! `momentum_buffer_ready`, `n`, and `crc32.<name>` for every tensor, so that a corrupted
+//! name), `hparams` (JSON, PyTorch's names), `step`, `lr`, `state_written`, each of the
+//! algorithm's host scalars under its name (NAdam's `mu_product`, ...), `n`, and `crc32.<name>` for every tensor, so that a corrupted
 //! file is refused even where the safetensors framing survives.
 //!
 //! Writes are atomic (a temporary file in the same folder, synced, then renamed over the
@@ -30,7 +30,6 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
-use crate::golden::config_from_hparams;
 use crate::optim::{HostState, OptimizerConfig};
 
 /// Format tag written into every checkpoint.
@@ -63,13 +62,34 @@ pub struct GroupState {
     pub host: HostState,
 }
 
-fn host_json(h: &HostState) -> serde_json::Value {
-    serde_json::json!({
+fn host_json(config: &OptimizerConfig, h: &HostState) -> serde_json::Value {
+    let mut v = serde_json::json!({
         "step": h.step,
         "lr": h.lr,
-        "mu_product": h.mu_product,
-        "momentum_buffer_ready": h.momentum_buffer_ready,
-    })
+        "state_written": h.state_written,
+    });
+    for ((name, _), value) in config.host_scalars().iter().zip(h.scalars) {
+        v[*name] = serde_json::json!(value);
+    }
+    v
+}
+
+/// The host state of `config` from named values (`number`: a scalar by name; `flag`:
+/// `state_written`, or the name older checkpoints used, `momentum_buffer_ready`).
+fn host_from(
+    config: &OptimizerConfig,
+    step: u64,
+    number: impl Fn(&str) -> Result<f64>,
+    state_written: bool,
+) -> Result<HostState> {
+    let mut host = config.initial_host_state();
+    host.step = step;
+    host.lr = number("lr")?;
+    host.state_written = state_written;
+    for (slot, (name, _)) in host.scalars.iter_mut().zip(config.host_scalars()) {
+        *slot = number(name)?;
+    }
+    Ok(host)
 }
 
 fn groups_json(groups: &[GroupState]) -> String {
@@ -81,7 +101,7 @@ fn groups_json(groups: &[GroupState]) -> String {
                     "segments": g.segments,
                     "optimizer": g.config.name(),
                     "hparams": g.config.hparams(),
-                    "host": host_json(&g.host),
+                    "host": host_json(&g.config, &g.host),
                 })
             })
             .collect(),
@@ -108,7 +128,8 @@ fn parse_groups(path: &Path, text: &str) -> Result<Vec<GroupState>> {
             let hparams = field("hparams")?
                 .as_object()
                 .ok_or_else(|| err(path, "group hparams is not an object"))?;
-            let config = config_from_hparams(optimizer, hparams).map_err(|e| err(path, e))?;
+            let config =
+                OptimizerConfig::from_hparams(optimizer, hparams).map_err(|e| err(path, e))?;
             config.validate()?;
             let h = field("host")?;
             let num = |k: &str| {
@@ -126,18 +147,17 @@ fn parse_groups(path: &Path, text: &str) -> Result<Vec<GroupState>> {
             Ok(GroupState {
                 segments,
                 config,
-                host: HostState {
-                    step: h
-                        .get("step")
+                host: host_from(
+                    &config,
+                    h.get("step")
                         .and_then(serde_json::Value::as_u64)
                         .ok_or_else(|| err(path, "group host lacks `step`"))?,
-                    lr: num("lr")?,
-                    mu_product: num("mu_product")?,
-                    momentum_buffer_ready: h
-                        .get("momentum_buffer_ready")
+                    num,
+                    h.get("state_written")
+                        .or_else(|| h.get("momentum_buffer_ready"))
                         .and_then(serde_json::Value::as_bool)
                         .unwrap_or(false),
-                },
+                )?,
             })
         })
         .collect()
@@ -158,13 +178,12 @@ pub fn save(path: &Path, state: &OptimizerState) -> Result<()> {
     meta.insert("hparams".to_string(), state.config.hparams().to_string());
     meta.insert("step".to_string(), state.host.step.to_string());
     meta.insert("lr".to_string(), format!("{:?}", state.host.lr));
+    for ((name, _), value) in state.config.host_scalars().iter().zip(state.host.scalars) {
+        meta.insert(name.to_string(), format!("{value:?}"));
+    }
     meta.insert(
-        "mu_product".to_string(),
-        format!("{:?}", state.host.mu_product),
-    );
-    meta.insert(
-        "momentum_buffer_ready".to_string(),
-        state.host.momentum_buffer_ready.to_string(),
+        "state_written".to_string(),
+        state.host.state_written.to_string(),
     );
     meta.insert("n".to_string(), state.n.to_string());
     if !state.groups.is_empty() {
@@ -227,7 +246,7 @@ pub fn load(path: &Path) -> Result<OptimizerState> {
     let map = hparams
         .as_object()
         .ok_or_else(|| err(path, "hparams is not an object"))?;
-    let config = config_from_hparams(optimizer, map).map_err(|e| err(path, e))?;
+    let config = OptimizerConfig::from_hparams(optimizer, map).map_err(|e| err(path, e))?;
     config.validate()?;
     if config.name() != optimizer {
         return Err(err(
@@ -243,14 +262,18 @@ pub fn load(path: &Path) -> Result<OptimizerState> {
     let n: usize = get("n")?
         .parse()
         .map_err(|e| err(path, format!("`n`: {e}")))?;
-    let host = HostState {
-        step: get("step")?
+    let written = meta
+        .get("state_written")
+        .or_else(|| meta.get("momentum_buffer_ready"))
+        .ok_or_else(|| err(path, "metadata lacks `state_written`"))?;
+    let host = host_from(
+        &config,
+        get("step")?
             .parse()
             .map_err(|e| err(path, format!("`step`: {e}")))?,
-        lr: number("lr")?,
-        mu_product: number("mu_product")?,
-        momentum_buffer_ready: get("momentum_buffer_ready")? == "true",
-    };
+        number,
+        written == "true",
+    )?;
     let names = config.state_names();
     let mut found: Vec<String> = tensors.names().iter().map(|s| s.to_string()).collect();
     found.sort();

@@ -136,6 +136,57 @@ pub enum Error {
         /// The norm found.
         norm: f64,
     },
+    /// A feature this algorithm does not have (e.g. the device-side step counter for an
+    /// algorithm whose uniform depends on its lr history, or a train/eval switch for an
+    /// algorithm without modes).
+    #[error("{optimizer} does not support {feature}")]
+    Unsupported {
+        /// Optimizer name.
+        optimizer: &'static str,
+        /// What was asked for.
+        feature: &'static str,
+    },
+    /// A call that is not valid in the optimizer's current mode (Schedule-Free: stepping in
+    /// evaluation mode).
+    #[error("{optimizer}: {reason}")]
+    WrongMode {
+        /// Optimizer name.
+        optimizer: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Too few or too many parameter groups.
+    #[error("{got} parameter groups given: between 1 and {max} are supported")]
+    GroupCount {
+        /// Groups given.
+        got: usize,
+        /// The most a kernel can tell apart (`MAX_GROUPS`).
+        max: usize,
+    },
+    /// A parameter-group index past the last group.
+    #[error("parameter group {index} does not exist (the optimizer has {groups})")]
+    GroupIndex {
+        /// The index given.
+        index: usize,
+        /// The number of groups.
+        groups: usize,
+    },
+    /// An array view that is not contiguous in standard (row-major) layout.
+    #[error("the {what} array is not contiguous in standard layout (use `.as_standard_layout()`)")]
+    NotContiguous {
+        /// Which argument.
+        what: &'static str,
+    },
+    /// A kernel launch option outside its valid range (`KernelTuning`).
+    #[error("kernel launch option {name} = {value}: {requirement}")]
+    InvalidLaunchOption {
+        /// The option.
+        name: &'static str,
+        /// The value given.
+        value: u64,
+        /// What it must satisfy.
+        requirement: &'static str,
+    },
     /// A data file (e.g. MNIST idx) that cannot be read.
     #[error("data file {file}: {reason}")]
     Data {

@@ -140,43 +140,8 @@ pub fn cpu_copy(dst: &mut [f32], src: &[f32]) {
 }
 
 /// The optimizer configurations the benchmarks measure, by short name: one per distinct
-/// access pattern and kernel variant.
+/// access pattern and kernel variant of every registered algorithm
+/// ([`Algorithm::benchmark_configs`](crate::optim::Algorithm::benchmark_configs)).
 pub fn benchmark_suite() -> Vec<(&'static str, crate::OptimizerConfig)> {
-    use crate::optim::*;
-    vec![
-        ("sgd", SgdConfig::default().into()),
-        (
-            "sgd_momentum",
-            SgdConfig {
-                momentum: 0.9,
-                ..Default::default()
-            }
-            .into(),
-        ),
-        ("adagrad", AdagradConfig::default().into()),
-        ("rmsprop", RmspropConfig::default().into()),
-        (
-            "rmsprop_centered_momentum",
-            RmspropConfig {
-                centered: true,
-                momentum: 0.9,
-                ..Default::default()
-            }
-            .into(),
-        ),
-        ("adam", AdamConfig::default().into()),
-        ("adamw", AdamConfig::adamw().into()),
-        (
-            "amsgrad",
-            AdamConfig {
-                amsgrad: true,
-                ..Default::default()
-            }
-            .into(),
-        ),
-        ("adadelta", AdadeltaConfig::default().into()),
-        ("nadam", NadamConfig::default().into()),
-        ("adamax", AdamaxConfig::default().into()),
-        ("radam", RadamConfig::default().into()),
-    ]
+    crate::OptimizerConfig::benchmark_suite()
 }

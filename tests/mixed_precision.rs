@@ -82,7 +82,7 @@ fn nonfinite_steps_are_skipped_whole_and_the_run_matches_the_reference() {
             .unwrap();
         }
         assert_eq!(gpu.step_count(), 6);
-        let (gh, rh) = (gpu.host_state().mu_product, reference.mu_product());
+        let (gh, rh) = (gpu.host_state().scalars[0], reference.mu_product());
         assert!(
             (gh - rh).abs() <= 1e-12 * rh.abs(),
             "[{what}] mu_product {gh} vs {rh}"

@@ -1,9 +1,7 @@
 //! naga parses and validates every kernel; each WGSL uniform struct matches its Rust mirror
 //! (size and every member offset).
 
-use fused_optim::gpu::shaders::{
-    assemble, assemble_with, with_grad_control, with_lanes, Variant, KERNELS,
-};
+use fused_optim::gpu::shaders::{assemble, assemble_with, kernels, with_grad_control, with_lanes, Variant};
 use fused_optim::optim::*;
 
 fn module(source: &str) -> naga::Module {
@@ -43,7 +41,7 @@ fn every_kernel_parses_and_validates() {
     }
     // Every variant of every kernel (native f16: `enable f16;`, capability SHADER_FLOAT16;
     // u64 lanes: SHADER_INT64), the roof and the copy kernel included.
-    let all = KERNELS.iter().map(|(f, s, _)| (*f, *s)).chain([
+    let all = kernels().into_iter().map(|k| (k.file, k.source)).chain([
         ("roof.wgsl", include_str!("../shaders/roof.wgsl")),
         ("copy.wgsl", include_str!("../shaders/copy.wgsl")),
     ]);
@@ -74,7 +72,8 @@ fn every_kernel_parses_and_validates() {
             }
         }
     }
-    for (file, source, _) in KERNELS {
+    for k in kernels() {
+        let (file, source) = (k.file, k.source);
         let full = assemble(source);
         let m = module(&full);
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities())
@@ -122,26 +121,28 @@ fn assert_mirrors(m: &naga::Module, name: &str, rust: &[(&str, usize)], rust_siz
 
 macro_rules! check_mirror {
     ($file:expr, $ty:ty, [$($field:ident),*]) => {{
-        let source = KERNELS.iter().find(|k| k.0 == $file).unwrap().1;
-        let (members, size) = wgsl_layout(source, "Hyper");
+        let source = kernels().into_iter().find(|k| k.file == $file).unwrap().source;
+        let (members, size) = wgsl_layout(source, "StepUniform");
         assert_eq!(size as usize, std::mem::size_of::<$ty>(), "{} size", $file);
-        assert!(std::mem::size_of::<$ty>() as u64 <= MAX_HYPER_BYTES);
+        assert!(std::mem::size_of::<$ty>() as u64 <= MAX_UNIFORM_BYTES);
         let rust: Vec<(&str, usize)> = vec![$((stringify!($field), std::mem::offset_of!($ty, $field))),*];
         for (name, offset) in rust {
             let wgsl = members.iter().find(|(n, _)| n == name)
-                .unwrap_or_else(|| panic!("{}: WGSL Hyper lacks `{name}`", $file));
+                .unwrap_or_else(|| panic!("{}: WGSL StepUniform lacks `{name}`", $file));
             assert_eq!(wgsl.1 as usize, offset, "{}: offset of {name}", $file);
         }
         let real_members = members.iter().filter(|(n, _)| !n.starts_with("_pad")).count();
         assert_eq!(real_members, [$(stringify!($field)),*].len(), "{}: member count", $file);
+        $file
     }};
 }
 
 #[test]
 fn uniform_structs_match_rust_mirrors() {
-    check_mirror!(
+    let mut checked: Vec<&str> = Vec::new();
+    checked.push(check_mirror!(
         "sgd.wgsl",
-        SgdHyper,
+        SgdUniform,
         [
             lr,
             grad_sign,
@@ -150,15 +151,15 @@ fn uniform_structs_match_rust_mirrors() {
             grad_into_buffer,
             momentum
         ]
-    );
-    check_mirror!(
+    ));
+    checked.push(check_mirror!(
         "adagrad.wgsl",
-        AdagradHyper,
+        AdagradUniform,
         [grad_sign, weight_decay, clr, eps]
-    );
-    check_mirror!(
+    ));
+    checked.push(check_mirror!(
         "rmsprop.wgsl",
-        RmspropHyper,
+        RmspropUniform,
         [
             lr,
             grad_sign,
@@ -168,10 +169,10 @@ fn uniform_structs_match_rust_mirrors() {
             eps,
             momentum
         ]
-    );
-    check_mirror!(
+    ));
+    checked.push(check_mirror!(
         "adam.wgsl",
-        AdamHyper,
+        AdamUniform,
         [
             grad_sign,
             weight_decay,
@@ -183,15 +184,15 @@ fn uniform_structs_match_rust_mirrors() {
             inv_sqrt_bc2,
             eps
         ]
-    );
-    check_mirror!(
+    ));
+    checked.push(check_mirror!(
         "adadelta.wgsl",
-        AdadeltaHyper,
+        AdadeltaUniform,
         [lr, grad_sign, weight_decay, rho, one_minus_rho, eps]
-    );
-    check_mirror!(
+    ));
+    checked.push(check_mirror!(
         "nadam.wgsl",
-        NadamHyper,
+        NadamUniform,
         [
             grad_sign,
             weight_decay,
@@ -204,10 +205,10 @@ fn uniform_structs_match_rust_mirrors() {
             grad_coef,
             avg_coef
         ]
-    );
-    check_mirror!(
+    ));
+    checked.push(check_mirror!(
         "adamax.wgsl",
-        AdamaxHyper,
+        AdamaxUniform,
         [
             grad_sign,
             weight_decay,
@@ -216,10 +217,10 @@ fn uniform_structs_match_rust_mirrors() {
             eps,
             step_size
         ]
-    );
-    check_mirror!(
+    ));
+    checked.push(check_mirror!(
         "radam.wgsl",
-        RadamHyper,
+        RadamUniform,
         [
             grad_sign,
             weight_decay,
@@ -232,7 +233,15 @@ fn uniform_structs_match_rust_mirrors() {
             plain_step_size,
             adaptive_step_size
         ]
-    );
+    ));
+    // Every registered algorithm's uniform has a mirror check here.
+    for k in kernels() {
+        assert!(
+            checked.contains(&k.file),
+            "{}: no uniform mirror check in tests/shaders.rs",
+            k.file
+        );
+    }
 }
 
 /// The gradient control block (declared once, in grad_control.wgsl) as each of its users
@@ -255,7 +264,7 @@ fn grad_control_matches_its_mirror_in_every_shader() {
     ];
     let norm_module = module(&with_lanes(include_str!("../shaders/norm.wgsl"), false));
     let sources = [
-        module(&assemble(KERNELS[0].1)),
+        module(&assemble(kernels()[0].source)),
         norm_module,
         module(&with_grad_control(include_str!(
             "../shaders/device_step.wgsl"
@@ -292,7 +301,7 @@ fn device_step_block_matches_its_mirror() {
 
 #[test]
 fn window_struct_is_16_bytes() {
-    let (members, size) = wgsl_layout(KERNELS[0].1, "Window");
+    let (members, size) = wgsl_layout(kernels()[0].source, "Window");
     assert_eq!(size, 16);
     assert_eq!(members[0], ("n".to_string(), 0));
 }
@@ -302,7 +311,8 @@ fn window_struct_is_16_bytes() {
 /// the `store_*` helpers store what their callers masked.
 #[test]
 fn every_kernel_store_is_masked() {
-    for (file, source, _) in KERNELS {
+    for k in kernels() {
+        let (file, source) = (k.file, k.source);
         let mut current_fn = String::new();
         let mut stores = 0;
         for line in source.lines() {

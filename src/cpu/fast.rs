@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::staggered::StaggeredVec;
 use crate::error::{Error, Result};
 use crate::gpu::gradients::GradOptions;
-use crate::optim::*;
+use crate::optim::{Algorithm, HostState, OptimizerConfig};
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 1 << 15;
@@ -43,10 +43,12 @@ impl CpuOptimizer {
         let states = names
             .iter()
             .enumerate()
-            .map(|(k, name)| StaggeredVec::filled(n, config.initial_state_value(name), k + 1))
+            .map(|(k, name)| {
+                StaggeredVec::filled(n, config.initial_state_value(name) as f32, k + 1)
+            })
             .collect();
         Ok(Self {
-            host: HostState::new(config.lr()),
+            host: config.initial_host_state(),
             config,
             n,
             names,
@@ -86,14 +88,8 @@ impl CpuOptimizer {
             self.last_grad_norm = preprocess(&self.grad_options, grads, &mut self.scratch);
             &self.scratch[..]
         };
-        let hyper = self.config.begin_step(&mut self.host);
-        par_apply(
-            params,
-            grads,
-            &mut self.states,
-            Kernel::new(hyper, &self.config),
-        );
-        self.config.end_step(&mut self.host);
+        self.config
+            .cpu_step(&mut self.host, params, grads, &mut self.states);
         Ok(())
     }
 
@@ -108,12 +104,12 @@ impl CpuOptimizer {
         S2: Data<Elem = f32>,
         D: Dimension,
     {
-        let g = grads.as_slice().ok_or(Error::Empty {
-            what: "contiguous grads view (the array is not in standard layout)",
-        })?;
-        let p = params.as_slice_mut().ok_or(Error::Empty {
-            what: "contiguous params view (the array is not in standard layout)",
-        })?;
+        let g = grads
+            .as_slice()
+            .ok_or(Error::NotContiguous { what: "grads" })?;
+        let p = params
+            .as_slice_mut()
+            .ok_or(Error::NotContiguous { what: "params" })?;
         self.step(p, g)
     }
 
@@ -137,7 +133,7 @@ impl CpuOptimizer {
 
     /// Set the learning rate of the next steps.
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
-        validate_lr(self.config.name(), lr)?;
+        self.config.validate_lr(lr)?;
         self.host.lr = lr;
         Ok(())
     }
@@ -184,7 +180,7 @@ impl CpuOptimizer {
         }
         self.states[k].copy_from_slice(values);
         if name == "momentum_buffer" {
-            self.host.momentum_buffer_ready = true;
+            self.host.state_written = true;
         }
         Ok(())
     }
@@ -256,99 +252,64 @@ fn preprocess(o: &GradOptions, grads: &[f32], out: &mut Vec<f32>) -> Option<f64>
     Some(norm)
 }
 
-/// Runs `f` over matching chunks of params, grads and every state, in parallel.
-/// One optimizer's per-chunk loop with its step scalars and structural flags.
+/// The CPU roof (`roofline::cpu_roof`): `p += scale * (g + sum(states)); state += g` over
+/// the same chunks, threads and vector code (AVX2 where available) as the optimizers.
 #[derive(Clone, Copy)]
-enum Kernel {
-    Sgd(SgdHyper, bool, bool),
-    Adagrad(AdagradHyper),
-    Rmsprop(RmspropHyper, bool, bool),
-    Adam(AdamHyper, bool),
-    Adadelta(AdadeltaHyper),
-    Nadam(NadamHyper),
-    Adamax(AdamaxHyper),
-    Radam(RadamHyper),
-    /// The CPU roof (`roofline::cpu_roof`): the access pattern with trivial arithmetic.
-    Roof(f32),
-}
+struct Roof(f32);
 
-impl Kernel {
-    fn new(hyper: Hyper, config: &OptimizerConfig) -> Self {
-        match (hyper, config) {
-            (Hyper::Sgd(h), OptimizerConfig::Sgd(c)) => {
-                Kernel::Sgd(h, c.momentum != 0.0, c.nesterov)
-            }
-            (Hyper::Adagrad(h), _) => Kernel::Adagrad(h),
-            (Hyper::Rmsprop(h), OptimizerConfig::Rmsprop(c)) => {
-                Kernel::Rmsprop(h, c.centered, c.momentum > 0.0)
-            }
-            (Hyper::Adam(h), OptimizerConfig::Adam(c)) => Kernel::Adam(h, c.amsgrad),
-            (Hyper::Adadelta(h), _) => Kernel::Adadelta(h),
-            (Hyper::Nadam(h), _) => Kernel::Nadam(h),
-            (Hyper::Adamax(h), _) => Kernel::Adamax(h),
-            (Hyper::Radam(h), _) => Kernel::Radam(h),
-            _ => unreachable!("begin_step returns the hyper of the config's own kind"),
-        }
-    }
-
+/// A per-chunk loop: an algorithm's `cpu_chunk` with its step's uniform, or the roof.
+trait ChunkLoop: Sync + Send {
     /// The loop over one chunk; always inlined, so that it is compiled into both the SSE2
     /// and the AVX2 entry points.
+    fn run(&self, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]);
+}
+
+impl ChunkLoop for Roof {
     #[inline(always)]
     fn run(&self, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
-        // Monomorphise on (weight decay in the gradient, decoupled decay factor).
-        macro_rules! shaped {
-            ($l2:expr, $decay:expr, $f:ident($($arg:expr),*)) => {
-                match ($l2 != 0.0, $decay != 1.0) {
-                    (false, false) => kernels::$f::<false, false>($($arg),*),
-                    (true, false) => kernels::$f::<true, false>($($arg),*),
-                    (false, true) => kernels::$f::<false, true>($($arg),*),
-                    (true, true) => kernels::$f::<true, true>($($arg),*),
-                }
-            };
-        }
-        match self {
-            Kernel::Sgd(h, momentum, nesterov) => {
-                shaped!(h.weight_decay, 1.0, sgd(h, *momentum, *nesterov, p, g, s))
-            }
-            Kernel::Adagrad(h) => shaped!(h.weight_decay, 1.0, adagrad(h, p, g, s)),
-            Kernel::Rmsprop(h, centered, momentum) => {
-                shaped!(
-                    h.weight_decay,
-                    1.0,
-                    rmsprop(h, *centered, *momentum, p, g, s)
-                )
-            }
-            Kernel::Adam(h, amsgrad) => {
-                shaped!(h.weight_decay, h.decay_factor, adam(h, *amsgrad, p, g, s))
-            }
-            Kernel::Adadelta(h) => shaped!(h.weight_decay, 1.0, adadelta(h, p, g, s)),
-            Kernel::Nadam(h) => shaped!(h.weight_decay, h.decay_factor, nadam(h, p, g, s)),
-            Kernel::Adamax(h) => shaped!(h.weight_decay, 1.0, adamax(h, p, g, s)),
-            Kernel::Radam(h) => shaped!(h.weight_decay, h.decay_factor, radam(h, p, g, s)),
-            Kernel::Roof(scale) => kernels::roof(*scale, p, g, s),
-        }
+        roof_chunk(self.0, p, g, s)
     }
+}
 
-    fn run_sse2(&self, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
-        self.run(p, g, s)
+/// An algorithm with the uniform of one step.
+struct Step<'a, A: Algorithm>(&'a A, &'a A::Uniform);
+
+impl<A: Algorithm> ChunkLoop for Step<'_, A> {
+    #[inline(always)]
+    fn run(&self, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        self.0.cpu_chunk(self.1, p, g, s)
     }
+}
+
+/// One step of algorithm `config` with uniform `u` over every chunk, in parallel.
+pub(crate) fn apply<A: Algorithm>(
+    config: &A,
+    u: &A::Uniform,
+    p: &mut [f32],
+    g: &[f32],
+    states: &mut [StaggeredVec],
+) {
+    par_apply(p, g, states, &Step(config, u))
 }
 
 /// The CPU roof: `p += scale * (g + sum(states)); state += g` over the same chunks, threads
 /// and vector code (AVX2 where available) as the optimizers.
 pub(crate) fn roof_step(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], scale: f32) {
-    par_apply(p, g, states, Kernel::Roof(scale))
+    par_apply(p, g, states, &Roof(scale))
 }
 
-fn par_apply(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], k: Kernel) {
+fn par_apply<K: ChunkLoop>(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], k: &K) {
     #[cfg(target_arch = "x86_64")]
     if simd::avx2_enabled() {
         // SAFETY: the CPU has AVX2 and FMA (checked at run time by `avx2_enabled`).
-        return par_chunks(p, g, states, move |p, g, s| unsafe {
-            simd::avx2(&k, p, g, s)
-        });
+        return par_chunks(p, g, states, move |p, g, s| unsafe { simd::avx2(k, p, g, s) });
     }
-    par_chunks(p, g, states, move |p, g, s| k.run_sse2(p, g, s))
+    par_chunks(p, g, states, move |p, g, s| sse2(k, p, g, s))
+}
+
+/// The loop compiled for the baseline target (SSE2 on x86_64).
+fn sse2<K: ChunkLoop>(k: &K, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+    k.run(p, g, s)
 }
 
 /// Runtime dispatch of the per-chunk loops to AVX2 code on CPUs that have it (the default
@@ -386,7 +347,12 @@ mod simd {
 
     /// The kernel's loop compiled for AVX2 + FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn avx2(k: &super::Kernel, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+    pub unsafe fn avx2<K: super::ChunkLoop>(
+        k: &K,
+        p: &mut [f32],
+        g: &[f32],
+        s: &mut [&mut [f32]],
+    ) {
         k.run(p, g, s)
     }
 }
@@ -430,315 +396,40 @@ where
     }
 }
 
-/// Per-chunk loops: the same operations, in the same order, as the WGSL `update` functions,
-/// except that terms PyTorch skips are skipped (monomorphised on `L2`: weight decay added to
-/// the gradient; `DECAY`: decoupled decay factor): no `+ 0 * p`, no `p * 1`. Where this
-/// VM's large L3 holds the data, instructions, not bytes, set the pace.
-mod kernels {
-    use crate::optim::*;
-
-    /// `sign * g (+ wd * p)`.
-    #[inline(always)]
-    fn grad_term<const L2: bool>(g: f32, p: f32, sign: f32, wd: f32) -> f32 {
-        if L2 {
-            g * sign + wd * p
-        } else {
-            g * sign
-        }
-    }
-
-    /// `p (* decay_factor)`.
-    #[inline(always)]
-    fn decay<const DECAY: bool>(p: f32, factor: f32) -> f32 {
-        if DECAY {
-            p * factor
-        } else {
-            p
-        }
-    }
-
-    #[inline(always)]
-    pub fn roof(scale: f32, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
-        let n = p.len();
-        let g = &g[..n];
-        match s {
-            [] => {
-                for i in 0..n {
-                    p[i] += scale * g[i];
-                }
-            }
-            [a] => {
-                let a = &mut a[..n];
-                for i in 0..n {
-                    p[i] += scale * (g[i] + a[i]);
-                    a[i] += g[i];
-                }
-            }
-            [a, b] => {
-                let (a, b) = (&mut a[..n], &mut b[..n]);
-                for i in 0..n {
-                    p[i] += scale * (g[i] + a[i] + b[i]);
-                    a[i] += g[i];
-                    b[i] += g[i];
-                }
-            }
-            [a, b, c, ..] => {
-                let (a, b, c) = (&mut a[..n], &mut b[..n], &mut c[..n]);
-                for i in 0..n {
-                    p[i] += scale * (g[i] + a[i] + b[i] + c[i]);
-                    a[i] += g[i];
-                    b[i] += g[i];
-                    c[i] += g[i];
-                }
-            }
-        }
-    }
-
-    #[inline(always)]
-    pub fn sgd<const L2: bool, const DECAY: bool>(
-        h: &SgdHyper,
-        has_momentum: bool,
-        nesterov: bool,
-        p: &mut [f32],
-        g: &[f32],
-        s: &mut [&mut [f32]],
-    ) {
-        let n = p.len();
-        let g = &g[..n];
-        if !has_momentum {
+/// The roof's loop over one chunk.
+#[inline(always)]
+fn roof_chunk(scale: f32, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+    let n = p.len();
+    let g = &g[..n];
+    match s {
+        [] => {
             for i in 0..n {
-                let d = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
-                p[i] -= h.lr * d;
+                p[i] += scale * g[i];
             }
-            return;
         }
-        let buf = &mut s[0][..n];
-        for i in 0..n {
-            let d = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
-            let b = h.buffer_keep * buf[i] + h.grad_into_buffer * d;
-            buf[i] = b;
-            let d = if nesterov { d + h.momentum * b } else { b };
-            p[i] -= h.lr * d;
-        }
-    }
-
-    #[inline(always)]
-    pub fn adagrad<const L2: bool, const DECAY: bool>(
-        h: &AdagradHyper,
-        p: &mut [f32],
-        g: &[f32],
-        s: &mut [&mut [f32]],
-    ) {
-        let n = p.len();
-        let (g, sum) = (&g[..n], &mut s[0][..n]);
-        for i in 0..n {
-            let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
-            let si = sum[i] + gi * gi;
-            sum[i] = si;
-            p[i] -= h.clr * gi / (si.sqrt() + h.eps);
-        }
-    }
-
-    #[inline(always)]
-    pub fn rmsprop<const L2: bool, const DECAY: bool>(
-        h: &RmspropHyper,
-        centered: bool,
-        has_momentum: bool,
-        p: &mut [f32],
-        g: &[f32],
-        s: &mut [&mut [f32]],
-    ) {
-        let n = p.len();
-        let g = &g[..n];
-        match (s, centered, has_momentum) {
-            ([v], false, false) => {
-                let v = &mut v[..n];
-                for i in 0..n {
-                    let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
-                    let vi = h.alpha * v[i] + h.one_minus_alpha * gi * gi;
-                    v[i] = vi;
-                    p[i] -= h.lr * gi / (vi.sqrt() + h.eps);
-                }
+        [a] => {
+            let a = &mut a[..n];
+            for i in 0..n {
+                p[i] += scale * (g[i] + a[i]);
+                a[i] += g[i];
             }
-            ([v, ga], true, false) => {
-                let (v, ga) = (&mut v[..n], &mut ga[..n]);
-                for i in 0..n {
-                    let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
-                    let vi = h.alpha * v[i] + h.one_minus_alpha * gi * gi;
-                    let a = ga[i] + h.one_minus_alpha * (gi - ga[i]);
-                    v[i] = vi;
-                    ga[i] = a;
-                    p[i] -= h.lr * gi / ((vi - a * a).sqrt() + h.eps);
-                }
-            }
-            ([v, buf], false, true) => {
-                let (v, buf) = (&mut v[..n], &mut buf[..n]);
-                for i in 0..n {
-                    let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
-                    let vi = h.alpha * v[i] + h.one_minus_alpha * gi * gi;
-                    v[i] = vi;
-                    let b = h.momentum * buf[i] + gi / (vi.sqrt() + h.eps);
-                    buf[i] = b;
-                    p[i] -= h.lr * b;
-                }
-            }
-            ([v, buf, ga], true, true) => {
-                let (v, buf, ga) = (&mut v[..n], &mut buf[..n], &mut ga[..n]);
-                for i in 0..n {
-                    let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
-                    let vi = h.alpha * v[i] + h.one_minus_alpha * gi * gi;
-                    let a = ga[i] + h.one_minus_alpha * (gi - ga[i]);
-                    v[i] = vi;
-                    ga[i] = a;
-                    let b = h.momentum * buf[i] + gi / ((vi - a * a).sqrt() + h.eps);
-                    buf[i] = b;
-                    p[i] -= h.lr * b;
-                }
-            }
-            _ => unreachable!("state count matches the RMSprop options"),
         }
-    }
-
-    #[inline(always)]
-    pub fn adam<const L2: bool, const DECAY: bool>(
-        h: &AdamHyper,
-        amsgrad: bool,
-        p: &mut [f32],
-        g: &[f32],
-        s: &mut [&mut [f32]],
-    ) {
-        let n = p.len();
-        let g = &g[..n];
-        match s {
-            [m, v] if !amsgrad => {
-                let (m, v) = (&mut m[..n], &mut v[..n]);
-                for i in 0..n {
-                    let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
-                    let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
-                    let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
-                    m[i] = mi;
-                    v[i] = vi;
-                    let denom = vi.sqrt() * h.inv_sqrt_bc2 + h.eps;
-                    p[i] = decay::<DECAY>(p[i], h.decay_factor) - h.step_size * mi / denom;
-                }
+        [a, b] => {
+            let (a, b) = (&mut a[..n], &mut b[..n]);
+            for i in 0..n {
+                p[i] += scale * (g[i] + a[i] + b[i]);
+                a[i] += g[i];
+                b[i] += g[i];
             }
-            [m, v, vmax] => {
-                let (m, v, vmax) = (&mut m[..n], &mut v[..n], &mut vmax[..n]);
-                for i in 0..n {
-                    let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
-                    let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
-                    let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
-                    m[i] = mi;
-                    v[i] = vi;
-                    let vv = vmax[i].max(vi);
-                    vmax[i] = vv;
-                    let denom = vv.sqrt() * h.inv_sqrt_bc2 + h.eps;
-                    p[i] = decay::<DECAY>(p[i], h.decay_factor) - h.step_size * mi / denom;
-                }
+        }
+        [a, b, c, ..] => {
+            let (a, b, c) = (&mut a[..n], &mut b[..n], &mut c[..n]);
+            for i in 0..n {
+                p[i] += scale * (g[i] + a[i] + b[i] + c[i]);
+                a[i] += g[i];
+                b[i] += g[i];
+                c[i] += g[i];
             }
-            _ => unreachable!("state count matches the Adam options"),
-        }
-    }
-
-    #[inline(always)]
-    pub fn adadelta<const L2: bool, const DECAY: bool>(
-        h: &AdadeltaHyper,
-        p: &mut [f32],
-        g: &[f32],
-        s: &mut [&mut [f32]],
-    ) {
-        let n = p.len();
-        let g = &g[..n];
-        let [v, u] = s else {
-            unreachable!("Adadelta has two states")
-        };
-        let (v, u) = (&mut v[..n], &mut u[..n]);
-        for i in 0..n {
-            let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
-            let vi = h.rho * v[i] + h.one_minus_rho * gi * gi;
-            let delta = ((u[i] + h.eps) / (vi + h.eps)).sqrt() * gi;
-            u[i] = h.rho * u[i] + h.one_minus_rho * delta * delta;
-            v[i] = vi;
-            p[i] -= h.lr * delta;
-        }
-    }
-
-    #[inline(always)]
-    pub fn nadam<const L2: bool, const DECAY: bool>(
-        h: &NadamHyper,
-        p: &mut [f32],
-        g: &[f32],
-        s: &mut [&mut [f32]],
-    ) {
-        let n = p.len();
-        let g = &g[..n];
-        let [m, v] = s else {
-            unreachable!("NAdam has two states")
-        };
-        let (m, v) = (&mut m[..n], &mut v[..n]);
-        for i in 0..n {
-            let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
-            let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
-            let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
-            m[i] = mi;
-            v[i] = vi;
-            let inv = 1.0 / (vi.sqrt() * h.inv_sqrt_bc2 + h.eps);
-            let mut pi = decay::<DECAY>(p[i], h.decay_factor);
-            pi -= h.grad_coef * gi * inv;
-            pi -= h.avg_coef * mi * inv;
-            p[i] = pi;
-        }
-    }
-
-    #[inline(always)]
-    pub fn adamax<const L2: bool, const DECAY: bool>(
-        h: &AdamaxHyper,
-        p: &mut [f32],
-        g: &[f32],
-        s: &mut [&mut [f32]],
-    ) {
-        let n = p.len();
-        let g = &g[..n];
-        let [m, u] = s else {
-            unreachable!("Adamax has two states")
-        };
-        let (m, u) = (&mut m[..n], &mut u[..n]);
-        for i in 0..n {
-            let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
-            let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
-            let ui = (h.beta2 * u[i]).max(gi.abs() + h.eps);
-            m[i] = mi;
-            u[i] = ui;
-            p[i] -= h.step_size * mi / ui;
-        }
-    }
-
-    #[inline(always)]
-    pub fn radam<const L2: bool, const DECAY: bool>(
-        h: &RadamHyper,
-        p: &mut [f32],
-        g: &[f32],
-        s: &mut [&mut [f32]],
-    ) {
-        let n = p.len();
-        let g = &g[..n];
-        let [m, v] = s else {
-            unreachable!("RAdam has two states")
-        };
-        let (m, v) = (&mut m[..n], &mut v[..n]);
-        let rectified = h.rectified != 0;
-        for i in 0..n {
-            let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
-            let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
-            let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
-            m[i] = mi;
-            v[i] = vi;
-            let pi = decay::<DECAY>(p[i], h.decay_factor);
-            p[i] = if rectified {
-                pi - h.adaptive_step_size * mi / (vi.sqrt() + h.eps)
-            } else {
-                pi - h.plain_step_size * mi
-            };
         }
     }
 }

@@ -221,159 +221,13 @@ fn matrix(v: &Value, rows: usize, cols: usize) -> Result<Vec<Vec<f64>>, String> 
     a.iter().map(|r| vector(r, cols)).collect()
 }
 
-/// Map PyTorch's resolved `param_groups[0]` (minus params) to a config. Implementation
-/// switches (`foreach`, `fused`, `capturable`, `differentiable`) are accepted and ignored;
-/// any other unknown key is an error, so an option this crate lacks never passes silently.
+/// Map PyTorch's resolved `param_groups[0]` (minus params) to a config: the registry's
+/// mapping ([`OptimizerConfig::from_hparams`]), the one checkpoints use too.
 pub fn config_from_hparams(
     optimizer: &str,
     h: &serde_json::Map<String, Value>,
 ) -> Result<OptimizerConfig, String> {
-    const IGNORED: &[&str] = &["foreach", "fused", "capturable", "differentiable"];
-    let mut used: Vec<&str> = IGNORED.to_vec();
-    let mut num = |k: &'static str, default: f64| -> Result<f64, String> {
-        used.push(k);
-        match h.get(k) {
-            None => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| format!("`{k}` is not a number")),
-        }
-    };
-    let mut out: OptimizerConfig = match optimizer {
-        "SGD" => SgdConfig {
-            lr: num("lr", 1e-3)?,
-            momentum: num("momentum", 0.0)?,
-            dampening: num("dampening", 0.0)?,
-            weight_decay: num("weight_decay", 0.0)?,
-            ..Default::default()
-        }
-        .into(),
-        "Adagrad" => AdagradConfig {
-            lr: num("lr", 1e-2)?,
-            lr_decay: num("lr_decay", 0.0)?,
-            weight_decay: num("weight_decay", 0.0)?,
-            initial_accumulator_value: num("initial_accumulator_value", 0.0)?,
-            eps: num("eps", 1e-10)?,
-            ..Default::default()
-        }
-        .into(),
-        "RMSprop" => RmspropConfig {
-            lr: num("lr", 1e-2)?,
-            alpha: num("alpha", 0.99)?,
-            eps: num("eps", 1e-8)?,
-            weight_decay: num("weight_decay", 0.0)?,
-            momentum: num("momentum", 0.0)?,
-            ..Default::default()
-        }
-        .into(),
-        "Adam" | "AdamW" => {
-            let d = if optimizer == "AdamW" {
-                AdamConfig::adamw()
-            } else {
-                AdamConfig::default()
-            };
-            AdamConfig {
-                lr: num("lr", d.lr)?,
-                eps: num("eps", d.eps)?,
-                weight_decay: num("weight_decay", d.weight_decay)?,
-                ..d
-            }
-            .into()
-        }
-        "Adadelta" => AdadeltaConfig {
-            lr: num("lr", 1.0)?,
-            rho: num("rho", 0.9)?,
-            eps: num("eps", 1e-6)?,
-            weight_decay: num("weight_decay", 0.0)?,
-            ..Default::default()
-        }
-        .into(),
-        "NAdam" => NadamConfig {
-            lr: num("lr", 2e-3)?,
-            eps: num("eps", 1e-8)?,
-            weight_decay: num("weight_decay", 0.0)?,
-            momentum_decay: num("momentum_decay", 4e-3)?,
-            ..Default::default()
-        }
-        .into(),
-        "Adamax" => AdamaxConfig {
-            lr: num("lr", 2e-3)?,
-            eps: num("eps", 1e-8)?,
-            weight_decay: num("weight_decay", 0.0)?,
-            ..Default::default()
-        }
-        .into(),
-        "RAdam" => RadamConfig {
-            lr: num("lr", 1e-3)?,
-            eps: num("eps", 1e-8)?,
-            weight_decay: num("weight_decay", 0.0)?,
-            ..Default::default()
-        }
-        .into(),
-        other => return Err(format!("unsupported optimizer `{other}`")),
-    };
-    let flag = |k: &str| -> Result<Option<bool>, String> {
-        match h.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(format!("`{k}` is not a boolean: {v}")),
-        }
-    };
-    let betas = match h.get("betas") {
-        None => None,
-        Some(b) => {
-            let b = vector(b, 2).map_err(|e| format!("betas: {e}"))?;
-            Some((b[0], b[1]))
-        }
-    };
-    let maximize = flag("maximize")?.unwrap_or(false);
-    let decoupled = flag("decoupled_weight_decay")?;
-    let mut flags_used = vec!["maximize", "betas"];
-    match &mut out {
-        OptimizerConfig::Sgd(c) => {
-            c.maximize = maximize;
-            c.nesterov = flag("nesterov")?.unwrap_or(false);
-            flags_used.push("nesterov");
-        }
-        OptimizerConfig::Adagrad(c) => c.maximize = maximize,
-        OptimizerConfig::Rmsprop(c) => {
-            c.maximize = maximize;
-            c.centered = flag("centered")?.unwrap_or(false);
-            flags_used.push("centered");
-        }
-        OptimizerConfig::Adam(c) => {
-            c.maximize = maximize;
-            c.amsgrad = flag("amsgrad")?.unwrap_or(false);
-            if let Some(d) = decoupled {
-                c.decoupled_weight_decay = d || optimizer == "AdamW";
-            }
-            c.betas = betas.unwrap_or(c.betas);
-            flags_used.extend(["amsgrad", "decoupled_weight_decay"]);
-        }
-        OptimizerConfig::Adadelta(c) => c.maximize = maximize,
-        OptimizerConfig::Nadam(c) => {
-            c.maximize = maximize;
-            c.decoupled_weight_decay = decoupled.unwrap_or(false);
-            c.betas = betas.unwrap_or(c.betas);
-            flags_used.push("decoupled_weight_decay");
-        }
-        OptimizerConfig::Adamax(c) => {
-            c.maximize = maximize;
-            c.betas = betas.unwrap_or(c.betas);
-        }
-        OptimizerConfig::Radam(c) => {
-            c.maximize = maximize;
-            c.decoupled_weight_decay = decoupled.unwrap_or(false);
-            c.betas = betas.unwrap_or(c.betas);
-            flags_used.push("decoupled_weight_decay");
-        }
-    }
-    used.extend(flags_used);
-    if let Some(k) = h.keys().find(|k| !used.contains(&k.as_str())) {
-        return Err(format!(
-            "{optimizer}: unsupported hyper-parameter `{k}` = {}",
-            h[k]
-        ));
-    }
-    Ok(out)
+    OptimizerConfig::from_hparams(optimizer, h)
 }
 
 /// Largest errors of one replay and whether all were within tolerance.
@@ -600,7 +454,7 @@ impl GoldenCase {
             &state,
             Scalars {
                 step: host.step,
-                mu_product: host.mu_product,
+                mu_product: self.config.host_scalar(&host, "mu_product").unwrap_or(1.0),
                 round_to_f32: true,
             },
         );

@@ -23,7 +23,7 @@ use super::context::GpuContext;
 use super::gradients::GradControl;
 use super::kernel::MAX_GROUPS;
 use crate::error::{Error, Result};
-use crate::optim::{HostState, Hyper, OptimizerConfig, WordClass, MAX_HYPER_BYTES};
+use crate::optim::{HostState, OptimizerConfig, StepUniform, WordClass, MAX_UNIFORM_BYTES};
 use crate::scaler::LossScaler;
 
 const SOURCE: &str = include_str!("../../shaders/device_step.wgsl");
@@ -32,7 +32,7 @@ const SOURCE: &str = include_str!("../../shaders/device_step.wgsl");
 pub const STEP_ROWS: u64 = 1024;
 
 /// Words of one step's uniform (`WORDS` in the shader).
-const WORDS: usize = MAX_GROUPS * MAX_HYPER_BYTES as usize / 4;
+const WORDS: usize = MAX_GROUPS * MAX_UNIFORM_BYTES as usize / 4;
 
 /// The device step counter and loss scaler state. Mirror of `struct DeviceStep` in `shaders/device_step.wgsl`.
 #[repr(C)]
@@ -95,8 +95,12 @@ impl DeviceSteps {
     ) -> Result<Self> {
         let device = ctx.device();
         let classes = configs[0]
-            .begin_step(&mut HostState::new(1.0))
-            .word_classes();
+            .word_classes()
+            .ok_or(Error::Unsupported {
+                optimizer: configs[0].name(),
+                feature: "the device-side step counter (its per-step uniform depends on more \
+                          than the step number and the current lr)",
+            })?;
         let words_per_group = classes.len();
         let mut class_words = vec![0u32; WORDS];
         for g in 0..configs.len() {
@@ -277,7 +281,7 @@ impl DeviceSteps {
     }
 
     /// The host's uniform words for a device-counted step: `lr` in the `lr * f(t)` words.
-    pub fn host_words(&self, hyper: &Hyper, lr: f64, out: &mut Vec<u8>) {
+    pub fn host_words(&self, hyper: &StepUniform, lr: f64, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(hyper.as_bytes());
         let words: &mut [u32] = bytemuck::cast_slice_mut(&mut out[start..]);

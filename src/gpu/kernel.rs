@@ -9,7 +9,7 @@ use super::context::GpuContext;
 use super::gradients::GradControl;
 use crate::dispatch::{grid, padded_len, windows, Window};
 use crate::error::{Error, Result};
-use crate::optim::{OptimizerConfig, MAX_HYPER_BYTES};
+use crate::optim::{OptimizerConfig, MAX_UNIFORM_BYTES};
 
 /// Per-step uniform slots. Each step writes its own slot (addressed by a dynamic offset), so
 /// up to this many steps can be encoded into one submission and each still sees its own
@@ -19,8 +19,8 @@ pub const UNIFORM_RING: u64 = 256;
 /// Parameter groups a kernel can tell apart (`MAX_GROUPS` in `common.wgsl`).
 pub const MAX_GROUPS: usize = 8;
 
-/// Bytes of the per-step uniform: one Hyper per group.
-const HYPER_BINDING_BYTES: u64 = MAX_GROUPS as u64 * MAX_HYPER_BYTES;
+/// Bytes of the per-step uniform: one StepUniform per group.
+const HYPER_BINDING_BYTES: u64 = MAX_GROUPS as u64 * MAX_UNIFORM_BYTES;
 
 /// Bytes of the per-step `StepInfo` (stochastic-rounding seed), right after the Hypers.
 const STEP_INFO_BYTES: u64 = 16;
@@ -71,10 +71,10 @@ impl Specialization {
             decoupled_decay: false,
         };
         for c in configs {
-            let (maximize, l2, decoupled) = c.lane_options();
-            s.maximize |= maximize;
-            s.l2_decay |= l2;
-            s.decoupled_decay |= decoupled;
+            let o = c.lane_options();
+            s.maximize |= o.maximize;
+            s.l2_decay |= o.l2_decay;
+            s.decoupled_decay |= o.decoupled_decay;
         }
         s
     }
@@ -417,10 +417,9 @@ pub(crate) fn check_launch(ctx: &GpuContext) -> Result<()> {
     let limits = ctx.device().limits();
     let t = ctx.options().tuning;
     let bad = |name, value: f64, requirement| {
-        Err(Error::InvalidHyperParameter {
-            optimizer: "kernel launch options",
+        Err(Error::InvalidLaunchOption {
             name,
-            value,
+            value: value as u64,
             requirement,
         })
     };

@@ -11,7 +11,7 @@ use super::shaders::kernel_for;
 use crate::dispatch::padded_len;
 use crate::error::{Error, Result};
 use crate::optim::AdamConfig;
-use crate::optim::{validate_lr, HostState, OptimizerConfig};
+use crate::optim::{HostState, OptimizerConfig};
 use crate::scaler::LossScaler;
 
 pub use super::kernel::{MAX_GROUPS, UNIFORM_RING};
@@ -47,7 +47,7 @@ pub struct GpuOptimizer {
     others: Vec<(OptimizerConfig, HostState)>,
     /// Every group's config (group 0 first), for the device step counter.
     configs: Vec<OptimizerConfig>,
-    /// The step's uniform bytes (one Hyper per group), reused every step.
+    /// The step's uniform bytes (one StepUniform per group), reused every step.
     hyper_bytes: Vec<u8>,
     _lane_groups: Option<wgpu::Buffer>,
     low: Option<LowSetup>,
@@ -216,10 +216,9 @@ impl GpuOptimizer {
     /// ```
     pub fn with_groups(params: &FlatParams, groups: &[ParamGroup]) -> Result<Self> {
         if groups.is_empty() || groups.len() > MAX_GROUPS {
-            return Err(Error::LengthMismatch {
-                what: "parameter groups (1 to MAX_GROUPS)",
-                expected: MAX_GROUPS,
+            return Err(Error::GroupCount {
                 got: groups.len(),
+                max: MAX_GROUPS,
             });
         }
         let first = groups[0].config;
@@ -309,7 +308,7 @@ impl GpuOptimizer {
             let buffer = match bf16_state {
                 None => {
                     let b = create_flat(&ctx, "fused-optim state", n)?;
-                    fill(&ctx, &b, n, config.initial_state_value(name));
+                    fill(&ctx, &b, n, config.initial_state_value(name) as f32);
                     b
                 }
                 // Adam's states start at 0: a zeroed buffer is bf16 zeros too.
@@ -367,7 +366,7 @@ impl GpuOptimizer {
         )?;
 
         Ok(Self {
-            host: HostState::new(config.lr()),
+            host: config.initial_host_state(),
             ctx,
             config,
             params: params.clone(),
@@ -383,7 +382,7 @@ impl GpuOptimizer {
                 .collect(),
             others: other_configs
                 .into_iter()
-                .map(|c| (c, HostState::new(c.lr())))
+                .map(|c| (c, c.initial_host_state()))
                 .collect(),
             hyper_bytes: Vec::with_capacity(MAX_GROUPS * 48),
             _lane_groups: lane_groups,
@@ -698,7 +697,7 @@ impl GpuOptimizer {
 
     /// Set the learning rate used from the next step on (never rebuilds anything).
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
-        validate_lr(self.config.name(), lr)?;
+        self.config.validate_lr(lr)?;
         self.host.lr = lr;
         for (_, host) in &mut self.others {
             host.lr = lr;
@@ -708,17 +707,16 @@ impl GpuOptimizer {
 
     /// Set the learning rate of one parameter group (0 = the first) from the next step on.
     pub fn set_group_lr(&mut self, group: usize, lr: f64) -> Result<()> {
-        validate_lr(self.config.name(), lr)?;
+        self.config.validate_lr(lr)?;
         match group {
             0 => self.host.lr = lr,
             k => {
                 let groups = self.others.len() + 1;
                 self.others
                     .get_mut(k - 1)
-                    .ok_or(Error::LengthMismatch {
-                        what: "parameter group index (groups)",
-                        expected: groups,
-                        got: k,
+                    .ok_or(Error::GroupIndex {
+                        index: k,
+                        groups,
                     })?
                     .1
                     .lr = lr;
@@ -769,7 +767,7 @@ impl GpuOptimizer {
     /// Replace the host-side scalar state of group 0 (e.g. from a checkpoint; the device
     /// step count too when the device keeps it).
     pub fn set_host_state(&mut self, host: HostState) -> Result<()> {
-        validate_lr(self.config.name(), host.lr)?;
+        self.config.validate_lr(host.lr)?;
         let mut hosts = self.true_hosts()?;
         hosts[0] = host;
         if let Some(d) = &mut self.device {
@@ -828,7 +826,7 @@ impl GpuOptimizer {
         if name == "momentum_buffer" {
             let mut hosts = self.true_hosts()?;
             for h in &mut hosts {
-                h.momentum_buffer_ready = true;
+                h.state_written = true;
             }
             if let Some(d) = &mut self.device {
                 d.reset(&hosts)?;

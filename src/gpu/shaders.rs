@@ -1,6 +1,6 @@
 //! The WGSL sources, assembled: `common.wgsl` (launch geometry) + one algorithm file.
 
-use crate::optim::OptimizerConfig;
+use crate::optim::{KernelSource, OptimizerConfig};
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const GRAD_CONTROL: &str = include_str!("../../shaders/grad_control.wgsl");
@@ -9,50 +9,10 @@ const F16_NATIVE: &str = include_str!("../../shaders/f16_native.wgsl");
 const LANE_F32: &str = include_str!("../../shaders/lane_f32.wgsl");
 const LANE_U64: &str = include_str!("../../shaders/lane_u64.wgsl");
 
-/// Every algorithm kernel: (file name, source without the common prelude, state slots in
-/// binding order starting at binding 4).
-pub const KERNELS: &[(&str, &str, &[&str])] = &[
-    (
-        "sgd.wgsl",
-        include_str!("../../shaders/sgd.wgsl"),
-        &["momentum_buffer"],
-    ),
-    (
-        "adagrad.wgsl",
-        include_str!("../../shaders/adagrad.wgsl"),
-        &["sum"],
-    ),
-    (
-        "rmsprop.wgsl",
-        include_str!("../../shaders/rmsprop.wgsl"),
-        &["square_avg", "momentum_buffer", "grad_avg"],
-    ),
-    (
-        "adam.wgsl",
-        include_str!("../../shaders/adam.wgsl"),
-        &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
-    ),
-    (
-        "adadelta.wgsl",
-        include_str!("../../shaders/adadelta.wgsl"),
-        &["square_avg", "acc_delta"],
-    ),
-    (
-        "nadam.wgsl",
-        include_str!("../../shaders/nadam.wgsl"),
-        &["exp_avg", "exp_avg_sq"],
-    ),
-    (
-        "adamax.wgsl",
-        include_str!("../../shaders/adamax.wgsl"),
-        &["exp_avg", "exp_inf"],
-    ),
-    (
-        "radam.wgsl",
-        include_str!("../../shaders/radam.wgsl"),
-        &["exp_avg", "exp_avg_sq"],
-    ),
-];
+/// Every registered algorithm's kernel, in registry order.
+pub fn kernels() -> Vec<KernelSource> {
+    OptimizerConfig::all_kernels()
+}
 
 /// The full module source of a kernel file (lane transport + prelude + f16 helpers +
 /// algorithm) with the defaults: `vec4<f32>` lanes, packed f16.
@@ -101,16 +61,6 @@ pub fn kernel_for(
     config: &OptimizerConfig,
     variant: Variant,
 ) -> (&'static str, String, &'static [&'static str]) {
-    let index = match config {
-        OptimizerConfig::Sgd(_) => 0,
-        OptimizerConfig::Adagrad(_) => 1,
-        OptimizerConfig::Rmsprop(_) => 2,
-        OptimizerConfig::Adam(_) => 3,
-        OptimizerConfig::Adadelta(_) => 4,
-        OptimizerConfig::Nadam(_) => 5,
-        OptimizerConfig::Adamax(_) => 6,
-        OptimizerConfig::Radam(_) => 7,
-    };
-    let (name, source, slots) = KERNELS[index];
-    (name, assemble_with(source, variant), slots)
+    let k = config.kernel();
+    (k.file, assemble_with(k.source, variant), k.slots)
 }

@@ -1,8 +1,9 @@
 //! Adagrad. Mirror of `shaders/adagrad.wgsl`.
 
-use super::sgd::sign;
+use super::algorithm::{sign, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
 use super::validate::non_negative;
-use super::HostState;
+use super::WordClass;
+use crate::cpu::chunk::{grad_term, shaped};
 use crate::error::Result;
 
 /// Adagrad (PyTorch `torch.optim.Adagrad`).
@@ -59,13 +60,9 @@ impl AdagradConfig {
         non_negative(Self::NAME, "eps", self.eps)
     }
 
-    pub(crate) fn state_names(&self) -> Vec<&'static str> {
-        vec!["sum"]
-    }
-
-    pub(crate) fn hyper(&self, host: &HostState) -> AdagradHyper {
+    fn uniform(&self, host: &HostState) -> AdagradUniform {
         let clr = host.lr / (1.0 + (host.step as f64 - 1.0) * self.lr_decay);
-        AdagradHyper {
+        AdagradUniform {
             grad_sign: sign(self.maximize),
             weight_decay: self.weight_decay as f32,
             clr: clr as f32,
@@ -77,7 +74,7 @@ impl AdagradConfig {
 /// Per-step uniform of `shaders/adagrad.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct AdagradHyper {
+pub struct AdagradUniform {
     /// -1 when maximizing, else 1.
     pub grad_sign: f32,
     /// L2 weight decay.
@@ -86,4 +83,100 @@ pub struct AdagradHyper {
     pub clr: f32,
     /// eps.
     pub eps: f32,
+}
+
+impl Algorithm for AdagradConfig {
+    type Uniform = AdagradUniform;
+    const ID: &'static str = "adagrad";
+    const KERNEL: KernelSource = KernelSource {
+        file: "adagrad.wgsl",
+        source: include_str!("../../shaders/adagrad.wgsl"),
+        slots: &["sum"],
+    };
+    const CLASS_NAMES: &'static [&'static str] = &["Adagrad"];
+    // sign, wd, clr, eps
+    const WORD_CLASSES: Option<&'static [WordClass]> = {
+        use WordClass::{Keep as K, LrTimes as L};
+        Some(&[K, K, L, K])
+    };
+
+    fn benchmark_configs() -> Vec<(&'static str, Self)> {
+        vec![("adagrad", Self::default())]
+    }
+
+    fn class_name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn validate(&self) -> Result<()> {
+        AdagradConfig::validate(self)
+    }
+
+    fn state_names(&self) -> Vec<&'static str> {
+        vec!["sum"]
+    }
+
+    fn initial_state_value(&self, name: &str) -> f64 {
+        match name {
+            "sum" => self.initial_accumulator_value,
+            _ => 0.0,
+        }
+    }
+
+    fn lane_options(&self) -> LaneOptions {
+        LaneOptions::of(self.maximize, self.weight_decay, false)
+    }
+
+    fn overrides(&self) -> Vec<(&'static str, f64)> {
+        vec![]
+    }
+
+    fn begin_step(&self, host: &mut HostState) -> AdagradUniform {
+        self.uniform(host)
+    }
+
+    fn to_hparams(&self) -> serde_json::Value {
+        serde_json::json!({"lr": self.lr, "lr_decay": self.lr_decay, "weight_decay": self.weight_decay,
+            "initial_accumulator_value": self.initial_accumulator_value, "eps": self.eps,
+            "maximize": self.maximize})
+    }
+
+    fn from_hparams(_class: &str, h: &HparamReader<'_>) -> std::result::Result<Self, String> {
+        let d = Self::default();
+        Ok(Self {
+            lr: h.num("lr", d.lr)?,
+            lr_decay: h.num("lr_decay", d.lr_decay)?,
+            weight_decay: h.num("weight_decay", d.weight_decay)?,
+            initial_accumulator_value: h
+                .num("initial_accumulator_value", d.initial_accumulator_value)?,
+            eps: h.num("eps", d.eps)?,
+            maximize: h.flag("maximize", d.maximize)?,
+        })
+    }
+
+    #[inline(always)]
+    fn cpu_chunk(&self, u: &AdagradUniform, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        shaped!(u.weight_decay, 1.0, adagrad_loop(u, p, g, s))
+    }
+}
+
+#[inline(always)]
+fn adagrad_loop<const L2: bool, const DECAY: bool>(
+    h: &AdagradUniform,
+    p: &mut [f32],
+    g: &[f32],
+    s: &mut [&mut [f32]],
+) {
+    let n = p.len();
+    let (g, sum) = (&g[..n], &mut s[0][..n]);
+    for i in 0..n {
+        let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
+        let si = sum[i] + gi * gi;
+        sum[i] = si;
+        p[i] -= h.clr * gi / (si.sqrt() + h.eps);
+    }
 }

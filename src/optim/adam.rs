@@ -1,8 +1,9 @@
 //! Adam and AdamW (with AMSGrad). Mirror of `shaders/adam.wgsl`.
 
-use super::sgd::sign;
+use super::algorithm::{flag, sign, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
 use super::validate::{beta, non_negative};
-use super::HostState;
+use super::WordClass;
+use crate::cpu::chunk::{decay, grad_term, shaped};
 use crate::error::Result;
 
 /// Adam and AdamW (PyTorch `torch.optim.Adam` / `torch.optim.AdamW`).
@@ -62,7 +63,7 @@ impl AdamConfig {
         }
     }
 
-    pub(crate) fn name(&self) -> &'static str {
+    fn class(&self) -> &'static str {
         if self.decoupled_weight_decay {
             "AdamW"
         } else {
@@ -73,7 +74,7 @@ impl AdamConfig {
     /// Check every hyper-parameter as PyTorch does.
     pub fn validate(&self) -> Result<()> {
         validate_adam_like(
-            self.name(),
+            self.class(),
             self.lr,
             self.betas,
             self.eps,
@@ -81,26 +82,14 @@ impl AdamConfig {
         )
     }
 
-    pub(crate) fn state_names(&self) -> Vec<&'static str> {
-        let mut names = vec!["exp_avg", "exp_avg_sq"];
-        if self.amsgrad {
-            names.push("max_exp_avg_sq");
-        }
-        names
-    }
-
-    pub(crate) fn overrides(&self) -> Vec<(&'static str, f64)> {
-        vec![("AMSGRAD", f64::from(u8::from(self.amsgrad)))]
-    }
-
-    pub(crate) fn hyper(&self, host: &HostState) -> AdamHyper {
+    fn uniform(&self, host: &HostState) -> AdamUniform {
         let (b1, b2) = self.betas;
         let t = host.step as i32;
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
         let (l2, decay) =
             weight_decay_split(self.decoupled_weight_decay, self.weight_decay, host.lr);
-        AdamHyper {
+        AdamUniform {
             grad_sign: sign(self.maximize),
             weight_decay: l2,
             decay_factor: decay,
@@ -143,7 +132,7 @@ pub(crate) fn weight_decay_split(decoupled: bool, weight_decay: f64, lr: f64) ->
 /// Per-step uniform of `shaders/adam.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct AdamHyper {
+pub struct AdamUniform {
     /// -1 when maximizing, else 1.
     pub grad_sign: f32,
     /// L2 weight decay (0 for AdamW).
@@ -164,4 +153,144 @@ pub struct AdamHyper {
     pub eps: f32,
     /// Padding to 16 bytes.
     pub _pad: [f32; 3],
+}
+
+impl Algorithm for AdamConfig {
+    type Uniform = AdamUniform;
+    const ID: &'static str = "adam";
+    const KERNEL: KernelSource = KernelSource {
+        file: "adam.wgsl",
+        source: include_str!("../../shaders/adam.wgsl"),
+        slots: &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+    };
+    const CLASS_NAMES: &'static [&'static str] = &["Adam", "AdamW"];
+    // sign, wd, decay, 1-b1, b2, 1-b2, step_size, inv_sqrt_bc2, eps, pad x3
+    const WORD_CLASSES: Option<&'static [WordClass]> = {
+        use WordClass::{Keep as K, LrTimes as L, OfStep as T};
+        Some(&[K, K, K, K, K, K, L, T, K, K, K, K])
+    };
+
+    fn benchmark_configs() -> Vec<(&'static str, Self)> {
+        vec![
+            ("adam", Self::default()),
+            ("adamw", Self::adamw()),
+            (
+                "amsgrad",
+                Self {
+                    amsgrad: true,
+                    ..Self::default()
+                },
+            ),
+        ]
+    }
+
+    fn class_name(&self) -> &'static str {
+        self.class()
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn validate(&self) -> Result<()> {
+        AdamConfig::validate(self)
+    }
+
+    fn state_names(&self) -> Vec<&'static str> {
+        let mut names = vec!["exp_avg", "exp_avg_sq"];
+        if self.amsgrad {
+            names.push("max_exp_avg_sq");
+        }
+        names
+    }
+
+    fn initial_state_value(&self, _name: &str) -> f64 {
+        0.0
+    }
+
+    fn lane_options(&self) -> LaneOptions {
+        LaneOptions::of(self.maximize, self.weight_decay, self.decoupled_weight_decay)
+    }
+
+    fn overrides(&self) -> Vec<(&'static str, f64)> {
+        vec![("AMSGRAD", flag(self.amsgrad))]
+    }
+
+    fn begin_step(&self, host: &mut HostState) -> AdamUniform {
+        self.uniform(host)
+    }
+
+    fn to_hparams(&self) -> serde_json::Value {
+        serde_json::json!({"lr": self.lr, "betas": [self.betas.0, self.betas.1], "eps": self.eps,
+            "weight_decay": self.weight_decay, "amsgrad": self.amsgrad, "maximize": self.maximize,
+            "decoupled_weight_decay": self.decoupled_weight_decay})
+    }
+
+    fn from_hparams(class: &str, h: &HparamReader<'_>) -> std::result::Result<Self, String> {
+        let d = if class == "AdamW" {
+            Self::adamw()
+        } else {
+            Self::default()
+        };
+        Ok(Self {
+            lr: h.num("lr", d.lr)?,
+            betas: h.pair("betas", d.betas)?,
+            eps: h.num("eps", d.eps)?,
+            weight_decay: h.num("weight_decay", d.weight_decay)?,
+            // torch.optim.AdamW is always decoupled (its `decoupled_weight_decay` entry may
+            // read false or be absent).
+            decoupled_weight_decay: h
+                .flag("decoupled_weight_decay", d.decoupled_weight_decay)?
+                || class == "AdamW",
+            amsgrad: h.flag("amsgrad", d.amsgrad)?,
+            maximize: h.flag("maximize", d.maximize)?,
+        })
+    }
+
+    #[inline(always)]
+    fn cpu_chunk(&self, u: &AdamUniform, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        shaped!(u.weight_decay, u.decay_factor, adam_loop(u, self.amsgrad, p, g, s))
+    }
+}
+
+#[inline(always)]
+fn adam_loop<const L2: bool, const DECAY: bool>(
+    h: &AdamUniform,
+    amsgrad: bool,
+    p: &mut [f32],
+    g: &[f32],
+    s: &mut [&mut [f32]],
+) {
+    let n = p.len();
+    let g = &g[..n];
+    match s {
+        [m, v] if !amsgrad => {
+            let (m, v) = (&mut m[..n], &mut v[..n]);
+            for i in 0..n {
+                let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
+                let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
+                let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
+                m[i] = mi;
+                v[i] = vi;
+                let denom = vi.sqrt() * h.inv_sqrt_bc2 + h.eps;
+                p[i] = decay::<DECAY>(p[i], h.decay_factor) - h.step_size * mi / denom;
+            }
+        }
+        [m, v, vmax] => {
+            let (m, v, vmax) = (&mut m[..n], &mut v[..n], &mut vmax[..n]);
+            for i in 0..n {
+                let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
+                let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
+                let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
+                m[i] = mi;
+                v[i] = vi;
+                let vv = vmax[i].max(vi);
+                vmax[i] = vv;
+                let denom = vv.sqrt() * h.inv_sqrt_bc2 + h.eps;
+                p[i] = decay::<DECAY>(p[i], h.decay_factor) - h.step_size * mi / denom;
+            }
+        }
+        // The state tensors are the ones `state_names` lists for these options.
+        _ => unreachable!("state count matches the Adam options"),
+    }
 }

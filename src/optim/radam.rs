@@ -1,8 +1,9 @@
 //! RAdam. Mirror of `shaders/radam.wgsl`.
 
 use super::adam::{validate_adam_like, weight_decay_split};
-use super::sgd::sign;
-use super::HostState;
+use super::algorithm::{sign, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
+use super::WordClass;
+use crate::cpu::chunk::{decay, grad_term, shaped};
 use crate::error::Result;
 
 /// RAdam (PyTorch `torch.optim.RAdam`).
@@ -56,11 +57,8 @@ impl RadamConfig {
         validate_adam_like(Self::NAME, self.lr, self.betas, self.eps, self.weight_decay)
     }
 
-    pub(crate) fn state_names(&self) -> Vec<&'static str> {
-        vec!["exp_avg", "exp_avg_sq"]
-    }
 
-    pub(crate) fn hyper(&self, host: &HostState) -> RadamHyper {
+    fn uniform(&self, host: &HostState) -> RadamUniform {
         let (b1, b2) = self.betas;
         let t = host.step as f64;
         let bc1 = 1.0 - b1.powi(host.step as i32);
@@ -78,7 +76,7 @@ impl RadamConfig {
         };
         let (l2, decay) =
             weight_decay_split(self.decoupled_weight_decay, self.weight_decay, host.lr);
-        RadamHyper {
+        RadamUniform {
             grad_sign: sign(self.maximize),
             weight_decay: l2,
             decay_factor: decay,
@@ -97,7 +95,7 @@ impl RadamConfig {
 /// Per-step uniform of `shaders/radam.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct RadamHyper {
+pub struct RadamUniform {
     /// -1 when maximizing, else 1.
     pub grad_sign: f32,
     /// L2 weight decay (0 when decoupled).
@@ -120,4 +118,108 @@ pub struct RadamHyper {
     pub adaptive_step_size: f32,
     /// Padding to 16 bytes.
     pub _pad: [f32; 2],
+}
+
+impl Algorithm for RadamConfig {
+    type Uniform = RadamUniform;
+    const ID: &'static str = "radam";
+    const KERNEL: KernelSource = KernelSource {
+        file: "radam.wgsl",
+        source: include_str!("../../shaders/radam.wgsl"),
+        slots: &["exp_avg", "exp_avg_sq"],
+    };
+    const CLASS_NAMES: &'static [&'static str] = &["RAdam"];
+    const WORD_CLASSES: Option<&'static [WordClass]> = {
+        use WordClass::{Keep as K, LrTimes as L, OfStep as T};
+        // sign, wd, decay, 1-b1, b2, 1-b2, eps, rectified, plain, adaptive, pad x2
+        Some(&[K, K, K, K, K, K, K, T, L, L, K, K])
+    };
+
+    fn benchmark_configs() -> Vec<(&'static str, Self)> {
+        vec![("radam", Self::default())]
+    }
+
+    fn class_name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn validate(&self) -> Result<()> {
+        RadamConfig::validate(self)
+    }
+
+    fn state_names(&self) -> Vec<&'static str> {
+        vec!["exp_avg", "exp_avg_sq"]
+    }
+
+    fn initial_state_value(&self, _name: &str) -> f64 {
+        0.0
+    }
+
+    fn lane_options(&self) -> LaneOptions {
+        LaneOptions::of(self.maximize, self.weight_decay, self.decoupled_weight_decay)
+    }
+
+    fn overrides(&self) -> Vec<(&'static str, f64)> {
+        vec![]
+    }
+
+    fn begin_step(&self, host: &mut HostState) -> RadamUniform {
+        self.uniform(host)
+    }
+
+    fn to_hparams(&self) -> serde_json::Value {
+        serde_json::json!({"lr": self.lr, "betas": [self.betas.0, self.betas.1], "eps": self.eps,
+            "weight_decay": self.weight_decay, "decoupled_weight_decay": self.decoupled_weight_decay,
+            "maximize": self.maximize})
+    }
+
+    fn from_hparams(_class: &str, h: &HparamReader<'_>) -> std::result::Result<Self, String> {
+        let d = Self::default();
+        Ok(Self {
+            lr: h.num("lr", d.lr)?,
+            betas: h.pair("betas", d.betas)?,
+            eps: h.num("eps", d.eps)?,
+            weight_decay: h.num("weight_decay", d.weight_decay)?,
+            decoupled_weight_decay: h.flag("decoupled_weight_decay", d.decoupled_weight_decay)?,
+            maximize: h.flag("maximize", d.maximize)?,
+        })
+    }
+
+    #[inline(always)]
+    fn cpu_chunk(&self, u: &RadamUniform, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        shaped!(u.weight_decay, u.decay_factor, radam_loop(u, p, g, s))
+    }
+}
+
+#[inline(always)]
+fn radam_loop<const L2: bool, const DECAY: bool>(
+    h: &RadamUniform,
+    p: &mut [f32],
+    g: &[f32],
+    s: &mut [&mut [f32]],
+) {
+    let n = p.len();
+    let g = &g[..n];
+    let [m, v] = s else {
+        unreachable!("RAdam has two states")
+    };
+    let (m, v) = (&mut m[..n], &mut v[..n]);
+    let rectified = h.rectified != 0;
+    for i in 0..n {
+        let gi = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
+        let mi = m[i] + h.one_minus_beta1 * (gi - m[i]);
+        let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        let pi = decay::<DECAY>(p[i], h.decay_factor);
+        p[i] = if rectified {
+            pi - h.adaptive_step_size * mi / (vi.sqrt() + h.eps)
+        } else {
+            pi - h.plain_step_size * mi
+        };
+    }
 }

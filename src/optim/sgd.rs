@@ -2,8 +2,10 @@
 //!
 //! Mirror of `shaders/sgd.wgsl`.
 
+use super::algorithm::{flag, sign, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
 use super::validate::{finite, non_negative};
-use super::HostState;
+use super::WordClass;
+use crate::cpu::chunk::{grad_term, shaped};
 use crate::error::{Error, Result};
 
 /// Stochastic gradient descent (PyTorch `torch.optim.SGD`).
@@ -65,24 +67,9 @@ impl SgdConfig {
         Ok(())
     }
 
-    pub(crate) fn state_names(&self) -> Vec<&'static str> {
-        if self.momentum != 0.0 {
-            vec!["momentum_buffer"]
-        } else {
-            vec![]
-        }
-    }
-
-    pub(crate) fn overrides(&self) -> Vec<(&'static str, f64)> {
-        vec![
-            ("HAS_MOMENTUM", f64::from(u8::from(self.momentum != 0.0))),
-            ("NESTEROV", f64::from(u8::from(self.nesterov))),
-        ]
-    }
-
-    pub(crate) fn hyper(&self, host: &HostState) -> SgdHyper {
-        let first = !host.momentum_buffer_ready;
-        SgdHyper {
+    fn uniform(&self, host: &HostState) -> SgdUniform {
+        let first = !host.state_written;
+        SgdUniform {
             lr: host.lr as f32,
             grad_sign: sign(self.maximize),
             weight_decay: self.weight_decay as f32,
@@ -103,7 +90,7 @@ impl SgdConfig {
 /// Per-step uniform of `shaders/sgd.wgsl` (`struct Hyper`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct SgdHyper {
+pub struct SgdUniform {
     /// Learning rate of this step.
     pub lr: f32,
     /// -1 when maximizing, else 1.
@@ -120,10 +107,121 @@ pub struct SgdHyper {
     pub _pad: [f32; 2],
 }
 
-pub(crate) fn sign(maximize: bool) -> f32 {
-    if maximize {
-        -1.0
-    } else {
-        1.0
+impl Algorithm for SgdConfig {
+    type Uniform = SgdUniform;
+    const ID: &'static str = "sgd";
+    const KERNEL: KernelSource = KernelSource {
+        file: "sgd.wgsl",
+        source: include_str!("../../shaders/sgd.wgsl"),
+        slots: &["momentum_buffer"],
+    };
+    const CLASS_NAMES: &'static [&'static str] = &["SGD"];
+    // lr, sign, wd, buffer_keep, grad_into_buffer, momentum, pad x2
+    const WORD_CLASSES: Option<&'static [WordClass]> = {
+        use WordClass::{Keep as K, OfStep as T};
+        Some(&[K, K, K, T, T, K, K, K])
+    };
+
+    fn benchmark_configs() -> Vec<(&'static str, Self)> {
+        vec![
+            ("sgd", Self::default()),
+            (
+                "sgd_momentum",
+                Self {
+                    momentum: 0.9,
+                    ..Self::default()
+                },
+            ),
+        ]
+    }
+
+    fn class_name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn validate(&self) -> Result<()> {
+        SgdConfig::validate(self)
+    }
+
+    fn state_names(&self) -> Vec<&'static str> {
+        if self.momentum != 0.0 {
+            vec!["momentum_buffer"]
+        } else {
+            vec![]
+        }
+    }
+
+    fn initial_state_value(&self, _name: &str) -> f64 {
+        0.0
+    }
+
+    fn lane_options(&self) -> LaneOptions {
+        LaneOptions::of(self.maximize, self.weight_decay, false)
+    }
+
+    fn overrides(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("HAS_MOMENTUM", flag(self.momentum != 0.0)),
+            ("NESTEROV", flag(self.nesterov)),
+        ]
+    }
+
+    fn begin_step(&self, host: &mut HostState) -> SgdUniform {
+        self.uniform(host)
+    }
+
+    fn to_hparams(&self) -> serde_json::Value {
+        serde_json::json!({"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
+            "weight_decay": self.weight_decay, "nesterov": self.nesterov, "maximize": self.maximize})
+    }
+
+    fn from_hparams(_class: &str, h: &HparamReader<'_>) -> std::result::Result<Self, String> {
+        let d = Self::default();
+        Ok(Self {
+            lr: h.num("lr", d.lr)?,
+            momentum: h.num("momentum", d.momentum)?,
+            dampening: h.num("dampening", d.dampening)?,
+            weight_decay: h.num("weight_decay", d.weight_decay)?,
+            nesterov: h.flag("nesterov", d.nesterov)?,
+            maximize: h.flag("maximize", d.maximize)?,
+        })
+    }
+
+    #[inline(always)]
+    fn cpu_chunk(&self, u: &SgdUniform, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+        let momentum = self.momentum != 0.0;
+        shaped!(u.weight_decay, 1.0, sgd_loop(u, momentum, self.nesterov, p, g, s))
+    }
+}
+
+#[inline(always)]
+fn sgd_loop<const L2: bool, const DECAY: bool>(
+    h: &SgdUniform,
+    has_momentum: bool,
+    nesterov: bool,
+    p: &mut [f32],
+    g: &[f32],
+    s: &mut [&mut [f32]],
+) {
+    let n = p.len();
+    let g = &g[..n];
+    if !has_momentum {
+        for i in 0..n {
+            let d = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
+            p[i] -= h.lr * d;
+        }
+        return;
+    }
+    let buf = &mut s[0][..n];
+    for i in 0..n {
+        let d = grad_term::<L2>(g[i], p[i], h.grad_sign, h.weight_decay);
+        let b = h.buffer_keep * buf[i] + h.grad_into_buffer * d;
+        buf[i] = b;
+        let d = if nesterov { d + h.momentum * b } else { b };
+        p[i] -= h.lr * d;
     }
 }

@@ -1,0 +1,312 @@
+//! The registry: one line per algorithm (at the bottom of this file). The macro turns the
+//! list into [`OptimizerConfig`], [`StepUniform`] and every dispatch over them, as exhaustive
+//! `match`es without wildcard arms: an algorithm whose file lacks a piece of [`Algorithm`] or
+//! of [`ReferenceStep`] does not compile.
+
+use super::algorithm::{Algorithm, HostState, HparamReader, KernelSource, LaneOptions, WordClass};
+use crate::cpu::reference::{ReferenceScalars, ReferenceStep};
+use crate::error::Result;
+
+use super::*;
+
+macro_rules! registry {
+    ($($variant:ident($config:ty)),* $(,)?) => {
+        /// Any optimizer of the crate, with its hyper-parameters: one variant per registered
+        /// algorithm (`src/optim/registry.rs`).
+        ///
+        /// Build one from a specific config with `.into()`:
+        /// `OptimizerConfig::from(AdamConfig::default())`.
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        pub enum OptimizerConfig {
+            $(
+                #[doc = concat!("[`", stringify!($config), "`].")]
+                $variant($config),
+            )*
+        }
+
+        $(
+            impl From<$config> for OptimizerConfig {
+                fn from(c: $config) -> Self {
+                    OptimizerConfig::$variant(c)
+                }
+            }
+        )*
+
+        /// The per-step uniform of one kernel, typed: [`Algorithm::Uniform`] of the
+        /// configuration's algorithm.
+        #[derive(Clone, Copy, Debug)]
+        pub enum StepUniform {
+            $(
+                #[doc = concat!("Of [`", stringify!($config), "`].")]
+                $variant(<$config as Algorithm>::Uniform),
+            )*
+        }
+
+        impl StepUniform {
+            /// The bytes written to the uniform buffer.
+            pub fn as_bytes(&self) -> &[u8] {
+                match self {
+                    $(Self::$variant(u) => bytemuck::bytes_of(u),)*
+                }
+            }
+        }
+
+        // Every per-step uniform is a multiple of 16 bytes and fits its slot.
+        const _: () = {
+            $(
+                let size = std::mem::size_of::<<$config as Algorithm>::Uniform>() as u64;
+                assert!(size % 16 == 0, "a per-step uniform must be a multiple of 16 bytes");
+                assert!(size <= MAX_UNIFORM_BYTES, "a per-step uniform is larger than MAX_UNIFORM_BYTES");
+            )*
+        };
+
+        impl OptimizerConfig {
+            /// Registry ids of every algorithm, in registry order.
+            pub const IDS: &'static [&'static str] = &[$(<$config as Algorithm>::ID,)*];
+
+            /// The registry id of this configuration's algorithm (`"adam"`).
+            pub fn id(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => <$config as Algorithm>::ID,)*
+                }
+            }
+
+            /// The class name (PyTorch's, or the reference package's; `"AdamW"` for Adam
+            /// with decoupled weight decay).
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(c) => c.class_name(),)*
+                }
+            }
+
+            /// Check the hyper-parameters; the error names the first bad one.
+            pub fn validate(&self) -> Result<()> {
+                match self {
+                    $(Self::$variant(c) => c.validate(),)*
+                }
+            }
+
+            /// Check a learning rate given to `set_lr`.
+            pub fn validate_lr(&self, lr: f64) -> Result<()> {
+                match self {
+                    $(Self::$variant(c) => c.validate_lr(lr),)*
+                }
+            }
+
+            /// The initial learning rate.
+            pub fn lr(&self) -> f64 {
+                match self {
+                    $(Self::$variant(c) => c.lr(),)*
+                }
+            }
+
+            /// Per-element state tensors this configuration has, by the reference's names,
+            /// in the order the kernels bind them.
+            pub fn state_names(&self) -> Vec<&'static str> {
+                match self {
+                    $(Self::$variant(c) => c.state_names(),)*
+                }
+            }
+
+            /// Initial value of a state tensor (e.g. Adagrad's `sum` starts at
+            /// `initial_accumulator_value`), exact in f64.
+            pub fn initial_state_value(&self, name: &str) -> f64 {
+                match self {
+                    $(Self::$variant(c) => c.initial_state_value(name),)*
+                }
+            }
+
+            /// The algorithm's own host scalars with their initial values.
+            pub fn host_scalars(&self) -> &'static [(&'static str, f64)] {
+                match self {
+                    $(Self::$variant(_) => <$config as Algorithm>::HOST_SCALARS,)*
+                }
+            }
+
+            /// The per-lane options this configuration uses.
+            pub(crate) fn lane_options(&self) -> LaneOptions {
+                match self {
+                    $(Self::$variant(c) => c.lane_options(),)*
+                }
+            }
+
+            /// Pipeline-overridable constants of the kernel for this configuration.
+            pub(crate) fn overrides(&self) -> Vec<(&'static str, f64)> {
+                match self {
+                    $(Self::$variant(c) => c.overrides(),)*
+                }
+            }
+
+            /// Starts a step: increments the step counter, advances the host scalars and
+            /// returns the step's uniform, computed in f64 and rounded to f32.
+            pub fn begin_step(&self, host: &mut HostState) -> StepUniform {
+                host.step += 1;
+                match self {
+                    $(Self::$variant(c) => StepUniform::$variant(c.begin_step(host)),)*
+                }
+            }
+
+            /// The uniform of a train/eval mode switch pass ([`Algorithm::mode_switch`]), or
+            /// `None` when the algorithm has no modes.
+            pub fn mode_switch(&self, host: &HostState, to_eval: bool) -> Option<StepUniform> {
+                match self {
+                    $(Self::$variant(c) => c.mode_switch(host, to_eval).map(StepUniform::$variant),)*
+                }
+            }
+
+            /// How each word of the uniform depends on `t`, or `None` when the device-side
+            /// step counter cannot complete it.
+            pub fn word_classes(&self) -> Option<&'static [WordClass]> {
+                match self {
+                    $(Self::$variant(_) => <$config as Algorithm>::WORD_CLASSES,)*
+                }
+            }
+
+            /// The WGSL kernel of this configuration's algorithm.
+            pub fn kernel(&self) -> KernelSource {
+                match self {
+                    $(Self::$variant(_) => <$config as Algorithm>::KERNEL,)*
+                }
+            }
+
+            /// Every registered kernel, in registry order.
+            pub fn all_kernels() -> Vec<KernelSource> {
+                vec![$(<$config as Algorithm>::KERNEL,)*]
+            }
+
+            /// The default configuration of every registered algorithm, in registry order.
+            pub fn defaults() -> Vec<OptimizerConfig> {
+                vec![$(OptimizerConfig::$variant(<$config>::default()),)*]
+            }
+
+            /// The hyper-parameters under the reference's names (as in `param_groups[0]`),
+            /// the inverse of [`Self::from_hparams`].
+            pub fn hparams(&self) -> serde_json::Value {
+                match self {
+                    $(Self::$variant(c) => c.to_hparams(),)*
+                }
+            }
+
+            /// The configuration of class `class` (PyTorch's `"Adam"`, lion-pytorch's
+            /// `"Lion"`, ...) from its hyper-parameter map. Implementation switches
+            /// (`foreach`, `fused`, ...) are accepted and ignored; any other unknown key is
+            /// an error, so an option this crate lacks never passes silently.
+            pub fn from_hparams(
+                class: &str,
+                map: &serde_json::Map<String, serde_json::Value>,
+            ) -> std::result::Result<OptimizerConfig, String> {
+                $(
+                    if <$config as Algorithm>::CLASS_NAMES.contains(&class) {
+                        let reader = HparamReader::new(map);
+                        let config = <$config as Algorithm>::from_hparams(class, &reader)?;
+                        reader.finish(class)?;
+                        return Ok(config.into());
+                    }
+                )*
+                Err(format!("unsupported optimizer `{class}`"))
+            }
+
+            /// The configurations the benchmarks measure, by short name: one per distinct
+            /// access pattern and kernel variant of every algorithm.
+            pub fn benchmark_suite() -> Vec<(&'static str, OptimizerConfig)> {
+                let mut all = Vec::new();
+                $(
+                    all.extend(
+                        <$config as Algorithm>::benchmark_configs()
+                            .into_iter()
+                            .map(|(name, c)| (name, OptimizerConfig::$variant(c))),
+                    );
+                )*
+                all
+            }
+
+            /// One fast-CPU step over `params`, `grads` and the state tensors.
+            pub(crate) fn cpu_step(
+                &self,
+                host: &mut HostState,
+                params: &mut [f32],
+                grads: &[f32],
+                states: &mut [crate::cpu::staggered::StaggeredVec],
+            ) {
+                match self {
+                    $(Self::$variant(c) => {
+                        let u = OptimizerConfig::begin_step_of(c, host);
+                        crate::cpu::fast::apply(c, &u, params, grads, states);
+                    })*
+                }
+                host.state_written = true;
+            }
+
+            /// One fast-CPU mode switch pass; false when the algorithm has no modes.
+            pub(crate) fn cpu_mode_switch(
+                &self,
+                host: &HostState,
+                to_eval: bool,
+                params: &mut [f32],
+                states: &mut [crate::cpu::staggered::StaggeredVec],
+            ) -> bool {
+                match self {
+                    $(Self::$variant(c) => match c.mode_switch(host, to_eval) {
+                        Some(u) => {
+                            let zeros = vec![0.0f32; params.len()];
+                            crate::cpu::fast::apply(c, &u, params, &zeros, states);
+                            true
+                        }
+                        None => false,
+                    },)*
+                }
+            }
+
+            /// One step of the f64 reference.
+            pub(crate) fn reference_step(
+                &self,
+                r: &mut ReferenceScalars,
+                params: &mut [f64],
+                grads: &[f64],
+                states: &mut [Vec<f64>],
+            ) {
+                match self {
+                    $(Self::$variant(c) => ReferenceStep::reference_step(c, r, params, grads, states),)*
+                }
+            }
+
+            /// The reference's train/eval switch; false when the algorithm has no modes.
+            pub(crate) fn reference_mode_switch(
+                &self,
+                r: &mut ReferenceScalars,
+                to_eval: bool,
+                params: &mut [f64],
+                states: &mut [Vec<f64>],
+            ) -> bool {
+                match self {
+                    $(Self::$variant(c) => ReferenceStep::reference_mode_switch(c, r, to_eval, params, states),)*
+                }
+            }
+        }
+    };
+}
+
+impl OptimizerConfig {
+    /// `host.step` += 1 and the uniform of algorithm `c`.
+    fn begin_step_of<A: Algorithm>(c: &A, host: &mut HostState) -> A::Uniform {
+        host.step += 1;
+        c.begin_step(host)
+    }
+}
+
+/// Bytes of one group's slot in the per-step uniform: the largest uniform an algorithm may
+/// have (checked at compile time for every registered one). `shaders/device_step.wgsl`
+/// relies on it (`WORDS` = `MAX_GROUPS` × 12).
+pub const MAX_UNIFORM_BYTES: u64 = 48;
+
+// The registry: one line per algorithm, `Variant(ConfigType)`.
+registry! {
+    Sgd(SgdConfig),
+    Adagrad(AdagradConfig),
+    Rmsprop(RmspropConfig),
+    Adam(AdamConfig),
+    Adadelta(AdadeltaConfig),
+    Nadam(NadamConfig),
+    Adamax(AdamaxConfig),
+    Radam(RadamConfig),
+}
