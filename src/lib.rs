@@ -51,7 +51,8 @@ pub use gpu::timer::GpuTimer;
 /// The `half` crate (f16, bf16), re-exported for the low-precision API.
 pub use half;
 pub use optim::{
-    AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, HostState, NadamConfig,
-    OptimizerConfig, RadamConfig, RmspropConfig, SgdConfig,
+    AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, Algorithm, HostState, LionConfig,
+    NadamConfig, OptimizerConfig, RadamConfig, RmspropConfig, ScheduleFreeBase, ScheduleFreeConfig,
+    SgdConfig,
 };
 pub use scaler::LossScaler;

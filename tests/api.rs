@@ -609,7 +609,7 @@ fn invalid_launch_options_are_typed_errors() {
         assert!(
             matches!(
                 GpuOptimizer::new(&flat_here, AdamConfig::default()),
-                Err(Error::InvalidHyperParameter { .. })
+                Err(Error::InvalidLaunchOption { .. })
             ),
             "{tuning:?} {cap:?}"
         );

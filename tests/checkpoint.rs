@@ -37,6 +37,14 @@ fn other_instance(config: OptimizerConfig) -> OptimizerConfig {
             x.betas = (0.5, 0.9);
             (x.weight_decay, x.maximize) = (0.0, false);
         }
+        OptimizerConfig::Lion(x) => {
+            x.betas = (0.5, 0.9);
+            x.weight_decay = 0.0;
+        }
+        OptimizerConfig::ScheduleFree(x) => {
+            (x.beta, x.warmup_steps) = (0.5, 7);
+            x.weight_decay = 0.0;
+        }
         OptimizerConfig::Adadelta(x) => {
             x.rho = 0.5;
             (x.weight_decay, x.maximize) = (0.0, false);

@@ -63,6 +63,9 @@ fn words(config: &OptimizerConfig, t: u64, lr: f64) -> (Vec<u32>, &'static [Word
 #[test]
 fn word_classes_say_how_each_uniform_word_depends_on_t_and_lr() {
     for (desc, base) in cases::all() {
+        if base.word_classes().is_none() {
+            continue; // refused by the device step counter: see the test below
+        }
         for config in [base, with_weight_decay(base)] {
             for t in 1..=40u64 {
                 let (a, classes) = words(&config, t, 0.3);
@@ -125,6 +128,22 @@ fn every_optimizer_skips_on_the_device_without_any_read_back() {
     for (desc, config) in cases::all() {
         let mut rng = Rng::new(41);
         let p0 = params0(&mut rng, n);
+        if config.word_classes().is_none() {
+            // Schedule-Free: the uniform depends on the lr history, which the device cannot
+            // know; turning the device counter on is a typed error that changes nothing.
+            let flat = FlatParams::from_slice(&ctx, &p0).unwrap();
+            let mut gpu = GpuOptimizer::new(&flat, config).unwrap();
+            let on = GradOptions {
+                skip_nonfinite: true,
+                ..Default::default()
+            };
+            assert!(
+                matches!(gpu.set_grad_options(on), Err(Error::Unsupported { .. })),
+                "{desc}"
+            );
+            assert_eq!(gpu.grad_options(), GradOptions::default(), "{desc}");
+            continue;
+        }
         let (flat, mut gpu) = skipping_on_device(&ctx, &p0, config);
         let mut taken = ReferenceRun::new(config, &p0);
         for k in 1..=CALLS {
@@ -153,8 +172,12 @@ fn every_optimizer_skips_on_the_device_without_any_read_back() {
         // Turning the mode off brings the count (and NAdam's mu_product) back to the host.
         gpu.set_grad_options(GradOptions::default()).unwrap();
         assert_eq!(gpu.step_count(), taken.steps, "{desc}");
-        let (gh, rh) = (gpu.host_state().scalars[0], taken.reference.mu_product());
-        assert!((gh - rh).abs() <= 1e-12 * rh.abs(), "{desc}: {gh} vs {rh}");
+        let gh = config.host_scalar(&gpu.host_state(), "mu_product");
+        let rh = taken.reference.host_scalar("mu_product");
+        assert_eq!(gh.is_some(), rh.is_some(), "{desc}");
+        if let (Some(gh), Some(rh)) = (gh, rh) {
+            assert!((gh - rh).abs() <= 1e-12 * rh.abs(), "{desc}: {gh} vs {rh}");
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! naga parses and validates every kernel; each WGSL uniform struct matches its Rust mirror
 //! (size and every member offset).
 
-use fused_optim::gpu::shaders::{assemble, assemble_with, kernels, with_grad_control, with_lanes, Variant};
+use fused_optim::gpu::shaders::{
+    assemble, assemble_with, kernels, with_grad_control, with_lanes, Variant,
+};
 use fused_optim::optim::*;
 
 fn module(source: &str) -> naga::Module {
@@ -232,6 +234,35 @@ fn uniform_structs_match_rust_mirrors() {
             rectified,
             plain_step_size,
             adaptive_step_size
+        ]
+    ));
+    checked.push(check_mirror!(
+        "lion.wgsl",
+        LionUniform,
+        [
+            lr,
+            decay_factor,
+            beta1,
+            one_minus_beta1,
+            beta2,
+            one_minus_beta2
+        ]
+    ));
+    checked.push(check_mirror!(
+        "schedule_free.wgsl",
+        ScheduleFreeUniform,
+        [
+            pass_kind,
+            first_step,
+            lr,
+            y_step,
+            ckp1,
+            weight_decay,
+            beta2,
+            one_minus_beta2,
+            inv_bc2,
+            eps,
+            switch_weight
         ]
     ));
     // Every registered algorithm's uniform has a mirror check here.

@@ -76,6 +76,7 @@ impl CpuOptimizer {
                 });
             }
         }
+        self.config.check_step(&self.host)?;
         self.last_skipped = false;
         if self.grad_options.skip_nonfinite && grads.par_iter().any(|g| !g.is_finite()) {
             // Mixed precision: skip the whole step; nothing changes.
@@ -129,6 +130,26 @@ impl CpuOptimizer {
     /// (`GradOptions::skip_nonfinite`).
     pub fn last_step_skipped(&self) -> bool {
         self.last_skipped
+    }
+
+    /// Switch an algorithm with train/eval modes (Schedule-Free) to training (`true`: the
+    /// params hold y) or evaluation mode (`false`: x) over `params`, the optimizer's length.
+    /// [`Error::Unsupported`] for algorithms without modes.
+    pub fn set_train_mode(&mut self, params: &mut [f32], train: bool) -> Result<()> {
+        if params.len() != self.n {
+            return Err(Error::LengthMismatch {
+                what: "params",
+                expected: self.n,
+                got: params.len(),
+            });
+        }
+        self.config
+            .cpu_mode_switch(&mut self.host, train, params, &mut self.states)
+    }
+
+    /// Whether the optimizer is in training mode (always, for algorithms without modes).
+    pub fn is_training(&self) -> bool {
+        self.config.is_training(&self.host)
     }
 
     /// Set the learning rate of the next steps.
@@ -302,7 +323,9 @@ fn par_apply<K: ChunkLoop>(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec]
     #[cfg(target_arch = "x86_64")]
     if simd::avx2_enabled() {
         // SAFETY: the CPU has AVX2 and FMA (checked at run time by `avx2_enabled`).
-        return par_chunks(p, g, states, move |p, g, s| unsafe { simd::avx2(k, p, g, s) });
+        return par_chunks(p, g, states, move |p, g, s| unsafe {
+            simd::avx2(k, p, g, s)
+        });
     }
     par_chunks(p, g, states, move |p, g, s| sse2(k, p, g, s))
 }
@@ -347,12 +370,7 @@ mod simd {
 
     /// The kernel's loop compiled for AVX2 + FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn avx2<K: super::ChunkLoop>(
-        k: &K,
-        p: &mut [f32],
-        g: &[f32],
-        s: &mut [&mut [f32]],
-    ) {
+    pub unsafe fn avx2<K: super::ChunkLoop>(k: &K, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         k.run(p, g, s)
     }
 }

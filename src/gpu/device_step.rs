@@ -94,13 +94,11 @@ impl DeviceSteps {
         hosts: &[HostState],
     ) -> Result<Self> {
         let device = ctx.device();
-        let classes = configs[0]
-            .word_classes()
-            .ok_or(Error::Unsupported {
-                optimizer: configs[0].name(),
-                feature: "the device-side step counter (its per-step uniform depends on more \
+        let classes = configs[0].word_classes().ok_or(Error::Unsupported {
+            optimizer: configs[0].name(),
+            feature: "the device-side step counter (its per-step uniform depends on more \
                           than the step number and the current lr)",
-            })?;
+        })?;
         let words_per_group = classes.len();
         let mut class_words = vec![0u32; WORDS];
         for g in 0..configs.len() {

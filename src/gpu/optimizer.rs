@@ -411,6 +411,7 @@ impl GpuOptimizer {
     /// [`UNIFORM_RING`] steps may be recorded before one submission. Fails only if the
     /// device step counter (with `skip_nonfinite`) had to be read and the read failed.
     pub fn encode_step(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        self.config.check_step(&self.host)?;
         if let Some(device) = &mut self.device {
             device.prepare(&self.configs)?;
         }
@@ -441,6 +442,44 @@ impl GpuOptimizer {
         }
         self.config.end_step(&mut self.host);
         Ok(())
+    }
+
+    /// Switch an algorithm with train/eval modes (Schedule-Free) to training (`true`: the
+    /// params hold y) or evaluation mode (`false`: the params hold x): one kernel pass over
+    /// the params, submitted now, when a switch is needed. [`Error::Unsupported`] for
+    /// algorithms without modes; nothing changes then.
+    pub fn set_train_mode(&mut self, train: bool) -> Result<()> {
+        let mut hosts = self.group_hosts();
+        let configs = self.configs.clone();
+        let mut bytes = Vec::new();
+        let mut passes = 0;
+        for (config, host) in configs.iter().zip(&mut hosts) {
+            if let Some(u) = config.mode_switch(host, train)? {
+                bytes.extend_from_slice(u.as_bytes());
+                passes += 1;
+            }
+        }
+        if passes != 0 && passes != configs.len() {
+            return Err(Error::WrongMode {
+                optimizer: self.config.name(),
+                reason: "the parameter groups are in different modes",
+            });
+        }
+        if passes > 0 {
+            // The switch reads no gradient: the plain pipeline, whatever the gradient
+            // options (a skipped step's flag must not skip the switch).
+            let grad_pipeline = self.grad_options != GradOptions::default();
+            self.runner.set_grad_pipeline(false)?;
+            self.runner.submit(self.host.step, &bytes);
+            self.runner.set_grad_pipeline(grad_pipeline)?;
+        }
+        self.set_group_hosts(&hosts);
+        Ok(())
+    }
+
+    /// Whether the optimizer is in training mode (always, for algorithms without modes).
+    pub fn is_training(&self) -> bool {
+        self.config.is_training(&self.host)
     }
 
     /// Set how gradients are pre-processed inside the step: unscaling (`grad_scale`), clipping
@@ -714,10 +753,7 @@ impl GpuOptimizer {
                 let groups = self.others.len() + 1;
                 self.others
                     .get_mut(k - 1)
-                    .ok_or(Error::GroupIndex {
-                        index: k,
-                        groups,
-                    })?
+                    .ok_or(Error::GroupIndex { index: k, groups })?
                     .1
                     .lr = lr;
             }

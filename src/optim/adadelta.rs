@@ -1,7 +1,7 @@
 //! Adadelta. Mirror of `shaders/adadelta.wgsl`.
 
-use super::validate::{non_negative, unit_interval};
 use super::algorithm::{sign, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
+use super::validate::{non_negative, unit_interval};
 use super::WordClass;
 use crate::cpu::chunk::{grad_term, shaped};
 use crate::error::Result;
@@ -53,7 +53,6 @@ impl AdadeltaConfig {
         non_negative(Self::NAME, "eps", self.eps)?;
         non_negative(Self::NAME, "weight_decay", self.weight_decay)
     }
-
 
     fn uniform(&self, host: &HostState) -> AdadeltaUniform {
         AdadeltaUniform {
@@ -109,6 +108,10 @@ impl Algorithm for AdadeltaConfig {
 
     fn lr(&self) -> f64 {
         self.lr
+    }
+
+    fn with_lr(self, lr: f64) -> Self {
+        Self { lr, ..self }
     }
 
     fn validate(&self) -> Result<()> {

@@ -112,6 +112,10 @@ impl Algorithm for AdagradConfig {
         self.lr
     }
 
+    fn with_lr(self, lr: f64) -> Self {
+        Self { lr, ..self }
+    }
+
     fn validate(&self) -> Result<()> {
         AdagradConfig::validate(self)
     }

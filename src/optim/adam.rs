@@ -192,6 +192,10 @@ impl Algorithm for AdamConfig {
         self.lr
     }
 
+    fn with_lr(self, lr: f64) -> Self {
+        Self { lr, ..self }
+    }
+
     fn validate(&self) -> Result<()> {
         AdamConfig::validate(self)
     }
@@ -209,7 +213,11 @@ impl Algorithm for AdamConfig {
     }
 
     fn lane_options(&self) -> LaneOptions {
-        LaneOptions::of(self.maximize, self.weight_decay, self.decoupled_weight_decay)
+        LaneOptions::of(
+            self.maximize,
+            self.weight_decay,
+            self.decoupled_weight_decay,
+        )
     }
 
     fn overrides(&self) -> Vec<(&'static str, f64)> {
@@ -239,8 +247,7 @@ impl Algorithm for AdamConfig {
             weight_decay: h.num("weight_decay", d.weight_decay)?,
             // torch.optim.AdamW is always decoupled (its `decoupled_weight_decay` entry may
             // read false or be absent).
-            decoupled_weight_decay: h
-                .flag("decoupled_weight_decay", d.decoupled_weight_decay)?
+            decoupled_weight_decay: h.flag("decoupled_weight_decay", d.decoupled_weight_decay)?
                 || class == "AdamW",
             amsgrad: h.flag("amsgrad", d.amsgrad)?,
             maximize: h.flag("maximize", d.maximize)?,
@@ -249,7 +256,11 @@ impl Algorithm for AdamConfig {
 
     #[inline(always)]
     fn cpu_chunk(&self, u: &AdamUniform, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
-        shaped!(u.weight_decay, u.decay_factor, adam_loop(u, self.amsgrad, p, g, s))
+        shaped!(
+            u.weight_decay,
+            u.decay_factor,
+            adam_loop(u, self.amsgrad, p, g, s)
+        )
     }
 }
 

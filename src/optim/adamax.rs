@@ -49,7 +49,6 @@ impl AdamaxConfig {
         validate_adam_like(Self::NAME, self.lr, self.betas, self.eps, self.weight_decay)
     }
 
-
     fn uniform(&self, host: &HostState) -> AdamaxUniform {
         let (b1, b2) = self.betas;
         let bc1 = 1.0 - b1.powi(host.step as i32);
@@ -110,6 +109,10 @@ impl Algorithm for AdamaxConfig {
 
     fn lr(&self) -> f64 {
         self.lr
+    }
+
+    fn with_lr(self, lr: f64) -> Self {
+        Self { lr, ..self }
     }
 
     fn validate(&self) -> Result<()> {

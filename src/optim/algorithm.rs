@@ -106,7 +106,8 @@ pub struct HparamReader<'a> {
 
 impl<'a> HparamReader<'a> {
     /// Implementation switches of PyTorch that change no result.
-    pub const IGNORED: &'static [&'static str] = &["foreach", "fused", "capturable", "differentiable"];
+    pub const IGNORED: &'static [&'static str] =
+        &["foreach", "fused", "capturable", "differentiable"];
 
     /// A reader over `map`.
     pub fn new(map: &'a serde_json::Map<String, Value>) -> Self {
@@ -125,7 +126,9 @@ impl<'a> HparamReader<'a> {
     pub fn num(&self, key: &str, default: f64) -> std::result::Result<f64, String> {
         match self.take(key) {
             None => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| format!("`{key}` is not a number: {v}")),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| format!("`{key}` is not a number: {v}")),
         }
     }
 
@@ -135,7 +138,11 @@ impl<'a> HparamReader<'a> {
             None => Ok(default),
             Some(v) => v
                 .as_u64()
-                .or_else(|| v.as_f64().filter(|x| x.fract() == 0.0 && *x >= 0.0).map(|x| x as u64))
+                .or_else(|| {
+                    v.as_f64()
+                        .filter(|x| x.fract() == 0.0 && *x >= 0.0)
+                        .map(|x| x as u64)
+                })
                 .ok_or_else(|| format!("`{key}` is not a non-negative integer: {v}")),
         }
     }
@@ -166,7 +173,9 @@ impl<'a> HparamReader<'a> {
 
     /// Marks `keys` as understood without reading them (e.g. bookkeeping entries).
     pub fn accept(&self, keys: &[&str]) {
-        self.used.borrow_mut().extend(keys.iter().map(|k| k.to_string()));
+        self.used
+            .borrow_mut()
+            .extend(keys.iter().map(|k| k.to_string()));
     }
 
     /// Fails on the first key nobody read.
@@ -220,6 +229,8 @@ pub trait Algorithm: Copy + std::fmt::Debug + PartialEq + Default + Send + Sync 
     fn class_name(&self) -> &'static str;
     /// The initial learning rate.
     fn lr(&self) -> f64;
+    /// This configuration with its initial learning rate replaced.
+    fn with_lr(self, lr: f64) -> Self;
     /// Checks every hyper-parameter as the reference implementation does; the error names
     /// the first bad one.
     fn validate(&self) -> Result<()>;
@@ -249,13 +260,30 @@ pub trait Algorithm: Copy + std::fmt::Debug + PartialEq + Default + Send + Sync 
     /// [`Self::state_names`] order). Must be `#[inline(always)]`: it is compiled into the
     /// SSE2 and AVX2 entry points of `cpu::fast`.
     fn cpu_chunk(&self, u: &Self::Uniform, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]);
+    /// Whether a step may be taken now (default: always). Schedule-Free refuses to step in
+    /// evaluation mode, as the package does.
+    fn check_step(&self, host: &HostState) -> Result<()> {
+        let _ = host;
+        Ok(())
+    }
     /// Algorithms whose params hold a different sequence while training than for evaluation
-    /// (Schedule-Free: y while training, x for evaluation): the uniform of the kernel pass
-    /// that maps the params to the evaluation sequence (`to_eval`) or back. `None` (the
-    /// default): the algorithm has no such modes.
-    fn mode_switch(&self, host: &HostState, to_eval: bool) -> Option<Self::Uniform> {
-        let _ = (host, to_eval);
-        None
+    /// (Schedule-Free: y while training, x for evaluation): switch `host` to training
+    /// (`train`) or evaluation mode and return the uniform of the kernel pass that maps the
+    /// params, or `None` when no pass is needed (already in that mode, or no step taken
+    /// yet). The default: the algorithm has no modes ([`Error::Unsupported`]).
+    ///
+    /// [`Error::Unsupported`]: crate::Error::Unsupported
+    fn mode_switch(&self, host: &mut HostState, train: bool) -> Result<Option<Self::Uniform>> {
+        let _ = (host, train);
+        Err(crate::Error::Unsupported {
+            optimizer: self.class_name(),
+            feature: "train/eval modes",
+        })
+    }
+    /// Whether `host` is in training mode (always true for algorithms without modes).
+    fn is_training(&self, host: &HostState) -> bool {
+        let _ = host;
+        true
     }
 }
 

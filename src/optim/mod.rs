@@ -8,10 +8,12 @@ mod adagrad;
 mod adam;
 mod adamax;
 pub mod algorithm;
+mod lion;
 mod nadam;
 mod radam;
 mod registry;
 mod rmsprop;
+mod schedule_free;
 mod sgd;
 pub(crate) mod validate;
 
@@ -22,10 +24,12 @@ pub use adamax::{AdamaxConfig, AdamaxUniform};
 pub use algorithm::{
     Algorithm, HostState, HparamReader, KernelSource, LaneOptions, WordClass, MAX_HOST_SCALARS,
 };
+pub use lion::{LionConfig, LionUniform};
 pub use nadam::{NadamConfig, NadamUniform};
 pub use radam::{RadamConfig, RadamUniform};
 pub use registry::{OptimizerConfig, StepUniform, MAX_UNIFORM_BYTES};
 pub use rmsprop::{RmspropConfig, RmspropUniform};
+pub use schedule_free::{ScheduleFreeBase, ScheduleFreeConfig, ScheduleFreeUniform};
 pub use sgd::{SgdConfig, SgdUniform};
 
 use crate::error::{Error, Result};

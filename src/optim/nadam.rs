@@ -1,8 +1,8 @@
 //! NAdam. Mirror of `shaders/nadam.wgsl`.
 
 use super::adam::{validate_adam_like, weight_decay_split};
-use super::validate::non_negative;
 use super::algorithm::{sign, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
+use super::validate::non_negative;
 use super::WordClass;
 use crate::cpu::chunk::{decay, grad_term, shaped};
 use crate::error::Result;
@@ -67,7 +67,6 @@ impl NadamConfig {
         validate_adam_like(Self::NAME, self.lr, self.betas, self.eps, self.weight_decay)?;
         non_negative(Self::NAME, "momentum_decay", self.momentum_decay)
     }
-
 
     /// mu_t of the NAdam momentum schedule.
     pub(crate) fn mu(&self, t: u64) -> f64 {
@@ -159,6 +158,10 @@ impl Algorithm for NadamConfig {
         self.lr
     }
 
+    fn with_lr(self, lr: f64) -> Self {
+        Self { lr, ..self }
+    }
+
     fn validate(&self) -> Result<()> {
         NadamConfig::validate(self)
     }
@@ -172,7 +175,11 @@ impl Algorithm for NadamConfig {
     }
 
     fn lane_options(&self) -> LaneOptions {
-        LaneOptions::of(self.maximize, self.weight_decay, self.decoupled_weight_decay)
+        LaneOptions::of(
+            self.maximize,
+            self.weight_decay,
+            self.decoupled_weight_decay,
+        )
     }
 
     fn overrides(&self) -> Vec<(&'static str, f64)> {

@@ -57,7 +57,6 @@ impl RadamConfig {
         validate_adam_like(Self::NAME, self.lr, self.betas, self.eps, self.weight_decay)
     }
 
-
     fn uniform(&self, host: &HostState) -> RadamUniform {
         let (b1, b2) = self.betas;
         let t = host.step as f64;
@@ -147,6 +146,10 @@ impl Algorithm for RadamConfig {
         self.lr
     }
 
+    fn with_lr(self, lr: f64) -> Self {
+        Self { lr, ..self }
+    }
+
     fn validate(&self) -> Result<()> {
         RadamConfig::validate(self)
     }
@@ -160,7 +163,11 @@ impl Algorithm for RadamConfig {
     }
 
     fn lane_options(&self) -> LaneOptions {
-        LaneOptions::of(self.maximize, self.weight_decay, self.decoupled_weight_decay)
+        LaneOptions::of(
+            self.maximize,
+            self.weight_decay,
+            self.decoupled_weight_decay,
+        )
     }
 
     fn overrides(&self) -> Vec<(&'static str, f64)> {

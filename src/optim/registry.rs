@@ -100,6 +100,13 @@ macro_rules! registry {
                 }
             }
 
+            /// This configuration with its initial learning rate replaced.
+            pub fn with_lr(self, lr: f64) -> Self {
+                match self {
+                    $(Self::$variant(c) => Self::$variant(c.with_lr(lr)),)*
+                }
+            }
+
             /// Per-element state tensors this configuration has, by the reference's names,
             /// in the order the kernels bind them.
             pub fn state_names(&self) -> Vec<&'static str> {
@@ -146,11 +153,29 @@ macro_rules! registry {
                 }
             }
 
-            /// The uniform of a train/eval mode switch pass ([`Algorithm::mode_switch`]), or
-            /// `None` when the algorithm has no modes.
-            pub fn mode_switch(&self, host: &HostState, to_eval: bool) -> Option<StepUniform> {
+            /// Whether a step may be taken now ([`Algorithm::check_step`]).
+            pub fn check_step(&self, host: &HostState) -> Result<()> {
                 match self {
-                    $(Self::$variant(c) => c.mode_switch(host, to_eval).map(StepUniform::$variant),)*
+                    $(Self::$variant(c) => c.check_step(host),)*
+                }
+            }
+
+            /// Switch `host` to training or evaluation mode ([`Algorithm::mode_switch`]):
+            /// the uniform of the pass that maps the params, if one is needed.
+            pub fn mode_switch(
+                &self,
+                host: &mut HostState,
+                train: bool,
+            ) -> Result<Option<StepUniform>> {
+                match self {
+                    $(Self::$variant(c) => Ok(c.mode_switch(host, train)?.map(StepUniform::$variant)),)*
+                }
+            }
+
+            /// Whether `host` is in training mode ([`Algorithm::is_training`]).
+            pub fn is_training(&self, host: &HostState) -> bool {
+                match self {
+                    $(Self::$variant(c) => c.is_training(host),)*
                 }
             }
 
@@ -237,24 +262,23 @@ macro_rules! registry {
                 host.state_written = true;
             }
 
-            /// One fast-CPU mode switch pass; false when the algorithm has no modes.
+            /// The fast-CPU train/eval switch: runs the pass when one is needed.
             pub(crate) fn cpu_mode_switch(
                 &self,
-                host: &HostState,
-                to_eval: bool,
+                host: &mut HostState,
+                train: bool,
                 params: &mut [f32],
                 states: &mut [crate::cpu::staggered::StaggeredVec],
-            ) -> bool {
+            ) -> Result<()> {
                 match self {
-                    $(Self::$variant(c) => match c.mode_switch(host, to_eval) {
-                        Some(u) => {
+                    $(Self::$variant(c) => {
+                        if let Some(u) = c.mode_switch(host, train)? {
                             let zeros = vec![0.0f32; params.len()];
                             crate::cpu::fast::apply(c, &u, params, &zeros, states);
-                            true
                         }
-                        None => false,
-                    },)*
+                    })*
                 }
+                Ok(())
             }
 
             /// One step of the f64 reference.
@@ -270,16 +294,16 @@ macro_rules! registry {
                 }
             }
 
-            /// The reference's train/eval switch; false when the algorithm has no modes.
+            /// The reference's train/eval switch.
             pub(crate) fn reference_mode_switch(
                 &self,
                 r: &mut ReferenceScalars,
-                to_eval: bool,
+                train: bool,
                 params: &mut [f64],
                 states: &mut [Vec<f64>],
-            ) -> bool {
+            ) -> Result<()> {
                 match self {
-                    $(Self::$variant(c) => ReferenceStep::reference_mode_switch(c, r, to_eval, params, states),)*
+                    $(Self::$variant(c) => ReferenceStep::reference_mode_switch(c, r, train, params, states),)*
                 }
             }
         }
@@ -309,4 +333,6 @@ registry! {
     Nadam(NadamConfig),
     Adamax(AdamaxConfig),
     Radam(RadamConfig),
+    Lion(LionConfig),
+    ScheduleFree(ScheduleFreeConfig),
 }

@@ -130,6 +130,10 @@ impl Algorithm for RmspropConfig {
         self.lr
     }
 
+    fn with_lr(self, lr: f64) -> Self {
+        Self { lr, ..self }
+    }
+
     fn validate(&self) -> Result<()> {
         RmspropConfig::validate(self)
     }
@@ -186,7 +190,11 @@ impl Algorithm for RmspropConfig {
     #[inline(always)]
     fn cpu_chunk(&self, u: &RmspropUniform, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         let momentum = self.momentum > 0.0;
-        shaped!(u.weight_decay, 1.0, rmsprop_loop(u, self.centered, momentum, p, g, s))
+        shaped!(
+            u.weight_decay,
+            1.0,
+            rmsprop_loop(u, self.centered, momentum, p, g, s)
+        )
     }
 }
 

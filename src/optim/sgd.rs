@@ -143,6 +143,10 @@ impl Algorithm for SgdConfig {
         self.lr
     }
 
+    fn with_lr(self, lr: f64) -> Self {
+        Self { lr, ..self }
+    }
+
     fn validate(&self) -> Result<()> {
         SgdConfig::validate(self)
     }
@@ -194,7 +198,11 @@ impl Algorithm for SgdConfig {
     #[inline(always)]
     fn cpu_chunk(&self, u: &SgdUniform, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         let momentum = self.momentum != 0.0;
-        shaped!(u.weight_decay, 1.0, sgd_loop(u, momentum, self.nesterov, p, g, s))
+        shaped!(
+            u.weight_decay,
+            1.0,
+            sgd_loop(u, momentum, self.nesterov, p, g, s)
+        )
     }
 }
 

@@ -13,6 +13,21 @@ pub(crate) fn non_negative(optimizer: &'static str, name: &'static str, value: f
     )
 }
 
+/// `value` must be finite and `> 0`.
+pub(crate) fn require_positive(
+    optimizer: &'static str,
+    name: &'static str,
+    value: f64,
+) -> Result<()> {
+    require(
+        optimizer,
+        name,
+        value,
+        value.is_finite() && value > 0.0,
+        "must be finite and > 0",
+    )
+}
+
 /// `value` must be finite.
 pub(crate) fn finite(optimizer: &'static str, name: &'static str, value: f64) -> Result<()> {
     require(optimizer, name, value, value.is_finite(), "must be finite")

@@ -131,16 +131,5 @@ pub fn classic_optimizers(function: TestFunction) -> Vec<(&'static str, Optimize
 
 /// `config` with its learning rate replaced.
 pub fn with_lr(config: OptimizerConfig, lr: f64) -> OptimizerConfig {
-    let mut c = config;
-    match &mut c {
-        OptimizerConfig::Sgd(x) => x.lr = lr,
-        OptimizerConfig::Adagrad(x) => x.lr = lr,
-        OptimizerConfig::Rmsprop(x) => x.lr = lr,
-        OptimizerConfig::Adam(x) => x.lr = lr,
-        OptimizerConfig::Adadelta(x) => x.lr = lr,
-        OptimizerConfig::Nadam(x) => x.lr = lr,
-        OptimizerConfig::Adamax(x) => x.lr = lr,
-        OptimizerConfig::Radam(x) => x.lr = lr,
-    }
-    c
+    config.with_lr(lr)
 }

@@ -17,6 +17,9 @@ pub fn all() -> Vec<(&'static str, OptimizerConfig)> {
     let nadam = NadamConfig::default();
     let adamax = AdamaxConfig::default();
     let radam = RadamConfig::default();
+    let lion = LionConfig::default();
+    let sf_adamw = ScheduleFreeConfig::adamw();
+    let sf_sgd = ScheduleFreeConfig::sgd();
     vec![
         ("sgd plain", sgd.into()),
         (
@@ -336,6 +339,54 @@ pub fn all() -> Vec<(&'static str, OptimizerConfig)> {
             RadamConfig {
                 maximize: true,
                 ..radam
+            }
+            .into(),
+        ),
+        ("lion default", lion.into()),
+        (
+            "lion wd",
+            LionConfig {
+                lr: 3e-4,
+                weight_decay: 0.1,
+                ..lion
+            }
+            .into(),
+        ),
+        (
+            "lion decoupled wd",
+            LionConfig {
+                lr: 3e-4,
+                weight_decay: 0.1,
+                decoupled_weight_decay: true,
+                betas: (0.8, 0.95),
+            }
+            .into(),
+        ),
+        ("schedule-free adamw default", sf_adamw.into()),
+        (
+            "schedule-free adamw warmup wd",
+            ScheduleFreeConfig {
+                lr: 0.01,
+                warmup_steps: 5,
+                weight_decay: 0.01,
+                r: 0.5,
+                ..sf_adamw
+            }
+            .into(),
+        ),
+        (
+            "schedule-free sgd default",
+            ScheduleFreeConfig { lr: 0.05, ..sf_sgd }.into(),
+        ),
+        (
+            "schedule-free sgd warmup wd",
+            ScheduleFreeConfig {
+                lr: 0.05,
+                warmup_steps: 5,
+                weight_decay: 0.01,
+                beta: 0.8,
+                weight_lr_power: 1.0,
+                ..sf_sgd
             }
             .into(),
         ),

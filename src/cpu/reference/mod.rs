@@ -8,14 +8,16 @@ mod adadelta;
 mod adagrad;
 mod adam;
 mod adamax;
+mod lion;
 mod nadam;
 mod radam;
 mod rmsprop;
+mod schedule_free;
 mod sgd;
 
 use crate::error::{Error, Result};
 use crate::gpu::gradients::GradOptions;
-use crate::optim::{Algorithm, OptimizerConfig, MAX_HOST_SCALARS};
+use crate::optim::{Algorithm, HostState, OptimizerConfig, MAX_HOST_SCALARS};
 
 /// The scalars of one reference step: the step number, the lr, whether the state has been
 /// written before, and the algorithm's own scalars (NAdam's `mu_product`, ...), all f64 and
@@ -46,17 +48,20 @@ pub trait ReferenceStep: Algorithm {
         states: &mut [Vec<f64>],
     );
 
-    /// The train/eval mode switch of algorithms that have modes; false (the default) for the
-    /// others.
+    /// The train/eval mode switch of algorithms that have modes (to training when
+    /// `train`); [`Error::Unsupported`] (the default) for the others.
     fn reference_mode_switch(
         &self,
         r: &mut ReferenceScalars,
-        to_eval: bool,
+        train: bool,
         params: &mut [f64],
         states: &mut [Vec<f64>],
-    ) -> bool {
-        let _ = (r, to_eval, params, states);
-        false
+    ) -> Result<()> {
+        let _ = (r, train, params, states);
+        Err(Error::Unsupported {
+            optimizer: self.class_name(),
+            feature: "train/eval modes",
+        })
     }
 }
 
@@ -152,6 +157,29 @@ impl ReferenceOptimizer {
         self.host_scalar("mu_product").unwrap_or(1.0)
     }
 
+    /// The host scalars in the form the other implementations report them.
+    pub fn host_state(&self) -> HostState {
+        let mut h = HostState::new(self.lr, self.config.host_scalars());
+        h.step = self.scalars.t;
+        h.state_written = self.scalars.state_written;
+        h.scalars = self.scalars.own;
+        h
+    }
+
+    /// Switch an algorithm with train/eval modes (Schedule-Free) to training (`true`) or
+    /// evaluation mode over `params`; [`Error::Unsupported`] for algorithms without modes.
+    pub fn set_train_mode(&mut self, params: &mut [f64], train: bool) -> Result<()> {
+        if params.len() != self.n {
+            return Err(Error::LengthMismatch {
+                what: "params",
+                expected: self.n,
+                got: params.len(),
+            });
+        }
+        self.config
+            .reference_mode_switch(&mut self.scalars, train, params, &mut self.states)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &OptimizerConfig {
         &self.config
@@ -178,6 +206,7 @@ impl ReferenceOptimizer {
                 });
             }
         }
+        self.config.check_step(&self.host_state())?;
         // Gradient pre-processing: g = clamp(g * scale, +-clip) * min(1, max_norm / (norm + 1e-6)).
         let o = self.grad_options;
         let clip = o.clip_value.unwrap_or(f64::INFINITY);
