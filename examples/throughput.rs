@@ -2,10 +2,19 @@
 //! measured in the same run on the same device.
 //!
 //! ```text
-//! cargo run --release --example throughput            # full table, 2^16..2^24
-//! cargo run --release --example throughput -- --quick  # under a minute
-//! cargo run --release --example throughput -- --json   # stdout: one JSON array
+//! cargo run --release --example throughput             # compact table, 2^20 and 2^22 (~1 min)
+//! cargo run --release --example throughput -- --full   # the sweep 2^16..2^24, every id (5-7 min)
+//! cargo run --release --example throughput -- --json   # stdout: one JSON array of records
 //! ```
+//! The default run times the fused GPU step and the fast CPU path, each against its roof,
+//! with 250 ms measurements, and prints per optimizer and size their M params/s and fraction
+//! of roof (under a minute after the build on a 2-core lavapipe/llvmpipe machine).
+//! `--quick` is the same run with 150 ms measurements (about half a minute). `--full` is the
+//! sweep: 2^16..2^24, 600 ms measurements, the copy kernels, the round trip through the host
+//! and the f64 reference, with GB/s and roof GB/s. `--json` prints every record (all four
+//! ids) of the sizes run, at the default, `--quick` or `--full` length; `--log2-sizes`
+//! replaces the sizes of any of them.
+//!
 //! The roof of an optimizer is a kernel with its exact access pattern (same buffers read and
 //! written, same vector width and elements per invocation) and trivial arithmetic: the
 //! fraction of roof is the figure that carries across machines.
@@ -21,16 +30,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(Parser)]
 #[command(about = "Optimizer-step throughput: fused GPU kernels vs CPU, against measured roofs")]
 struct Args {
-    /// Fewer sizes and shorter measurements (under a minute).
-    #[arg(long)]
+    /// As the default run with 150 ms measurements instead of 250 ms (about half a minute).
+    #[arg(long, conflicts_with = "full")]
     quick: bool,
+    /// The full sweep: 2^16..2^24, 600 ms measurements, copies, round trip, f64 reference.
+    #[arg(long)]
+    full: bool,
     /// Print only a JSON array of records on stdout.
     #[arg(long)]
     json: bool,
     /// Only optimizers whose name contains this.
     #[arg(long)]
     only: Option<String>,
-    /// log2 of the sizes to run (default 16,20,22,24; --quick: 20,22).
+    /// log2 of the sizes to run (default 20,22; --full: 16,20,22,24).
     #[arg(long, value_delimiter = ',')]
     log2_sizes: Option<Vec<u32>>,
     /// Kernel workgroup size (default: the library's).
@@ -118,6 +130,15 @@ fn adapter_line(ctx: &GpuContext) -> String {
     format!("adapter: {} (lanes moved as {lanes})", ctx.describe())
 }
 
+/// When wgpu fell back to Mesa's software GL (llvmpipe), how to get the Vulkan driver.
+fn gl_fallback_hint(ctx: &GpuContext) -> Option<&'static str> {
+    let info = ctx.adapter_info()?;
+    (info.backend == wgpu::Backend::Gl && info.device_type == wgpu::DeviceType::Cpu).then_some(
+        "GL fallback; Vulkan driver: apt-get install mesa-vulkan-drivers (Debian/Ubuntu), \
+         WGPU_BACKEND=vulkan",
+    )
+}
+
 struct Record {
     optimizer: String,
     imp: &'static str,
@@ -157,6 +178,7 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 }
 
 fn main() -> Result<()> {
+    let started = Instant::now();
     let args = Args::parse();
     let mut tuning = KernelTuning::default();
     tuning.workgroup_size = args.workgroup_size.unwrap_or(tuning.workgroup_size);
@@ -177,14 +199,22 @@ fn main() -> Result<()> {
         lane_transport,
         ..ContextOptions::default()
     })?;
-    let target = Duration::from_millis(if args.quick { 150 } else { 600 });
+    // The round trip and the f64 reference are in the JSON records and the full table, the
+    // copy kernels in the full table only: the compact table skips their measurement.
+    let every_id = args.full || args.json;
+    let copies_wanted = args.full && !args.json;
+    let target = Duration::from_millis(match (args.full, args.quick) {
+        (true, _) => 600,
+        (false, true) => 150,
+        (false, false) => 250,
+    });
     let sizes: Vec<usize> = args
         .log2_sizes
         .clone()
-        .unwrap_or(if args.quick {
-            vec![20, 22]
-        } else {
+        .unwrap_or(if args.full {
             vec![16, 20, 22, 24]
+        } else {
+            vec![20, 22]
         })
         .into_iter()
         .map(|l| 1usize << l)
@@ -193,14 +223,26 @@ fn main() -> Result<()> {
         .into_iter()
         .filter(|(name, _)| args.only.as_ref().is_none_or(|o| name.contains(o.as_str())))
         .collect();
-    eprintln!("{}", adapter_line(&ctx));
-    eprintln!(
+    // The header, once: on stdout with the tables, on stderr when stdout is JSON.
+    let header = |line: &str| {
+        if args.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    header(&adapter_line(&ctx));
+    if let Some(hint) = gl_fallback_hint(&ctx) {
+        header(hint);
+    }
+    header(&format!(
         "CPU: {} threads (rayon); kernel tuning {:?}",
         rayon::current_num_threads(),
         ctx.options().tuning
-    );
+    ));
 
-    let bar = ProgressBar::new((sizes.len() * (suite.len() + 1)) as u64);
+    let per_size = suite.len() + usize::from(copies_wanted);
+    let bar = ProgressBar::new((sizes.len() * per_size) as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed}]")
             .expect("valid template"),
@@ -214,21 +256,23 @@ fn main() -> Result<()> {
         let flat = FlatParams::from_slice(&ctx, &p0)?;
         flat.write_grads(&g)?;
 
-        bar.set_message(format!("copies n = {n}"));
-        let mut copy_kernel = GpuRoof::copy(&flat)?;
-        let gpu_copy = measure(target, |k| {
-            (0..k).for_each(|_| copy_kernel.step());
-            ctx.wait().unwrap();
-        });
-        let gpu_buffer = measure(target, |k| {
-            (0..k).for_each(|_| gpu_buffer_copy(&flat));
-            ctx.wait().unwrap();
-        });
-        let mut dst = StaggeredVec::filled(n, 0.0, 0);
-        let cpu_c = measure(target, |k| (0..k).for_each(|_| cpu_copy(&mut dst, &g)));
-        copies.push((n, gpu_copy, gpu_buffer, cpu_c));
-        drop(copy_kernel);
-        bar.inc(1);
+        if copies_wanted {
+            bar.set_message(format!("copies n = {n}"));
+            let mut copy_kernel = GpuRoof::copy(&flat)?;
+            let gpu_copy = measure(target, |k| {
+                (0..k).for_each(|_| copy_kernel.step());
+                ctx.wait().unwrap();
+            });
+            let gpu_buffer = measure(target, |k| {
+                (0..k).for_each(|_| gpu_buffer_copy(&flat));
+                ctx.wait().unwrap();
+            });
+            let mut dst = StaggeredVec::filled(n, 0.0, 0);
+            let cpu_c = measure(target, |k| (0..k).for_each(|_| cpu_copy(&mut dst, &g)));
+            copies.push((n, gpu_copy, gpu_buffer, cpu_c));
+            drop(copy_kernel);
+            bar.inc(1);
+        }
 
         for (name, config) in &suite {
             bar.set_message(format!("{name} n = {n}"));
@@ -256,12 +300,14 @@ fn main() -> Result<()> {
             );
             drop(roof);
             drop(roof_params);
-            let gpu_roundtrip = measure(target, |k| {
-                for _ in 0..k {
-                    flat.write_grads(&g).unwrap();
-                    opt.step().unwrap();
-                    std::hint::black_box(flat.read_params().unwrap());
-                }
+            let gpu_roundtrip = every_id.then(|| {
+                measure(target, |k| {
+                    for _ in 0..k {
+                        flat.write_grads(&g).unwrap();
+                        opt.step().unwrap();
+                        std::hint::black_box(flat.read_params().unwrap());
+                    }
+                })
             });
             drop(opt);
 
@@ -279,20 +325,24 @@ fn main() -> Result<()> {
             drop(cpu_states);
             drop(p_roof);
             drop(fast);
-            let mut p64: Vec<f64> = p0.iter().map(|&x| f64::from(x)).collect();
-            let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
-            let mut reference = ReferenceOptimizer::new(*config, n)?;
-            let cpu_ref = measure(target / 3, |k| {
-                (0..k).for_each(|_| reference.step(&mut p64, &g64).unwrap());
-            });
-            drop(reference);
+            let cpu_ref = if every_id {
+                let mut p64: Vec<f64> = p0.iter().map(|&x| f64::from(x)).collect();
+                let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
+                let mut reference = ReferenceOptimizer::new(*config, n)?;
+                Some(measure(target / 3, |k| {
+                    (0..k).for_each(|_| reference.step(&mut p64, &g64).unwrap());
+                }))
+            } else {
+                None
+            };
 
             for (imp, seconds, roof_seconds) in [
-                ("gpu_step", gpu_step, gpu_roof),
+                ("gpu_step", Some(gpu_step), gpu_roof),
                 ("gpu_roundtrip", gpu_roundtrip, gpu_roof),
-                ("cpu_fast", cpu_fast, cpu_r),
+                ("cpu_fast", Some(cpu_fast), cpu_r),
                 ("cpu_reference", cpu_ref, cpu_r),
             ] {
+                let Some(seconds) = seconds else { continue };
                 records.push(Record {
                     optimizer: name.to_string(),
                     imp,
@@ -312,13 +362,67 @@ fn main() -> Result<()> {
         println!("[{}]", body.join(",\n"));
         return Ok(());
     }
-    println!("{}", adapter_line(&ctx));
+    if args.full {
+        full_tables(&copies, &records);
+    } else {
+        compact_table(&records);
+    }
+    println!(
+        "of roof = roof time / time, the median of roof/kernel batch pairs timed alternately:"
+    );
+    println!("1.00 means as fast as the memory traffic allows");
+    println!("measured in {:.0} s", started.elapsed().as_secs_f64());
+    if !args.full {
+        println!(
+            "--full: the sweep 2^16..2^24 with GB/s, copies, round trip, f64 reference (5-7 min)"
+        );
+    }
+    Ok(())
+}
+
+/// The default output: per optimizer and size, the GPU step and the fast CPU path, each in
+/// M params/s and as a paired fraction of its roof (fits in 80 columns).
+fn compact_table(records: &[Record]) {
+    let find = |r: &Record, imp: &str| {
+        records
+            .iter()
+            .find(|o| o.optimizer == r.optimizer && o.n == r.n && o.imp == imp)
+    };
+    println!(
+        "\n{:<26} {:>5}  {:-^19}  {:-^19}",
+        "", "", " GPU step ", " CPU fast "
+    );
+    println!(
+        "{:<26} {:>5}  {:>10} {:>8}  {:>10} {:>8}  {:>7}",
+        "optimizer", "n", "Mparam/s", "of roof", "Mparam/s", "of roof", "GPU/CPU"
+    );
+    for gpu in records.iter().filter(|r| r.imp == "gpu_step") {
+        let Some(cpu) = find(gpu, "cpu_fast") else {
+            continue;
+        };
+        let mps = |r: &Record| r.n as f64 / r.seconds / 1e6;
+        println!(
+            "{:<26} {:>5}  {:>10.1} {:>8.2}  {:>10.1} {:>8.2}  {:>6.2}x",
+            gpu.optimizer,
+            format!("2^{}", gpu.n.trailing_zeros()),
+            mps(gpu),
+            gpu.roof_seconds / gpu.seconds,
+            mps(cpu),
+            cpu.roof_seconds / cpu.seconds,
+            cpu.seconds / gpu.seconds
+        );
+    }
+    println!();
+}
+
+/// The `--full` output: the copy kernels, then every id with GB/s and roof GB/s.
+fn full_tables(copies: &[(usize, f64, f64, f64)], records: &[Record]) {
     println!("\ncopies (8 bytes per element moved):");
     println!(
         "{:>10} {:>16} {:>22} {:>14}",
         "n", "gpu_copy GB/s", "copy_buffer GB/s", "cpu_copy GB/s"
     );
-    for (n, a, b, c) in &copies {
+    for (n, a, b, c) in copies {
         let gb = |s: f64| *n as f64 * 8.0 / s / 1e9;
         println!("{n:>10} {:>16.2} {:>22.2} {:>14.2}", gb(*a), gb(*b), gb(*c));
     }
@@ -326,7 +430,7 @@ fn main() -> Result<()> {
         "\n{:<26} {:>9} {:<14} {:>10} {:>10} {:>8} {:>9} {:>7} {:>9}",
         "optimizer", "n", "impl", "ms/step", "Mparam/s", "GB/s", "roof GB/s", "of roof", "gpu/cpu"
     );
-    for r in &records {
+    for r in records {
         let cpu_fast = records
             .iter()
             .find(|o| o.optimizer == r.optimizer && o.n == r.n && o.imp == "cpu_fast")
@@ -353,6 +457,4 @@ fn main() -> Result<()> {
     println!(
         "\nbytes per parameter = minimal traffic: 12 (p, g read; p written) + 8 per state tensor"
     );
-    println!("of roof = roof time / time: 1.00 means the fused kernel is as fast as its memory traffic allows");
-    Ok(())
 }

@@ -4,8 +4,8 @@
 For every optimizer of the throughput suite, times PyTorch's fastest available path on one
 flat f32 tensor of n parameters (fused where PyTorch has a fused CPU kernel, else foreach or
 the single-tensor loop: each is tried, the fastest kept), with as many threads as cores, then
-runs `target/release/examples/throughput --json` for the same optimizer and n and reads its
-`cpu_fast` (and `gpu_step`) records. Prints a Markdown table; `--json` prints records.
+runs `target/release/examples/throughput --json --full` (600 ms measurements, as PyTorch's
+here) for the same optimizer and n and reads its `cpu_fast` (and `gpu_step`) records. Prints a Markdown table; `--json` prints records.
 
 fused-optim's host vectors ask Linux for 2 MiB pages (`madvise(MADV_HUGEPAGE)`). PyTorch does
 the same when started with `THP_MEM_ALLOC_ENABLE=1`, which it reads once per process: each
@@ -95,7 +95,7 @@ def torch_paths(name, log2, threads, thp):
 
 
 def ours(binary, name, log2):
-    out = subprocess.run([binary, "--json", "--only", name, "--log2-sizes", str(log2)],
+    out = subprocess.run([binary, "--json", "--full", "--only", name, "--log2-sizes", str(log2)],
                          check=True, capture_output=True, text=True).stdout
     return {(r["optimizer"], r["impl"]): r for r in json.loads(out)
             if r["optimizer"] == name and r["n"] == 1 << log2}
