@@ -107,7 +107,7 @@ fn compressed_and_plain_files_load_alike() {
     // A folder with both forms lists both, plus nothing that is not JSON.
     std::fs::write(dir.join("notes.txt"), "not a case").unwrap();
     std::fs::copy(&gz, dir.join("path_bowl_adam.json.gz")).unwrap();
-    let files = golden::collect_files(&[dir.clone()]).unwrap();
+    let files = golden::collect_files(std::slice::from_ref(&dir)).unwrap();
     let names: Vec<_> = files
         .iter()
         .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())

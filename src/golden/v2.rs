@@ -326,7 +326,9 @@ fn parse_run(v: &Value, dtype: Dtype, tensors: &[Tensor2], steps: usize) -> Pars
     let m = obj(v, &what)?;
     if let Some(d) = m.get("default_dtype") {
         if d.as_str() != Some(dtype.key()) {
-            return Err(format!("`{what}.default_dtype` is {d}, not the run's dtype"));
+            return Err(format!(
+                "`{what}.default_dtype` is {d}, not the run's dtype"
+            ));
         }
     }
     let pm = obj(field(m, "params", &what)?, &format!("{what}.params"))?;
@@ -348,7 +350,9 @@ fn parse_run(v: &Value, dtype: Dtype, tensors: &[Tensor2], steps: usize) -> Pars
     let mut final_state = BTreeMap::new();
     for (name, entries) in sm {
         if !params.contains_key(name) {
-            return Err(format!("`{what}.final_state` has an unknown tensor `{name}`"));
+            return Err(format!(
+                "`{what}.final_state` has an unknown tensor `{name}`"
+            ));
         }
         let w = format!("{what}.final_state.{name}");
         let mut state = BTreeMap::new();
@@ -569,10 +573,8 @@ impl Case2 {
         for (tensor, state) in &run.final_state {
             for (key, expected) in state {
                 let worst = match got(tensor, key) {
-                    Some(values) => {
-                        state_error(tol, self.steps, tensor, key, &values, expected)
-                            .map_err(|e| golden_err(&self.file, e.to_string()))?
-                    }
+                    Some(values) => state_error(tol, self.steps, tensor, key, &values, expected)
+                        .map_err(|e| golden_err(&self.file, e.to_string()))?,
                     None => Worst::missing(tensor, Some(key)),
                 };
                 out.push(Check {
@@ -1009,7 +1011,10 @@ pub fn replay_trajectory(
             .collect();
         step(k, case.lr_per_step[k - 1], &mut p, &g)?;
         if dtype == Dtype::F32 {
-            if let Some(i) = p.iter().position(|&x| !x.is_nan() && Dtype::F32.round(x) != x) {
+            if let Some(i) = p
+                .iter()
+                .position(|&x| !x.is_nan() && Dtype::F32.round(x) != x)
+            {
                 let t = offsets.iter().position(|r| r.contains(&i)).unwrap_or(0);
                 return Err(golden_err(
                     &case.file,
