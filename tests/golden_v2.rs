@@ -719,7 +719,7 @@ fn malformed_files_are_typed_errors() {
             Box::new(|v| v["tensors"][0]["grads"][2][4] = "x".into()),
         ),
         (
-            "missing field `the file.steps`",
+            "missing field `steps`",
             Box::new(|v| {
                 v.as_object_mut().unwrap().remove("steps");
             }),

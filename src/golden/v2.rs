@@ -162,16 +162,25 @@ fn obj<'a>(v: &'a Value, what: &str) -> Parse<&'a Map<String, Value>> {
         .ok_or_else(|| format!("`{what}` is not an object"))
 }
 
+/// `what.key`, or `key` alone at the top level (`what` empty).
+fn path(what: &str, key: &str) -> String {
+    if what.is_empty() {
+        key.to_string()
+    } else {
+        format!("{what}.{key}")
+    }
+}
+
 fn field<'a>(m: &'a Map<String, Value>, key: &str, what: &str) -> Parse<&'a Value> {
     m.get(key)
-        .ok_or_else(|| format!("missing field `{what}.{key}`"))
+        .ok_or_else(|| format!("missing field `{}`", path(what, key)))
 }
 
 fn string(m: &Map<String, Value>, key: &str, what: &str) -> Parse<String> {
     field(m, key, what)?
         .as_str()
         .map(str::to_string)
-        .ok_or_else(|| format!("`{what}.{key}` is not a string"))
+        .ok_or_else(|| format!("`{}` is not a string", path(what, key)))
 }
 
 fn uint(v: &Value, what: &str) -> Parse<usize> {
@@ -237,7 +246,7 @@ fn optional_object(m: &Map<String, Value>, key: &str, what: &str) -> Parse<Optio
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v @ Value::Object(_)) => Ok(Some(v.clone())),
-        Some(v) => Err(format!("`{what}.{key}` is not an object: {v}")),
+        Some(v) => Err(format!("`{}` is not an object: {v}", path(what, key))),
     }
 }
 
@@ -374,11 +383,11 @@ fn parse_run(v: &Value, dtype: Dtype, tensors: &[Tensor2], steps: usize) -> Pars
 
 fn parse_inner(file: &Path, v: &Value) -> Parse<Case2> {
     let top = obj(v, "the file")?;
-    let schema = string(top, "schema", "the file")?;
+    let schema = string(top, "schema", "")?;
     if schema != SCHEMA {
         return Err(format!("schema `{schema}` is not `{SCHEMA}`"));
     }
-    let t = "the file";
+    let t = "";
     let name = string(top, "case", t)?;
     let algorithm = string(top, "algorithm", t)?;
     let description = string(top, "description", t)?;
