@@ -122,7 +122,6 @@ pub fn load(file: &Path) -> Result<Option<GoldenCase>> {
 
 /// A golden file of either schema.
 #[derive(Clone, Debug)]
-#[allow(clippy::large_enum_variant)]
 pub enum Golden {
     /// An `optim-golden/1` case.
     V1(GoldenCase),
