@@ -2,8 +2,13 @@
 //! PyTorch's hyper-parameters to configs, and replaying a case through the CPU reference (f64,
 //! against the file's float64 run) and the GPU path (f32, against its float32 run) with the
 //! tolerances the golden README gives.
+//!
+//! Files are read as plain `.json` or gzip-compressed `.json.gz` (the repository keeps its
+//! copies in `golden/v1` and `golden/v2` compressed). [`v2`] reads the multi-tensor
+//! `optim-golden/2` format; [`load_any`] tells the two apart.
 
 pub mod expr;
+pub mod v2;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,20 +87,62 @@ fn golden_err(file: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Read a file. `Ok(None)` when it is JSON of another schema or an index of cases
-/// (`index.json`).
+/// Read a golden file as JSON: plain text, or gzip-compressed (recognised by its magic bytes,
+/// whatever the name).
+pub fn read_json(file: &Path) -> Result<Value> {
+    use std::io::Read;
+    let bytes = std::fs::read(file).map_err(|e| golden_err(file, e.to_string()))?;
+    let text = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .read_to_string(&mut text)
+            .map_err(|e| golden_err(file, format!("gzip: {e}")))?;
+        text
+    } else {
+        String::from_utf8(bytes).map_err(|e| golden_err(file, e.to_string()))?
+    };
+    serde_json::from_str(&text).map_err(|e| golden_err(file, e.to_string()))
+}
+
+/// True for a folder's index of cases (`index.json`): it shares the schema tag but lists cases
+/// instead of being one.
+fn is_index(v: &Value) -> bool {
+    v.get("case").is_none() && v.get("cases").is_some()
+}
+
+/// Read a file (`.json` or `.json.gz`). `Ok(None)` when it is JSON of another schema or an
+/// index of cases (`index.json`).
 pub fn load(file: &Path) -> Result<Option<GoldenCase>> {
-    let text = std::fs::read_to_string(file).map_err(|e| golden_err(file, e.to_string()))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| golden_err(file, e.to_string()))?;
-    if v.get("schema").and_then(Value::as_str) != Some(SCHEMA) {
-        return Ok(None);
-    }
-    // The folder's index (`index.json`) shares the schema tag but lists cases instead of
-    // being one.
-    if v.get("case").is_none() && v.get("cases").is_some() {
+    let v = read_json(file)?;
+    if v.get("schema").and_then(Value::as_str) != Some(SCHEMA) || is_index(&v) {
         return Ok(None);
     }
     parse_case(file, &v).map(Some)
+}
+
+/// A golden file of either schema.
+#[derive(Clone, Debug)]
+pub enum Golden {
+    /// An `optim-golden/1` case.
+    V1(GoldenCase),
+    /// An `optim-golden/2` case.
+    V2(v2::Case2),
+    /// Valid JSON that is not a case: an index of cases or another schema.
+    NotACase,
+}
+
+/// Read a file (`.json` or `.json.gz`) of either schema. Malformed JSON and malformed cases are
+/// errors; JSON that is not a case is [`Golden::NotACase`].
+pub fn load_any(file: &Path) -> Result<Golden> {
+    let v = read_json(file)?;
+    if is_index(&v) {
+        return Ok(Golden::NotACase);
+    }
+    match v.get("schema").and_then(Value::as_str) {
+        Some(SCHEMA) => parse_case(file, &v).map(Golden::V1),
+        Some(v2::SCHEMA) => v2::parse(file, &v).map(Golden::V2),
+        _ => Ok(Golden::NotACase),
+    }
 }
 
 fn parse_case(file: &Path, v: &Value) -> Result<GoldenCase> {
@@ -462,7 +509,16 @@ impl GoldenCase {
     }
 }
 
-/// Every `*.json` under each path (a file or a folder, not recursive), sorted.
+/// True for a name a golden case can have: `*.json` or `*.json.gz`.
+fn is_json_name(f: &Path) -> bool {
+    f.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".json") || n.ends_with(".json.gz"))
+}
+
+/// Every `*.json` and `*.json.gz` under each path (a file or a folder, not recursive), sorted;
+/// a file given by name is taken whatever its name. Non-case JSON such as `index.json` is
+/// listed too: [`load`] and [`load_any`] recognise and skip it.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
@@ -470,7 +526,7 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let mut files: Vec<PathBuf> = std::fs::read_dir(p)
                 .map_err(|e| golden_err(p, e.to_string()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.extension().is_some_and(|x| x == "json"))
+                .filter(|f| f.is_file() && is_json_name(f))
                 .collect();
             files.sort();
             out.extend(files);
