@@ -35,6 +35,36 @@ fn line(label: &str, r: &Result<PathReport, fused_optim::Error>) -> (bool, Strin
     }
 }
 
+/// An `optim-golden/2` case through the reference, the fast CPU path and the GPU; `None`
+/// when the library does not have the algorithm.
+fn replay_v2(case: &golden::v2::Case2, ctx: &GpuContext) -> Option<(bool, String)> {
+    use golden::replay2::{replay, Implementation};
+    let mut ok = true;
+    let mut parts = Vec::new();
+    for (label, which) in [
+        ("ref(f64)", Implementation::Reference),
+        ("cpu(f32)", Implementation::CpuFast),
+        ("gpu(f32)", Implementation::Gpu),
+    ] {
+        match replay(case, which, Some(ctx)) {
+            Ok(None) => return None,
+            Ok(Some(r)) => {
+                ok &= r.passed();
+                let worst = r.worst().map_or(0.0, |c| c.worst.ratio);
+                parts.push(format!("{label} worst/tol {worst:.2e}"));
+                for f in r.failures() {
+                    parts.push(format!("[{label} {}: {:?}]", f.quantity, f.worst));
+                }
+            }
+            Err(e) => {
+                ok = false;
+                parts.push(format!("{label} error: {e}"));
+            }
+        }
+    }
+    Some((ok, parts.join(" | ")))
+}
+
 fn main() -> ExitCode {
     let args: Vec<PathBuf> = std::env::args().skip(1).map(PathBuf::from).collect();
     if args.is_empty() {
@@ -65,8 +95,20 @@ fn main() -> ExitCode {
         let case = match golden::load_any(&file) {
             Ok(Golden::V1(c)) => c,
             Ok(Golden::V2(c)) => {
-                println!("SKIP {} ({}: not in the library yet)", c.name, c.algorithm);
-                skipped += 1;
+                match replay_v2(&c, &ctx) {
+                    None => {
+                        println!("SKIP {} ({}: not in the library yet)", c.name, c.algorithm);
+                        skipped += 1;
+                    }
+                    Some((ok, text)) => {
+                        println!("{} {:<32} {text}", if ok { "PASS" } else { "FAIL" }, c.name);
+                        if ok {
+                            passed += 1;
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                }
                 continue;
             }
             Ok(Golden::NotACase) => {

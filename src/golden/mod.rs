@@ -8,6 +8,7 @@
 //! `optim-golden/2` format; [`load_any`] tells the two apart.
 
 pub mod expr;
+pub mod replay2;
 pub mod v2;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,288 @@
+//! Replays of `optim-golden/2` cases through the library's implementations, for the
+//! algorithms the registry has: the f64 reference against the float64 run, the fast CPU
+//! path and the GPU kernels against the float32 run, with the golden README's metrics and
+//! tolerances (M1 1e-5 for f32, 1e-12 for f64; final states 1e-5 / 1e-12), Schedule-Free's
+//! eval params (M1 at k = steps) and group scalars (`lr_max`, `weight_sum`, `k`).
+
+use serde_json::Value;
+
+use super::v2::{params_error, Case2, Check, Dtype, Metric, ParamsCheck, Report2, Worst};
+use crate::error::{Error, Result};
+use crate::gpu::buffer::FlatParams;
+use crate::gpu::context::GpuContext;
+use crate::gpu::optimizer::GpuOptimizer;
+use crate::optim::OptimizerConfig;
+use crate::{CpuOptimizer, ReferenceOptimizer};
+
+/// Which implementation replays a case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Implementation {
+    /// The f64 reference, against the float64 run.
+    Reference,
+    /// The fast CPU path (f32), against the float32 run.
+    CpuFast,
+    /// The GPU kernels (f32), against the float32 run.
+    Gpu,
+}
+
+impl Implementation {
+    /// The run it is compared with.
+    pub fn dtype(self) -> Dtype {
+        match self {
+            Implementation::Reference => Dtype::F64,
+            _ => Dtype::F32,
+        }
+    }
+
+    /// The README's recommended tolerance (M1, and the final-state metric).
+    pub fn tolerance(self) -> f64 {
+        match self {
+            Implementation::Reference => 1e-12,
+            _ => 1e-5,
+        }
+    }
+}
+
+fn golden_err(case: &Case2, reason: impl Into<String>) -> Error {
+    Error::Golden {
+        file: case.file.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The configuration of `case` when the registry knows its class (`Ok(None)` otherwise):
+/// the class's last path segment with `hparams`, plus the settings the package keeps outside
+/// the param group (lion-pytorch's `decoupled_wd`).
+pub fn config_of(case: &Case2) -> Result<Option<OptimizerConfig>> {
+    let class = case.class.rsplit('.').next().unwrap_or(&case.class);
+    let mut map = case
+        .hparams
+        .as_object()
+        .cloned()
+        .ok_or_else(|| golden_err(case, "hparams is not an object"))?;
+    if let Some(Value::Object(attrs)) = &case.instance_attributes {
+        if let Some(d) = attrs.get("decoupled_wd") {
+            map.insert("decoupled_weight_decay".into(), d.clone());
+        }
+    }
+    match OptimizerConfig::from_hparams(class, &map) {
+        Ok(c) => {
+            c.validate()?;
+            Ok(Some(c))
+        }
+        Err(e) if e.starts_with("unsupported optimizer") => Ok(None),
+        Err(e) => Err(golden_err(case, e)),
+    }
+}
+
+/// One of the three implementations, over the case's flat concatenation of tensors.
+enum Runner {
+    Reference(ReferenceOptimizer, Vec<f64>),
+    CpuFast(CpuOptimizer, Vec<f32>),
+    Gpu(GpuOptimizer, FlatParams),
+}
+
+impl Runner {
+    fn new(
+        which: Implementation,
+        config: OptimizerConfig,
+        p0: &[f64],
+        ctx: Option<&GpuContext>,
+    ) -> Result<Self> {
+        let p32: Vec<f32> = p0.iter().map(|&x| x as f32).collect();
+        Ok(match which {
+            Implementation::Reference => {
+                Runner::Reference(ReferenceOptimizer::new(config, p0.len())?, p0.to_vec())
+            }
+            Implementation::CpuFast => Runner::CpuFast(CpuOptimizer::new(config, p0.len())?, p32),
+            Implementation::Gpu => {
+                let ctx = ctx.ok_or(Error::NoAdapter {
+                    reason: "the GPU replay needs a context".into(),
+                })?;
+                let flat = FlatParams::from_slice(ctx, &p32)?;
+                Runner::Gpu(GpuOptimizer::new(&flat, config)?, flat)
+            }
+        })
+    }
+
+    fn step(&mut self, lr: f64, p: &mut [f64], g: &[f64]) -> Result<()> {
+        match self {
+            Runner::Reference(o, own) => {
+                o.set_lr(lr)?;
+                o.step(own, g)?;
+                p.copy_from_slice(own);
+            }
+            Runner::CpuFast(o, own) => {
+                o.set_lr(lr)?;
+                let g: Vec<f32> = g.iter().map(|&x| x as f32).collect();
+                o.step(own, &g)?;
+                p.iter_mut()
+                    .zip(own.iter())
+                    .for_each(|(d, s)| *d = f64::from(*s));
+            }
+            Runner::Gpu(o, flat) => {
+                o.set_lr(lr)?;
+                let g: Vec<f32> = g.iter().map(|&x| x as f32).collect();
+                flat.write_grads(&g)?;
+                o.step()?;
+                let got = flat.read_params()?;
+                p.iter_mut().zip(got).for_each(|(d, s)| *d = f64::from(s));
+            }
+        }
+        Ok(())
+    }
+
+    fn params(&self) -> Result<Vec<f64>> {
+        Ok(match self {
+            Runner::Reference(_, own) => own.clone(),
+            Runner::CpuFast(_, own) => own.iter().map(|&x| f64::from(x)).collect(),
+            Runner::Gpu(_, flat) => flat.read_params()?.into_iter().map(f64::from).collect(),
+        })
+    }
+
+    fn state(&self, name: &str) -> Result<Vec<f64>> {
+        Ok(match self {
+            Runner::Reference(o, _) => o.state(name)?.to_vec(),
+            Runner::CpuFast(o, _) => o.state(name)?.iter().map(|&x| f64::from(x)).collect(),
+            Runner::Gpu(o, _) => o.read_state(name)?.into_iter().map(f64::from).collect(),
+        })
+    }
+
+    fn set_train_mode(&mut self, train: bool) -> Result<()> {
+        match self {
+            Runner::Reference(o, own) => o.set_train_mode(own, train),
+            Runner::CpuFast(o, own) => o.set_train_mode(own, train),
+            Runner::Gpu(o, _) => o.set_train_mode(train),
+        }
+    }
+
+    fn host(&self) -> crate::HostState {
+        match self {
+            Runner::Reference(o, _) => o.host_state(),
+            Runner::CpuFast(o, _) => o.host_state(),
+            Runner::Gpu(o, _) => o.host_state(),
+        }
+    }
+}
+
+/// A scalar compared relatively: |got - want| <= tol * max(|want|, 1e-30).
+fn scalar_check(name: &str, got: f64, want: f64, tol: f64) -> Check {
+    let bound = tol * want.abs().max(1e-30);
+    let err = (got - want).abs();
+    Check {
+        quantity: name.to_string(),
+        worst: Worst {
+            ratio: if err == 0.0 {
+                0.0
+            } else if bound > 0.0 {
+                err / bound
+            } else {
+                f64::INFINITY
+            },
+            at: None,
+        },
+    }
+}
+
+/// Replay `case` through `which`; `Ok(None)` when the registry has no such class (the
+/// caller reports a SKIP).
+pub fn replay(
+    case: &Case2,
+    which: Implementation,
+    ctx: Option<&GpuContext>,
+) -> Result<Option<Report2>> {
+    let Some(config) = config_of(case)? else {
+        return Ok(None);
+    };
+    let dtype = which.dtype();
+    let tol = which.tolerance();
+    let run = case.run(dtype)?;
+    let p0: Vec<f64> = case
+        .flat_params0()
+        .into_iter()
+        .map(|x| dtype.round(x))
+        .collect();
+    let mut runner = Runner::new(which, config, &p0, ctx)?;
+    let mut report = super::v2::replay_trajectory(case, dtype, &Metric::M1, tol, |_, lr, p, g| {
+        runner.step(lr, p, g)
+    })?;
+    let offsets = case.offsets();
+    let y = runner.params()?;
+    let has_modes = matches!(config, OptimizerConfig::ScheduleFree(_));
+    let x = if has_modes {
+        runner.set_train_mode(false)?;
+        Some(runner.params()?)
+    } else {
+        None
+    };
+    // Final state, under the package's keys: our state tensors by name, and for the
+    // Schedule-Free reference classes x (the eval params) and y (the training params).
+    let names = config.state_names();
+    let mut state_error = None;
+    let checks = case.check_final_state(dtype, tol, |tensor, key| {
+        let t = case.tensors.iter().position(|t| t.name == tensor)?;
+        let r = offsets[t].clone();
+        let flat = match key {
+            "y" if has_modes => y.clone(),
+            "x" => x.clone()?,
+            _ if names.contains(&key) => match runner.state(key) {
+                Ok(v) => v,
+                Err(e) => {
+                    state_error = Some(e);
+                    return None;
+                }
+            },
+            _ => return None,
+        };
+        Some(flat[r].to_vec())
+    })?;
+    if let Some(e) = state_error {
+        return Err(e);
+    }
+    report.checks.extend(checks);
+    let host = runner.host();
+    // Schedule-Free: eval params (M1 at k = steps) and the group scalars.
+    if let Some(x) = &x {
+        if let Some(Value::Object(eval)) = run.extra.as_ref().and_then(|e| e.get("eval_params")) {
+            for (t, r) in case.tensors.iter().zip(&offsets) {
+                let want: Vec<f64> = eval
+                    .get(&t.name)
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| golden_err(case, format!("eval_params lacks `{}`", t.name)))?
+                    .iter()
+                    .map(|v| v.as_f64().unwrap_or(f64::NAN))
+                    .collect();
+                let c = ParamsCheck {
+                    metric: &Metric::M1,
+                    tol,
+                    dtype,
+                    tensor: &t.name,
+                    step: case.steps,
+                    params0: &t.params0,
+                };
+                report.checks.push(Check {
+                    quantity: format!("eval_params.{}", t.name),
+                    worst: params_error(&c, &x[r.clone()], &want)?,
+                });
+            }
+        }
+        if let Some(Value::Object(g)) = &run.group_state {
+            for name in ["lr_max", "weight_sum"] {
+                if let (Some(want), Some(got)) = (
+                    g.get(name).and_then(Value::as_f64),
+                    config.host_scalar(&host, name),
+                ) {
+                    report
+                        .checks
+                        .push(scalar_check(&format!("group.{name}"), got, want, 1e-12));
+                }
+            }
+            if let Some(k) = g.get("k").and_then(Value::as_f64) {
+                report
+                    .checks
+                    .push(scalar_check("group.k", host.step as f64, k, 0.0));
+            }
+        }
+    }
+    Ok(Some(report))
+}

@@ -1,0 +1,104 @@
+//! The library's Lion and Schedule-Free against the `optim-golden/2` cases made by
+//! lion-pytorch 0.2.5 and schedulefree 1.4.1 (the repository's `golden/v2`): the f64
+//! reference against the float64 run (M1, 1e-12 per step; final state 1e-12), the fast CPU
+//! path and the GPU kernels against the float32 run (M1, 1e-5 per step; final state 1e-5),
+//! Schedule-Free's eval params and group scalars too: the tolerances the golden README
+//! recommends from its measurements. Cases of algorithms the library lacks are recognised as
+//! such (`None`), not failed.
+
+mod common;
+
+use std::path::PathBuf;
+
+use fused_optim::golden::replay2::{config_of, replay, Implementation};
+use fused_optim::golden::v2::{self, Case2};
+use fused_optim::golden::{self as g};
+
+fn cases() -> Vec<Case2> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/v2");
+    g::collect_files(&[dir])
+        .unwrap()
+        .iter()
+        .filter_map(|f| v2::load(f).unwrap())
+        .collect()
+}
+
+fn implementations() -> Vec<Implementation> {
+    let mut all = vec![Implementation::Reference, Implementation::CpuFast];
+    if common::gpu().is_some() {
+        all.push(Implementation::Gpu);
+    }
+    all
+}
+
+#[test]
+fn lion_and_schedule_free_cases_pass_on_every_path() {
+    let ctx = common::gpu();
+    let mut replayed = std::collections::BTreeMap::new();
+    let mut failures = Vec::new();
+    for case in cases() {
+        let known = config_of(&case).unwrap().is_some();
+        let expected_known = matches!(case.algorithm.as_str(), "lion" | "schedulefree");
+        assert_eq!(known, expected_known, "{}: registry lookup", case.name);
+        if !known {
+            continue;
+        }
+        for which in implementations() {
+            let report = replay(&case, which, ctx.as_ref()).unwrap().unwrap();
+            // Trajectory, final state (and for Schedule-Free eval params and group scalars).
+            assert!(
+                report.checks.len() >= 2 * case.tensors.len(),
+                "{}",
+                case.name
+            );
+            if !report.passed() {
+                failures.push(format!("{which:?}: {report}"));
+            }
+            *replayed.entry(case.algorithm.clone()).or_insert(0) += 1;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        replayed.get("lion").copied().unwrap_or(0) >= 3 * 2,
+        "{replayed:?}"
+    );
+    assert!(
+        replayed.get("schedulefree").copied().unwrap_or(0) >= 5 * 2,
+        "{replayed:?}"
+    );
+}
+
+/// The comparison is not vacuous: a 1% change of a hyper-parameter fails every case.
+#[test]
+fn a_one_percent_change_fails() {
+    for mut case in cases() {
+        if config_of(&case).unwrap().is_none() {
+            continue;
+        }
+        let key = if case.algorithm == "lion" {
+            "betas"
+        } else {
+            "lr"
+        };
+        let h = case.hparams.as_object_mut().unwrap();
+        match key {
+            "betas" => {
+                let b1 = h["betas"][0].as_f64().unwrap();
+                h["betas"][0] = serde_json::json!(1.0 - (1.0 - b1) * 1.01);
+            }
+            _ => {
+                let lr = h["lr"].as_f64().unwrap();
+                h["lr"] = serde_json::json!(lr * 1.01);
+                case.lr_per_step.iter_mut().for_each(|x| *x *= 1.01);
+            }
+        }
+        for which in [Implementation::Reference, Implementation::CpuFast] {
+            let report = replay(&case, which, None).unwrap().unwrap();
+            assert!(
+                !report.passed(),
+                "{} {which:?}: 1% change not caught",
+                case.name
+            );
+        }
+    }
+}
