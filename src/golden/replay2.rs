@@ -79,7 +79,7 @@ pub fn config_of(case: &Case2) -> Result<Option<OptimizerConfig>> {
 enum Runner {
     Reference(ReferenceOptimizer, Vec<f64>),
     CpuFast(CpuOptimizer, Vec<f32>),
-    Gpu(GpuOptimizer, FlatParams),
+    Gpu(Box<GpuOptimizer>, Box<FlatParams>),
 }
 
 impl Runner {
@@ -100,7 +100,7 @@ impl Runner {
                     reason: "the GPU replay needs a context".into(),
                 })?;
                 let flat = FlatParams::from_slice(ctx, &p32)?;
-                Runner::Gpu(GpuOptimizer::new(&flat, config)?, flat)
+                Runner::Gpu(Box::new(GpuOptimizer::new(&flat, config)?), Box::new(flat))
             }
         })
     }
