@@ -25,7 +25,9 @@ pub enum ScheduleFreeBase {
 
 /// Schedule-Free AdamW / SGD: no learning-rate schedule; the params interpolate between an
 /// SGD-style sequence z and its weighted average x. While training the params hold
-/// y = (1 - beta) z + beta x; [`eval`](crate::Optimizer::set_train_mode) maps them to x.
+/// y = (1 - beta) z + beta x; `set_train_mode(false)` (on [`GpuOptimizer`](crate::GpuOptimizer),
+/// [`CpuOptimizer`](crate::CpuOptimizer) or [`ReferenceOptimizer`](crate::ReferenceOptimizer)) maps
+/// them to x.
 ///
 /// ```text
 /// k = steps taken;  sched = (k + 1) / warmup_steps if k < warmup_steps else 1
