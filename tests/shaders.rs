@@ -2,8 +2,11 @@
 //! (size and every member offset).
 
 use fused_optim::gpu::shaders::{
-    assemble, assemble_with, with_grad_control, with_lanes, Variant, KERNELS,
+    assemble, assemble_with, with_grad_control, with_lanes, LowPrecision, Variant, KERNELS,
 };
+
+/// The roof kernel's state slots (src/roofline.rs).
+const ROOF_SLOTS: &[&str] = &["s0", "s1", "s2"];
 use fused_optim::optim::*;
 
 fn module(source: &str) -> naga::Module {
@@ -20,8 +23,14 @@ fn capabilities() -> naga::valid::Capabilities {
 #[test]
 fn every_kernel_parses_and_validates() {
     let extra = [
-        ("roof.wgsl", assemble(include_str!("../shaders/roof.wgsl"))),
-        ("copy.wgsl", assemble(include_str!("../shaders/copy.wgsl"))),
+        (
+            "roof.wgsl",
+            assemble(include_str!("../shaders/roof.wgsl"), ROOF_SLOTS),
+        ),
+        (
+            "copy.wgsl",
+            assemble(include_str!("../shaders/copy.wgsl"), &[]),
+        ),
         (
             "norm.wgsl",
             with_lanes(include_str!("../shaders/norm.wgsl"), false),
@@ -41,21 +50,34 @@ fn every_kernel_parses_and_validates() {
             .validate(&m)
             .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&full)));
     }
-    // Every variant of every kernel (native f16: `enable f16;`, capability SHADER_FLOAT16;
-    // u64 lanes: SHADER_INT64), the roof and the copy kernel included.
-    let all = KERNELS.iter().map(|(f, s, _)| (*f, *s)).chain([
-        ("roof.wgsl", include_str!("../shaders/roof.wgsl")),
-        ("copy.wgsl", include_str!("../shaders/copy.wgsl")),
+    // Lanes and f16 variants of every kernel (native f16: `enable f16;`, capability
+    // SHADER_FLOAT16; u64 lanes: SHADER_INT64), the roof and the copy kernel included
+    // (tests/portability.rs goes through every variant).
+    let all = KERNELS.iter().copied().chain([
+        (
+            "roof.wgsl",
+            include_str!("../shaders/roof.wgsl"),
+            ROOF_SLOTS,
+        ),
+        ("copy.wgsl", include_str!("../shaders/copy.wgsl"), &[][..]),
     ]);
-    for (file, source) in all {
+    for (file, source, slots) in all {
         for native_f16 in [false, true] {
             for u64_lanes in [false, true] {
                 let full = assemble_with(
                     source,
+                    slots,
                     Variant {
                         native_f16,
                         u64_lanes,
-                    },
+                        low_precision: if native_f16 {
+                            LowPrecision::F16
+                        } else {
+                            LowPrecision::Off
+                        },
+                        ..Variant::default()
+                    }
+                    .with_all_states(slots.len()),
                 );
                 let m = module(&full);
                 naga::valid::Validator::new(
@@ -74,8 +96,8 @@ fn every_kernel_parses_and_validates() {
             }
         }
     }
-    for (file, source, _) in KERNELS {
-        let full = assemble(source);
+    for (file, source, slots) in KERNELS {
+        let full = assemble(source, slots);
         let m = module(&full);
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities())
             .validate(&m)
@@ -88,8 +110,8 @@ fn every_kernel_parses_and_validates() {
 }
 
 /// (member name, byte offset) of a WGSL struct, and its size.
-fn wgsl_layout(source: &str, name: &str) -> (Vec<(String, u32)>, u32) {
-    struct_layout(&module(&assemble(source)), name)
+fn wgsl_layout(source: &str, slots: &[&str], name: &str) -> (Vec<(String, u32)>, u32) {
+    struct_layout(&module(&assemble(source, slots)), name)
 }
 
 /// (member names and offsets, size) of struct `name` in a parsed module.
@@ -122,8 +144,8 @@ fn assert_mirrors(m: &naga::Module, name: &str, rust: &[(&str, usize)], rust_siz
 
 macro_rules! check_mirror {
     ($file:expr, $ty:ty, [$($field:ident),*]) => {{
-        let source = KERNELS.iter().find(|k| k.0 == $file).unwrap().1;
-        let (members, size) = wgsl_layout(source, "Hyper");
+        let kernel = KERNELS.iter().find(|k| k.0 == $file).unwrap();
+        let (members, size) = wgsl_layout(kernel.1, kernel.2, "Hyper");
         assert_eq!(size as usize, std::mem::size_of::<$ty>(), "{} size", $file);
         assert!(std::mem::size_of::<$ty>() as u64 <= MAX_HYPER_BYTES);
         let rust: Vec<(&str, usize)> = vec![$((stringify!($field), std::mem::offset_of!($ty, $field))),*];
@@ -255,7 +277,7 @@ fn grad_control_matches_its_mirror_in_every_shader() {
     ];
     let norm_module = module(&with_lanes(include_str!("../shaders/norm.wgsl"), false));
     let sources = [
-        module(&assemble(KERNELS[0].1)),
+        module(&assemble(KERNELS[0].1, KERNELS[0].2)),
         norm_module,
         module(&with_grad_control(include_str!(
             "../shaders/device_step.wgsl"
@@ -292,14 +314,15 @@ fn device_step_block_matches_its_mirror() {
 
 #[test]
 fn window_struct_is_16_bytes() {
-    let (members, size) = wgsl_layout(KERNELS[0].1, "Window");
+    let (members, size) = wgsl_layout(KERNELS[0].1, KERNELS[0].2, "Window");
     assert_eq!(size, 16);
     assert_eq!(members[0], ("n".to_string(), 0));
 }
 
 /// Every shader bounds-checks: the common entry point returns when the lane index reaches
 /// the window's lane count, and every store is masked by `live` (`select(old, new, live)`);
-/// the `store_*` helpers store what their callers masked.
+/// the `store_*` helpers (store_param and the generated state accessors `store_<slot>`) store
+/// what their callers masked.
 #[test]
 fn every_kernel_store_is_masked() {
     for (file, source, _) in KERNELS {
@@ -310,9 +333,7 @@ fn every_kernel_store_is_masked() {
             if let Some(rest) = t.strip_prefix("fn ") {
                 current_fn = rest.split('(').next().unwrap_or_default().to_string();
             }
-            let is_store = t.contains("] = ")
-                || t.starts_with("store_param(")
-                || t.starts_with("store_state(");
+            let is_store = t.contains("] = ") || t.starts_with("store_");
             if !is_store || current_fn.starts_with("store_") {
                 continue;
             }
