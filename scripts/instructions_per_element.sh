@@ -23,6 +23,7 @@ fi
 bin=$(mktemp)
 trap 'rm -f "$bin"' EXIT
 cp "$KERNEL_STEPS_BIN" "$bin"
+chmod +x "$bin"
 n=65539
 count() {
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" "$3" "$n" 2>&1 |
