@@ -378,6 +378,29 @@ fn check_fits_refuses_what_does_not_fit() {
     );
 }
 
+/// The storage-buffer counts the gradient-norm pass and the device step counter are checked
+/// with are those their modules declare.
+#[test]
+fn norm_and_device_step_counts_match_their_modules() {
+    use fused_optim::gpu::shaders::{
+        with_grad_control, with_lanes, DEVICE_STEP_STORAGE_BUFFERS, NORM_STORAGE_BUFFERS,
+    };
+    let storage = |source: &str| {
+        let m = parse("module", source);
+        let s = declared_bindings(&m)
+            .iter()
+            .filter(|b| matches!(b.1, BindingKind::Storage { .. }))
+            .count();
+        s as u32
+    };
+    for u64_lanes in [false, true] {
+        let norm = with_lanes(include_str!("../shaders/norm.wgsl"), u64_lanes);
+        assert_eq!(storage(&norm), NORM_STORAGE_BUFFERS);
+    }
+    let step = with_grad_control(include_str!("../shaders/device_step.wgsl"));
+    assert_eq!(storage(&step), DEVICE_STEP_STORAGE_BUFFERS);
+}
+
 /// A device from the first adapter with `max_storage_buffers_per_shader_stage` lowered to
 /// `storage` and no optional features (so `vec4<f32>` lanes, packed f16: what a WebGPU
 /// device gets), or None (with the skip message) when there is no adapter.
@@ -489,6 +512,16 @@ fn every_optimizer_steps_on_eight_storage_buffers() {
     )
     .expect("groups + AMSGrad: 7 storage buffers");
     opt.step().unwrap();
+    // The gradient-norm pass and the device step counter (5 storage buffers each).
+    opt.set_grad_options(GradOptions {
+        max_norm: Some(1.0),
+        ..Default::default()
+    })
+    .unwrap();
+    opt.set_device_loss_scaler(Some(LossScaler::default()))
+        .unwrap();
+    opt.step().unwrap();
+    assert_eq!(opt.device_step_count().unwrap(), 2);
     ctx.wait().unwrap();
 }
 
@@ -526,6 +559,24 @@ fn over_the_limit_is_a_typed_error() {
         },
     )
     .expect("SGD with momentum fits 4 storage buffers");
+    // The gradient-norm pass and the device step counter (5 storage buffers each) are
+    // refused too, as errors, not panics.
+    let mut sgd = GpuOptimizer::new(&params, SgdConfig::default()).unwrap();
+    let norm = sgd.set_grad_options(GradOptions {
+        max_norm: Some(1.0),
+        ..Default::default()
+    });
+    assert!(
+        matches!(norm, Err(Error::KernelDoesNotFit { ref kernel, needs: 5, limit: 4, .. }) if kernel == "norm.wgsl"),
+        "{norm:?}"
+    );
+    let scaler = sgd.set_device_loss_scaler(Some(LossScaler::default()));
+    assert!(
+        matches!(scaler, Err(Error::KernelDoesNotFit { ref kernel, needs: 5, limit: 4, .. }) if kernel == "device_step.wgsl"),
+        "{scaler:?}"
+    );
+    // Nothing changed: the plain step still runs.
+    sgd.step().unwrap();
     assert!(matches!(
         GpuOptimizer::new(
             &params,

@@ -360,7 +360,19 @@ pub fn check_fits(
             feature: "shader-f16 (native f16 params)",
         });
     }
-    let counts = binding_counts(variant);
+    check_counts(&name(), binding_counts(variant), limits)
+}
+
+/// Storage buffers of `norm.wgsl` (the gradient-norm pass: grad, partials, control,
+/// non-finite flag, 16-bit grads), checked by `tests/portability.rs`.
+pub const NORM_STORAGE_BUFFERS: u32 = 5;
+
+/// Storage buffers of `device_step.wgsl` (the device step counter: uniform slot, table,
+/// word classes, control, counter), checked by `tests/portability.rs`.
+pub const DEVICE_STEP_STORAGE_BUFFERS: u32 = 5;
+
+/// Refuse a shader with `counts` bindings that `limits` cannot hold, naming it `kernel`.
+pub fn check_counts(kernel: &str, counts: BindingCounts, limits: &wgpu::Limits) -> Result<()> {
     let checks = [
         (
             counts.storage,
@@ -382,7 +394,7 @@ pub fn check_fits(
     for (needs, limit, what) in checks {
         if needs > limit {
             return Err(Error::KernelDoesNotFit {
-                kernel: name(),
+                kernel: kernel.to_string(),
                 needs,
                 limit,
                 what,
