@@ -8,11 +8,22 @@
 #
 #   scripts/instructions_per_element.sh [optimizer ...]      (default: all of them)
 #
+# WGPU_BACKEND=vulkan (u64 lanes on lavapipe) or gl (vec4<f32> lanes on llvmpipe) picks the
+# lane path. KERNEL_STEPS_BIN=path measures that binary instead of building one (e.g. a copy
+# of an older build, to compare two versions). The binary is copied first, so that a build
+# sharing CARGO_TARGET_DIR cannot replace it during the measurement.
+#
 # Needs valgrind and a CPU adapter; about a minute per optimizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --example kernel_steps >&2
-bin=target/release/examples/kernel_steps
+if [ -z "${KERNEL_STEPS_BIN:-}" ]; then
+    cargo build --release --example kernel_steps >&2
+    KERNEL_STEPS_BIN=${CARGO_TARGET_DIR:-target}/release/examples/kernel_steps
+fi
+bin=$(mktemp)
+trap 'rm -f "$bin"' EXIT
+cp "$KERNEL_STEPS_BIN" "$bin"
+chmod +x "$bin"
 n=65539
 count() {
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" "$3" "$n" 2>&1 |

@@ -1,4 +1,4 @@
-// adadelta.wgsl: Adadelta. Mirror of src/optim/adadelta.rs (AdadeltaHyper) and src/cpu/fast.rs.
+// adadelta.wgsl: Adadelta. Mirror of src/optim/adadelta.rs (AdadeltaUniform) and its cpu_chunk.
 //
 //   g = sign * g + weight_decay * p
 //   v = rho * v + (1 - rho) * g * g
@@ -7,7 +7,8 @@
 //   u = rho * u + (1 - rho) * delta * delta
 //   p = p - lr * delta
 //
-// Bindings: 4 square_avg (v), 5 acc_delta (u).
+// State slots (bindings 4, 5; accessors load_<name> / store_<name> declared by the host):
+// 0 square_avg (v), 1 acc_delta (u).
 
 struct StepUniform {
     lr: f32,
@@ -22,19 +23,17 @@ struct StepUniform {
 
 @group(0) @binding(0) var<uniform> hps: array<StepUniform, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<Lane>;
-@group(0) @binding(4) var<storage, read_write> square_avg: array<Lane>;
-@group(0) @binding(5) var<storage, read_write> acc_delta: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
     let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
     let g = with_weight_decay(signed(load_grad(i), hp.grad_sign), p0, hp.weight_decay);
-    let v0 = unpack_lane(square_avg[i]);
-    let u0 = unpack_lane(acc_delta[i]);
+    let v0 = load_square_avg(i);
+    let u0 = load_acc_delta(i);
     let v = hp.rho * v0 + hp.one_minus_rho * g * g;
-    square_avg[i] = pack_lane(select(v0, v, live));
+    store_square_avg(i, select(v0, v, live));
     let delta = sqrt((u0 + hp.eps) / (v + hp.eps)) * g;
     let u = hp.rho * u0 + hp.one_minus_rho * delta * delta;
-    acc_delta[i] = pack_lane(select(u0, u, live));
+    store_acc_delta(i, select(u0, u, live));
     store_param(i, select(p0, p0 - hp.lr * delta, live));
 }

@@ -1,4 +1,4 @@
-// adam.wgsl: Adam, AdamW and AMSGrad. Mirror of src/optim/adam.rs (AdamHyper) and
+// adam.wgsl: Adam, AdamW and AMSGrad. Mirror of src/optim/adam.rs (AdamUniform) and
 // src/cpu/fast.rs.
 //
 //   g = sign * g + weight_decay * p            (weight_decay = 0 for AdamW)
@@ -8,8 +8,10 @@
 //   vv = max(vmax, v), stored as vmax  if AMSGRAD  else v
 //   p = p - step_size * m / (sqrt(vv) * inv_sqrt_bc2 + eps)   step_size = lr / bc1, host f64
 //
-// Bindings: 4 exp_avg, 5 exp_avg_sq, 6 max_exp_avg_sq (a dummy without amsgrad); with
-// BF16_STATE the same tensors packed as bf16 at 12, 13, 14 (and 4-6 are dummies).
+// State slots: 0 exp_avg, 1 exp_avg_sq, 2 max_exp_avg_sq (bound with amsgrad only), at
+// bindings 4, 5, 6, or packed as bf16 at 12, 13, 14 with BF16_STATE: the host declares the
+// ones the variant binds with their accessors load_<name>(i) / store_<name>(i, x) (a stub
+// for a slot not bound), in either format (src/gpu/shaders.rs).
 
 override AMSGRAD: bool = false;
 
@@ -30,69 +32,22 @@ struct StepUniform {
 
 @group(0) @binding(0) var<uniform> hps: array<StepUniform, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<Lane>;
-@group(0) @binding(4) var<storage, read_write> exp_avg: array<Lane>;
-@group(0) @binding(5) var<storage, read_write> exp_avg_sq: array<Lane>;
-@group(0) @binding(6) var<storage, read_write> max_exp_avg_sq: array<Lane>;
-@group(0) @binding(12) var<storage, read_write> exp_avg_bf16: array<vec2<u32>>;
-@group(0) @binding(13) var<storage, read_write> exp_avg_sq_bf16: array<vec2<u32>>;
-@group(0) @binding(14) var<storage, read_write> max_exp_avg_sq_bf16: array<vec2<u32>>;
-
-// State access in either format: k = 0 exp_avg, 1 exp_avg_sq, 2 max_exp_avg_sq.
-fn load_state(k: u32, i: u32) -> vec4<f32> {
-    if (BF16_STATE) {
-        let j = window.first_lane + i;
-        if (k == 0u) {
-            return unpack_bf16(exp_avg_bf16[j]);
-        } else if (k == 1u) {
-            return unpack_bf16(exp_avg_sq_bf16[j]);
-        }
-        return unpack_bf16(max_exp_avg_sq_bf16[j]);
-    }
-    if (k == 0u) {
-        return unpack_lane(exp_avg[i]);
-    } else if (k == 1u) {
-        return unpack_lane(exp_avg_sq[i]);
-    }
-    return unpack_lane(max_exp_avg_sq[i]);
-}
-
-fn store_state(k: u32, i: u32, x: vec4<f32>) {
-    if (BF16_STATE) {
-        let j = window.first_lane + i;
-        let packed = pack_bf16(x, i, k + 1u);
-        if (k == 0u) {
-            exp_avg_bf16[j] = packed;
-        } else if (k == 1u) {
-            exp_avg_sq_bf16[j] = packed;
-        } else {
-            max_exp_avg_sq_bf16[j] = packed;
-        }
-        return;
-    }
-    if (k == 0u) {
-        exp_avg[i] = pack_lane(x);
-    } else if (k == 1u) {
-        exp_avg_sq[i] = pack_lane(x);
-    } else {
-        max_exp_avg_sq[i] = pack_lane(x);
-    }
-}
 
 fn update(i: u32, live: vec4<bool>) {
     let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
     let g = with_weight_decay(signed(load_grad(i), hp.grad_sign), p0, hp.weight_decay);
-    let m0 = load_state(0u, i);
-    let v0 = load_state(1u, i);
+    let m0 = load_exp_avg(i);
+    let v0 = load_exp_avg_sq(i);
     let m = m0 + hp.one_minus_beta1 * (g - m0);
     let v = hp.beta2 * v0 + hp.one_minus_beta2 * g * g;
-    store_state(0u, i, select(m0, m, live));
-    store_state(1u, i, select(v0, v, live));
+    store_exp_avg(i, select(m0, m, live));
+    store_exp_avg_sq(i, select(v0, v, live));
     var vv = v;
     if (AMSGRAD) {
-        let vmax0 = load_state(2u, i);
+        let vmax0 = load_max_exp_avg_sq(i);
         vv = max(vmax0, v);
-        store_state(2u, i, select(vmax0, vv, live));
+        store_max_exp_avg_sq(i, select(vmax0, vv, live));
     }
     let denom = sqrt(vv) * hp.inv_sqrt_bc2 + hp.eps;
     store_param(i, select(p0, decayed(p0, hp.decay_factor) - hp.step_size * m / denom, live));

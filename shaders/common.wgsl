@@ -4,36 +4,50 @@
 // (with the scalars of `hyper_of(i)`) and keeps the old value wherever `live` is false (the
 // padding of the last lane, beyond the window's `n` elements).
 //
-// Bindings of every kernel:
+// The host assembles one module per kernel *variant* (src/gpu/shaders.rs `Variant`), and a
+// variant declares only the bindings it uses, so that its bind group layout stays within
+// WebGPU's limits (8 storage buffers per stage by default). The bindings, and which variants
+// have them:
 //   0  uniform  array<StepUniform, MAX_GROUPS>  per-step scalars of each parameter group, computed
-//                                         on the host in f64 (dynamic offset)
+//                                         on the host in f64 (dynamic offset)       always
 //   1  uniform  Window  n = logical elements in this binding window, first_lane = its start
-//   2  storage  param   read_write  array<vec4<f32>>
-//   3  storage  grad    read        array<vec4<f32>>   (declared here; read through load_grad)
-//   4+ storage  state   read_write  array<vec4<f32>>, one per state tensor (at most 3)
-//   7  storage  control read        GradControl: unscale, clip by value, norm-clip coefficient
-//   8  storage  lane_groups read    array<u32>: parameter group of every vec4 lane (GROUPED)
-//   9  storage  lp_grad  read       f16/bf16 gradients, 4 per lane (LOW_PRECISION): packed
-//                                   array<vec2<u32>>, or array<vec4<f16>> with shader-f16
+//                                                                                   always
+//   2  storage  param   read_write  array<Lane> (f32 master weights)               always
+//   3  storage  grad    read        array<Lane> (grad_f32.wgsl)     without low precision
+//   4+ storage  state   read_write  array<Lane>, one per state tensor in use (at most 3;
+//                                   declared by the host with load_/store_ accessors)
+//   7  storage  control read        GradControl: unscale, clip by value, norm-clip
+//                                   coefficient (read only by the gradient pipeline, which
+//                                   is switched on and off without rebuilding the layout)
+//                                                                                   always
+//   8  storage  lane_groups read    array<u32>: parameter group of every vec4 lane
+//                                   (groups.wgsl)                                  GROUPED
+//   9  storage  lp_grad  read       f16/bf16 gradients, 4 per lane: packed array<vec2<u32>>,
+//                                   or array<vec4<f16>> with shader-f16  LOW_PRECISION != 0
 //  10  storage  lp_param read_write f16/bf16 copy of the params, written from the f32 master
-//                                   weights every step (LOW_PRECISION), same two layouts
-//  11  uniform  StepInfo            per-step seed for stochastic rounding (dynamic offset)
-//  12+ storage  packed state read_write array<vec2<u32>>, bf16 state tensors (BF16_STATE)
+//                                   weights every step, same two layouts LOW_PRECISION != 0
+//  11  uniform  StepInfo            per-step seed for stochastic rounding (dynamic offset;
+//                                   bf16_round.wgsl)          bf16 params or bf16 state
+//  12+ storage  packed state read_write array<vec2<u32>>, bf16 state tensors (BF16_STATE),
+//                                   instead of 4+
+//
+// Written by the host at the top of the module (source-level choices of the variant):
+//   const GROUPED: bool          parameter groups: each vec4 lane reads its group's scalars;
+//                                off, every lane uses group 0.
+//   const LOW_PRECISION: u32     0 = off (f32 grads), 1 = f16, 2 = bf16 gradients in and
+//                                params out, with f32 master weights (`param`) and f32 state.
+//   const BF16_STATE: bool       the state tensors live packed two per u32 at bindings 12+
+//                                instead of f32 at 4+, halving their traffic and memory.
+// Every binding-dependent function (raw_grad, store_low_param, hyper_of, the state accessors)
+// comes from the file of the variant that binds it, or is a stub that touches nothing.
 
 override WORKGROUP_SIZE: u32 = 64u;
 // Off: load_grad is a plain load (the control block is bound but never read). On: the
 // gradient pipeline below. A separate pipeline, built once when gradient options are set.
 override GRAD_PIPELINE: bool = false;
-// Parameter groups: each vec4 lane reads its group's scalars; off, every lane uses group 0.
-override GROUPED: bool = false;
 const MAX_GROUPS: u32 = 8u;
-// Low precision: 0 = off (f32 grads), 1 = f16, 2 = bf16 gradients in and params out, with f32
-// master weights (`param`) and f32 state.
-override LOW_PRECISION: u32 = 0u;
+// Stochastic rounding of bf16 stores (bf16_round.wgsl); a no-op in variants without bf16.
 override STOCHASTIC_ROUNDING: bool = false;
-// bf16 optimizer state (Adam/AdamW): the state tensors live packed two per u32 at bindings
-// 12+ instead of f32 at 4+, halving their traffic and memory.
-override BF16_STATE: bool = false;
 override VEC4_PER_INVOCATION: u32 = 4u;
 // Per-lane options, false when no parameter group uses them (src/gpu/kernel.rs
 // Specialization): the kernel then leaves their arithmetic out.
@@ -51,62 +65,15 @@ struct Window {
 // GradControl (binding 7): declared in grad_control.wgsl, prepended by the host.
 
 @group(0) @binding(1) var<uniform> window: Window;
-@group(0) @binding(3) var<storage, read> grad: array<Lane>;
 @group(0) @binding(7) var<storage, read> control: GradControl;
-@group(0) @binding(8) var<storage, read> lane_groups: array<u32>;
-
-struct StepInfo {
-    seed: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-// Bindings 9 and 10 (lp_grad, lp_param) are declared by f16_packed.wgsl (packed in u32) or
-// f16_native.wgsl (array<vec4<f16>>, with `shader-f16`), appended by the host with
-// load_low_grad / store_low_param.
-@group(0) @binding(11) var<uniform> step_info: StepInfo;
 
 // 4 bf16 values (2 per u32, first element in the low half) to f32, exactly.
 fn unpack_bf16(w: vec2<u32>) -> vec4<f32> {
     return bitcast<vec4<f32>>(vec4<u32>(w.x << 16u, w.x & 0xffff0000u, w.y << 16u, w.y & 0xffff0000u));
 }
 
-// PCG hash (for stochastic rounding).
-fn pcg(x: u32) -> u32 {
-    let state = x * 747796405u + 2891336453u;
-    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
-    return (word >> 22u) ^ word;
-}
-
-// f32 to the upper 16 bits (bf16): round to nearest even, or stochastically (add 16 random
-// bits below the cut, so the probability of rounding up is the discarded fraction). `stream`
-// decorrelates the random bits of different tensors.
-fn to_bf16(x: vec4<f32>, lane: u32, stream: u32) -> vec4<u32> {
-    let bits = bitcast<vec4<u32>>(x);
-    var add: vec4<u32>;
-    if (STOCHASTIC_ROUNDING) {
-        let e = (window.first_lane + lane) * 4u;
-        let s = step_info.seed ^ (stream * 0x9e3779b9u);
-        add = vec4<u32>(pcg(e ^ s), pcg((e + 1u) ^ s), pcg((e + 2u) ^ s), pcg((e + 3u) ^ s)) & vec4<u32>(0xffffu);
-    } else {
-        add = vec4<u32>(0x7fffu) + ((bits >> vec4<u32>(16u)) & vec4<u32>(1u));
-    }
-    return (bits + add) >> vec4<u32>(16u);
-}
-
-// 4 f32 to bf16, packed two per u32.
-fn pack_bf16(x: vec4<f32>, lane: u32, stream: u32) -> vec2<u32> {
-    let h = to_bf16(x, lane, stream);
-    return vec2<u32>(h.x | (h.y << 16u), h.z | (h.w << 16u));
-}
-
-fn raw_grad(i: u32) -> vec4<f32> {
-    if (LOW_PRECISION != 0u) {
-        return load_low_grad(window.first_lane + i);
-    }
-    return unpack_lane(grad[i]);
-}
+// raw_grad(i), the gradients of lane i as f32, is defined by grad_f32.wgsl (binding 3) or by
+// the low-precision file of the variant (bindings 9, 10), with store_low_param.
 
 // Write the updated master weights, and their low-precision copy when on.
 fn store_param(i: u32, p: vec4<f32>) {
@@ -116,25 +83,13 @@ fn store_param(i: u32, p: vec4<f32>) {
     }
 }
 
-fn group_of(i: u32) -> u32 {
-    if (GROUPED) {
-        return lane_groups[window.first_lane + i];
-    }
-    return 0u;
-}
-
 // Group 0's scalars, read once per invocation when every lane uses group 0 (not GROUPED)
 // instead of once per lane: llvmpipe reloads a uniform inside the lane loop (it cannot prove
 // that the storage writes between two loads leave the uniform buffer alone).
 var<private> group0: StepUniform;
 
-// The scalars of the group that lane i belongs to.
-fn hyper_of(i: u32) -> StepUniform {
-    if (GROUPED) {
-        return hps[group_of(i)];
-    }
-    return group0;
-}
+// hyper_of(i), the scalars of the group that lane i belongs to, is defined by groups.wgsl
+// (GROUPED: `hps[lane_groups[lane]]`) or groups_none.wgsl (`group0`).
 
 // The gradient pipeline's scalars (inv_scale, clip_value, coef), read once per invocation
 // for the same reason.

@@ -11,6 +11,10 @@ fn load_low_grad(j: u32) -> vec4<f32> {
     return vec4<f32>(lp_grad[j]);
 }
 
+fn raw_grad(i: u32) -> vec4<f32> {
+    return load_low_grad(window.first_lane + i);
+}
+
 fn store_low_param(j: u32, p: vec4<f32>, lane: u32) {
     lp_param[j] = vec4<f16>(p);
 }

@@ -6,7 +6,7 @@
 //   p = p - lr * sign(c)                       sign(0) = 0
 //   m = beta2 * m + (1 - beta2) * g
 //
-// Bindings: 4 exp_avg.
+// State: exp_avg (binding 4), declared by the host with load_exp_avg / store_exp_avg.
 
 struct StepUniform {
     lr: f32,
@@ -21,15 +21,14 @@ struct StepUniform {
 
 @group(0) @binding(0) var<uniform> hps: array<StepUniform, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<Lane>;
-@group(0) @binding(4) var<storage, read_write> exp_avg: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
     let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
     let g = load_grad(i);
-    let m0 = unpack_lane(exp_avg[i]);
+    let m0 = load_exp_avg(i);
     let c = hp.beta1 * m0 + hp.one_minus_beta1 * g;
     let m = hp.beta2 * m0 + hp.one_minus_beta2 * g;
-    exp_avg[i] = pack_lane(select(m0, m, live));
+    store_exp_avg(i, select(m0, m, live));
     store_param(i, select(p0, decayed(p0, hp.decay_factor) - hp.lr * sign(c), live));
 }

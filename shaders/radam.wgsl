@@ -1,4 +1,4 @@
-// radam.wgsl: RAdam. Mirror of src/optim/radam.rs (RadamHyper) and src/cpu/fast.rs.
+// radam.wgsl: RAdam. Mirror of src/optim/radam.rs (RadamUniform) and its cpu_chunk.
 //
 //   g = sign * g + weight_decay * p;  p = p * decay_factor   (one of the two is the identity)
 //   m = m + (1 - b1) * (g - m);  v = b2 * v + (1 - b2) * g * g
@@ -7,7 +7,8 @@
 //   else:
 //       p = p - plain_step_size * m                         lr / bc1
 //
-// Bindings: 4 exp_avg, 5 exp_avg_sq.
+// State slots (bindings 4, 5; accessors load_<name> / store_<name> declared by the host):
+// 0 exp_avg, 1 exp_avg_sq.
 
 struct StepUniform {
     grad_sign: f32,
@@ -26,19 +27,17 @@ struct StepUniform {
 
 @group(0) @binding(0) var<uniform> hps: array<StepUniform, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<Lane>;
-@group(0) @binding(4) var<storage, read_write> exp_avg: array<Lane>;
-@group(0) @binding(5) var<storage, read_write> exp_avg_sq: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
     let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
     let g = with_weight_decay(signed(load_grad(i), hp.grad_sign), p0, hp.weight_decay);
-    let m0 = unpack_lane(exp_avg[i]);
-    let v0 = unpack_lane(exp_avg_sq[i]);
+    let m0 = load_exp_avg(i);
+    let v0 = load_exp_avg_sq(i);
     let m = m0 + hp.one_minus_beta1 * (g - m0);
     let v = hp.beta2 * v0 + hp.one_minus_beta2 * g * g;
-    exp_avg[i] = pack_lane(select(m0, m, live));
-    exp_avg_sq[i] = pack_lane(select(v0, v, live));
+    store_exp_avg(i, select(m0, m, live));
+    store_exp_avg_sq(i, select(v0, v, live));
     var p = decayed(p0, hp.decay_factor);
     if (hp.rectified != 0u) {
         p = p - hp.adaptive_step_size * m / (sqrt(v) + hp.eps);

@@ -8,7 +8,9 @@
 //   momentum: buf = momentum * buf + g / avg;  p = p - lr * buf
 //   else:     p = p - lr * g / avg
 //
-// Bindings: 4 square_avg, 5 momentum_buffer, 6 grad_avg (dummies when the option is off).
+// State slots (bindings 4, 5, 6; accessors load_<name> / store_<name> declared by the host,
+// stubs in a variant where the option is off and the slot is not bound): 0 square_avg,
+// 1 momentum_buffer, 2 grad_avg.
 
 override CENTERED: bool = false;
 override HAS_MOMENTUM: bool = false;
@@ -26,31 +28,28 @@ struct StepUniform {
 
 @group(0) @binding(0) var<uniform> hps: array<StepUniform, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<Lane>;
-@group(0) @binding(4) var<storage, read_write> square_avg: array<Lane>;
-@group(0) @binding(5) var<storage, read_write> momentum_buffer: array<Lane>;
-@group(0) @binding(6) var<storage, read_write> grad_avg: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
     let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
     let g = with_weight_decay(signed(load_grad(i), hp.grad_sign), p0, hp.weight_decay);
-    let v0 = unpack_lane(square_avg[i]);
+    let v0 = load_square_avg(i);
     let v = hp.alpha * v0 + hp.one_minus_alpha * g * g;
-    square_avg[i] = pack_lane(select(v0, v, live));
+    store_square_avg(i, select(v0, v, live));
     var avg: vec4<f32>;
     if (CENTERED) {
-        let a0 = unpack_lane(grad_avg[i]);
+        let a0 = load_grad_avg(i);
         let a = a0 + hp.one_minus_alpha * (g - a0);
-        grad_avg[i] = pack_lane(select(a0, a, live));
+        store_grad_avg(i, select(a0, a, live));
         avg = sqrt(v - a * a) + hp.eps;
     } else {
         avg = sqrt(v) + hp.eps;
     }
     var p: vec4<f32>;
     if (HAS_MOMENTUM) {
-        let b0 = unpack_lane(momentum_buffer[i]);
+        let b0 = load_momentum_buffer(i);
         let b = hp.momentum * b0 + g / avg;
-        momentum_buffer[i] = pack_lane(select(b0, b, live));
+        store_momentum_buffer(i, select(b0, b, live));
         p = p0 - hp.lr * b;
     } else {
         p = p0 - hp.lr * g / avg;

@@ -11,7 +11,8 @@
 // Mode switch (pass_kind = 1): p = p + switch_weight * (z - p)
 //   to evaluation: switch_weight = 1 - 1 / beta (y -> x);  to training: 1 - beta (x -> y).
 //
-// Bindings: 4 z, 5 exp_avg_sq (AdamW; a dummy for SGD).
+// State: z (binding 4), exp_avg_sq (5, AdamW only), declared by the host with their
+// load_/store_ accessors.
 
 override ADAPTIVE: bool = true;
 
@@ -32,13 +33,11 @@ struct StepUniform {
 
 @group(0) @binding(0) var<uniform> hps: array<StepUniform, MAX_GROUPS>;
 @group(0) @binding(2) var<storage, read_write> param: array<Lane>;
-@group(0) @binding(4) var<storage, read_write> z: array<Lane>;
-@group(0) @binding(5) var<storage, read_write> exp_avg_sq: array<Lane>;
 
 fn update(i: u32, live: vec4<bool>) {
     let hp = hyper_of(i);
     let p0 = unpack_lane(param[i]);
-    var z0 = unpack_lane(z[i]);
+    var z0 = load_z(i);
     if (hp.pass_kind != 0u) {
         store_param(i, select(p0, p0 + hp.switch_weight * (z0 - p0), live));
         return;
@@ -48,13 +47,13 @@ fn update(i: u32, live: vec4<bool>) {
     }
     var d = load_grad(i);
     if (ADAPTIVE) {
-        let v0 = unpack_lane(exp_avg_sq[i]);
+        let v0 = load_exp_avg_sq(i);
         let v = hp.beta2 * v0 + hp.one_minus_beta2 * d * d;
-        exp_avg_sq[i] = pack_lane(select(v0, v, live));
+        store_exp_avg_sq(i, select(v0, v, live));
         d = d / (sqrt(v * hp.inv_bc2) + hp.eps);
     }
     d = with_weight_decay(d, p0, hp.weight_decay);
     let y = p0 + hp.ckp1 * (z0 - p0) + hp.y_step * d;
-    z[i] = pack_lane(select(z0, z0 - hp.lr * d, live));
+    store_z(i, select(z0, z0 - hp.lr * d, live));
     store_param(i, select(p0, y, live));
 }

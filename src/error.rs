@@ -113,6 +113,28 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A kernel variant needs more bindings of one kind than the device allows (e.g.
+    /// WebGPU's default of 8 storage buffers per shader stage). Refused before any pipeline
+    /// or layout is created, so nothing is left half-built.
+    #[error("kernel {kernel} does not fit this device: it needs {needs} {what}, the device allows {limit}")]
+    KernelDoesNotFit {
+        /// The kernel file and its variant.
+        kernel: String,
+        /// How many it needs.
+        needs: u32,
+        /// How many the device allows.
+        limit: u32,
+        /// What is counted, with the name of the wgpu limit.
+        what: &'static str,
+    },
+    /// A kernel variant needs a device feature the device was not created with.
+    #[error("kernel {kernel} needs the device feature {feature}, which this device lacks")]
+    KernelNeedsFeature {
+        /// The kernel file and its variant.
+        kernel: String,
+        /// The feature (and what needs it).
+        feature: &'static str,
+    },
     /// A wgpu validation or device error (shader compilation, mapping, polling).
     #[error("wgpu error during {during}: {message}")]
     Wgpu {

@@ -15,7 +15,6 @@ use crate::error::Result;
 use crate::gpu::buffer::{create_flat, FlatParams};
 use crate::gpu::gradients::{control_buffer, GradOptions};
 use crate::gpu::kernel::{KernelRunner, KernelSpec, Specialization};
-use crate::gpu::shaders::assemble_with;
 
 const ROOF: &str = include_str!("../shaders/roof.wgsl");
 const COPY: &str = include_str!("../shaders/copy.wgsl");
@@ -42,7 +41,7 @@ impl GpuRoof {
             params,
             KernelSpec {
                 file: "roof.wgsl",
-                source: assemble_with(ROOF, params.context().kernel_variant(false)),
+                source: ROOF,
                 slots: SLOTS,
                 active: SLOTS.iter().copied().zip(buffers.iter()).collect(),
                 constants: vec![("STATES", states as f64)],
@@ -69,7 +68,7 @@ impl GpuRoof {
             params,
             KernelSpec {
                 file: "copy.wgsl",
-                source: assemble_with(COPY, params.context().kernel_variant(false)),
+                source: COPY,
                 slots: &[],
                 active: vec![],
                 constants: vec![],

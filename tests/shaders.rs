@@ -2,8 +2,11 @@
 //! (size and every member offset).
 
 use fused_optim::gpu::shaders::{
-    assemble, assemble_with, kernels, with_grad_control, with_lanes, Variant,
+    all_kernels, assemble, assemble_with, with_grad_control, with_lanes, LowPrecision, Variant,
 };
+
+/// The roof kernel's state slots (src/roofline.rs).
+const ROOF_SLOTS: &[&str] = &["s0", "s1", "s2"];
 use fused_optim::optim::*;
 
 fn module(source: &str) -> naga::Module {
@@ -20,8 +23,14 @@ fn capabilities() -> naga::valid::Capabilities {
 #[test]
 fn every_kernel_parses_and_validates() {
     let extra = [
-        ("roof.wgsl", assemble(include_str!("../shaders/roof.wgsl"))),
-        ("copy.wgsl", assemble(include_str!("../shaders/copy.wgsl"))),
+        (
+            "roof.wgsl",
+            assemble(include_str!("../shaders/roof.wgsl"), ROOF_SLOTS),
+        ),
+        (
+            "copy.wgsl",
+            assemble(include_str!("../shaders/copy.wgsl"), &[]),
+        ),
         (
             "norm.wgsl",
             with_lanes(include_str!("../shaders/norm.wgsl"), false),
@@ -41,21 +50,34 @@ fn every_kernel_parses_and_validates() {
             .validate(&m)
             .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&full)));
     }
-    // Every variant of every kernel (native f16: `enable f16;`, capability SHADER_FLOAT16;
-    // u64 lanes: SHADER_INT64), the roof and the copy kernel included.
-    let all = kernels().into_iter().map(|k| (k.file, k.source)).chain([
-        ("roof.wgsl", include_str!("../shaders/roof.wgsl")),
-        ("copy.wgsl", include_str!("../shaders/copy.wgsl")),
+    // Lanes and f16 variants of every kernel (native f16: `enable f16;`, capability
+    // SHADER_FLOAT16; u64 lanes: SHADER_INT64), the roof and the copy kernel included
+    // (tests/portability.rs goes through every variant).
+    let all = all_kernels().chain([
+        (
+            "roof.wgsl",
+            include_str!("../shaders/roof.wgsl"),
+            ROOF_SLOTS,
+        ),
+        ("copy.wgsl", include_str!("../shaders/copy.wgsl"), &[][..]),
     ]);
-    for (file, source) in all {
+    for (file, source, slots) in all {
         for native_f16 in [false, true] {
             for u64_lanes in [false, true] {
                 let full = assemble_with(
                     source,
+                    slots,
                     Variant {
                         native_f16,
                         u64_lanes,
-                    },
+                        low_precision: if native_f16 {
+                            LowPrecision::F16
+                        } else {
+                            LowPrecision::Off
+                        },
+                        ..Variant::default()
+                    }
+                    .with_all_states(slots.len()),
                 );
                 let m = module(&full);
                 naga::valid::Validator::new(
@@ -74,9 +96,8 @@ fn every_kernel_parses_and_validates() {
             }
         }
     }
-    for k in kernels() {
-        let (file, source) = (k.file, k.source);
-        let full = assemble(source);
+    for (file, source, slots) in all_kernels() {
+        let full = assemble(source, slots);
         let m = module(&full);
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities())
             .validate(&m)
@@ -89,8 +110,8 @@ fn every_kernel_parses_and_validates() {
 }
 
 /// (member name, byte offset) of a WGSL struct, and its size.
-fn wgsl_layout(source: &str, name: &str) -> (Vec<(String, u32)>, u32) {
-    struct_layout(&module(&assemble(source)), name)
+fn wgsl_layout(source: &str, slots: &[&str], name: &str) -> (Vec<(String, u32)>, u32) {
+    struct_layout(&module(&assemble(source, slots)), name)
 }
 
 /// (member names and offsets, size) of struct `name` in a parsed module.
@@ -123,8 +144,8 @@ fn assert_mirrors(m: &naga::Module, name: &str, rust: &[(&str, usize)], rust_siz
 
 macro_rules! check_mirror {
     ($file:expr, $ty:ty, [$($field:ident),*]) => {{
-        let source = kernels().into_iter().find(|k| k.file == $file).unwrap().source;
-        let (members, size) = wgsl_layout(source, "StepUniform");
+        let kernel = all_kernels().find(|k| k.0 == $file).unwrap();
+        let (members, size) = wgsl_layout(kernel.1, kernel.2, "StepUniform");
         assert_eq!(size as usize, std::mem::size_of::<$ty>(), "{} size", $file);
         assert!(std::mem::size_of::<$ty>() as u64 <= MAX_UNIFORM_BYTES);
         let rust: Vec<(&str, usize)> = vec![$((stringify!($field), std::mem::offset_of!($ty, $field))),*];
@@ -266,11 +287,10 @@ fn uniform_structs_match_rust_mirrors() {
         ]
     ));
     // Every registered algorithm's uniform has a mirror check here.
-    for k in kernels() {
+    for (file, _, _) in all_kernels() {
         assert!(
-            checked.contains(&k.file),
-            "{}: no uniform mirror check in tests/shaders.rs",
-            k.file
+            checked.contains(&file),
+            "{file}: no uniform mirror check in tests/shaders.rs"
         );
     }
 }
@@ -295,7 +315,10 @@ fn grad_control_matches_its_mirror_in_every_shader() {
     ];
     let norm_module = module(&with_lanes(include_str!("../shaders/norm.wgsl"), false));
     let sources = [
-        module(&assemble(kernels()[0].source)),
+        module(&{
+            let k = all_kernels().next().unwrap();
+            assemble(k.1, k.2)
+        }),
         norm_module,
         module(&with_grad_control(include_str!(
             "../shaders/device_step.wgsl"
@@ -332,18 +355,21 @@ fn device_step_block_matches_its_mirror() {
 
 #[test]
 fn window_struct_is_16_bytes() {
-    let (members, size) = wgsl_layout(kernels()[0].source, "Window");
+    let (members, size) = {
+        let k = all_kernels().next().unwrap();
+        wgsl_layout(k.1, k.2, "Window")
+    };
     assert_eq!(size, 16);
     assert_eq!(members[0], ("n".to_string(), 0));
 }
 
 /// Every shader bounds-checks: the common entry point returns when the lane index reaches
 /// the window's lane count, and every store is masked by `live` (`select(old, new, live)`);
-/// the `store_*` helpers store what their callers masked.
+/// the `store_*` helpers (store_param and the generated state accessors `store_<slot>`) store
+/// what their callers masked.
 #[test]
 fn every_kernel_store_is_masked() {
-    for k in kernels() {
-        let (file, source) = (k.file, k.source);
+    for (file, source, _) in all_kernels() {
         let mut current_fn = String::new();
         let mut stores = 0;
         for line in source.lines() {
@@ -351,9 +377,7 @@ fn every_kernel_store_is_masked() {
             if let Some(rest) = t.strip_prefix("fn ") {
                 current_fn = rest.split('(').next().unwrap_or_default().to_string();
             }
-            let is_store = t.contains("] = ")
-                || t.starts_with("store_param(")
-                || t.starts_with("store_state(");
+            let is_store = t.contains("] = ") || t.starts_with("store_");
             if !is_store || current_fn.starts_with("store_") {
                 continue;
             }

@@ -220,11 +220,13 @@ impl GpuContext {
         }
     }
 
-    /// The kernel source variant this context builds.
+    /// The device-dependent part of the kernel variants this context builds (lanes, native
+    /// f16); the bindings are filled in per kernel.
     pub(crate) fn kernel_variant(&self, f16_params: bool) -> super::shaders::Variant {
         super::shaders::Variant {
             native_f16: f16_params && self.uses_shader_f16(),
             u64_lanes: self.uses_u64_lanes(),
+            ..Default::default()
         }
     }
 

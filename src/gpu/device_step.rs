@@ -94,6 +94,15 @@ impl DeviceSteps {
         hosts: &[HostState],
     ) -> Result<Self> {
         let device = ctx.device();
+        super::shaders::check_counts(
+            "device_step.wgsl",
+            super::shaders::BindingCounts {
+                storage: super::shaders::DEVICE_STEP_STORAGE_BUFFERS,
+                uniform: 0,
+                dynamic_uniform: 0,
+            },
+            &device.limits(),
+        )?;
         let classes = configs[0].word_classes().ok_or(Error::Unsupported {
             optimizer: configs[0].name(),
             feature: "the device-side step counter (its per-step uniform depends on more \

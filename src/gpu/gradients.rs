@@ -154,6 +154,15 @@ impl NormClipper {
         super::kernel::check_launch(ctx)?;
         let device = ctx.device();
         let limits = device.limits();
+        super::shaders::check_counts(
+            "norm.wgsl",
+            super::shaders::BindingCounts {
+                storage: super::shaders::NORM_STORAGE_BUFFERS,
+                uniform: 1,
+                dynamic_uniform: 0,
+            },
+            &limits,
+        )?;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let source = super::shaders::with_lanes(NORM, ctx.uses_u64_lanes());
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {

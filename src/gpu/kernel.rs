@@ -7,6 +7,9 @@ use std::num::NonZeroU64;
 use super::buffer::FlatParams;
 use super::context::GpuContext;
 use super::gradients::GradControl;
+use super::shaders::{
+    assemble_with, check_fits, required_bindings, BindingKind, BindingRole, LowPrecision, Variant,
+};
 use crate::dispatch::{grid, padded_len, windows, Window};
 use crate::error::{Error, Result};
 use crate::optim::{OptimizerConfig, MAX_UNIFORM_BYTES};
@@ -88,13 +91,16 @@ impl Specialization {
     }
 }
 
-/// What a kernel binds: its WGSL module and state slots.
+/// What a kernel binds: its WGSL source and state slots, and the buffers. The kernel variant
+/// (which bindings the module declares and the layout holds) follows from these buffers and
+/// the device (`KernelRunner::new`).
 pub(crate) struct KernelSpec<'a> {
     pub file: &'static str,
-    pub source: String,
-    /// Slot names in binding order (bindings 4, 5, ...).
+    /// The algorithm file, without the prelude (assembled per variant by the runner).
+    pub source: &'static str,
+    /// Slot names in binding order (bindings 4, 5, ..., or 12, 13, ... in bf16).
     pub slots: &'a [&'a str],
-    /// The buffer bound to each active slot; slots absent here get a 16-byte dummy.
+    /// The buffer bound to each active slot; slots absent here are not bound (stubs).
     pub active: Vec<(&'a str, &'a wgpu::Buffer)>,
     /// Pipeline-overridable constants besides the launch shape and the specialization.
     pub constants: Vec<(&'static str, f64)>,
@@ -109,7 +115,7 @@ pub(crate) struct KernelSpec<'a> {
     /// Low-precision gradients and params (bindings 9, 10).
     pub low: Option<LowBinding<'a>>,
     /// bf16 state tensors (bindings 12+), with stochastic rounding or not; `active` is then
-    /// empty and slots 4+ get dummies.
+    /// empty.
     pub packed_states: Option<(Vec<(&'a str, &'a wgpu::Buffer)>, bool)>,
 }
 
@@ -125,35 +131,59 @@ pub(crate) struct KernelRunner {
     hyper_stride: u64,
     launches: Vec<Launch>,
     _window_buffer: wgpu::Buffer,
-    _dummies: Vec<wgpu::Buffer>,
-    _lane_dummy: wgpu::Buffer,
-    _low_dummies: Vec<wgpu::Buffer>,
     stochastic: bool,
+    /// The variant the module and layout were built for.
+    variant: Variant,
+    /// Dynamic offsets per `set_bind_group` (the hyper ring, and the step info when bound).
+    dynamic_offsets: usize,
 }
 
 impl KernelRunner {
-    pub fn new(params: &FlatParams, spec: KernelSpec<'_>) -> Result<Self> {
+    pub fn new<'a>(params: &FlatParams, spec: KernelSpec<'a>) -> Result<Self> {
         let ctx = params.context().clone();
         let device = ctx.device();
         let limits = device.limits();
         let tuning = ctx.options().tuning;
         check_launch(&ctx)?;
-        let layout = bind_group_layout(device, spec.slots.len());
+        // The variant: which bindings the module declares and the layout holds.
+        let packed: Vec<(&str, &wgpu::Buffer)> = spec
+            .packed_states
+            .as_ref()
+            .map_or(Vec::new(), |p| p.0.clone());
+        let bound_states = if spec.packed_states.is_some() {
+            &packed
+        } else {
+            &spec.active
+        };
+        let state_buffer = |k: usize| {
+            spec.slots
+                .get(k)
+                .and_then(|slot| bound_states.iter().find(|(n, _)| n == slot))
+                .map(|(_, b)| *b)
+        };
+        let low_precision = LowPrecision::from_code(spec.low.map_or(0, |l| l.format_code));
+        let variant = Variant {
+            grouped: spec.lane_groups.is_some(),
+            low_precision,
+            bf16_state: spec.packed_states.is_some(),
+            state_slots: (0..spec.slots.len().min(8))
+                .filter(|&k| state_buffer(k).is_some())
+                .fold(0u8, |m, k| m | (1 << k)),
+            ..ctx.kernel_variant(low_precision == LowPrecision::F16)
+        };
+        // Refuse what the device cannot hold before creating anything (a layout over the
+        // limits would be a device-side validation error).
+        check_fits(spec.file, &variant, &limits, device.features())?;
+        let bindings = required_bindings(&variant);
+        let layout = bind_group_layout(device, &bindings);
+        let stochastic = spec.low.is_some_and(|l| l.stochastic)
+            || spec.packed_states.as_ref().is_some_and(|p| p.1);
         let recipe = PipelineRecipe {
             file: spec.file,
-            source: spec.source.clone(),
+            source: assemble_with(spec.source, spec.slots, variant),
             constants: {
                 let mut c = spec.constants.clone();
-                c.push(("GROUPED", f64::from(u8::from(spec.lane_groups.is_some()))));
-                let low = spec.low.map_or(0, |l| l.format_code);
-                c.push(("LOW_PRECISION", f64::from(low)));
-                let stochastic = spec.low.is_some_and(|l| l.stochastic)
-                    || spec.packed_states.as_ref().is_some_and(|p| p.1);
                 c.push(("STOCHASTIC_ROUNDING", f64::from(u8::from(stochastic))));
-                c.push((
-                    "BF16_STATE",
-                    f64::from(u8::from(spec.packed_states.is_some())),
-                ));
                 c
             },
             trusted: spec.trusted,
@@ -195,52 +225,6 @@ impl KernelRunner {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        // Inactive state slots (e.g. max_exp_avg_sq without amsgrad) are never touched by the
-        // specialised kernel but must be bound: each gets its own 16-byte buffer.
-        let is_active = |slot: &str| spec.active.iter().any(|(n, _)| *n == slot);
-        let packed: Vec<(&str, &wgpu::Buffer)> = spec
-            .packed_states
-            .as_ref()
-            .map_or(Vec::new(), |p| p.0.clone());
-        let is_packed = |slot: &str| packed.iter().any(|(n, _)| *n == slot);
-        // One dummy per f32 slot not bound to a real buffer, then one per packed slot not
-        // bound to a real buffer.
-        let dummies: Vec<wgpu::Buffer> = spec
-            .slots
-            .iter()
-            .filter(|s| !is_active(s))
-            .chain(spec.slots.iter().filter(|s| !is_packed(s)))
-            .map(|_| {
-                device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("fused-optim unused slot"),
-                    size: 16,
-                    usage: wgpu::BufferUsages::STORAGE,
-                    mapped_at_creation: false,
-                })
-            })
-            .collect();
-
-        let lane_dummy = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("fused-optim ungrouped"),
-            size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
-        let lane_groups = spec.lane_groups.unwrap_or(&lane_dummy);
-        let low_dummies: Vec<wgpu::Buffer> = (0..2)
-            .map(|_| {
-                device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("fused-optim no low precision"),
-                    size: 16,
-                    usage: wgpu::BufferUsages::STORAGE,
-                    mapped_at_creation: false,
-                })
-            })
-            .collect();
-        let (low_grads, low_params) = match spec.low {
-            Some(l) => (l.grads, l.params),
-            None => (&low_dummies[0], &low_dummies[1]),
-        };
         let per_group = u64::from(tuning.workgroup_size) * u64::from(tuning.vec4_per_invocation);
         let mut launches = Vec::with_capacity(wins.len());
         for (w_index, w) in wins.iter().enumerate() {
@@ -248,58 +232,40 @@ impl KernelRunner {
             let header: [u32; 4] = [w.len as u32, (w.start / 4) as u32, 0, 0];
             ctx.queue()
                 .write_buffer(&window_buffer, window_offset, bytemuck::cast_slice(&header));
-            let mut entries = vec![
-                uniform_entry(0, &hyper_buffer, 0, HYPER_BINDING_BYTES),
-                uniform_entry(1, &window_buffer, window_offset, 16),
-                storage_entry(2, window_binding(params.params_buffer(), w)),
-                storage_entry(3, window_binding(params.grads_buffer(), w)),
-                wgpu::BindGroupEntry {
-                    binding: 7,
-                    resource: spec.control.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 8,
-                    resource: lane_groups.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 9,
-                    resource: low_grads.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 10,
-                    resource: low_params.as_entire_binding(),
-                },
-                uniform_entry(11, &hyper_buffer, HYPER_BINDING_BYTES, STEP_INFO_BYTES),
-            ];
-            let mut dummy = dummies.iter();
-            let mut packed_entries = Vec::new();
-            for (slot_index, slot) in spec.slots.iter().enumerate() {
-                let binding = 4 + slot_index as u32;
-                match spec.active.iter().find(|(n, _)| n == slot) {
-                    Some((_, buffer)) => {
-                        entries.push(storage_entry(binding, window_binding(buffer, w)))
-                    }
-                    None => entries.push(wgpu::BindGroupEntry {
-                        binding,
-                        resource: dummy
-                            .next()
-                            .expect("one dummy per inactive slot")
-                            .as_entire_binding(),
-                    }),
-                }
-            }
-            for (slot_index, slot) in spec.slots.iter().enumerate() {
-                let binding = 12 + slot_index as u32;
-                let resource = match packed.iter().find(|(n, _)| n == slot) {
-                    Some((_, buffer)) => buffer.as_entire_binding(),
-                    None => dummy
-                        .next()
-                        .expect("one dummy per unbound packed slot")
-                        .as_entire_binding(),
+            let mut entries = Vec::with_capacity(bindings.len());
+            for &role in &bindings {
+                let binding = role.binding();
+                let missing = || Error::Wgpu {
+                    during: "bind group creation",
+                    message: format!("{}: no buffer for binding {binding} ({role:?})", spec.file),
                 };
-                packed_entries.push(wgpu::BindGroupEntry { binding, resource });
+                let entire = |b: Option<&'a wgpu::Buffer>| {
+                    b.map(|b| b.as_entire_binding()).ok_or_else(missing)
+                };
+                let resource = match role {
+                    BindingRole::Hyper => uniform_binding(&hyper_buffer, 0, HYPER_BINDING_BYTES),
+                    BindingRole::Window => uniform_binding(&window_buffer, window_offset, 16),
+                    BindingRole::Param => {
+                        wgpu::BindingResource::Buffer(window_binding(params.params_buffer(), w))
+                    }
+                    BindingRole::Grad => {
+                        wgpu::BindingResource::Buffer(window_binding(params.grads_buffer(), w))
+                    }
+                    BindingRole::State(k) => wgpu::BindingResource::Buffer(window_binding(
+                        state_buffer(usize::from(k)).ok_or_else(missing)?,
+                        w,
+                    )),
+                    BindingRole::Control => spec.control.as_entire_binding(),
+                    BindingRole::LaneGroups => entire(spec.lane_groups)?,
+                    BindingRole::LowGrad => entire(spec.low.map(|l| l.grads))?,
+                    BindingRole::LowParam => entire(spec.low.map(|l| l.params))?,
+                    BindingRole::StepInfo => {
+                        uniform_binding(&hyper_buffer, HYPER_BINDING_BYTES, STEP_INFO_BYTES)
+                    }
+                    BindingRole::Bf16State(k) => entire(state_buffer(usize::from(k)))?,
+                };
+                entries.push(wgpu::BindGroupEntry { binding, resource });
             }
-            entries.extend(packed_entries);
             let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("fused-optim window"),
                 layout: &layout,
@@ -322,12 +288,18 @@ impl KernelRunner {
             hyper_stride,
             launches,
             _window_buffer: window_buffer,
-            _dummies: dummies,
-            _lane_dummy: lane_dummy,
-            _low_dummies: low_dummies,
-            stochastic: spec.low.is_some_and(|l| l.stochastic)
-                || spec.packed_states.as_ref().is_some_and(|p| p.1),
+            stochastic,
+            variant,
+            dynamic_offsets: bindings
+                .iter()
+                .filter(|r| r.kind() == BindingKind::Uniform { dynamic: true })
+                .count(),
         })
+    }
+
+    /// The variant the kernel was built for.
+    pub fn variant(&self) -> Variant {
+        self.variant
     }
 
     /// The per-step uniform ring.
@@ -361,7 +333,8 @@ impl KernelRunner {
         });
         pass.set_pipeline(&self.pipeline);
         for launch in &self.launches {
-            pass.set_bind_group(0, &launch.bind_group, &[offset as u32, offset as u32]);
+            let offsets = [offset as u32; 2];
+            pass.set_bind_group(0, &launch.bind_group, &offsets[..self.dynamic_offsets]);
             pass.dispatch_workgroups(launch.groups.0, launch.groups.1, 1);
         }
     }
@@ -451,27 +424,12 @@ pub(crate) fn check_launch(ctx: &GpuContext) -> Result<()> {
     Ok(())
 }
 
-fn uniform_entry(
-    binding: u32,
-    buffer: &wgpu::Buffer,
-    offset: u64,
-    size: u64,
-) -> wgpu::BindGroupEntry<'_> {
-    wgpu::BindGroupEntry {
-        binding,
-        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer,
-            offset,
-            size: NonZeroU64::new(size),
-        }),
-    }
-}
-
-fn storage_entry(binding: u32, b: wgpu::BufferBinding<'_>) -> wgpu::BindGroupEntry<'_> {
-    wgpu::BindGroupEntry {
-        binding,
-        resource: wgpu::BindingResource::Buffer(b),
-    }
+fn uniform_binding(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset,
+        size: NonZeroU64::new(size),
+    })
 }
 
 fn window_binding<'a>(buffer: &'a wgpu::Buffer, w: &Window) -> wgpu::BufferBinding<'a> {
@@ -482,75 +440,39 @@ fn window_binding<'a>(buffer: &'a wgpu::Buffer, w: &Window) -> wgpu::BufferBindi
     }
 }
 
-fn bind_group_layout(device: &wgpu::Device, state_slots: usize) -> wgpu::BindGroupLayout {
-    let uniform = |binding, dynamic, size| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Uniform,
-            has_dynamic_offset: dynamic,
-            min_binding_size: NonZeroU64::new(size),
-        },
-        count: None,
-    };
-    let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only },
-            has_dynamic_offset: false,
-            min_binding_size: NonZeroU64::new(16),
-        },
-        count: None,
-    };
-    let mut entries = vec![
-        uniform(0, true, HYPER_BINDING_BYTES),
-        uniform(1, false, 16),
-        storage(2, false),
-        storage(3, true),
-    ];
-    for s in 0..state_slots {
-        entries.push(storage(4 + s as u32, false));
-    }
-    let mut control = storage(7, true);
-    if let wgpu::BindingType::Buffer {
-        min_binding_size, ..
-    } = &mut control.ty
-    {
-        *min_binding_size = NonZeroU64::new(std::mem::size_of::<GradControl>() as u64);
-    }
-    entries.push(control);
-    let mut groups = storage(8, true);
-    if let wgpu::BindingType::Buffer {
-        min_binding_size, ..
-    } = &mut groups.ty
-    {
-        *min_binding_size = NonZeroU64::new(4);
-    }
-    entries.push(groups);
-    let mut low_grads = storage(9, true);
-    let mut low_params = storage(10, false);
-    for e in [&mut low_grads, &mut low_params] {
-        if let wgpu::BindingType::Buffer {
-            min_binding_size, ..
-        } = &mut e.ty
-        {
-            *min_binding_size = NonZeroU64::new(8);
-        }
-    }
-    entries.push(low_grads);
-    entries.push(low_params);
-    entries.push(uniform(11, true, STEP_INFO_BYTES));
-    for s in 0..state_slots {
-        let mut e = storage(12 + s as u32, false);
-        if let wgpu::BindingType::Buffer {
-            min_binding_size, ..
-        } = &mut e.ty
-        {
-            *min_binding_size = NonZeroU64::new(8);
-        }
-        entries.push(e);
-    }
+/// The layout of exactly `bindings` (a variant's [`required_bindings`]).
+fn bind_group_layout(device: &wgpu::Device, bindings: &[BindingRole]) -> wgpu::BindGroupLayout {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+        .iter()
+        .map(|&role| {
+            let min_size: u64 = match role {
+                BindingRole::Hyper => HYPER_BINDING_BYTES,
+                BindingRole::StepInfo => STEP_INFO_BYTES,
+                BindingRole::Window => 16,
+                BindingRole::Param | BindingRole::Grad | BindingRole::State(_) => 16,
+                BindingRole::Control => std::mem::size_of::<GradControl>() as u64,
+                BindingRole::LaneGroups => 4,
+                BindingRole::LowGrad | BindingRole::LowParam | BindingRole::Bf16State(_) => 8,
+            };
+            let ty = match role.kind() {
+                BindingKind::Uniform { .. } => wgpu::BufferBindingType::Uniform,
+                BindingKind::Storage { read_only } => {
+                    wgpu::BufferBindingType::Storage { read_only }
+                }
+            };
+            let dynamic = role.kind() == BindingKind::Uniform { dynamic: true };
+            wgpu::BindGroupLayoutEntry {
+                binding: role.binding(),
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty,
+                    has_dynamic_offset: dynamic,
+                    min_binding_size: NonZeroU64::new(min_size),
+                },
+                count: None,
+            }
+        })
+        .collect();
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("fused-optim layout"),
         entries: &entries,

@@ -7,7 +7,7 @@ use super::device_step::{DeviceSteps, SCALE_OFFSET};
 use super::gradients::{control_buffer, GradOptions, NormClipper};
 use super::kernel::{KernelRunner, KernelSpec, LowBinding, Specialization};
 use super::low_precision::{LowFormat, LowPrecisionParams};
-use super::shaders::kernel_for;
+use super::shaders::kernel_source_for;
 use crate::dispatch::padded_len;
 use crate::error::{Error, Result};
 use crate::optim::AdamConfig;
@@ -322,13 +322,9 @@ impl GpuOptimizer {
             states.push(buffer);
         }
 
-        // Native f16 only where it is used (f16 params) and available.
-        let variant = ctx.kernel_variant(
-            low.as_ref()
-                .is_some_and(|l| l.code == LowFormat::F16.code()),
-        );
-        let native_f16 = variant.native_f16;
-        let (file, source, slots) = kernel_for(&config, variant);
+        // The kernel variant (lanes, native f16 where used and available, which bindings)
+        // follows from the device and the buffers given (KernelRunner::new).
+        let (file, source, slots) = kernel_source_for(&config);
         let control = control_buffer(&ctx, &GradOptions::default());
         let runner = KernelRunner::new(
             params,
@@ -365,6 +361,7 @@ impl GpuOptimizer {
             },
         )?;
 
+        let native_f16 = runner.variant().uses_native_f16();
         Ok(Self {
             host: config.initial_host_state(),
             ctx,

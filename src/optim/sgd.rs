@@ -87,7 +87,7 @@ impl SgdConfig {
     }
 }
 
-/// Per-step uniform of `shaders/sgd.wgsl` (`struct Hyper`).
+/// Per-step uniform of `shaders/sgd.wgsl` (`struct StepUniform`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SgdUniform {
