@@ -209,23 +209,6 @@ pub enum Error {
         /// What it must satisfy.
         requirement: &'static str,
     },
-    /// A data file (e.g. MNIST idx) that cannot be read.
-    #[error("data file {file}: {reason}")]
-    Data {
-        /// The file.
-        file: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A golden file that does not follow the `optim-golden/1` schema or asks for an
-    /// unsupported option.
-    #[error("golden file {file}: {reason}")]
-    Golden {
-        /// The file.
-        file: String,
-        /// What is wrong.
-        reason: String,
-    },
 }
 
 /// `Result` with [`Error`](enum@Error).

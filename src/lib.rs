@@ -30,10 +30,9 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod dispatch;
 pub mod error;
-pub mod golden;
 pub mod gpu;
 pub mod optim;
-pub mod playground;
+#[cfg(feature = "roofline")]
 pub mod roofline;
 pub mod scaler;
 pub mod schedule;

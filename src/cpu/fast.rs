@@ -2,6 +2,7 @@
 //! kernels, over `&mut [f32]`, split across threads (rayon) in contiguous chunks whose inner
 //! loops the compiler vectorises.
 
+#[cfg(feature = "ndarray")]
 use ndarray::{ArrayBase, Data, DataMut, Dimension};
 use rayon::prelude::*;
 
@@ -95,6 +96,7 @@ impl CpuOptimizer {
     }
 
     /// One step over ndarray views (any shape, standard layout).
+    #[cfg(feature = "ndarray")]
     pub fn step_array<S1, S2, D>(
         &mut self,
         params: &mut ArrayBase<S1, D>,
@@ -275,6 +277,7 @@ fn preprocess(o: &GradOptions, grads: &[f32], out: &mut Vec<f32>) -> Option<f64>
 
 /// The CPU roof (`roofline::cpu_roof`): `p += scale * (g + sum(states)); state += g` over
 /// the same chunks, threads and vector code (AVX2 where available) as the optimizers.
+#[cfg(feature = "roofline")]
 #[derive(Clone, Copy)]
 struct Roof(f32);
 
@@ -285,6 +288,7 @@ trait ChunkLoop: Sync + Send {
     fn run(&self, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]);
 }
 
+#[cfg(feature = "roofline")]
 impl ChunkLoop for Roof {
     #[inline(always)]
     fn run(&self, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
@@ -315,6 +319,7 @@ pub(crate) fn apply<A: Algorithm>(
 
 /// The CPU roof: `p += scale * (g + sum(states)); state += g` over the same chunks, threads
 /// and vector code (AVX2 where available) as the optimizers.
+#[cfg(feature = "roofline")]
 pub(crate) fn roof_step(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], scale: f32) {
     par_apply(p, g, states, &Roof(scale))
 }
@@ -415,6 +420,7 @@ where
 }
 
 /// The roof's loop over one chunk.
+#[cfg(feature = "roofline")]
 #[inline(always)]
 fn roof_chunk(scale: f32, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
     let n = p.len();

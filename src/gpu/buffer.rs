@@ -1,5 +1,6 @@
 //! Flat device buffers: creation, upload, read-back (staging + map), and named segments.
 
+#[cfg(feature = "ndarray")]
 use ndarray::{ArrayBase, ArrayD, Data, Dimension, IxDyn};
 
 use super::context::GpuContext;
@@ -220,6 +221,7 @@ impl FlatParamsBuilder {
     }
 
     /// Append an ndarray tensor of any shape (copied in logical row-major order).
+    #[cfg(feature = "ndarray")]
     pub fn array<S: Data<Elem = f32>, D: Dimension>(
         mut self,
         name: &str,
@@ -434,6 +436,7 @@ impl FlatParams {
     }
 
     /// Overwrite the gradient of one segment from an ndarray of the segment's shape.
+    #[cfg(feature = "ndarray")]
     pub fn write_segment_grads_array<S: Data<Elem = f32>, D: Dimension>(
         &self,
         name: &str,
@@ -461,10 +464,17 @@ impl FlatParams {
         read_f32(&self.ctx, &self.grads, 0, self.len)
     }
 
+    /// Read one segment's parameters back, flat (row-major), without ndarray.
+    pub fn read_segment_values(&self, name: &str) -> Result<Vec<f32>> {
+        let s = self.segment(name)?;
+        read_f32(&self.ctx, &self.params, s.offset, s.len())
+    }
+
     /// Read one segment's parameters back as an array of its shape.
+    #[cfg(feature = "ndarray")]
     pub fn read_segment(&self, name: &str) -> Result<ArrayD<f32>> {
         let s = self.segment(name)?.clone();
-        let values = read_f32(&self.ctx, &self.params, s.offset, s.len())?;
+        let values = self.read_segment_values(name)?;
         ArrayD::from_shape_vec(IxDyn(&s.shape), values).map_err(|e| Error::Wgpu {
             during: "shaping a segment",
             message: e.to_string(),

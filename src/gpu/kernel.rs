@@ -60,6 +60,7 @@ pub(crate) struct Specialization {
 
 impl Specialization {
     /// Every option compiled in (kernels that do not read them: roofs, copies).
+    #[cfg(feature = "roofline")]
     pub const GENERAL: Self = Self {
         maximize: true,
         l2_decay: true,

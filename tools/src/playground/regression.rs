@@ -4,10 +4,10 @@
 use ndarray::{Array1, Array2, Axis};
 
 use super::data::Rng;
-use crate::auto::{AutoOptimizer, BackendChoice};
 use crate::error::Result;
-use crate::gpu::context::GpuContext;
-use crate::optim::SgdConfig;
+use fused_optim::GpuContext;
+use fused_optim::SgdConfig;
+use fused_optim::{AutoOptimizer, BackendChoice};
 
 /// How many samples each update sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,9 +10,9 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use fused_optim::playground::data;
-use fused_optim::playground::mlp::{Activation, Mlp, Targets};
 use fused_optim::*;
+use fused_optim_tools::playground::data;
+use fused_optim_tools::playground::mlp::{Activation, Mlp, Targets};
 use plotters::prelude::*;
 
 mod common;
@@ -31,7 +31,7 @@ struct Args {
     backend: common::BackendArg,
 }
 
-fn main() -> Result<()> {
+fn main() -> fused_optim_tools::Result<()> {
     let args = Args::parse();
     common::register_font();
     let (ctx, choice) = common::backend(args.backend);

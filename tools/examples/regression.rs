@@ -9,8 +9,8 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use fused_optim::playground::data;
-use fused_optim::playground::regression::{
+use fused_optim_tools::playground::data;
+use fused_optim_tools::playground::regression::{
     fit_linear, fit_logistic, logistic_accuracy, Batching, Plan,
 };
 use plotters::prelude::*;
@@ -34,7 +34,7 @@ struct Args {
     backend: common::BackendArg,
 }
 
-fn main() -> fused_optim::Result<()> {
+fn main() -> fused_optim_tools::Result<()> {
     let args = Args::parse();
     common::register_font();
     let (ctx, choice) = common::backend(args.backend);

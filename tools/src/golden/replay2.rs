@@ -8,11 +8,11 @@ use serde_json::Value;
 
 use super::v2::{params_error, Case2, Check, Dtype, Metric, ParamsCheck, Report2, Worst};
 use crate::error::{Error, Result};
-use crate::gpu::buffer::FlatParams;
-use crate::gpu::context::GpuContext;
-use crate::gpu::optimizer::GpuOptimizer;
-use crate::optim::OptimizerConfig;
-use crate::{CpuOptimizer, ReferenceOptimizer};
+use fused_optim::FlatParams;
+use fused_optim::GpuContext;
+use fused_optim::GpuOptimizer;
+use fused_optim::OptimizerConfig;
+use fused_optim::{CpuOptimizer, ReferenceOptimizer};
 
 /// Which implementation replays a case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +96,7 @@ impl Runner {
             }
             Implementation::CpuFast => Runner::CpuFast(CpuOptimizer::new(config, p0.len())?, p32),
             Implementation::Gpu => {
-                let ctx = ctx.ok_or(Error::NoAdapter {
+                let ctx = ctx.ok_or(fused_optim::Error::NoAdapter {
                     reason: "the GPU replay needs a context".into(),
                 })?;
                 let flat = FlatParams::from_slice(ctx, &p32)?;
@@ -154,9 +154,10 @@ impl Runner {
             Runner::CpuFast(o, own) => o.set_train_mode(own, train),
             Runner::Gpu(o, _) => o.set_train_mode(train),
         }
+        .map_err(Error::from)
     }
 
-    fn host(&self) -> crate::HostState {
+    fn host(&self) -> fused_optim::HostState {
         match self {
             Runner::Reference(o, _) => o.host_state(),
             Runner::CpuFast(o, _) => o.host_state(),

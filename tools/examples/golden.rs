@@ -12,10 +12,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use fused_optim::golden::{self, Golden, PathReport};
 use fused_optim::GpuContext;
+use fused_optim_tools::golden::{self, Golden, PathReport};
 
-fn line(label: &str, r: &Result<PathReport, fused_optim::Error>) -> (bool, String) {
+fn line(label: &str, r: &Result<PathReport, fused_optim_tools::Error>) -> (bool, String) {
     match r {
         Ok(r) => (
             r.passed(),

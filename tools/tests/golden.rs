@@ -7,10 +7,10 @@ mod common;
 
 use std::path::PathBuf;
 
-use fused_optim::golden;
+use fused_optim_tools::golden;
 
 fn golden_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/v1");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../golden/v1");
     assert!(dir.is_dir(), "golden data not found at {}", dir.display());
     dir
 }
@@ -119,7 +119,7 @@ fn compressed_and_plain_files_load_alike() {
     std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
     assert!(matches!(
         golden::load(&bad),
-        Err(fused_optim::Error::Golden { .. })
+        Err(fused_optim_tools::Error::Golden { .. })
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }

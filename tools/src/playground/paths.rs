@@ -3,10 +3,10 @@
 //! from the current parameters.
 
 use super::functions::TestFunction;
-use crate::auto::{AutoOptimizer, BackendChoice};
 use crate::error::Result;
-use crate::gpu::context::GpuContext;
-use crate::optim::*;
+use fused_optim::optim::*;
+use fused_optim::GpuContext;
+use fused_optim::{AutoOptimizer, BackendChoice};
 
 /// The path of one run.
 #[derive(Clone, Debug)]

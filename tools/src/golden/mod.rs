@@ -17,12 +17,12 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::gpu::buffer::FlatParams;
-use crate::gpu::context::GpuContext;
-use crate::gpu::optimizer::GpuOptimizer;
-use crate::optim::*;
-use crate::ReferenceOptimizer;
 use expr::GradientProgram;
+use fused_optim::optim::*;
+use fused_optim::FlatParams;
+use fused_optim::GpuContext;
+use fused_optim::GpuOptimizer;
+use fused_optim::ReferenceOptimizer;
 
 /// The schema tag this module reads.
 pub const SCHEMA: &str = "optim-golden/1";

@@ -58,12 +58,13 @@ pub struct Mlp {
 
 impl Mlp {
     /// A network with these widths: at least an input and an output layer, none empty.
-    pub fn new(sizes: &[usize], activation: Activation) -> crate::Result<Self> {
+    pub fn new(sizes: &[usize], activation: Activation) -> crate::error::Result<Self> {
         if sizes.len() < 2 || sizes.contains(&0) {
-            return Err(crate::Error::InvalidCombination {
+            return Err(fused_optim::Error::InvalidCombination {
                 optimizer: "Mlp",
                 reason: "an MLP needs at least an input and an output layer, none of width 0",
-            });
+            }
+            .into());
         }
         Ok(Self {
             sizes: sizes.to_vec(),

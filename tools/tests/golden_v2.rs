@@ -1,4 +1,4 @@
-//! The `optim-golden/2` reader and metrics (`fused_optim::golden::v2`) on the files in
+//! The `optim-golden/2` reader and metrics (`fused_optim_tools::golden::v2`) on the files in
 //! golden/v2: every file parses and is self-consistent, every number is read exactly, the
 //! metrics accept the expected values themselves and catch a 1% error placed by a seeded
 //! choice, malformed files are typed errors, and an independent Lion written here from the
@@ -8,15 +8,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fused_optim::golden::v2::{
+use fused_optim_tools::golden::v2::{
     self, replay_trajectory, state_error, Case2, Dtype, LrUnit, Metric, StateValue,
 };
-use fused_optim::golden::{self, Golden};
-use fused_optim::Error;
+use fused_optim_tools::golden::{self, Golden};
+use fused_optim_tools::Error;
 use serde_json::Value;
 
 fn dir() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/v2");
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../golden/v2");
     assert!(d.is_dir(), "golden data not found at {}", d.display());
     d
 }
@@ -633,12 +633,15 @@ fn stepper_errors_and_bad_tolerances_are_returned() {
     let c = case("lion_default");
     let r = replay_trajectory(&c, Dtype::F64, &Metric::M1, 1e-12, |k, _, _, _| {
         if k == 3 {
-            Err(Error::Empty { what: "test" })
+            Err(Error::Optim(fused_optim::Error::Empty { what: "test" }))
         } else {
             Ok(())
         }
     });
-    assert!(matches!(r, Err(Error::Empty { .. })));
+    assert!(matches!(
+        r,
+        Err(Error::Optim(fused_optim::Error::Empty { .. }))
+    ));
     for tol in [f64::NAN, -1.0, f64::INFINITY] {
         let r = replay_trajectory(&c, Dtype::F64, &Metric::M1, tol, |_, _, _, _| Ok(()));
         assert!(matches!(r, Err(Error::Golden { .. })), "tol {tol}");
@@ -819,7 +822,7 @@ fn malformed_files_are_typed_errors() {
 
 #[test]
 fn load_any_tells_the_schemas_apart() {
-    let v1 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/v1");
+    let v1 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../golden/v1");
     assert!(matches!(
         golden::load_any(&v1.join("adam_default.json.gz")),
         Ok(Golden::V1(c)) if c.name == "adam_default"

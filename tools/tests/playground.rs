@@ -6,15 +6,15 @@ mod common;
 
 use std::io::Write;
 
-use fused_optim::playground::data;
-use fused_optim::playground::functions::TestFunction;
-use fused_optim::playground::idx::{self, IdxArray};
-use fused_optim::playground::mlp::{Activation, Mlp, Targets};
-use fused_optim::playground::paths::{classic_optimizers, run};
-use fused_optim::playground::regression::{
+use fused_optim::*;
+use fused_optim_tools::playground::data;
+use fused_optim_tools::playground::functions::TestFunction;
+use fused_optim_tools::playground::idx::{self, IdxArray};
+use fused_optim_tools::playground::mlp::{Activation, Mlp, Targets};
+use fused_optim_tools::playground::paths::{classic_optimizers, run};
+use fused_optim_tools::playground::regression::{
     fit_linear, fit_logistic, logistic_accuracy, Batching, Plan,
 };
-use fused_optim::*;
 
 /// The GPU when there is one (required in CI), else the CPU path with the same API.
 fn backend() -> (Option<GpuContext>, BackendChoice) {
@@ -207,9 +207,12 @@ fn idx_reader_reads_plain_and_gzipped_files_and_refuses_broken_ones() {
     std::fs::write(dir.join("broken"), b"\x1f\x8bnot gzip").unwrap();
     assert!(matches!(
         idx::read(&dir.join("broken")),
-        Err(Error::Data { .. })
+        Err(fused_optim_tools::Error::Data { .. })
     ));
     std::fs::remove_file(dir.join("t10k-labels-idx1-ubyte")).unwrap();
-    assert!(matches!(idx::load_mnist(&dir), Err(Error::Data { .. })));
+    assert!(matches!(
+        idx::load_mnist(&dir),
+        Err(fused_optim_tools::Error::Data { .. })
+    ));
     std::fs::remove_dir_all(&dir).unwrap();
 }

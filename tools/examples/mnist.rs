@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use fused_optim::playground::data::Rng;
-use fused_optim::playground::idx::load_mnist;
-use fused_optim::playground::mlp::{select_rows, Activation, Mlp, Targets};
 use fused_optim::*;
+use fused_optim_tools::playground::data::Rng;
+use fused_optim_tools::playground::idx::load_mnist;
+use fused_optim_tools::playground::mlp::{select_rows, Activation, Mlp, Targets};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod common;
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn train(args: &Args, path: &std::path::Path) -> Result<()> {
+fn train(args: &Args, path: &std::path::Path) -> fused_optim_tools::Result<()> {
     let data = load_mnist(path)?;
     println!(
         "MNIST: {} training and {} test images of {} pixels",

@@ -9,8 +9,8 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use fused_optim::playground::functions::TestFunction;
-use fused_optim::playground::paths::{classic_optimizers, run, with_lr, PathRun};
+use fused_optim_tools::playground::functions::TestFunction;
+use fused_optim_tools::playground::paths::{classic_optimizers, run, with_lr, PathRun};
 use plotters::prelude::*;
 
 mod common;
@@ -120,7 +120,7 @@ fn draw<DB: DrawingBackend>(
     root.present().expect("write the picture");
 }
 
-fn main() -> fused_optim::Result<()> {
+fn main() -> fused_optim_tools::Result<()> {
     let args = Args::parse();
     common::register_font();
     let (ctx, choice) = common::backend(args.backend);

@@ -10,12 +10,12 @@ mod common;
 
 use std::path::PathBuf;
 
-use fused_optim::golden::replay2::{config_of, replay, Implementation};
-use fused_optim::golden::v2::{self, Case2};
-use fused_optim::golden::{self as g};
+use fused_optim_tools::golden::replay2::{config_of, replay, Implementation};
+use fused_optim_tools::golden::v2::{self, Case2};
+use fused_optim_tools::golden::{self as g};
 
 fn cases() -> Vec<Case2> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/v2");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../golden/v2");
     g::collect_files(&[dir])
         .unwrap()
         .iter()
