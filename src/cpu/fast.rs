@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::staggered::StaggeredVec;
 use crate::error::{Error, Result};
 use crate::gpu::gradients::GradOptions;
-use crate::optim::{Algorithm, HostState, OptimizerConfig};
+use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig};
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 1 << 15;
@@ -303,6 +303,41 @@ impl<A: Algorithm> ChunkLoop for Step<'_, A> {
     #[inline(always)]
     fn run(&self, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         self.0.cpu_chunk(self.1, p, g, s)
+    }
+}
+
+impl OptimizerConfig {
+    /// One fast-CPU step over `params`, `grads` and the state tensors.
+    pub(crate) fn cpu_step(
+        &self,
+        host: &mut HostState,
+        params: &mut [f32],
+        grads: &[f32],
+        states: &mut [StaggeredVec],
+    ) {
+        host.step += 1;
+        with_algorithm!(self, c => {
+            let u = c.begin_step(host);
+            apply(c, &u, params, grads, states);
+        });
+        host.state_written = true;
+    }
+
+    /// The fast-CPU train/eval switch: runs the pass when one is needed.
+    pub(crate) fn cpu_mode_switch(
+        &self,
+        host: &mut HostState,
+        train: bool,
+        params: &mut [f32],
+        states: &mut [StaggeredVec],
+    ) -> Result<()> {
+        with_algorithm!(self, c => {
+            if let Some(u) = c.mode_switch(host, train)? {
+                let zeros = vec![0.0f32; params.len()];
+                apply(c, &u, params, &zeros, states);
+            }
+        });
+        Ok(())
     }
 }
 

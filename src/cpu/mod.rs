@@ -1,6 +1,5 @@
 //! CPU implementations: the f64 reference and the fast multi-threaded f32 path.
 
-pub(crate) mod chunk;
 pub mod fast;
 pub mod reference;
 pub mod staggered;

@@ -1,9 +1,9 @@
 //! Adadelta. Mirror of `shaders/adadelta.wgsl`.
 
 use super::algorithm::{sign, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
+use super::chunk::{grad_term, shaped};
 use super::validate::{non_negative, unit_interval};
 use super::WordClass;
-use crate::cpu::chunk::{grad_term, shaped};
 use crate::error::Result;
 
 /// Adadelta (PyTorch `torch.optim.Adadelta`).

@@ -1,9 +1,9 @@
 //! Adagrad. Mirror of `shaders/adagrad.wgsl`.
 
 use super::algorithm::{sign, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
+use super::chunk::{grad_term, shaped};
 use super::validate::non_negative;
 use super::WordClass;
-use crate::cpu::chunk::{grad_term, shaped};
 use crate::error::Result;
 
 /// Adagrad (PyTorch `torch.optim.Adagrad`).

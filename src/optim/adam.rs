@@ -1,9 +1,9 @@
 //! Adam and AdamW (with AMSGrad). Mirror of `shaders/adam.wgsl`.
 
 use super::algorithm::{flag, sign, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
+use super::chunk::{decay, grad_term, shaped};
 use super::validate::{beta, non_negative};
 use super::WordClass;
-use crate::cpu::chunk::{decay, grad_term, shaped};
 use crate::error::Result;
 
 /// Adam and AdamW (PyTorch `torch.optim.Adam` / `torch.optim.AdamW`).

@@ -2,8 +2,8 @@
 
 use super::adam::validate_adam_like;
 use super::algorithm::{sign, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
+use super::chunk::{grad_term, shaped};
 use super::WordClass;
-use crate::cpu::chunk::{grad_term, shaped};
 use crate::error::Result;
 
 /// Adamax (PyTorch `torch.optim.Adamax`), Adam with the infinity norm.

@@ -2,9 +2,9 @@
 //! `lion-pytorch` 0.2.5 implements it. Mirror of `shaders/lion.wgsl`.
 
 use super::algorithm::{Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
+use super::chunk::{decay, shaped};
 use super::validate::{finite, require_positive, unit_interval};
 use super::WordClass;
-use crate::cpu::chunk::{decay, shaped};
 use crate::error::Result;
 
 /// Lion (`lion_pytorch.Lion`): the sign of an interpolated momentum, with decoupled weight

@@ -8,6 +8,7 @@ mod adagrad;
 mod adam;
 mod adamax;
 pub mod algorithm;
+pub(crate) mod chunk;
 mod lion;
 mod nadam;
 mod radam;
@@ -27,6 +28,7 @@ pub use algorithm::{
 pub use lion::{LionConfig, LionUniform};
 pub use nadam::{NadamConfig, NadamUniform};
 pub use radam::{RadamConfig, RadamUniform};
+pub(crate) use registry::with_algorithm;
 pub use registry::{OptimizerConfig, StepUniform, MAX_UNIFORM_BYTES};
 pub use rmsprop::{RmspropConfig, RmspropUniform};
 pub use schedule_free::{ScheduleFreeBase, ScheduleFreeConfig, ScheduleFreeUniform};

@@ -2,9 +2,9 @@
 
 use super::adam::{validate_adam_like, weight_decay_split};
 use super::algorithm::{sign, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
+use super::chunk::{decay, grad_term, shaped};
 use super::validate::non_negative;
 use super::WordClass;
-use crate::cpu::chunk::{decay, grad_term, shaped};
 use crate::error::Result;
 
 /// Slot of `mu_product` in `HostState::scalars` (`HOST_SCALARS`).

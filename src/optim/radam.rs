@@ -2,8 +2,8 @@
 
 use super::adam::{validate_adam_like, weight_decay_split};
 use super::algorithm::{sign, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
+use super::chunk::{decay, grad_term, shaped};
 use super::WordClass;
-use crate::cpu::chunk::{decay, grad_term, shaped};
 use crate::error::Result;
 
 /// RAdam (PyTorch `torch.optim.RAdam`).

@@ -4,13 +4,25 @@
 //! of [`ReferenceStep`] does not compile.
 
 use super::algorithm::{Algorithm, HostState, HparamReader, KernelSource, LaneOptions, WordClass};
-use crate::cpu::reference::{ReferenceScalars, ReferenceStep};
 use crate::error::Result;
 
 use super::*;
 
 macro_rules! registry {
-    ($($variant:ident($config:ty)),* $(,)?) => {
+    (($d:tt) $($variant:ident($config:ty)),* $(,)?) => {
+        /// `with_algorithm!(config, c => body)`: `body` with `c` bound to the algorithm
+        /// configuration inside `config` (an exhaustive match over the registry, expanded
+        /// once per algorithm, so `body` is compiled for each concrete type). Lets the CPU
+        /// paths dispatch without the registry depending on them.
+        macro_rules! with_algorithm {
+            ($d value:expr, $d c:ident => $d body:expr) => {
+                match $d value {
+                    $(crate::optim::OptimizerConfig::$variant($d c) => $d body,)*
+                }
+            };
+        }
+        pub(crate) use with_algorithm;
+
         /// Any optimizer of the crate, with its hyper-parameters: one variant per registered
         /// algorithm (`src/optim/registry.rs`).
         ///
@@ -245,77 +257,8 @@ macro_rules! registry {
                 all
             }
 
-            /// One fast-CPU step over `params`, `grads` and the state tensors.
-            pub(crate) fn cpu_step(
-                &self,
-                host: &mut HostState,
-                params: &mut [f32],
-                grads: &[f32],
-                states: &mut [crate::cpu::staggered::StaggeredVec],
-            ) {
-                match self {
-                    $(Self::$variant(c) => {
-                        let u = OptimizerConfig::begin_step_of(c, host);
-                        crate::cpu::fast::apply(c, &u, params, grads, states);
-                    })*
-                }
-                host.state_written = true;
-            }
-
-            /// The fast-CPU train/eval switch: runs the pass when one is needed.
-            pub(crate) fn cpu_mode_switch(
-                &self,
-                host: &mut HostState,
-                train: bool,
-                params: &mut [f32],
-                states: &mut [crate::cpu::staggered::StaggeredVec],
-            ) -> Result<()> {
-                match self {
-                    $(Self::$variant(c) => {
-                        if let Some(u) = c.mode_switch(host, train)? {
-                            let zeros = vec![0.0f32; params.len()];
-                            crate::cpu::fast::apply(c, &u, params, &zeros, states);
-                        }
-                    })*
-                }
-                Ok(())
-            }
-
-            /// One step of the f64 reference.
-            pub(crate) fn reference_step(
-                &self,
-                r: &mut ReferenceScalars,
-                params: &mut [f64],
-                grads: &[f64],
-                states: &mut [Vec<f64>],
-            ) {
-                match self {
-                    $(Self::$variant(c) => ReferenceStep::reference_step(c, r, params, grads, states),)*
-                }
-            }
-
-            /// The reference's train/eval switch.
-            pub(crate) fn reference_mode_switch(
-                &self,
-                r: &mut ReferenceScalars,
-                train: bool,
-                params: &mut [f64],
-                states: &mut [Vec<f64>],
-            ) -> Result<()> {
-                match self {
-                    $(Self::$variant(c) => ReferenceStep::reference_mode_switch(c, r, train, params, states),)*
-                }
-            }
         }
     };
-}
-
-impl OptimizerConfig {
-    /// `host.step` += 1 and the uniform of algorithm `c`.
-    fn begin_step_of<A: Algorithm>(c: &A, host: &mut HostState) -> A::Uniform {
-        host.step += 1;
-        c.begin_step(host)
-    }
 }
 
 /// Bytes of one group's slot in the per-step uniform: the largest uniform an algorithm may
@@ -325,6 +268,7 @@ pub const MAX_UNIFORM_BYTES: u64 = 48;
 
 // The registry: one line per algorithm, `Variant(ConfigType)`.
 registry! {
+    ($)
     Sgd(SgdConfig),
     Adagrad(AdagradConfig),
     Rmsprop(RmspropConfig),

@@ -1,9 +1,9 @@
 //! RMSprop (plain, centered, with momentum). Mirror of `shaders/rmsprop.wgsl`.
 
 use super::algorithm::{flag, sign, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
+use super::chunk::{grad_term, shaped};
 use super::validate::non_negative;
 use super::WordClass;
-use crate::cpu::chunk::{grad_term, shaped};
 use crate::error::Result;
 
 /// RMSprop (PyTorch `torch.optim.RMSprop`).

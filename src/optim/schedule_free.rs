@@ -3,9 +3,9 @@
 //! `SGDScheduleFree`). Mirror of `shaders/schedule_free.wgsl`.
 
 use super::algorithm::{flag, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
+use super::chunk::{grad_term, shaped};
 use super::validate::{finite, non_negative};
 use super::WordClass;
-use crate::cpu::chunk::{grad_term, shaped};
 use crate::error::{Error, Result};
 
 /// Slots of the host scalars (`HOST_SCALARS`).

@@ -3,9 +3,9 @@
 //! Mirror of `shaders/sgd.wgsl`.
 
 use super::algorithm::{flag, sign, Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
+use super::chunk::{grad_term, shaped};
 use super::validate::{finite, non_negative};
 use super::WordClass;
-use crate::cpu::chunk::{grad_term, shaped};
 use crate::error::{Error, Result};
 
 /// Stochastic gradient descent (PyTorch `torch.optim.SGD`).

@@ -17,7 +17,31 @@ mod sgd;
 
 use crate::error::{Error, Result};
 use crate::gpu::gradients::GradOptions;
-use crate::optim::{Algorithm, HostState, OptimizerConfig, MAX_HOST_SCALARS};
+use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig, MAX_HOST_SCALARS};
+
+impl OptimizerConfig {
+    /// One step of the f64 reference.
+    fn reference_step(
+        &self,
+        r: &mut ReferenceScalars,
+        params: &mut [f64],
+        grads: &[f64],
+        states: &mut [Vec<f64>],
+    ) {
+        with_algorithm!(self, c => ReferenceStep::reference_step(c, r, params, grads, states))
+    }
+
+    /// The reference's train/eval switch.
+    fn reference_mode_switch(
+        &self,
+        r: &mut ReferenceScalars,
+        train: bool,
+        params: &mut [f64],
+        states: &mut [Vec<f64>],
+    ) -> Result<()> {
+        with_algorithm!(self, c => ReferenceStep::reference_mode_switch(c, r, train, params, states))
+    }
+}
 
 /// The scalars of one reference step: the step number, the lr, whether the state has been
 /// written before, and the algorithm's own scalars (NAdam's `mu_product`, ...), all f64 and

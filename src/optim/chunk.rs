@@ -1,5 +1,5 @@
 //! Pieces shared by the algorithms' fast CPU loops (`Algorithm::cpu_chunk` in
-//! `src/optim/<name>.rs`): the same operations, in the same order, as the WGSL `update`
+//! `src/optim/<name>.rs`, run by `cpu::fast`): the same operations, in the same order, as the WGSL `update`
 //! functions, except that terms PyTorch skips are skipped (monomorphised on `L2`: weight
 //! decay added to the gradient; `DECAY`: decoupled decay factor): no `+ 0 * p`, no `p * 1`.
 
