@@ -31,6 +31,7 @@ pub mod cpu;
 pub mod dispatch;
 pub mod error;
 pub mod gpu;
+pub mod grads;
 pub mod optim;
 #[cfg(feature = "roofline")]
 pub mod roofline;
@@ -43,10 +44,10 @@ pub use cpu::reference::ReferenceOptimizer;
 pub use error::{Error, Result};
 pub use gpu::buffer::{FlatParams, FlatParamsBuilder, Segment};
 pub use gpu::context::{ContextOptions, GpuContext, KernelTuning, LaneTransport};
-pub use gpu::gradients::GradOptions;
 pub use gpu::low_precision::{LowFormat, LowPrecisionParams};
 pub use gpu::optimizer::{GpuOptimizer, ParamGroup, MAX_GROUPS, UNIFORM_RING};
 pub use gpu::timer::GpuTimer;
+pub use grads::GradOptions;
 /// The `half` crate (f16, bf16), re-exported for the low-precision API.
 pub use half;
 pub use optim::{

@@ -27,8 +27,8 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::gpu::gradients::GradOptions;
 use crate::gpu::optimizer::GpuOptimizer;
+use crate::grads::GradOptions;
 
 /// Dynamic loss scale.
 #[derive(Clone, Copy, Debug, PartialEq)]

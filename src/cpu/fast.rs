@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::staggered::StaggeredVec;
 use crate::error::{Error, Result};
-use crate::gpu::gradients::GradOptions;
+use crate::grads::GradOptions;
 use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig};
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.

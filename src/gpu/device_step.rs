@@ -20,9 +20,9 @@ use std::num::NonZeroU64;
 
 use super::buffer::read_bytes;
 use super::context::GpuContext;
-use super::gradients::GradControl;
 use super::kernel::MAX_GROUPS;
 use crate::error::{Error, Result};
+use crate::grads::GradControl;
 use crate::optim::{HostState, OptimizerConfig, StepUniform, WordClass, MAX_UNIFORM_BYTES};
 use crate::scaler::LossScaler;
 

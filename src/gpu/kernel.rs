@@ -6,12 +6,12 @@ use std::num::NonZeroU64;
 
 use super::buffer::FlatParams;
 use super::context::GpuContext;
-use super::gradients::GradControl;
 use super::shaders::{
     assemble_with, check_fits, required_bindings, BindingKind, BindingRole, LowPrecision, Variant,
 };
 use crate::dispatch::{grid, padded_len, windows, Window};
 use crate::error::{Error, Result};
+use crate::grads::GradControl;
 use crate::optim::{OptimizerConfig, MAX_UNIFORM_BYTES};
 
 /// Per-step uniform slots. Each step writes its own slot (addressed by a dynamic offset), so

@@ -16,7 +16,7 @@ mod schedule_free;
 mod sgd;
 
 use crate::error::{Error, Result};
-use crate::gpu::gradients::GradOptions;
+use crate::grads::GradOptions;
 use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig, MAX_HOST_SCALARS};
 
 impl OptimizerConfig {
