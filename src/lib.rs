@@ -33,6 +33,7 @@ pub mod error;
 pub mod golden;
 pub mod gpu;
 pub mod optim;
+pub mod optimizer;
 pub mod playground;
 pub mod roofline;
 pub mod scaler;
@@ -55,4 +56,5 @@ pub use optim::{
     NadamConfig, OptimizerConfig, RadamConfig, RmspropConfig, ScheduleFreeBase, ScheduleFreeConfig,
     SgdConfig,
 };
+pub use optimizer::Optimizer;
 pub use scaler::LossScaler;

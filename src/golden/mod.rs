@@ -21,7 +21,7 @@ use crate::gpu::buffer::FlatParams;
 use crate::gpu::context::GpuContext;
 use crate::gpu::optimizer::GpuOptimizer;
 use crate::optim::*;
-use crate::ReferenceOptimizer;
+use crate::{Optimizer, ReferenceOptimizer};
 use expr::GradientProgram;
 
 /// The schema tag this module reads.

@@ -12,7 +12,7 @@ use crate::gpu::buffer::FlatParams;
 use crate::gpu::context::GpuContext;
 use crate::gpu::optimizer::GpuOptimizer;
 use crate::optim::OptimizerConfig;
-use crate::{CpuOptimizer, ReferenceOptimizer};
+use crate::{CpuOptimizer, Optimizer, ReferenceOptimizer};
 
 /// Which implementation replays a case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use fused_optim::{ContextOptions, GpuContext};
+use fused_optim::{ContextOptions, GpuContext, Optimizer};
 
 /// The library's seeded SplitMix64 (the playground's data generator).
 pub use fused_optim::playground::data::Rng;

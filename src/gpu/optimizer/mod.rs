@@ -1,7 +1,7 @@
 //! `GpuOptimizer`: pipeline, bind groups and state buffers built once; `step` writes one
 //! small uniform and dispatches one kernel per binding window, in one submission.
 
-use super::buffer::{create_flat, fill, flat_bytes, read_bytes, read_f32, FlatParams, FLAT_USAGE};
+use super::buffer::{create_flat, fill, flat_bytes, read_f32, FlatParams, FLAT_USAGE};
 use super::context::GpuContext;
 use super::device_step::{DeviceSteps, SCALE_OFFSET};
 use super::gradients::{control_buffer, GradOptions, NormClipper};
@@ -12,7 +12,10 @@ use crate::dispatch::padded_len;
 use crate::error::{Error, Result};
 use crate::optim::AdamConfig;
 use crate::optim::{HostState, OptimizerConfig};
+use crate::optimizer::Optimizer;
 use crate::scaler::LossScaler;
+
+mod control;
 
 pub use super::kernel::{MAX_GROUPS, UNIFORM_RING};
 /// One optimizer running on the device over a [`FlatParams`].
@@ -474,94 +477,6 @@ impl GpuOptimizer {
         Ok(())
     }
 
-    /// Whether the optimizer is in training mode (always, for algorithms without modes).
-    pub fn is_training(&self) -> bool {
-        self.config.is_training(&self.host)
-    }
-
-    /// Set how gradients are pre-processed inside the step: unscaling (`grad_scale`), clipping
-    /// by value and by global norm (see [`GradOptions`]). Norm clipping adds a two-pass
-    /// reduction to every step's submission; its pipelines are built here, once.
-    ///
-    /// ```no_run
-    /// # fn main() -> fused_optim::Result<()> {
-    /// use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer, GradOptions};
-    /// let ctx = GpuContext::new()?;
-    /// let params = FlatParams::from_slice(&ctx, &[0.5; 1000])?;
-    /// let mut opt = GpuOptimizer::new(&params, AdamConfig::default())?;
-    /// // clip_grad_norm_(max_norm=1.0), computed on the device inside each step.
-    /// opt.set_grad_options(GradOptions { max_norm: Some(1.0), ..Default::default() })?;
-    /// params.write_grads(&[3.0; 1000])?;
-    /// opt.step()?;
-    /// let norm = opt.last_grad_norm()?; // Some(94.87), read back only because we asked
-    /// opt.check_finite_gradients()?;    // error_if_nonfinite, when wanted
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// With `skip_nonfinite`, the step counter moves to the device (see
-    /// [`Self::device_step_count`]); turning it off brings the count back (reads it).
-    pub fn set_grad_options(&mut self, options: GradOptions) -> Result<()> {
-        options.validate()?;
-        let scaler_on = self.device.as_ref().is_some_and(|d| d.scaler_on());
-        if scaler_on && !options.skip_nonfinite {
-            return Err(Error::InvalidCombination {
-                optimizer: "gradient options",
-                reason: "the device loss scaler needs skip_nonfinite: turn the scaler off \
-                         first (set_device_loss_scaler(None))",
-            });
-        }
-        // Fallible parts first; on error nothing changes (the previous variant is built, so
-        // switching back cannot fail).
-        let mut new_device = None;
-        let mut hosts_back = None;
-        if options.skip_nonfinite && self.device.is_none() {
-            new_device = Some(DeviceSteps::new(
-                &self.ctx,
-                self.runner.hyper_ring(),
-                &self.control,
-                &self.configs,
-                &self.group_hosts(),
-            )?);
-        } else if !options.skip_nonfinite && self.device.is_some() {
-            hosts_back = Some(self.true_hosts()?);
-        }
-        let was_on = self.grad_options != GradOptions::default();
-        self.runner
-            .set_grad_pipeline(options != GradOptions::default())?;
-        if options.needs_reduction() && self.clipper.is_none() {
-            match NormClipper::new(
-                &self.params,
-                &self.control,
-                self.low.as_ref().map(|l| (l.code, &l.grads)),
-            ) {
-                Ok(c) => self.clipper = Some(c),
-                Err(e) => {
-                    self.runner.set_grad_pipeline(was_on)?;
-                    return Err(e);
-                }
-            }
-        }
-        if !options.needs_reduction() {
-            self.clipper = None;
-        }
-        if let Some(device) = new_device {
-            self.device = Some(device);
-        }
-        if let Some(hosts) = hosts_back {
-            self.device = None;
-            self.set_group_hosts(&hosts);
-        }
-        // With the device loss scaler on, inv_scale (the first word) is the device's.
-        let skip = if scaler_on { 4 } else { 0 };
-        self.ctx.queue().write_buffer(
-            &self.control,
-            skip as u64,
-            &bytemuck::bytes_of(&options.control())[skip..],
-        );
-        self.grad_options = options;
-        Ok(())
-    }
-
     /// Mixed precision with no read-back at all: PyTorch GradScaler's dynamic loss scale kept
     /// and updated on the device. Each step unscales the gradients by the device's scale,
     /// skips the step on inf/NaN (the device counts only the steps taken) and then applies
@@ -684,21 +599,6 @@ impl GpuOptimizer {
         self.group_hosts().iter().map(|h| h.lr).collect()
     }
 
-    /// The gradient options in force.
-    pub fn grad_options(&self) -> GradOptions {
-        self.grad_options
-    }
-
-    /// The global gradient norm of the last step (after unscaling and value clipping), read
-    /// back from the device (waits). `None` without norm clipping.
-    pub fn last_grad_norm(&self) -> Result<Option<f32>> {
-        if self.clipper.is_none() {
-            return Ok(None);
-        }
-        let c = read_f32(&self.ctx, &self.control, 0, 8)?;
-        Ok(Some(c[4]))
-    }
-
     /// `clip_grad_norm_(error_if_nonfinite=True)`, checked when the caller wants: an error
     /// if the last step's gradient norm was NaN or infinite (detected on the device from the
     /// exponent bits). Reads back 32 bytes.
@@ -711,32 +611,6 @@ impl GpuOptimizer {
             return Err(Error::NonFiniteGradients {
                 norm: f64::from(c[4]),
             });
-        }
-        Ok(())
-    }
-
-    /// Mixed precision: whether the device skipped the last step because its gradients held
-    /// inf or NaN (with `GradOptions::skip_nonfinite`). Reads back 32 bytes and the device's
-    /// step count (waits), after which [`Self::step_count`] is exact again. Nothing needs
-    /// it: the device counts the steps it takes.
-    pub fn last_step_skipped(&mut self) -> Result<bool> {
-        if self.device.is_none() || self.clipper.is_none() {
-            return Ok(false);
-        }
-        let c = read_f32(&self.ctx, &self.control, 0, 8)?;
-        if let Some(device) = &mut self.device {
-            let block = device.read()?;
-            device.confirm(&self.configs, &block);
-        }
-        Ok(c[3].to_bits() != 0)
-    }
-
-    /// Set the learning rate used from the next step on (never rebuilds anything).
-    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
-        self.config.validate_lr(lr)?;
-        self.host.lr = lr;
-        for (_, host) in &mut self.others {
-            host.lr = lr;
         }
         Ok(())
     }
@@ -769,34 +643,6 @@ impl GpuOptimizer {
         self.others.len() + 1
     }
 
-    /// The learning rate of the next step.
-    pub fn lr(&self) -> f64 {
-        self.host.lr
-    }
-
-    /// Steps taken (PyTorch's `step`). With `skip_nonfinite` the device keeps the count:
-    /// this is then the steps issued minus the skips the host has seen (exact after
-    /// [`Self::last_step_skipped`]; [`Self::device_step_count`] reads the count).
-    pub fn step_count(&self) -> u64 {
-        match &self.device {
-            Some(d) => d.step_upper_bound(),
-            None => self.host.step,
-        }
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &OptimizerConfig {
-        &self.config
-    }
-
-    /// The host-side scalar state (step, lr, NAdam's mu_product) at [`Self::step_count`].
-    pub fn host_state(&self) -> HostState {
-        match &self.device {
-            Some(d) => d.hosts_at(&self.configs[..1], self.step_count(), &[self.host.lr])[0],
-            None => self.host,
-        }
-    }
-
     /// Replace the host-side scalar state of group 0 (e.g. from a checkpoint; the device
     /// step count too when the device keeps it).
     pub fn set_host_state(&mut self, host: HostState) -> Result<()> {
@@ -820,54 +666,9 @@ impl GpuOptimizer {
         self.runner.windows()
     }
 
-    /// Names of the per-element state tensors (PyTorch's names).
-    pub fn state_names(&self) -> &[&'static str] {
-        &self.state_names
-    }
-
     /// The device buffer of one state tensor.
     pub fn state_buffer(&self, name: &str) -> Result<&wgpu::Buffer> {
         Ok(&self.states[self.config.state_index(name)?])
-    }
-
-    /// Read one state tensor back (waits for the device).
-    pub fn read_state(&self, name: &str) -> Result<Vec<f32>> {
-        let k = self.config.state_index(name)?;
-        if self.bf16_state {
-            let n = self.params.len();
-            let bytes = read_bytes(&self.ctx, &self.states[k], 0, n.div_ceil(2) as u64 * 4)?;
-            let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&bytes);
-            return Ok(bits[..n]
-                .iter()
-                .map(|&b| LowFormat::Bf16.value(b))
-                .collect());
-        }
-        read_f32(&self.ctx, &self.states[k], 0, self.params.len())
-    }
-
-    /// Overwrite one state tensor (takes effect at the next submission). On error nothing
-    /// changes.
-    pub fn load_state(&mut self, name: &str, values: &[f32]) -> Result<()> {
-        let k = self.config.state_index(name)?;
-        if values.len() != self.params.len() {
-            return Err(Error::LengthMismatch {
-                what: "state",
-                expected: self.params.len(),
-                got: values.len(),
-            });
-        }
-        if name == "momentum_buffer" {
-            let mut hosts = self.true_hosts()?;
-            for h in &mut hosts {
-                h.state_written = true;
-            }
-            if let Some(d) = &mut self.device {
-                d.reset(&hosts)?;
-            }
-            self.set_group_hosts(&hosts);
-        }
-        self.write_state(k, values);
-        Ok(())
     }
 
     /// Write state tensor `k` (rounded to bf16, nearest even, when the state is bf16).
@@ -886,27 +687,6 @@ impl GpuOptimizer {
         }
     }
 
-    /// Save the optimizer state (state tensors, step, lr, hyper-parameters) as a safetensors
-    /// checkpoint, atomically. Reads the state back from the device.
-    pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        let tensors = self
-            .state_names
-            .iter()
-            .map(|name| Ok((name.to_string(), self.read_state(name)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let hosts = self.true_hosts()?;
-        crate::checkpoint::save(
-            path.as_ref(),
-            &crate::checkpoint::OptimizerState {
-                config: self.config,
-                host: hosts[0],
-                n: self.params.len(),
-                tensors,
-                groups: self.group_states(&hosts),
-            },
-        )
-    }
-
     fn group_states(&self, hosts: &[HostState]) -> Vec<crate::checkpoint::GroupState> {
         if self.others.is_empty() {
             return Vec::new();
@@ -922,57 +702,5 @@ impl GpuOptimizer {
                 host,
             })
             .collect()
-    }
-
-    /// Load a checkpoint written by [`Self::save_checkpoint`] (or `CpuOptimizer`'s). The file
-    /// is validated completely first; on any error nothing changes.
-    pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        let path = path.as_ref();
-        let state = crate::checkpoint::load(path)?;
-        crate::checkpoint::check_fits(path, &state, &self.config, self.params.len())?;
-        let ours = self.group_states(&self.group_hosts());
-        if self.device.is_some() {
-            DeviceSteps::check_countable(state.host.step)?;
-        }
-        let fits = state.groups.len() == ours.len()
-            && state.groups.iter().zip(&ours).all(|(a, b)| {
-                a.segments == b.segments
-                    && a.config.name() == b.config.name()
-                    && a.config.overrides() == b.config.overrides()
-            });
-        if !fits {
-            return Err(Error::Checkpoint {
-                file: path.display().to_string(),
-                reason: format!(
-                    "its parameter groups ({} groups) differ from this optimizer's ({})",
-                    state.groups.len(),
-                    ours.len()
-                ),
-            });
-        }
-        // The last fallible part: the kernel for the checkpoint's options (weight decay,
-        // maximize may differ from ours), compiled before anything changes.
-        let configs: Vec<OptimizerConfig> = std::iter::once(state.config)
-            .chain(state.groups.iter().skip(1).map(|g| g.config))
-            .collect();
-        self.runner
-            .set_specialization(Specialization::of(&configs))?;
-        for (k, (_, values)) in state.tensors.iter().enumerate() {
-            self.write_state(k, values);
-        }
-        self.config = state.config;
-        self.host = state.host;
-        for ((config, host), group) in self.others.iter_mut().zip(state.groups.iter().skip(1)) {
-            *config = group.config;
-            *host = group.host;
-        }
-        self.configs = std::iter::once(self.config)
-            .chain(self.others.iter().map(|(c, _)| *c))
-            .collect();
-        let hosts = self.group_hosts();
-        if let Some(d) = &mut self.device {
-            d.reset(&hosts)?; // cannot fail: checked above
-        }
-        Ok(())
     }
 }
