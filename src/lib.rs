@@ -47,7 +47,9 @@ pub use gpu::buffer::{FlatParams, FlatParamsBuilder, Segment};
 pub use gpu::context::{ContextOptions, GpuContext, KernelTuning, LaneTransport};
 pub use gpu::gradients::GradOptions;
 pub use gpu::low_precision::{LowFormat, LowPrecisionParams};
-pub use gpu::optimizer::{GpuOptimizer, ParamGroup, MAX_GROUPS, UNIFORM_RING};
+pub use gpu::optimizer::{
+    GpuOptimizer, GpuOptimizerBuilder, ParamGroup, Rounding, StateFormat, MAX_GROUPS, UNIFORM_RING,
+};
 pub use gpu::timer::GpuTimer;
 /// The `half` crate (f16, bf16), re-exported for the low-precision API.
 pub use half;

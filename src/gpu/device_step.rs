@@ -22,6 +22,7 @@ use super::buffer::read_bytes;
 use super::context::GpuContext;
 use super::gradients::GradControl;
 use super::kernel::MAX_GROUPS;
+use super::optimizer::Group;
 use crate::error::{Error, Result};
 use crate::optim::{HostState, OptimizerConfig, StepUniform, WordClass, MAX_UNIFORM_BYTES};
 use crate::scaler::LossScaler;
@@ -96,14 +97,14 @@ pub(crate) struct DeviceSteps {
 
 impl DeviceSteps {
     /// Build the passes over the optimizer's uniform ring (`ring`, slots `stride` bytes
-    /// apart) and gradient control block, and start counting from `hosts` (one per group).
+    /// apart) and gradient control block, and start counting from the groups' host states.
     pub fn new(
         ctx: &GpuContext,
         ring: &wgpu::Buffer,
         control: &wgpu::Buffer,
-        configs: &[OptimizerConfig],
-        hosts: &[HostState],
+        groups: &[Group],
     ) -> Result<Self> {
+        let hosts: Vec<HostState> = groups.iter().map(|g| g.host).collect();
         let device = ctx.device();
         super::shaders::check_counts(
             "device_step.wgsl",
@@ -114,14 +115,14 @@ impl DeviceSteps {
             },
             &device.limits(),
         )?;
-        let classes = configs[0].word_classes().ok_or(Error::Unsupported {
-            optimizer: configs[0].name(),
+        let classes = groups[0].config.word_classes().ok_or(Error::Unsupported {
+            optimizer: groups[0].config.name(),
             feature: "the device-side step counter (its per-step uniform depends on more \
                           than the step number and the current lr)",
         })?;
         let words_per_group = classes.len();
         let mut class_words = vec![0u32; WORDS];
-        for g in 0..configs.len() {
+        for g in 0..groups.len() {
             for (w, c) in classes.iter().enumerate() {
                 class_words[g * words_per_group + w] = *c as u32;
             }
@@ -235,7 +236,7 @@ impl DeviceSteps {
             row_hosts: Vec::new(),
             scaler_on: false,
         };
-        steps.reset(hosts)?;
+        steps.reset(&hosts)?;
         steps.write_scaler(None);
         Ok(steps)
     }
@@ -273,17 +274,18 @@ impl DeviceSteps {
     /// Before encoding a step: make sure the table holds a row for every `t` this step may
     /// have (reading the device count first if the host knows it too little), and count the
     /// step as issued.
-    pub fn prepare(&mut self, configs: &[OptimizerConfig]) -> Result<()> {
+    pub fn prepare(&mut self, groups: &[Group]) -> Result<()> {
         if self.issued - self.confirmed().calls + 1 >= STEP_ROWS {
             let block = self.read()?;
-            self.confirm(configs, &block);
+            self.confirm(groups, &block);
         }
         let highest = self.step_upper_bound() + 1;
         let mut row = [0u32; WORDS];
         while self.rows_through < highest {
             row.fill(0);
             let words_per_group = self.classes.len();
-            for (g, (config, host)) in configs.iter().zip(&mut self.row_hosts).enumerate() {
+            for (g, (group, host)) in groups.iter().zip(&mut self.row_hosts).enumerate() {
+                let config = &group.config;
                 host.lr = 1.0;
                 let hyper = config.begin_step(host);
                 config.end_step(host);
@@ -349,14 +351,14 @@ impl DeviceSteps {
     }
 
     /// Take a count read from the device as known.
-    pub fn confirm(&self, configs: &[OptimizerConfig], block: &DeviceStepBlock) {
+    pub fn confirm(&self, groups: &[Group], block: &DeviceStepBlock) {
         let (calls, steps) = (u64::from(block.calls), u64::from(block.steps));
         let mut known = self.confirmed();
         if calls < known.calls {
             return; // older than what we know
         }
-        for (config, host) in configs.iter().zip(&mut known.hosts) {
-            *host = advance(config, *host, steps);
+        for (group, host) in groups.iter().zip(&mut known.hosts) {
+            *host = advance(&group.config, *host, steps);
         }
         known.calls = calls;
         known.steps = steps;
@@ -382,16 +384,15 @@ impl DeviceSteps {
     }
 
     /// Each group's host state at step `t` (at least the last confirmed count), with the
-    /// given learning rates.
-    pub fn hosts_at(&self, configs: &[OptimizerConfig], t: u64, lrs: &[f64]) -> Vec<HostState> {
+    /// groups' current learning rates.
+    pub fn hosts_at(&self, groups: &[Group], t: u64) -> Vec<HostState> {
         let known = self.confirmed();
-        configs
+        groups
             .iter()
             .zip(&known.hosts)
-            .zip(lrs)
-            .map(|((config, host), &lr)| HostState {
-                lr,
-                ..advance(config, *host, t)
+            .map(|(group, host)| HostState {
+                lr: group.host.lr,
+                ..advance(&group.config, *host, t)
             })
             .collect()
     }
