@@ -35,9 +35,10 @@ fn kinds() -> Vec<Kind> {
     k
 }
 
-/// One optimizer with the params it steps.
+/// One optimizer with the params it steps (a test harness: sizes do not matter).
+#[allow(clippy::large_enum_variant)]
 enum Subject {
-    Gpu(FlatParams, GpuOptimizer),
+    Gpu(FlatParams, Box<GpuOptimizer>),
     Cpu(Vec<f32>, CpuOptimizer),
     Reference(Vec<f64>, ReferenceOptimizer),
     Auto(AutoOptimizer),
@@ -51,7 +52,7 @@ impl Subject {
             Kind::Gpu => {
                 let flat = FlatParams::from_slice(ctx.as_ref().unwrap(), &p32).unwrap();
                 let opt = GpuOptimizer::new(&flat, config).unwrap();
-                Subject::Gpu(flat, opt)
+                Subject::Gpu(flat, Box::new(opt))
             }
             Kind::Cpu => Subject::Cpu(p32, CpuOptimizer::new(config, p0.len()).unwrap()),
             Kind::Reference => Subject::Reference(
@@ -71,7 +72,7 @@ impl Subject {
 
     fn opt(&mut self) -> &mut dyn Optimizer {
         match self {
-            Subject::Gpu(_, o) => o,
+            Subject::Gpu(_, o) => o.as_mut(),
             Subject::Cpu(_, o) => o,
             Subject::Reference(_, o) => o,
             Subject::Auto(o) => o,
@@ -106,7 +107,7 @@ impl Subject {
         match self {
             Subject::Gpu(flat, o) => {
                 flat.write_grads(g)?;
-                scaler.step(o, GpuOptimizer::step)
+                scaler.step(o.as_mut(), GpuOptimizer::step)
             }
             Subject::Cpu(p, o) => scaler.step(o, |o| o.step(p, g)),
             Subject::Reference(p, o) => {

@@ -481,7 +481,7 @@ impl GoldenCase {
         }
         let state = |name: &str| -> Result<Vec<f64>> {
             Ok(opt
-                .read_state(name)?
+                .read_state_f32(name)?
                 .iter()
                 .map(|&x| f64::from(x))
                 .collect())

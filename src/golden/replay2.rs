@@ -144,7 +144,7 @@ impl Runner {
         Ok(match self {
             Runner::Reference(o, _) => o.state(name)?.to_vec(),
             Runner::CpuFast(o, _) => o.state(name)?.iter().map(|&x| f64::from(x)).collect(),
-            Runner::Gpu(o, _) => o.read_state(name)?.into_iter().map(f64::from).collect(),
+            Runner::Gpu(o, _) => o.read_state_f32(name)?.into_iter().map(f64::from).collect(),
         })
     }
 
