@@ -21,9 +21,10 @@
 //! let params = FlatParams::from_slice(&ctx, &[1.0, 2.0, 3.0])?;
 //! let mut opt = GpuOptimizer::new(&params, AdamConfig::default())?;
 //! opt.step()?;
-//! opt.save_checkpoint("opt.safetensors".as_ref())?;
+//! let path = std::path::Path::new("opt.safetensors");
+//! opt.save_checkpoint(path)?;
 //! let mut resumed = GpuOptimizer::new(&params, AdamConfig::default())?;
-//! resumed.load_checkpoint("opt.safetensors".as_ref())?; // same state, step and hyper-parameters
+//! resumed.load_checkpoint(path)?; // same state, step count and hyper-parameters
 //! # Ok(()) }
 //! ```
 

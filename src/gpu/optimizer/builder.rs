@@ -66,7 +66,7 @@ enum Source {
 ///     .state_format(StateFormat::Bf16)
 ///     .rounding(Rounding::Stochastic)
 ///     .build()?;
-/// lp.write_grads_bf16(&[half::bf16::from_f32(0.01); 1010])?;
+/// lp.write_grads_bf16(&vec![half::bf16::from_f32(0.01); lp.len()])?;
 /// opt.step()?;
 /// # Ok(()) }
 /// ```
