@@ -3,13 +3,17 @@
 //! llvmpipe, WARP), which runs WGSL several times slower than native CPU code. The caller may
 //! force either.
 
+use std::path::Path;
+
 use crate::cpu::fast::CpuOptimizer;
 use crate::cpu::staggered::StaggeredVec;
 use crate::error::{Error, Result};
 use crate::gpu::buffer::FlatParams;
 use crate::gpu::context::GpuContext;
 use crate::gpu::optimizer::GpuOptimizer;
+use crate::grads::GradOptions;
 use crate::optim::{HostState, OptimizerConfig};
+use crate::optimizer::Optimizer;
 
 /// Where the step runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +65,9 @@ enum Inner {
     },
 }
 
-/// The same optimizer API on either backend: write grads, step, read params when needed.
+/// The same optimizer API on either backend: write grads, step, read params when needed;
+/// the rest of the control surface (lr, state, gradient options, checkpoints) is the
+/// [`Optimizer`] trait, forwarded to the backend's optimizer.
 ///
 /// ```no_run
 /// # fn main() -> fused_optim::Result<()> {
@@ -144,27 +150,92 @@ impl AutoOptimizer {
         }
     }
 
-    /// One state tensor by PyTorch's name.
-    pub fn read_state(&self, name: &str) -> Result<Vec<f32>> {
-        match &self.inner {
-            Inner::Gpu { opt, .. } => opt.read_state(name),
-            Inner::Cpu { opt, .. } => opt.state(name).map(<[f32]>::to_vec),
-        }
-    }
-
-    /// Set the learning rate of the next steps.
-    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+    /// Switch an algorithm with train/eval modes (Schedule-Free) to training (`true`) or
+    /// evaluation mode (`false`), mapping the params this optimizer holds;
+    /// [`Error::Unsupported`] for algorithms without modes.
+    pub fn set_train_mode(&mut self, train: bool) -> Result<()> {
         match &mut self.inner {
-            Inner::Gpu { opt, .. } => opt.set_lr(lr),
-            Inner::Cpu { opt, .. } => opt.set_lr(lr),
+            Inner::Gpu { opt, .. } => opt.set_train_mode(train),
+            Inner::Cpu { params, opt, .. } => opt.set_train_mode(params, train),
         }
     }
 
-    /// Host-side scalar state (step count, lr, NAdam's mu_product).
-    pub fn host_state(&self) -> HostState {
+    /// The optimizer in use, through the shared trait.
+    pub fn inner(&self) -> &dyn Optimizer {
         match &self.inner {
-            Inner::Gpu { opt, .. } => opt.host_state(),
-            Inner::Cpu { opt, .. } => opt.host_state(),
+            Inner::Gpu { opt, .. } => opt.as_ref(),
+            Inner::Cpu { opt, .. } => opt.as_ref(),
         }
+    }
+
+    fn inner_mut(&mut self) -> &mut dyn Optimizer {
+        match &mut self.inner {
+            Inner::Gpu { opt, .. } => opt.as_mut(),
+            Inner::Cpu { opt, .. } => opt.as_mut(),
+        }
+    }
+}
+
+/// Every call is forwarded to the backend's optimizer (gradient options and checkpoints
+/// included; a checkpoint saved on one backend loads on the other).
+impl Optimizer for AutoOptimizer {
+    fn config(&self) -> &OptimizerConfig {
+        self.inner().config()
+    }
+
+    fn lr(&self) -> f64 {
+        self.inner().lr()
+    }
+
+    fn set_lr(&mut self, lr: f64) -> Result<()> {
+        self.inner_mut().set_lr(lr)
+    }
+
+    fn step_count(&self) -> u64 {
+        self.inner().step_count()
+    }
+
+    fn host_state(&self) -> HostState {
+        self.inner().host_state()
+    }
+
+    fn state_names(&self) -> Vec<&'static str> {
+        self.inner().state_names()
+    }
+
+    fn read_state(&self, name: &str) -> Result<Vec<f64>> {
+        self.inner().read_state(name)
+    }
+
+    fn load_state(&mut self, name: &str, values: &[f64]) -> Result<()> {
+        self.inner_mut().load_state(name, values)
+    }
+
+    fn set_grad_options(&mut self, options: GradOptions) -> Result<()> {
+        self.inner_mut().set_grad_options(options)
+    }
+
+    fn grad_options(&self) -> GradOptions {
+        self.inner().grad_options()
+    }
+
+    fn last_grad_norm(&self) -> Result<Option<f64>> {
+        self.inner().last_grad_norm()
+    }
+
+    fn last_step_skipped(&self) -> Result<bool> {
+        self.inner().last_step_skipped()
+    }
+
+    fn is_training(&self) -> bool {
+        self.inner().is_training()
+    }
+
+    fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        self.inner().save_checkpoint(path)
+    }
+
+    fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
+        self.inner_mut().load_checkpoint(path)
     }
 }

@@ -1,6 +1,10 @@
 //! Optimizer checkpoints as safetensors files, with PyTorch's state names.
 //!
-//! Tensors: one F32 tensor of shape `[n]` per state tensor (`exp_avg`, `exp_avg_sq`, ...).
+//! Tensors: one tensor of shape `[n]` per state tensor (`exp_avg`, `exp_avg_sq`, ...): F32
+//! from the GPU and fast CPU paths, F64 from the f64 reference
+//! ([`ReferenceOptimizer`](crate::ReferenceOptimizer)). Every implementation loads either:
+//! an F32 file into the reference is widened exactly, an F64 file into an f32 path is rounded
+//! to nearest f32 (as [`Optimizer::load_state`](crate::Optimizer::load_state) does).
 //! Metadata (strings): `format` = `fused-optim-checkpoint/1`, `optimizer` (PyTorch's class
 //! name), `hparams` (JSON, PyTorch's names), `step`, `lr`, `state_written`, each of the
 //! algorithm's host scalars under its name (NAdam's `mu_product`, ...), `n`, and `crc32.<name>` for every tensor, so that a corrupted
@@ -12,14 +16,15 @@
 //!
 //! ```no_run
 //! # fn main() -> fused_optim::Result<()> {
-//! use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer};
+//! use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer, Optimizer};
 //! let ctx = GpuContext::new()?;
 //! let params = FlatParams::from_slice(&ctx, &[1.0, 2.0, 3.0])?;
 //! let mut opt = GpuOptimizer::new(&params, AdamConfig::default())?;
 //! opt.step()?;
-//! opt.save_checkpoint("opt.safetensors")?;
+//! let path = std::path::Path::new("opt.safetensors");
+//! opt.save_checkpoint(path)?;
 //! let mut resumed = GpuOptimizer::new(&params, AdamConfig::default())?;
-//! resumed.load_checkpoint("opt.safetensors")?; // same state, step count and hyper-parameters
+//! resumed.load_checkpoint(path)?; // same state, step count and hyper-parameters
 //! # Ok(()) }
 //! ```
 
@@ -45,10 +50,64 @@ pub struct OptimizerState {
     /// Parameters covered.
     pub n: usize,
     /// Per-element state tensors by PyTorch's names, in `config.state_names()` order.
-    pub tensors: Vec<(String, Vec<f32>)>,
+    pub tensors: Vec<(String, TensorValues)>,
     /// Parameter groups (empty for an optimizer without groups; otherwise every group,
     /// group 0 repeating `config` and `host`).
     pub groups: Vec<GroupState>,
+}
+
+/// The values of one state tensor, in the precision the optimizer keeps them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorValues {
+    /// From an f32 implementation (GPU, fast CPU): an F32 tensor.
+    F32(Vec<f32>),
+    /// From the f64 reference: an F64 tensor.
+    F64(Vec<f64>),
+}
+
+impl TensorValues {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::F32(v) => v.len(),
+            Self::F64(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values as f32: F32 as is, F64 rounded to nearest.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Self::F32(v) => v.clone(),
+            Self::F64(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+
+    /// The values as f64: F64 as is, F32 widened (exact).
+    pub fn to_f64(&self) -> Vec<f64> {
+        match self {
+            Self::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            Self::F64(v) => v.clone(),
+        }
+    }
+
+    fn dtype(&self) -> Dtype {
+        match self {
+            Self::F32(_) => Dtype::F32,
+            Self::F64(_) => Dtype::F64,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::F32(v) => bytemuck::cast_slice(v),
+            Self::F64(v) => bytemuck::cast_slice(v),
+        }
+    }
 }
 
 /// One parameter group of a checkpoint.
@@ -191,9 +250,9 @@ pub fn save(path: &Path, state: &OptimizerState) -> Result<()> {
     }
     let mut views = Vec::new();
     for (name, values) in &state.tensors {
-        let bytes: &[u8] = bytemuck::cast_slice(values);
+        let bytes = values.bytes();
         meta.insert(format!("crc32.{name}"), crc32fast::hash(bytes).to_string());
-        let view = TensorView::new(Dtype::F32, vec![values.len()], bytes)
+        let view = TensorView::new(values.dtype(), vec![values.len()], bytes)
             .map_err(|e| err(path, e.to_string()))?;
         views.push((name.clone(), view));
     }
@@ -290,10 +349,10 @@ pub fn load(path: &Path) -> Result<OptimizerState> {
     let mut out = Vec::with_capacity(names.len());
     for name in names {
         let t = tensors.tensor(name).map_err(|e| err(path, e.to_string()))?;
-        if t.dtype() != Dtype::F32 {
+        if t.dtype() != Dtype::F32 && t.dtype() != Dtype::F64 {
             return Err(err(
                 path,
-                format!("`{name}` is {:?}, expected F32", t.dtype()),
+                format!("`{name}` is {:?}, expected F32 or F64", t.dtype()),
             ));
         }
         if t.shape() != [n] {
@@ -309,11 +368,21 @@ pub fn load(path: &Path) -> Result<OptimizerState> {
                 format!("`{name}` fails its checksum: the file is corrupted"),
             ));
         }
-        let values: Vec<f32> = t
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let values = if t.dtype() == Dtype::F64 {
+            TensorValues::F64(
+                t.data()
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .collect(),
+            )
+        } else {
+            TensorValues::F32(
+                t.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                    .collect(),
+            )
+        };
         out.push((name.to_string(), values));
     }
     let groups = match meta.get("groups") {

@@ -33,6 +33,7 @@ pub mod error;
 pub mod gpu;
 pub mod grads;
 pub mod optim;
+pub mod optimizer;
 #[cfg(feature = "roofline")]
 pub mod roofline;
 pub mod scaler;
@@ -45,7 +46,9 @@ pub use error::{Error, Result};
 pub use gpu::buffer::{FlatParams, FlatParamsBuilder, Segment};
 pub use gpu::context::{ContextOptions, GpuContext, KernelTuning, LaneTransport};
 pub use gpu::low_precision::{LowFormat, LowPrecisionParams};
-pub use gpu::optimizer::{GpuOptimizer, ParamGroup, MAX_GROUPS, UNIFORM_RING};
+pub use gpu::optimizer::{
+    GpuOptimizer, GpuOptimizerBuilder, ParamGroup, Rounding, StateFormat, MAX_GROUPS, UNIFORM_RING,
+};
 pub use gpu::timer::GpuTimer;
 pub use grads::GradOptions;
 /// The `half` crate (f16, bf16), re-exported for the low-precision API.
@@ -55,4 +58,5 @@ pub use optim::{
     NadamConfig, OptimizerConfig, RadamConfig, RmspropConfig, ScheduleFreeBase, ScheduleFreeConfig,
     SgdConfig,
 };
+pub use optimizer::Optimizer;
 pub use scaler::LossScaler;

@@ -15,20 +15,25 @@
 //!
 //! ```no_run
 //! # fn main() -> fused_optim::Result<()> {
-//! use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer, LossScaler};
+//! use fused_optim::{AdamConfig, CpuOptimizer, FlatParams, GpuContext, GpuOptimizer, LossScaler};
 //! let ctx = GpuContext::new()?;
 //! let params = FlatParams::from_slice(&ctx, &[0.5; 1024])?;
 //! let mut opt = GpuOptimizer::new(&params, AdamConfig::default())?;
 //! let mut scaler = LossScaler::default();
 //! // backward with loss * scaler.scale() ... then:
 //! params.write_grads(&[1e3; 1024])?;
-//! let skipped = scaler.step(&mut opt)?;
+//! let skipped = scaler.step(&mut opt, GpuOptimizer::step)?;
+//!
+//! // Any optimizer: the CPU path, stepping over the caller's slices.
+//! let (mut p, g) = (vec![0.5f32; 1024], vec![1e3f32; 1024]);
+//! let mut cpu = CpuOptimizer::new(AdamConfig::default(), 1024)?;
+//! let skipped = scaler.step(&mut cpu, |o| o.step(&mut p, &g))?;
 //! # Ok(()) }
 //! ```
 
 use crate::error::{Error, Result};
-use crate::gpu::optimizer::GpuOptimizer;
 use crate::grads::GradOptions;
+use crate::optimizer::Optimizer;
 
 /// Dynamic loss scale.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -156,18 +161,27 @@ impl LossScaler {
         }
     }
 
-    /// One scaled step: unscale inside the kernel (keeping `opt`'s clipping options), skip on
-    /// inf/NaN, update the scale. Returns whether the step was skipped. Reads back the
-    /// 32-byte flag, as `GradScaler.step` + `update` do with `found_inf`. To keep the scale
-    /// on the device with no read-back, give the scaler to
-    /// [`GpuOptimizer::set_device_loss_scaler`] instead.
-    pub fn step(&mut self, opt: &mut GpuOptimizer) -> Result<bool> {
+    /// One scaled step of any [`Optimizer`]: sets `opt`'s gradient options to unscale by
+    /// the current scale and skip on inf/NaN (keeping its clipping options), runs `step`
+    /// (`GpuOptimizer::step`, or `|o| o.step(&mut params, &grads)` for the CPU paths), asks
+    /// the optimizer whether it skipped ([`Optimizer::last_step_skipped`]) and updates the
+    /// scale. Returns whether the step was skipped; on an error from `step` the scale is
+    /// left as it was. On the GPU this reads back the 32-byte flag, as `GradScaler.step` +
+    /// `update` do with `found_inf`; to keep the scale on the device with no read-back, give
+    /// the scaler to [`GpuOptimizer::set_device_loss_scaler`] instead.
+    ///
+    /// [`GpuOptimizer::set_device_loss_scaler`]: crate::GpuOptimizer::set_device_loss_scaler
+    pub fn step<O: Optimizer + ?Sized>(
+        &mut self,
+        opt: &mut O,
+        step: impl FnOnce(&mut O) -> Result<()>,
+    ) -> Result<bool> {
         self.validate()?;
         let options = self.grad_options(opt.grad_options());
         if options != opt.grad_options() {
             opt.set_grad_options(options)?;
         }
-        opt.step()?;
+        step(opt)?;
         let skipped = opt.last_step_skipped()?;
         self.update(skipped);
         Ok(skipped)

@@ -272,9 +272,9 @@ fn length_mismatch_changes_nothing() {
         opt.load_state("exp_avg", &[1.0; 2]),
         Err(Error::LengthMismatch { .. })
     ));
-    assert_eq!(opt.read_state("exp_avg").unwrap(), vec![0.0; 3]);
+    assert_eq!(opt.read_state_f32("exp_avg").unwrap(), vec![0.0; 3]);
     assert!(matches!(
-        opt.read_state("momentum_buffer"),
+        opt.read_state_f32("momentum_buffer"),
         Err(Error::UnknownState { .. })
     ));
     assert!(matches!(
@@ -447,8 +447,8 @@ fn encode_step_batches_steps_in_one_submission() {
     assert_eq!(opt_a.step_count(), 5);
     assert_eq!(a.read_params().unwrap(), b.read_params().unwrap());
     assert_eq!(
-        opt_a.read_state("exp_avg_sq").unwrap(),
-        opt_b.read_state("exp_avg_sq").unwrap()
+        opt_a.read_state_f32("exp_avg_sq").unwrap(),
+        opt_b.read_state_f32("exp_avg_sq").unwrap()
     );
 }
 
@@ -462,10 +462,10 @@ fn state_starts_as_pytorch_says_and_loads() {
     };
     let mut opt = GpuOptimizer::new(&flat, cfg).unwrap();
     assert_eq!(opt.state_names(), &["sum"]);
-    assert_eq!(opt.read_state("sum").unwrap(), vec![0.25; 5]);
+    assert_eq!(opt.read_state_f32("sum").unwrap(), vec![0.25; 5]);
     opt.load_state("sum", &[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
     assert_eq!(
-        opt.read_state("sum").unwrap(),
+        opt.read_state_f32("sum").unwrap(),
         vec![1.0, 2.0, 3.0, 4.0, 5.0]
     );
     // SGD: no state without momentum; with momentum the buffer appears.

@@ -101,7 +101,7 @@ fn run(config: AdamConfig, stochastic: bool, low: Option<LowFormat>) {
     for (name, peak) in reference.state_names().iter().zip(&state_peaks.0) {
         check_state(
             name,
-            &opt.read_state(name).unwrap(),
+            &opt.read_state_f32(name).unwrap(),
             reference.state(name).unwrap(),
             peak,
             20,
@@ -158,12 +158,12 @@ fn bf16_state_round_trips_through_load_and_checkpoint() {
     let flat = FlatParams::from_slice(&ctx, &[1.0; 9]).unwrap();
     let mut opt = GpuOptimizer::with_bf16_state(&flat, None, AdamConfig::default(), false).unwrap();
     let values = [0.1f32, -2.5, 3.0e-5, 0.0, 1.0, 7.0, -0.333, 1e3, 2.0];
-    opt.load_state("exp_avg", &values).unwrap();
+    opt.load_state_f32("exp_avg", &values).unwrap();
     let want: Vec<f32> = values
         .iter()
         .map(|&v| value16(LowFormat::Bf16, round16(LowFormat::Bf16, v)))
         .collect();
-    assert_eq!(opt.read_state("exp_avg").unwrap(), want);
+    assert_eq!(opt.read_state_f32("exp_avg").unwrap(), want);
     let dir = std::env::temp_dir().join(format!("fused-optim-bf16-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bf16.safetensors");
@@ -171,6 +171,6 @@ fn bf16_state_round_trips_through_load_and_checkpoint() {
     let mut other =
         GpuOptimizer::with_bf16_state(&flat, None, AdamConfig::default(), false).unwrap();
     other.load_checkpoint(&path).unwrap();
-    assert_eq!(other.read_state("exp_avg").unwrap(), want);
+    assert_eq!(other.read_state_f32("exp_avg").unwrap(), want);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -104,8 +104,8 @@ fn round_trip_gives_the_bit_identical_next_step() {
         );
         for name in opt.state_names() {
             let (a, b) = (
-                resumed.read_state(name).unwrap(),
-                opt.read_state(name).unwrap(),
+                resumed.read_state_f32(name).unwrap(),
+                opt.read_state_f32(name).unwrap(),
             );
             assert!(
                 a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
@@ -154,7 +154,7 @@ fn cpu_round_trip_and_cross_loading() {
         assert_eq!(opt.step_count(), 4);
         let undone = resumed.host_state().scalars[0] / config_mu(&config, 5);
         assert!((opt.host_state().scalars[0] - undone).abs() <= 1e-15 * undone);
-        assert_eq!(opt.read_state("exp_avg").unwrap(), saved_exp_avg);
+        assert_eq!(opt.read_state_f32("exp_avg").unwrap(), saved_exp_avg);
     }
     std::fs::remove_file(&path).unwrap();
 }

@@ -165,7 +165,7 @@ fn every_optimizer_skips_on_the_device_without_any_read_back() {
         assert_eq!(gpu.device_step_count().unwrap(), taken.steps, "{desc}");
         taken.check(desc, &flat.read_params().unwrap());
         taken.check_states(desc, 10.0 * RTOL_PER_STEP, |name| {
-            gpu.read_state(name).unwrap()
+            gpu.read_state_f32(name).unwrap()
         });
         assert!(!gpu.last_step_skipped().unwrap());
         assert_eq!(gpu.step_count(), taken.steps, "{desc}: exact once read");

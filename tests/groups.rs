@@ -79,7 +79,7 @@ fn run_groups(ctx: &GpuContext, a: OptimizerConfig, b: OptimizerConfig) {
     for (i, (name, n)) in SEGMENTS.iter().enumerate() {
         let seg = flat.segment(name).unwrap().clone();
         for state in refs[i].state_names() {
-            let got = opt.read_state(state).unwrap()[seg.offset..seg.offset + n].to_vec();
+            let got = opt.read_state_f32(state).unwrap()[seg.offset..seg.offset + n].to_vec();
             let want = refs[i].state(state).unwrap();
             let peak: Vec<f64> = want.iter().map(|x| x.abs()).collect();
             check_state(state, &got, want, &peak, 20, RTOL_PER_STEP).unwrap();

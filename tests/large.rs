@@ -20,7 +20,9 @@ fn run(ctx: &GpuContext, config: OptimizerConfig, n: usize, steps: u64) -> usize
         run.step(&g);
     }
     run.check("large", &flat.read_params().unwrap());
-    run.check_states("large", RTOL_PER_STEP, |name| opt.read_state(name).unwrap());
+    run.check_states("large", RTOL_PER_STEP, |name| {
+        opt.read_state_f32(name).unwrap()
+    });
     opt.windows()
 }
 

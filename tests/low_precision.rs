@@ -185,7 +185,7 @@ fn f16_gradients_with_loss_scaling_and_overflow_skip() {
     // Gradient 0.125 scaled by 1024 = 128 in f16.
     lp.write_grads_f16(&vec![half::f16::from_f32(128.0); n])
         .unwrap();
-    assert!(!scaler.step(&mut opt).unwrap());
+    assert!(!scaler.step(&mut opt, GpuOptimizer::step).unwrap());
     let master = lp.master().read_params().unwrap();
     assert!(
         master.iter().all(|&v| v == 0.5 - 0.1 * 0.125),
@@ -197,7 +197,7 @@ fn f16_gradients_with_loss_scaling_and_overflow_skip() {
     g[4000] = half::f16::INFINITY;
     lp.write_grads_f16(&g).unwrap();
     assert!(
-        scaler.step(&mut opt).unwrap(),
+        scaler.step(&mut opt, GpuOptimizer::step).unwrap(),
         "an f16 inf must skip the step"
     );
     assert_eq!(lp.read_param_bits().unwrap(), before);

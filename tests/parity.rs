@@ -69,7 +69,7 @@ pub fn gpu_vs_reference(
         check_params("gpu", &got, &p_ref, &peak, k, RTOL_PER_STEP)?;
     }
     for (name, peak) in reference.state_names().iter().zip(&state_peaks.0) {
-        let got = gpu.read_state(name).unwrap();
+        let got = gpu.read_state_f32(name).unwrap();
         check_state(
             name,
             &got,

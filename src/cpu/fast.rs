@@ -7,15 +7,21 @@ use ndarray::{ArrayBase, Data, DataMut, Dimension};
 use rayon::prelude::*;
 
 use super::staggered::StaggeredVec;
+use std::path::Path;
+
+use crate::checkpoint::TensorValues;
 use crate::error::{Error, Result};
 use crate::grads::GradOptions;
 use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig};
+use crate::optimizer::Optimizer;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 1 << 15;
 
 /// Multi-threaded f32 optimizer over host slices. Same API shape as
-/// [`GpuOptimizer`](crate::GpuOptimizer); state is kept inside.
+/// [`GpuOptimizer`](crate::GpuOptimizer); state is kept inside. The control surface
+/// (lr, state, gradient options, checkpoints) is the [`Optimizer`] trait; `step` and
+/// `set_train_mode` take the caller's params and are inherent.
 #[derive(Clone, Debug)]
 pub struct CpuOptimizer {
     config: OptimizerConfig,
@@ -116,27 +122,10 @@ impl CpuOptimizer {
         self.step(p, g)
     }
 
-    /// Gradient pre-processing (unscale, clip by value, clip by global norm), as on the GPU.
-    pub fn set_grad_options(&mut self, options: GradOptions) -> Result<()> {
-        options.validate()?;
-        self.grad_options = options;
-        Ok(())
-    }
-
-    /// The global norm of the last step's gradients (with norm clipping on).
-    pub fn last_grad_norm(&self) -> Option<f64> {
-        self.last_grad_norm
-    }
-
-    /// Whether the last step was skipped for non-finite gradients
-    /// (`GradOptions::skip_nonfinite`).
-    pub fn last_step_skipped(&self) -> bool {
-        self.last_skipped
-    }
-
     /// Switch an algorithm with train/eval modes (Schedule-Free) to training (`true`: the
     /// params hold y) or evaluation mode (`false`: x) over `params`, the optimizer's length.
-    /// [`Error::Unsupported`] for algorithms without modes.
+    /// [`Error::Unsupported`] for algorithms without modes. (Inherent, not in
+    /// [`Optimizer`]: it takes the params.)
     pub fn set_train_mode(&mut self, params: &mut [f32], train: bool) -> Result<()> {
         if params.len() != self.n {
             return Err(Error::LengthMismatch {
@@ -149,77 +138,109 @@ impl CpuOptimizer {
             .cpu_mode_switch(&mut self.host, train, params, &mut self.states)
     }
 
-    /// Whether the optimizer is in training mode (always, for algorithms without modes).
-    pub fn is_training(&self) -> bool {
-        self.config.is_training(&self.host)
+    /// One state tensor, as the optimizer keeps it (f32, no copy).
+    pub fn state(&self, name: &str) -> Result<&[f32]> {
+        Ok(&self.states[self.config.state_index(name)?])
     }
 
-    /// Set the learning rate of the next steps.
-    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+    /// Overwrite one state tensor with f32 values as they are; on error nothing changes.
+    pub fn load_state_f32(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        let k = self.checked_state(name, values.len())?;
+        self.states[k].copy_from_slice(values);
+        self.note_state_load(name);
+        Ok(())
+    }
+
+    fn checked_state(&self, name: &str, len: usize) -> Result<usize> {
+        let k = self.config.state_index(name)?;
+        if len != self.n {
+            return Err(Error::LengthMismatch {
+                what: "state",
+                expected: self.n,
+                got: len,
+            });
+        }
+        Ok(k)
+    }
+
+    fn note_state_load(&mut self, name: &str) {
+        if name == "momentum_buffer" {
+            self.host.state_written = true;
+        }
+    }
+}
+
+impl Optimizer for CpuOptimizer {
+    fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    fn lr(&self) -> f64 {
+        self.host.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) -> Result<()> {
         self.config.validate_lr(lr)?;
         self.host.lr = lr;
         Ok(())
     }
 
-    /// The learning rate of the next step.
-    pub fn lr(&self) -> f64 {
-        self.host.lr
-    }
-
-    /// Steps taken.
-    pub fn step_count(&self) -> u64 {
+    fn step_count(&self) -> u64 {
         self.host.step
     }
 
-    /// Host-side scalar state.
-    pub fn host_state(&self) -> HostState {
+    fn host_state(&self) -> HostState {
         self.host
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &OptimizerConfig {
-        &self.config
+    fn state_names(&self) -> Vec<&'static str> {
+        self.names.clone()
     }
 
-    /// Names of the state tensors.
-    pub fn state_names(&self) -> &[&'static str] {
-        &self.names
+    fn read_state(&self, name: &str) -> Result<Vec<f64>> {
+        Ok(self.state(name)?.iter().map(|&x| f64::from(x)).collect())
     }
 
-    /// One state tensor.
-    pub fn state(&self, name: &str) -> Result<&[f32]> {
-        Ok(&self.states[self.config.state_index(name)?])
-    }
-
-    /// Overwrite one state tensor; on error nothing changes.
-    pub fn load_state(&mut self, name: &str, values: &[f32]) -> Result<()> {
-        let k = self.config.state_index(name)?;
-        if values.len() != self.n {
-            return Err(Error::LengthMismatch {
-                what: "state",
-                expected: self.n,
-                got: values.len(),
-            });
+    fn load_state(&mut self, name: &str, values: &[f64]) -> Result<()> {
+        let k = self.checked_state(name, values.len())?;
+        for (s, &v) in self.states[k].iter_mut().zip(values) {
+            *s = v as f32;
         }
-        self.states[k].copy_from_slice(values);
-        if name == "momentum_buffer" {
-            self.host.state_written = true;
-        }
+        self.note_state_load(name);
         Ok(())
     }
-}
 
-impl CpuOptimizer {
-    /// Save the optimizer state as a safetensors checkpoint, atomically.
-    pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+    fn set_grad_options(&mut self, options: GradOptions) -> Result<()> {
+        options.validate()?;
+        self.grad_options = options;
+        Ok(())
+    }
+
+    fn grad_options(&self) -> GradOptions {
+        self.grad_options
+    }
+
+    fn last_grad_norm(&self) -> Result<Option<f64>> {
+        Ok(self.last_grad_norm)
+    }
+
+    fn last_step_skipped(&self) -> Result<bool> {
+        Ok(self.last_skipped)
+    }
+
+    fn is_training(&self) -> bool {
+        self.config.is_training(&self.host)
+    }
+
+    fn save_checkpoint(&self, path: &Path) -> Result<()> {
         let tensors = self
             .names
             .iter()
             .zip(&self.states)
-            .map(|(name, s)| (name.to_string(), s.to_vec()))
+            .map(|(name, s)| (name.to_string(), TensorValues::F32(s.to_vec())))
             .collect();
         crate::checkpoint::save(
-            path.as_ref(),
+            path,
             &crate::checkpoint::OptimizerState {
                 config: self.config,
                 host: self.host,
@@ -230,9 +251,7 @@ impl CpuOptimizer {
         )
     }
 
-    /// Load a checkpoint; validated completely first, so on any error nothing changes.
-    pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        let path = path.as_ref();
+    fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
         let state = crate::checkpoint::load(path)?;
         crate::checkpoint::check_fits(path, &state, &self.config, self.n)?;
         if !state.groups.is_empty() {
@@ -242,7 +261,7 @@ impl CpuOptimizer {
             });
         }
         for ((_, values), s) in state.tensors.iter().zip(self.states.iter_mut()) {
-            s.copy_from_slice(values);
+            s.copy_from_slice(&values.to_f32());
         }
         self.config = state.config;
         self.host = state.host;

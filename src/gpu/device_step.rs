@@ -20,6 +20,7 @@ use std::num::NonZeroU64;
 
 use super::buffer::read_bytes;
 use super::context::GpuContext;
+use super::groups::Group;
 use super::kernel::MAX_GROUPS;
 use crate::error::{Error, Result};
 use crate::grads::GradControl;
@@ -59,6 +60,17 @@ pub struct DeviceStepBlock {
 /// Byte offset of the f32 loss scale in the counter buffer.
 pub const SCALE_OFFSET: u64 = 16;
 
+/// What the host last learnt from the device's counter.
+#[derive(Clone, Debug, Default)]
+struct Confirmed {
+    /// Step calls counted by the device.
+    calls: u64,
+    /// Steps taken among them.
+    steps: u64,
+    /// Each group's host state at `steps`.
+    hosts: Vec<HostState>,
+}
+
 pub(crate) struct DeviceSteps {
     ctx: GpuContext,
     resolve: wgpu::ComputePipeline,
@@ -73,9 +85,9 @@ pub(crate) struct DeviceSteps {
     /// Steps issued since the last reset.
     issued: u64,
     /// The last (calls, steps) pair read from the device, and each group's host state at
-    /// that step count.
-    confirmed: (u64, u64),
-    confirmed_hosts: Vec<HostState>,
+    /// that step count. Behind a lock so that a read-back through `&self`
+    /// (`last_step_skipped`) can record what it learnt.
+    confirmed: std::sync::Mutex<Confirmed>,
     /// Table rows are valid for t up to `rows_through`; `row_hosts` are the groups' host
     /// states (lr = 1) at that step.
     rows_through: u64,
@@ -85,14 +97,14 @@ pub(crate) struct DeviceSteps {
 
 impl DeviceSteps {
     /// Build the passes over the optimizer's uniform ring (`ring`, slots `stride` bytes
-    /// apart) and gradient control block, and start counting from `hosts` (one per group).
+    /// apart) and gradient control block, and start counting from the groups' host states.
     pub fn new(
         ctx: &GpuContext,
         ring: &wgpu::Buffer,
         control: &wgpu::Buffer,
-        configs: &[OptimizerConfig],
-        hosts: &[HostState],
+        groups: &[Group],
     ) -> Result<Self> {
+        let hosts: Vec<HostState> = groups.iter().map(|g| g.host).collect();
         let device = ctx.device();
         super::shaders::check_counts(
             "device_step.wgsl",
@@ -103,14 +115,14 @@ impl DeviceSteps {
             },
             &device.limits(),
         )?;
-        let classes = configs[0].word_classes().ok_or(Error::Unsupported {
-            optimizer: configs[0].name(),
+        let classes = groups[0].config.word_classes().ok_or(Error::Unsupported {
+            optimizer: groups[0].config.name(),
             feature: "the device-side step counter (its per-step uniform depends on more \
                           than the step number and the current lr)",
         })?;
         let words_per_group = classes.len();
         let mut class_words = vec![0u32; WORDS];
-        for g in 0..configs.len() {
+        for g in 0..groups.len() {
             for (w, c) in classes.iter().enumerate() {
                 class_words[g * words_per_group + w] = *c as u32;
             }
@@ -219,13 +231,12 @@ impl DeviceSteps {
             _classes: class_buffer,
             classes,
             issued: 0,
-            confirmed: (0, 0),
-            confirmed_hosts: Vec::new(),
+            confirmed: std::sync::Mutex::new(Confirmed::default()),
             rows_through: 0,
             row_hosts: Vec::new(),
             scaler_on: false,
         };
-        steps.reset(hosts)?;
+        steps.reset(&hosts)?;
         steps.write_scaler(None);
         Ok(steps)
     }
@@ -239,8 +250,11 @@ impl DeviceSteps {
             .queue()
             .write_buffer(&self.counter, 0, bytemuck::cast_slice(&[0u32, t as u32]));
         self.issued = 0;
-        self.confirmed = (0, t);
-        self.confirmed_hosts = hosts.to_vec();
+        *self.confirmed() = Confirmed {
+            calls: 0,
+            steps: t,
+            hosts: hosts.to_vec(),
+        };
         self.rows_through = t;
         self.row_hosts = hosts.iter().map(|h| HostState { lr: 1.0, ..*h }).collect();
         Ok(())
@@ -260,17 +274,18 @@ impl DeviceSteps {
     /// Before encoding a step: make sure the table holds a row for every `t` this step may
     /// have (reading the device count first if the host knows it too little), and count the
     /// step as issued.
-    pub fn prepare(&mut self, configs: &[OptimizerConfig]) -> Result<()> {
-        if self.issued - self.confirmed.0 + 1 >= STEP_ROWS {
+    pub fn prepare(&mut self, groups: &[Group]) -> Result<()> {
+        if self.issued - self.confirmed().calls + 1 >= STEP_ROWS {
             let block = self.read()?;
-            self.confirm(configs, &block);
+            self.confirm(groups, &block);
         }
-        let highest = self.confirmed.1 + (self.issued - self.confirmed.0) + 1;
+        let highest = self.step_upper_bound() + 1;
         let mut row = [0u32; WORDS];
         while self.rows_through < highest {
             row.fill(0);
             let words_per_group = self.classes.len();
-            for (g, (config, host)) in configs.iter().zip(&mut self.row_hosts).enumerate() {
+            for (g, (group, host)) in groups.iter().zip(&mut self.row_hosts).enumerate() {
+                let config = &group.config;
                 host.lr = 1.0;
                 let hyper = config.begin_step(host);
                 config.end_step(host);
@@ -336,21 +351,31 @@ impl DeviceSteps {
     }
 
     /// Take a count read from the device as known.
-    pub fn confirm(&mut self, configs: &[OptimizerConfig], block: &DeviceStepBlock) {
+    pub fn confirm(&self, groups: &[Group], block: &DeviceStepBlock) {
         let (calls, steps) = (u64::from(block.calls), u64::from(block.steps));
-        if calls < self.confirmed.0 {
+        let mut known = self.confirmed();
+        if calls < known.calls {
             return; // older than what we know
         }
-        for (config, host) in configs.iter().zip(&mut self.confirmed_hosts) {
-            *host = advance(config, *host, steps);
+        for (group, host) in groups.iter().zip(&mut known.hosts) {
+            *host = advance(&group.config, *host, steps);
         }
-        self.confirmed = (calls, steps);
+        known.calls = calls;
+        known.steps = steps;
+    }
+
+    fn confirmed(&self) -> std::sync::MutexGuard<'_, Confirmed> {
+        // Nothing panics while holding the lock: a poisoned one still holds a valid count.
+        self.confirmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Steps taken if none of the steps issued since the last known count was skipped:
     /// exact when every issued step has been confirmed.
     pub fn step_upper_bound(&self) -> u64 {
-        self.confirmed.1 + (self.issued - self.confirmed.0)
+        let known = self.confirmed();
+        known.steps + (self.issued - known.calls)
     }
 
     /// Steps taken, from a fresh read of the counter (every submitted step included).
@@ -359,15 +384,15 @@ impl DeviceSteps {
     }
 
     /// Each group's host state at step `t` (at least the last confirmed count), with the
-    /// given learning rates.
-    pub fn hosts_at(&self, configs: &[OptimizerConfig], t: u64, lrs: &[f64]) -> Vec<HostState> {
-        configs
+    /// groups' current learning rates.
+    pub fn hosts_at(&self, groups: &[Group], t: u64) -> Vec<HostState> {
+        let known = self.confirmed();
+        groups
             .iter()
-            .zip(&self.confirmed_hosts)
-            .zip(lrs)
-            .map(|((config, host), &lr)| HostState {
-                lr,
-                ..advance(config, *host, t)
+            .zip(&known.hosts)
+            .map(|(group, host)| HostState {
+                lr: group.host.lr,
+                ..advance(&group.config, *host, t)
             })
             .collect()
     }

@@ -62,6 +62,19 @@ impl LowPrecisionParams {
     /// Master weights from `values`; the 16-bit params start as their rounding.
     pub fn new(ctx: &GpuContext, values: &[f32], format: LowFormat) -> Result<Self> {
         let master = FlatParams::from_slice(ctx, values)?;
+        Self::over(master, values, format)
+    }
+
+    /// 16-bit params and gradients over existing master weights (e.g. named, lane-aligned
+    /// segments for parameter groups; the master's buffers are shared, not copied). Reads the
+    /// masters back once (waits) to start the 16-bit params as their rounding.
+    pub fn from_master(master: &FlatParams, format: LowFormat) -> Result<Self> {
+        let values = master.read_params()?;
+        Self::over(master.clone(), &values, format)
+    }
+
+    fn over(master: FlatParams, values: &[f32], format: LowFormat) -> Result<Self> {
+        let ctx = master.context().clone();
         let half_bytes = padded_len(values.len() as u64) * 2;
         let limit = ctx.max_binding_bytes();
         if half_bytes > limit {

@@ -4,6 +4,7 @@ pub mod buffer;
 pub mod context;
 pub mod device_step;
 pub mod gradients;
+pub mod groups;
 pub(crate) mod kernel;
 pub mod low_precision;
 pub mod optimizer;

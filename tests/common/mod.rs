@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use fused_optim::{ContextOptions, GpuContext};
+use fused_optim::{ContextOptions, GpuContext, Optimizer};
 
 /// SplitMix64: small, seeded, reproducible.
 #[derive(Clone, Debug)]

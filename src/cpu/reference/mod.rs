@@ -15,9 +15,13 @@ mod rmsprop;
 mod schedule_free;
 mod sgd;
 
+use std::path::Path;
+
+use crate::checkpoint::TensorValues;
 use crate::error::{Error, Result};
 use crate::grads::GradOptions;
 use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig, MAX_HOST_SCALARS};
+use crate::optimizer::Optimizer;
 
 impl OptimizerConfig {
     /// One step of the f64 reference.
@@ -100,6 +104,7 @@ pub struct ReferenceOptimizer {
     states: Vec<Vec<f64>>,
     grad_options: GradOptions,
     last_grad_norm: Option<f64>,
+    last_skipped: bool,
 }
 
 impl ReferenceOptimizer {
@@ -135,36 +140,8 @@ impl ReferenceOptimizer {
             states,
             grad_options: GradOptions::default(),
             last_grad_norm: None,
+            last_skipped: false,
         })
-    }
-
-    /// Set the learning rate of the next steps.
-    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
-        self.config.validate_lr(lr)?;
-        self.lr = lr;
-        Ok(())
-    }
-
-    /// Gradient pre-processing (unscale, clip by value, clip by global norm), as on the GPU.
-    pub fn set_grad_options(&mut self, options: GradOptions) -> Result<()> {
-        options.validate()?;
-        self.grad_options = options;
-        Ok(())
-    }
-
-    /// The global norm of the last step's gradients (with norm clipping on).
-    pub fn last_grad_norm(&self) -> Option<f64> {
-        self.last_grad_norm
-    }
-
-    /// Steps taken.
-    pub fn step_count(&self) -> u64 {
-        self.scalars.t
-    }
-
-    /// The learning rate of the next step.
-    pub fn lr(&self) -> f64 {
-        self.lr
     }
 
     /// One of the algorithm's host scalars by name (NAdam's `"mu_product"`), in f64.
@@ -181,17 +158,9 @@ impl ReferenceOptimizer {
         self.host_scalar("mu_product").unwrap_or(1.0)
     }
 
-    /// The host scalars in the form the other implementations report them.
-    pub fn host_state(&self) -> HostState {
-        let mut h = HostState::new(self.lr, self.config.host_scalars());
-        h.step = self.scalars.t;
-        h.state_written = self.scalars.state_written;
-        h.scalars = self.scalars.own;
-        h
-    }
-
     /// Switch an algorithm with train/eval modes (Schedule-Free) to training (`true`) or
     /// evaluation mode over `params`; [`Error::Unsupported`] for algorithms without modes.
+    /// (Inherent, not in [`Optimizer`]: it takes the params.)
     pub fn set_train_mode(&mut self, params: &mut [f64], train: bool) -> Result<()> {
         if params.len() != self.n {
             return Err(Error::LengthMismatch {
@@ -204,19 +173,21 @@ impl ReferenceOptimizer {
             .reference_mode_switch(&mut self.scalars, train, params, &mut self.states)
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &OptimizerConfig {
-        &self.config
-    }
-
-    /// One state tensor by PyTorch's name.
+    /// One state tensor by PyTorch's name (f64, no copy).
     pub fn state(&self, name: &str) -> Result<&[f64]> {
         Ok(&self.states[self.config.state_index(name)?])
     }
 
-    /// Names of the state tensors.
-    pub fn state_names(&self) -> &[&'static str] {
-        &self.names
+    /// Replace the scalar state (step, lr, state written, the algorithm's scalars), as a
+    /// checkpoint holds it.
+    fn set_host_state(&mut self, host: &HostState) {
+        self.lr = host.lr;
+        self.scalars = ReferenceScalars {
+            t: host.step,
+            lr: host.lr,
+            state_written: host.state_written,
+            own: host.scalars,
+        };
     }
 
     /// One step. `params` and `grads` must both have the optimizer's length.
@@ -231,6 +202,12 @@ impl ReferenceOptimizer {
             }
         }
         self.config.check_step(&self.host_state())?;
+        self.last_skipped = false;
+        if self.grad_options.skip_nonfinite && grads.iter().any(|g| !g.is_finite()) {
+            // Mixed precision: skip the whole step; nothing changes.
+            self.last_skipped = true;
+            return Ok(());
+        }
         // Gradient pre-processing: g = clamp(g * scale, +-clip) * min(1, max_norm / (norm + 1e-6)).
         let o = self.grad_options;
         let clip = o.clip_value.unwrap_or(f64::INFINITY);
@@ -250,6 +227,119 @@ impl ReferenceOptimizer {
         self.config
             .reference_step(&mut self.scalars, params, grads, &mut self.states);
         self.scalars.state_written = true;
+        Ok(())
+    }
+}
+
+impl Optimizer for ReferenceOptimizer {
+    fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) -> Result<()> {
+        self.config.validate_lr(lr)?;
+        self.lr = lr;
+        Ok(())
+    }
+
+    fn step_count(&self) -> u64 {
+        self.scalars.t
+    }
+
+    /// The host scalars in the form the other implementations report them.
+    fn host_state(&self) -> HostState {
+        let mut h = HostState::new(self.lr, self.config.host_scalars());
+        h.step = self.scalars.t;
+        h.state_written = self.scalars.state_written;
+        h.scalars = self.scalars.own;
+        h
+    }
+
+    fn state_names(&self) -> Vec<&'static str> {
+        self.names.clone()
+    }
+
+    fn read_state(&self, name: &str) -> Result<Vec<f64>> {
+        Ok(self.state(name)?.to_vec())
+    }
+
+    fn load_state(&mut self, name: &str, values: &[f64]) -> Result<()> {
+        let k = self.config.state_index(name)?;
+        if values.len() != self.n {
+            return Err(Error::LengthMismatch {
+                what: "state",
+                expected: self.n,
+                got: values.len(),
+            });
+        }
+        self.states[k].copy_from_slice(values);
+        if name == "momentum_buffer" {
+            self.scalars.state_written = true;
+        }
+        Ok(())
+    }
+
+    fn set_grad_options(&mut self, options: GradOptions) -> Result<()> {
+        options.validate()?;
+        self.grad_options = options;
+        Ok(())
+    }
+
+    fn grad_options(&self) -> GradOptions {
+        self.grad_options
+    }
+
+    fn last_grad_norm(&self) -> Result<Option<f64>> {
+        Ok(self.last_grad_norm)
+    }
+
+    fn last_step_skipped(&self) -> Result<bool> {
+        Ok(self.last_skipped)
+    }
+
+    fn is_training(&self) -> bool {
+        self.config.is_training(&self.host_state())
+    }
+
+    /// Saves the f64 state as F64 tensors (same format and metadata as the f32 paths).
+    fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let tensors = self
+            .names
+            .iter()
+            .zip(&self.states)
+            .map(|(name, s)| (name.to_string(), TensorValues::F64(s.clone())))
+            .collect();
+        crate::checkpoint::save(
+            path,
+            &crate::checkpoint::OptimizerState {
+                config: self.config,
+                host: self.host_state(),
+                n: self.n,
+                tensors,
+                groups: Vec::new(),
+            },
+        )
+    }
+
+    /// Loads F64 tensors as they are and F32 ones widened exactly.
+    fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
+        let state = crate::checkpoint::load(path)?;
+        crate::checkpoint::check_fits(path, &state, &self.config, self.n)?;
+        if !state.groups.is_empty() {
+            return Err(Error::Checkpoint {
+                file: path.display().to_string(),
+                reason: "it holds parameter groups, which ReferenceOptimizer does not have".into(),
+            });
+        }
+        for ((_, values), s) in state.tensors.iter().zip(self.states.iter_mut()) {
+            *s = values.to_f64();
+        }
+        self.config = state.config;
+        self.set_host_state(&state.host);
         Ok(())
     }
 }

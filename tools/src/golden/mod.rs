@@ -22,6 +22,7 @@ use fused_optim::optim::*;
 use fused_optim::FlatParams;
 use fused_optim::GpuContext;
 use fused_optim::GpuOptimizer;
+use fused_optim::Optimizer;
 use fused_optim::ReferenceOptimizer;
 
 /// The schema tag this module reads.
@@ -481,7 +482,7 @@ impl GoldenCase {
         }
         let state = |name: &str| -> Result<Vec<f64>> {
             Ok(opt
-                .read_state(name)?
+                .read_state_f32(name)?
                 .iter()
                 .map(|&x| f64::from(x))
                 .collect())

@@ -12,7 +12,7 @@ use fused_optim::FlatParams;
 use fused_optim::GpuContext;
 use fused_optim::GpuOptimizer;
 use fused_optim::OptimizerConfig;
-use fused_optim::{CpuOptimizer, ReferenceOptimizer};
+use fused_optim::{CpuOptimizer, Optimizer, ReferenceOptimizer};
 
 /// Which implementation replays a case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,7 +144,7 @@ impl Runner {
         Ok(match self {
             Runner::Reference(o, _) => o.state(name)?.to_vec(),
             Runner::CpuFast(o, _) => o.state(name)?.iter().map(|&x| f64::from(x)).collect(),
-            Runner::Gpu(o, _) => o.read_state(name)?.into_iter().map(f64::from).collect(),
+            Runner::Gpu(o, _) => o.read_state_f32(name)?.into_iter().map(f64::from).collect(),
         })
     }
 

@@ -1,0 +1,435 @@
+//! Construction: [`GpuOptimizerBuilder`] checks that its options go together, allocates and
+//! initialises the state buffers and builds the kernel variant they need. The older
+//! constructors ([`GpuOptimizer::new`], [`GpuOptimizer::with_groups`],
+//! [`GpuOptimizer::new_low_precision`], [`GpuOptimizer::with_bf16_state`]) are thin wrappers
+//! over it.
+
+use super::groups;
+use super::{GpuOptimizer, LowSetup, MAX_GROUPS};
+use crate::dispatch::padded_len;
+use crate::error::{Error, Result};
+use crate::gpu::buffer::{create_flat, fill, FlatParams, FLAT_USAGE};
+use crate::gpu::gradients::{control_buffer, GradOptions};
+use crate::gpu::groups::{Group, ParamGroup};
+use crate::gpu::kernel::{KernelRunner, KernelSpec, LowBinding, Specialization};
+use crate::gpu::low_precision::{LowFormat, LowPrecisionParams};
+use crate::gpu::shaders::kernel_source_for;
+use crate::optim::{AdamConfig, OptimizerConfig};
+
+/// How the state tensors are stored on the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StateFormat {
+    /// f32 (the default).
+    #[default]
+    F32,
+    /// bf16, packed two per u32: half the state memory and traffic; the arithmetic stays f32
+    /// and each value is rounded to bf16 when stored (Adam/AdamW only).
+    Bf16,
+}
+
+/// How f32 values are rounded when stored as bf16 (bf16 params, bf16 state).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Rounding {
+    /// To nearest, ties to even (the default).
+    #[default]
+    NearestEven,
+    /// Stochastically (unbiased in expectation; bf16 stores only).
+    Stochastic,
+}
+
+/// What the optimizer updates with which hyper-parameters.
+#[derive(Clone, Debug)]
+enum Source {
+    Config(OptimizerConfig),
+    Groups(Vec<ParamGroup>),
+}
+
+/// Builds a [`GpuOptimizer`] from freely combined options: one configuration or parameter
+/// groups, 16-bit params and gradients, bf16 state, the rounding of bf16 stores. A
+/// combination the kernels cannot run is refused by [`Self::build`] as
+/// [`Error::InvalidCombination`] naming it, before anything is allocated.
+///
+/// ```no_run
+/// # fn main() -> fused_optim::Result<()> {
+/// use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer, LowFormat,
+///     LowPrecisionParams, ParamGroup, Rounding, StateFormat};
+/// let ctx = GpuContext::new()?;
+/// let master = FlatParams::builder().lane_aligned()
+///     .slice("w", &[0.5; 1000]).slice("b", &[0.0; 10]).build(&ctx)?;
+/// let lp = LowPrecisionParams::from_master(&master, LowFormat::Bf16)?;
+/// let decayed = AdamConfig { weight_decay: 0.1, ..AdamConfig::adamw() };
+/// let mut opt = GpuOptimizer::builder(&master)
+///     .groups(&[
+///         ParamGroup { segments: vec!["w".into()], config: decayed.into() },
+///         ParamGroup { segments: vec!["b".into()], config: AdamConfig::adamw().into() },
+///     ])
+///     .low_precision(&lp)
+///     .state_format(StateFormat::Bf16)
+///     .rounding(Rounding::Stochastic)
+///     .build()?;
+/// lp.write_grads_bf16(&vec![half::bf16::from_f32(0.01); lp.len()])?;
+/// opt.step()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct GpuOptimizerBuilder<'a> {
+    params: &'a FlatParams,
+    source: Option<Source>,
+    low: Option<&'a LowPrecisionParams>,
+    state_format: StateFormat,
+    param_rounding: Rounding,
+    state_rounding: Rounding,
+}
+
+impl GpuOptimizer {
+    /// A builder over `params` (the f32 params, or the master weights of low-precision
+    /// params). Give it [`GpuOptimizerBuilder::config`] or [`GpuOptimizerBuilder::groups`].
+    pub fn builder(params: &FlatParams) -> GpuOptimizerBuilder<'_> {
+        GpuOptimizerBuilder {
+            params,
+            source: None,
+            low: None,
+            state_format: StateFormat::F32,
+            param_rounding: Rounding::NearestEven,
+            state_rounding: Rounding::NearestEven,
+        }
+    }
+
+    /// One configuration over all of `params`, f32 state: validates `config`, allocates and
+    /// initialises the state buffers, builds the pipeline and one bind group per binding
+    /// window. Shorthand for `GpuOptimizer::builder(params).config(config).build()`.
+    pub fn new(params: &FlatParams, config: impl Into<OptimizerConfig>) -> Result<Self> {
+        Self::builder(params).config(config).build()
+    }
+
+    /// An optimizer whose parameters are split into groups with their own hyper-parameters,
+    /// updated by one dispatch per step (see [`GpuOptimizerBuilder::groups`] for the rules).
+    /// Shorthand for `GpuOptimizer::builder(params).groups(groups).build()`.
+    ///
+    /// ```no_run
+    /// # fn main() -> fused_optim::Result<()> {
+    /// use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer, ParamGroup};
+    /// let ctx = GpuContext::new()?;
+    /// let params = FlatParams::builder().lane_aligned()
+    ///     .slice("w", &[0.5; 1000]).slice("b", &[0.0; 10]).build(&ctx)?;
+    /// let decayed = AdamConfig { weight_decay: 0.1, ..AdamConfig::adamw() };
+    /// let mut opt = GpuOptimizer::with_groups(&params, &[
+    ///     ParamGroup { segments: vec!["w".into()], config: decayed.into() },
+    ///     ParamGroup { segments: vec!["b".into()], config: AdamConfig { weight_decay: 0.0, ..decayed }.into() },
+    /// ])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_groups(params: &FlatParams, groups: &[ParamGroup]) -> Result<Self> {
+        Self::builder(params).groups(groups).build()
+    }
+
+    /// An optimizer over 16-bit params and gradients with f32 master weights and f32 state:
+    /// each step reads the f16/bf16 gradients, updates the masters and the state, and writes
+    /// the rounded 16-bit params (`stochastic_rounding`: bf16 only). The gradient pipeline
+    /// (unscaling, clipping, skipping non-finite steps) works on the 16-bit gradients too.
+    /// Shorthand for `GpuOptimizer::builder(params.master()).config(config)
+    /// .low_precision(params).rounding(..).build()`.
+    ///
+    /// ```no_run
+    /// # fn main() -> fused_optim::Result<()> {
+    /// use fused_optim::{AdamConfig, GpuContext, GpuOptimizer, LowFormat, LowPrecisionParams};
+    /// let ctx = GpuContext::new()?;
+    /// let lp = LowPrecisionParams::new(&ctx, &[0.5; 4096], LowFormat::Bf16)?;
+    /// let mut opt = GpuOptimizer::new_low_precision(&lp, AdamConfig::default(), true)?;
+    /// lp.write_grads_bf16(&[half::bf16::from_f32(0.01); 4096])?;
+    /// opt.step()?;
+    /// let bits = lp.read_param_bits()?; // the bf16 params the model uses next
+    /// # Ok(()) }
+    /// ```
+    pub fn new_low_precision(
+        params: &LowPrecisionParams,
+        config: impl Into<OptimizerConfig>,
+        stochastic_rounding: bool,
+    ) -> Result<Self> {
+        Self::builder(params.master())
+            .config(config)
+            .low_precision(params)
+            .rounding(rounding(stochastic_rounding))
+            .build()
+    }
+
+    /// Adam or AdamW with its state tensors (`exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`) kept
+    /// in bf16: half the state memory and traffic; the arithmetic stays f32 and each state
+    /// value is rounded to bf16 when stored (to nearest even, or stochastically). `low`: the
+    /// 16-bit params and gradients as well, with their own rounding (see
+    /// [`Self::new_low_precision`]), or f32 ones. Shorthand for the builder with
+    /// [`StateFormat::Bf16`] and [`GpuOptimizerBuilder::state_rounding`] /
+    /// [`GpuOptimizerBuilder::param_rounding`].
+    ///
+    /// ```no_run
+    /// # fn main() -> fused_optim::Result<()> {
+    /// use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer};
+    /// let ctx = GpuContext::new()?;
+    /// let params = FlatParams::from_slice(&ctx, &[0.5; 4096])?;
+    /// let mut opt = GpuOptimizer::with_bf16_state(&params, None, AdamConfig::adamw(), true)?;
+    /// params.write_grads(&[0.01; 4096])?;
+    /// opt.step()?;
+    /// let m = opt.read_state_f32("exp_avg")?; // bf16 values, widened to f32
+    /// # Ok(()) }
+    /// ```
+    pub fn with_bf16_state(
+        params: &FlatParams,
+        low: Option<(&LowPrecisionParams, bool)>,
+        config: AdamConfig,
+        stochastic_rounding: bool,
+    ) -> Result<Self> {
+        let mut b = Self::builder(params)
+            .config(config)
+            .state_format(StateFormat::Bf16)
+            .state_rounding(rounding(stochastic_rounding));
+        if let Some((lp, lp_stochastic)) = low {
+            b = b.low_precision(lp).param_rounding(rounding(lp_stochastic));
+        }
+        b.build()
+    }
+}
+
+fn rounding(stochastic: bool) -> Rounding {
+    if stochastic {
+        Rounding::Stochastic
+    } else {
+        Rounding::NearestEven
+    }
+}
+
+fn refuse(optimizer: &'static str, reason: &'static str) -> Error {
+    Error::InvalidCombination { optimizer, reason }
+}
+
+impl<'a> GpuOptimizerBuilder<'a> {
+    /// One configuration for every parameter (replaces groups given before).
+    pub fn config(mut self, config: impl Into<OptimizerConfig>) -> Self {
+        self.source = Some(Source::Config(config.into()));
+        self
+    }
+
+    /// Parameter groups (replaces a configuration given before): every segment must belong
+    /// to exactly one group, every group must use the same optimizer with the same structural
+    /// options, at most [`MAX_GROUPS`] groups, and each segment must start on a multiple of 4
+    /// elements (build the params with
+    /// [`FlatParamsBuilder::lane_aligned`](crate::FlatParamsBuilder::lane_aligned)). All
+    /// groups are updated by the same dispatch.
+    pub fn groups(mut self, groups: &[ParamGroup]) -> Self {
+        self.source = Some(Source::Groups(groups.to_vec()));
+        self
+    }
+
+    /// 16-bit params and gradients with the builder's params as their f32 master weights
+    /// (`low.master()` must be the builder's params): each step reads the 16-bit gradients
+    /// and writes the rounded 16-bit params.
+    pub fn low_precision(mut self, low: &'a LowPrecisionParams) -> Self {
+        self.low = Some(low);
+        self
+    }
+
+    /// How the state tensors are stored (default [`StateFormat::F32`]).
+    pub fn state_format(mut self, format: StateFormat) -> Self {
+        self.state_format = format;
+        self
+    }
+
+    /// The rounding of every bf16 store: bf16 params and bf16 state (default
+    /// [`Rounding::NearestEven`]). [`Rounding::Stochastic`] needs something stored in bf16.
+    pub fn rounding(mut self, rounding: Rounding) -> Self {
+        self.param_rounding = rounding;
+        self.state_rounding = rounding;
+        self
+    }
+
+    /// The rounding of the 16-bit params only ([`Rounding::Stochastic`]: bf16 params only).
+    pub fn param_rounding(mut self, rounding: Rounding) -> Self {
+        self.param_rounding = rounding;
+        self
+    }
+
+    /// The rounding of the bf16 state only ([`Rounding::Stochastic`]: bf16 state only).
+    pub fn state_rounding(mut self, rounding: Rounding) -> Self {
+        self.state_rounding = rounding;
+        self
+    }
+
+    /// Check the combination, allocate and initialise the state, build the kernel. Every
+    /// refusal happens before anything is allocated: [`Error::InvalidCombination`] for options
+    /// that do not go together, the groups' own errors ([`Error::GroupCount`],
+    /// [`Error::Segment`]), and the kernel's ([`Error::KernelDoesNotFit`], ...).
+    pub fn build(self) -> Result<GpuOptimizer> {
+        let params = self.params;
+        let source = self.source.as_ref().ok_or_else(|| {
+            refuse(
+                "GpuOptimizer builder",
+                "neither a config nor parameter groups were given",
+            )
+        })?;
+        let groups: Vec<ParamGroup> = match source {
+            Source::Config(c) => {
+                c.validate()?;
+                vec![ParamGroup {
+                    segments: Vec::new(),
+                    config: *c,
+                }]
+            }
+            Source::Groups(g) => {
+                groups::validate(g)?;
+                g.clone()
+            }
+        };
+        let config = groups[0].config;
+        let bf16_state = self.state_format == StateFormat::Bf16;
+        if bf16_state && !matches!(config, OptimizerConfig::Adam(_)) {
+            return Err(refuse(
+                config.name(),
+                "bf16 state (StateFormat::Bf16) is implemented for Adam/AdamW only",
+            ));
+        }
+        let bf16_params = self.low.is_some_and(|l| l.format() == LowFormat::Bf16);
+        if self.param_rounding == Rounding::Stochastic && !bf16_params {
+            if self.low.is_some() {
+                return Err(refuse(
+                    "low precision",
+                    "stochastic rounding is implemented for bf16 params only",
+                ));
+            }
+            if !bf16_state {
+                return Err(refuse(
+                    "GpuOptimizer builder",
+                    "stochastic rounding with nothing stored in bf16 (f32 params, f32 state)",
+                ));
+            }
+        }
+        if self.state_rounding == Rounding::Stochastic && !bf16_state && !bf16_params {
+            return Err(refuse(
+                "GpuOptimizer builder",
+                "stochastic rounding of the state needs StateFormat::Bf16",
+            ));
+        }
+        if let Some(lp) = self.low {
+            if lp.master().params_buffer() != params.params_buffer() {
+                return Err(refuse(
+                    "low precision",
+                    "`params` must be the master weights of the low-precision params",
+                ));
+            }
+        }
+        let explicit_groups = matches!(source, Source::Groups(_));
+        let lane_table = if explicit_groups {
+            Some(groups::lane_table(params, &groups)?)
+        } else {
+            None
+        };
+        // Past this point only allocation and the kernel build can fail.
+        let low = self.low.map(|lp| LowSetup {
+            code: lp.format().code(),
+            // Only bf16 params round stochastically (checked above).
+            stochastic: self.param_rounding == Rounding::Stochastic && bf16_params,
+            grads: lp.grads_buffer().clone(),
+            params: lp.params_buffer().clone(),
+        });
+        let state_stochastic = bf16_state && self.state_rounding == Rounding::Stochastic;
+        build(
+            params,
+            groups,
+            lane_table,
+            low,
+            bf16_state.then_some(state_stochastic),
+        )
+    }
+}
+
+/// Allocate the state, build the kernel over `groups` (validated), with the lane table
+/// (explicit groups), the 16-bit buffers and bf16 state (`Some(stochastic)`) as given.
+fn build(
+    params: &FlatParams,
+    groups: Vec<ParamGroup>,
+    lane_groups: Option<wgpu::Buffer>,
+    low: Option<LowSetup>,
+    bf16_state: Option<bool>,
+) -> Result<GpuOptimizer> {
+    let config = groups[0].config;
+    let ctx = params.context().clone();
+    let n = params.len();
+
+    let state_names = config.state_names();
+    let mut states = Vec::with_capacity(state_names.len());
+    for name in &state_names {
+        let buffer = match bf16_state {
+            None => {
+                let b = create_flat(&ctx, "fused-optim state", n)?;
+                fill(&ctx, &b, n, config.initial_state_value(name) as f32);
+                b
+            }
+            // Adam's states start at 0: a zeroed buffer is bf16 zeros too.
+            Some(_) => ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("fused-optim bf16 state"),
+                size: padded_len(n as u64) * 2,
+                usage: FLAT_USAGE,
+                mapped_at_creation: false,
+            }),
+        };
+        states.push(buffer);
+    }
+
+    // The kernel variant (lanes, native f16 where used and available, which bindings)
+    // follows from the device and the buffers given (KernelRunner::new).
+    let configs: Vec<OptimizerConfig> = groups.iter().map(|g| g.config).collect();
+    let (file, source, slots) = kernel_source_for(&config);
+    let control = control_buffer(&ctx, &GradOptions::default());
+    let bound: Vec<(&str, &wgpu::Buffer)> =
+        state_names.iter().copied().zip(states.iter()).collect();
+    let runner = KernelRunner::new(
+        params,
+        KernelSpec {
+            file,
+            source,
+            slots,
+            active: if bf16_state.is_some() {
+                Vec::new()
+            } else {
+                bound.clone()
+            },
+            constants: config.overrides(),
+            specialization: Specialization::of(&configs),
+            trusted: true,
+            control: &control,
+            lane_groups: lane_groups.as_ref(),
+            low: low.as_ref().map(|l| LowBinding {
+                format_code: l.code,
+                stochastic: l.stochastic,
+                grads: &l.grads,
+                params: &l.params,
+            }),
+            packed_states: bf16_state.map(|stochastic| (bound.clone(), stochastic)),
+        },
+    )?;
+
+    let native_f16 = runner.variant().uses_native_f16();
+    Ok(GpuOptimizer {
+        ctx,
+        params: params.clone(),
+        groups: groups
+            .into_iter()
+            .map(|g| Group {
+                host: g.config.initial_host_state(),
+                segments: g.segments,
+                config: g.config,
+            })
+            .collect(),
+        _lane_groups: lane_groups,
+        state_names,
+        states,
+        bf16_state: bf16_state.is_some(),
+        runner,
+        control,
+        grad_options: GradOptions::default(),
+        clipper: None,
+        device: None,
+        hyper_bytes: Vec::with_capacity(MAX_GROUPS * 48),
+        low,
+        native_f16,
+    })
+}

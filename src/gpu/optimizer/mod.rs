@@ -1,0 +1,112 @@
+//! `GpuOptimizer`: pipeline, bind groups and state buffers built once; `step` writes one
+//! small uniform and dispatches one kernel per binding window, in one submission.
+//!
+//! One job per module:
+//!
+//! | module | job |
+//! |---|---|
+//! | `builder` | [`GpuOptimizerBuilder`]: checks a combination of options, allocates the state, builds the kernel; the old constructors as thin wrappers |
+//! | `groups` | parameter groups: the lane-to-group table, each group's config and host scalars (stored once, in [`GpuOptimizer::groups`]) |
+//! | `step` | encoding a step, the train/eval switch |
+//! | `gradients` | the gradient pipeline: options, norm clipping, skipping, the device loss scaler and step counter |
+//! | `state` | state tensors on the device, and the [`Optimizer`](crate::Optimizer) trait |
+//! | `checkpoint` | saving and loading checkpoints |
+
+use super::buffer::FlatParams;
+use super::context::GpuContext;
+use super::device_step::DeviceSteps;
+use super::gradients::{GradOptions, NormClipper};
+use super::kernel::KernelRunner;
+
+mod builder;
+mod checkpoint;
+mod gradients;
+mod groups;
+mod state;
+mod step;
+
+pub(crate) use super::groups::Group;
+pub use super::groups::ParamGroup;
+pub use super::kernel::{MAX_GROUPS, UNIFORM_RING};
+pub use builder::{GpuOptimizerBuilder, Rounding, StateFormat};
+
+/// One optimizer running on the device over a [`FlatParams`]. Built with
+/// [`GpuOptimizer::builder`] (or the shorthands [`GpuOptimizer::new`],
+/// [`GpuOptimizer::with_groups`], [`GpuOptimizer::new_low_precision`],
+/// [`GpuOptimizer::with_bf16_state`]); controlled through the
+/// [`Optimizer`](crate::Optimizer) trait; stepped with [`GpuOptimizer::step`].
+///
+/// ```no_run
+/// # fn main() -> fused_optim::Result<()> {
+/// use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer};
+/// let ctx = GpuContext::new()?;
+/// let params = FlatParams::from_slice(&ctx, &[1.0, -2.0, 3.0])?;
+/// let mut adam = GpuOptimizer::new(&params, AdamConfig::default())?;
+/// params.write_grads(&[0.1, 0.2, -0.3])?;
+/// adam.step()?; // one uniform write + one dispatch, no read-back
+/// let p = params.read_params()?;
+/// # Ok(()) }
+/// ```
+pub struct GpuOptimizer {
+    ctx: GpuContext,
+    params: FlatParams,
+    /// Every parameter group, group 0 first (one, with no segments, without groups): its
+    /// config and host scalars. The one place they are kept.
+    groups: Vec<Group>,
+    /// The lane-to-group table (with explicit groups).
+    _lane_groups: Option<wgpu::Buffer>,
+    state_names: Vec<&'static str>,
+    states: Vec<wgpu::Buffer>,
+    /// State tensors stored as packed bf16.
+    bf16_state: bool,
+    runner: KernelRunner,
+    control: wgpu::Buffer,
+    grad_options: GradOptions,
+    clipper: Option<NormClipper>,
+    /// With `skip_nonfinite`: the step counter (and loss scaler) on the device. The groups'
+    /// `host.step` then counts the steps issued, and the true count is the device's.
+    device: Option<DeviceSteps>,
+    /// The step's uniform bytes (one StepUniform per group), reused every step.
+    hyper_bytes: Vec<u8>,
+    low: Option<LowSetup>,
+    /// f16 params converted with native f16 (`shader-f16`).
+    native_f16: bool,
+}
+
+/// The 16-bit buffers of a low-precision optimizer.
+struct LowSetup {
+    code: u32,
+    stochastic: bool,
+    grads: wgpu::Buffer,
+    params: wgpu::Buffer,
+}
+
+impl std::fmt::Debug for GpuOptimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuOptimizer")
+            .field("config", &self.groups[0].config)
+            .field("host", &self.groups[0].host)
+            .field("groups", &self.groups.len())
+            .field("len", &self.params.len())
+            .field("windows", &self.runner.windows())
+            .finish()
+    }
+}
+
+impl GpuOptimizer {
+    /// The parameters this optimizer updates.
+    pub fn params(&self) -> &FlatParams {
+        &self.params
+    }
+
+    /// Number of binding windows (dispatches per step).
+    pub fn windows(&self) -> usize {
+        self.runner.windows()
+    }
+
+    /// Whether this optimizer's kernel converts f16 params with native f16 (the device's
+    /// `shader-f16`) rather than `pack2x16float` (f16 low precision only).
+    pub fn uses_shader_f16(&self) -> bool {
+        self.native_f16
+    }
+}

@@ -1,0 +1,175 @@
+//! State tensors on the device (f32, or packed bf16), and the [`Optimizer`] trait: lr, step
+//! count, host scalars, state by name, gradient options, checkpoints.
+
+use std::path::Path;
+
+use super::GpuOptimizer;
+use crate::error::{Error, Result};
+use crate::gpu::buffer::{flat_bytes, read_bytes, read_f32};
+use crate::gpu::low_precision::LowFormat;
+use crate::grads::GradOptions;
+use crate::optim::{HostState, OptimizerConfig};
+use crate::optimizer::Optimizer;
+
+impl GpuOptimizer {
+    /// Read one state tensor back as the device keeps it: f32 (bf16 state widened to f32).
+    /// Waits for the device. [`Optimizer::read_state`] gives the same values as f64.
+    pub fn read_state_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let k = self.groups[0].config.state_index(name)?;
+        if self.bf16_state {
+            let n = self.params.len();
+            let bytes = read_bytes(&self.ctx, &self.states[k], 0, n.div_ceil(2) as u64 * 4)?;
+            let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&bytes);
+            return Ok(bits[..n]
+                .iter()
+                .map(|&b| LowFormat::Bf16.value(b))
+                .collect());
+        }
+        read_f32(&self.ctx, &self.states[k], 0, self.params.len())
+    }
+
+    /// Overwrite one state tensor with f32 values (rounded to bf16, nearest even, when the
+    /// state is bf16); takes effect at the next submission. On error nothing changes.
+    pub fn load_state_f32(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        let k = self.groups[0].config.state_index(name)?;
+        if values.len() != self.params.len() {
+            return Err(Error::LengthMismatch {
+                what: "state",
+                expected: self.params.len(),
+                got: values.len(),
+            });
+        }
+        if name == "momentum_buffer" {
+            let mut hosts = self.true_hosts()?;
+            for h in &mut hosts {
+                h.state_written = true;
+            }
+            if let Some(d) = &mut self.device {
+                d.reset(&hosts)?;
+            }
+            self.set_group_hosts(&hosts);
+        }
+        self.write_state(k, values);
+        Ok(())
+    }
+
+    /// The device buffer of one state tensor.
+    pub fn state_buffer(&self, name: &str) -> Result<&wgpu::Buffer> {
+        Ok(&self.states[self.groups[0].config.state_index(name)?])
+    }
+
+    /// Write state tensor `k` (rounded to bf16, nearest even, when the state is bf16).
+    pub(super) fn write_state(&self, k: usize, values: &[f32]) {
+        if self.bf16_state {
+            let mut bits: Vec<u16> = values.iter().map(|&v| LowFormat::Bf16.round(v)).collect();
+            bits.resize(values.len().next_multiple_of(2), 0);
+            self.ctx
+                .queue()
+                .write_buffer(&self.states[k], 0, bytemuck::cast_slice(&bits));
+        } else {
+            debug_assert!(self.states[k].size() >= flat_bytes(values.len()));
+            self.ctx
+                .queue()
+                .write_buffer(&self.states[k], 0, bytemuck::cast_slice(values));
+        }
+    }
+}
+
+/// The GPU side of the shared control surface. State reads and the last step's findings
+/// (`last_grad_norm`, `last_step_skipped`) read back from the device and wait; everything else
+/// is host-side. `set_lr` sets every parameter group's lr ([`GpuOptimizer::set_group_lr`]
+/// sets one); `config` and `host_state` are group 0's. With `skip_nonfinite` the step counter
+/// moves to the device (see [`GpuOptimizer::device_step_count`]); turning it off brings the
+/// count back (reads it). Norm clipping adds a two-pass reduction to every step's
+/// submission; its pipelines are built by `set_grad_options`, once.
+///
+/// ```no_run
+/// # fn main() -> fused_optim::Result<()> {
+/// use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer, GradOptions, Optimizer};
+/// let ctx = GpuContext::new()?;
+/// let params = FlatParams::from_slice(&ctx, &[0.5; 1000])?;
+/// let mut opt = GpuOptimizer::new(&params, AdamConfig::default())?;
+/// // clip_grad_norm_(max_norm=1.0), computed on the device inside each step.
+/// opt.set_grad_options(GradOptions { max_norm: Some(1.0), ..Default::default() })?;
+/// params.write_grads(&[3.0; 1000])?;
+/// opt.step()?;
+/// let norm = opt.last_grad_norm()?; // Some(94.87), read back only because we asked
+/// opt.check_finite_gradients()?;    // error_if_nonfinite, when wanted
+/// # Ok(()) }
+/// ```
+impl Optimizer for GpuOptimizer {
+    fn config(&self) -> &OptimizerConfig {
+        &self.groups[0].config
+    }
+
+    fn lr(&self) -> f64 {
+        self.groups[0].host.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) -> Result<()> {
+        self.groups[0].config.validate_lr(lr)?;
+        for g in &mut self.groups {
+            g.host.lr = lr;
+        }
+        Ok(())
+    }
+
+    fn step_count(&self) -> u64 {
+        match &self.device {
+            Some(d) => d.step_upper_bound(),
+            None => self.groups[0].host.step,
+        }
+    }
+
+    fn host_state(&self) -> HostState {
+        match &self.device {
+            Some(d) => d.hosts_at(&self.groups[..1], self.step_count())[0],
+            None => self.groups[0].host,
+        }
+    }
+
+    fn state_names(&self) -> Vec<&'static str> {
+        self.state_names.clone()
+    }
+
+    fn read_state(&self, name: &str) -> Result<Vec<f64>> {
+        Ok(self
+            .read_state_f32(name)?
+            .into_iter()
+            .map(f64::from)
+            .collect())
+    }
+
+    fn load_state(&mut self, name: &str, values: &[f64]) -> Result<()> {
+        let rounded: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+        self.load_state_f32(name, &rounded)
+    }
+
+    fn set_grad_options(&mut self, options: GradOptions) -> Result<()> {
+        self.apply_grad_options(options)
+    }
+
+    fn grad_options(&self) -> GradOptions {
+        self.grad_options
+    }
+
+    fn last_grad_norm(&self) -> Result<Option<f64>> {
+        self.read_grad_norm()
+    }
+
+    fn last_step_skipped(&self) -> Result<bool> {
+        self.read_step_skipped()
+    }
+
+    fn is_training(&self) -> bool {
+        self.groups[0].config.is_training(&self.groups[0].host)
+    }
+
+    fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        self.save(path)
+    }
+
+    fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
+        self.load(path)
+    }
+}

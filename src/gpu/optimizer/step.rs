@@ -1,0 +1,90 @@
+//! Stepping: one uniform write and one compute pass per step, one submission; the
+//! Schedule-Free train/eval switch (one kernel pass over the params).
+
+use super::GpuOptimizer;
+use crate::error::{Error, Result};
+use crate::grads::GradOptions;
+
+impl GpuOptimizer {
+    /// One optimizer step on the gradients currently in the grads buffer: one uniform write,
+    /// one compute pass, one submission. Nothing is read back and nothing is waited for.
+    pub fn step(&mut self) -> Result<()> {
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("fused-optim step"),
+                });
+        self.encode_step(&mut encoder)?;
+        self.ctx.queue().submit([encoder.finish()]);
+        Ok(())
+    }
+
+    /// Record one step into the caller's encoder (the caller submits). Up to
+    /// [`UNIFORM_RING`](super::UNIFORM_RING) steps may be recorded before one submission.
+    /// Fails only if the device step counter (with `skip_nonfinite`) had to be read and the
+    /// read failed.
+    pub fn encode_step(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        let first = &self.groups[0];
+        first.config.check_step(&first.host)?;
+        if let Some(device) = &mut self.device {
+            device.prepare(&self.groups)?;
+        }
+        if let Some(clipper) = &self.clipper {
+            clipper.encode(encoder);
+        }
+        let slot = self.groups[0].host.step;
+        self.hyper_bytes.clear();
+        for group in &mut self.groups {
+            let hyper = group.config.begin_step(&mut group.host);
+            match &self.device {
+                Some(d) => d.host_words(&hyper, group.host.lr, &mut self.hyper_bytes),
+                None => self.hyper_bytes.extend_from_slice(hyper.as_bytes()),
+            }
+        }
+        if let Some(device) = &self.device {
+            device.encode_resolve(encoder, self.runner.slot_offset(slot));
+        }
+        self.runner.encode(encoder, slot, &self.hyper_bytes);
+        if let Some(device) = &self.device {
+            device.encode_update_scale(encoder);
+        }
+        for group in &mut self.groups {
+            group.config.end_step(&mut group.host);
+        }
+        Ok(())
+    }
+
+    /// Switch an algorithm with train/eval modes (Schedule-Free) to training (`true`: the
+    /// params hold y) or evaluation mode (`false`: the params hold x): one kernel pass over
+    /// the params, submitted now, when a switch is needed. [`Error::Unsupported`] for
+    /// algorithms without modes; nothing changes then. (Inherent, not in
+    /// [`Optimizer`](crate::Optimizer), as on the CPU paths, where it takes the params.)
+    pub fn set_train_mode(&mut self, train: bool) -> Result<()> {
+        let mut hosts = self.group_hosts();
+        let mut bytes = Vec::new();
+        let mut passes = 0;
+        for (group, host) in self.groups.iter().zip(&mut hosts) {
+            if let Some(u) = group.config.mode_switch(host, train)? {
+                bytes.extend_from_slice(u.as_bytes());
+                passes += 1;
+            }
+        }
+        if passes != 0 && passes != self.groups.len() {
+            return Err(Error::WrongMode {
+                optimizer: self.groups[0].config.name(),
+                reason: "the parameter groups are in different modes",
+            });
+        }
+        if passes > 0 {
+            // The switch reads no gradient: the plain pipeline, whatever the gradient
+            // options (a skipped step's flag must not skip the switch).
+            let grad_pipeline = self.grad_options != GradOptions::default();
+            self.runner.set_grad_pipeline(false)?;
+            self.runner.submit(self.groups[0].host.step, &bytes);
+            self.runner.set_grad_pipeline(grad_pipeline)?;
+        }
+        self.set_group_hosts(&hosts);
+        Ok(())
+    }
+}
