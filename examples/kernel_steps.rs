@@ -11,10 +11,16 @@
 //! ```text
 //! cargo run --release --example kernel_steps -- adam kernel 12 65539
 //! cargo run --release --example kernel_steps -- adam roof 12 65539
+//! cargo run --release --example kernel_steps -- --cpu adam kernel 12 65539
 //! ```
+//! `--cpu` runs the fast CPU path (`CpuOptimizer::step`) or its roof (`roofline::cpu_roof`)
+//! instead, on host vectors laid out as the throughput example lays them out, without
+//! creating a device. Count it with `RAYON_NUM_THREADS=1`: with more threads, idle workers'
+//! spinning adds a count that varies from run to run.
 
 use clap::{Parser, ValueEnum};
-use fused_optim::roofline::{benchmark_suite, GpuRoof};
+use fused_optim::cpu::staggered::StaggeredVec;
+use fused_optim::roofline::{benchmark_suite, cpu_roof, GpuRoof};
 use fused_optim::*;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -37,6 +43,9 @@ struct Args {
     /// Elements.
     #[arg(default_value_t = 65_539)]
     n: usize,
+    /// The fast CPU path (or its roof) instead of the GPU kernel.
+    #[arg(long)]
+    cpu: bool,
 }
 
 fn main() -> Result<()> {
@@ -49,14 +58,17 @@ fn main() -> Result<()> {
         eprintln!("unknown optimizer {}; one of {names:?}", args.optimizer);
         std::process::exit(2);
     };
-    let ctx = GpuContext::new()?;
-    eprintln!("adapter: {}", ctx.describe());
     // Seeded values in [-0.5, 0.5): the arithmetic sees ordinary numbers, not zeros.
     let values = |seed: usize| -> Vec<f32> {
         (0..args.n)
             .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 * 1e-3 - 0.5)
             .collect()
     };
+    if args.cpu {
+        return cpu_steps(&args, config, values(1), values(2));
+    }
+    let ctx = GpuContext::new()?;
+    eprintln!("adapter: {}", ctx.describe());
     let params = FlatParams::from_slice(&ctx, &values(1))?;
     params.write_grads(&values(2))?;
     let mut step: Box<dyn FnMut() -> Result<()>> = match args.which {
@@ -78,5 +90,31 @@ fn main() -> Result<()> {
         step()?;
     }
     ctx.wait()?;
+    Ok(())
+}
+
+/// `--cpu`: the fast CPU path or its roof, one warm-up step then `args.steps`.
+fn cpu_steps(args: &Args, config: OptimizerConfig, p0: Vec<f32>, g: Vec<f32>) -> Result<()> {
+    // The throughput example's layout: params at stagger slot 0, grads at 4, states 1-3.
+    let mut p = StaggeredVec::from_slice(&p0, 0);
+    let g = StaggeredVec::from_slice(&g, 4);
+    let mut step: Box<dyn FnMut() -> Result<()>> = match args.which {
+        Which::Kernel => {
+            let mut opt = CpuOptimizer::new(config, args.n)?;
+            Box::new(move || opt.step(&mut p, &g))
+        }
+        Which::Roof => {
+            let mut states: Vec<StaggeredVec> = (0..config.state_names().len())
+                .map(|k| StaggeredVec::filled(args.n, 0.0, k + 1))
+                .collect();
+            Box::new(move || {
+                cpu_roof(&mut p, &g, &mut states);
+                Ok(())
+            })
+        }
+    };
+    for _ in 0..=args.steps {
+        step()?;
+    }
     Ok(())
 }

@@ -358,6 +358,11 @@ impl Algorithm for ScheduleFreeConfig {
     }
 }
 
+/// The step's loop. On the first step z starts as a copy of the params (the kernel's
+/// `z0 = p0`): copied into z before the loop rather than selected per element, so that the
+/// loop reads z unconditionally and vectorises like the Adam loops (a per-element
+/// `if first { p[i] } else { z[i] }`, a conditional load, kept it from vectorising: 29
+/// instructions per element for AdamW against 3.4, `BENCHMARKS.md`).
 #[inline(always)]
 fn schedule_free_loop<const L2: bool, const DECAY: bool>(
     h: &ScheduleFreeUniform,
@@ -372,21 +377,27 @@ fn schedule_free_loop<const L2: bool, const DECAY: bool>(
     match s {
         [z, v] if adaptive => {
             let (z, v) = (&mut z[..n], &mut v[..n]);
+            if first {
+                z.copy_from_slice(p);
+            }
             for i in 0..n {
-                let z0 = if first { p[i] } else { z[i] };
                 let vi = h.beta2 * v[i] + h.one_minus_beta2 * g[i] * g[i];
                 v[i] = vi;
                 let d = g[i] / ((vi * h.inv_bc2).sqrt() + h.eps);
                 let d = grad_term::<L2>(d, p[i], 1.0, h.weight_decay);
+                let z0 = z[i];
                 z[i] = z0 - h.lr * d;
                 p[i] = p[i] + h.ckp1 * (z0 - p[i]) + h.y_step * d;
             }
         }
         [z, ..] => {
             let z = &mut z[..n];
+            if first {
+                z.copy_from_slice(p);
+            }
             for i in 0..n {
-                let z0 = if first { p[i] } else { z[i] };
                 let d = grad_term::<L2>(g[i], p[i], 1.0, h.weight_decay);
+                let z0 = z[i];
                 z[i] = z0 - h.lr * d;
                 p[i] = p[i] + h.ckp1 * (z0 - p[i]) + h.y_step * d;
             }
