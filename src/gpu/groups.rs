@@ -1,5 +1,5 @@
 //! Parameter groups as the caller gives them ([`ParamGroup`]) and as an optimizer keeps them
-//! ([`Group`]): plain data, shared by the optimizer and the device step counter.
+//! (`Group`): plain data, shared by the optimizer and the device step counter.
 
 use crate::optim::{HostState, OptimizerConfig};
 
