@@ -199,6 +199,17 @@ pub enum Error {
         /// Which argument.
         what: &'static str,
     },
+    /// More elements than the kernels can index (u32 lane indices: at most 2^34 elements per
+    /// flat buffer, `dispatch::MAX_ELEMENTS`); refused before anything is allocated.
+    #[error("{what}: {len} elements, more than the kernels can index ({limit})")]
+    TooManyElements {
+        /// Which buffer.
+        what: &'static str,
+        /// Elements asked for.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// A kernel launch option outside its valid range (`KernelTuning`).
     #[error("kernel launch option {name} = {value}: {requirement}")]
     InvalidLaunchOption {

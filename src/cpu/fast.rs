@@ -16,7 +16,20 @@ use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig};
 use crate::optimizer::Optimizer;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
-const CHUNK: usize = 1 << 15;
+pub const CHUNK: usize = 1 << 15;
+
+/// How many chunks the fast path splits `len` elements into (rayon's `par_chunks(CHUNK)`).
+/// Pure usize arithmetic: lengths past 2^32 split correctly on 64-bit targets.
+pub fn chunk_count(len: usize) -> usize {
+    len.div_ceil(CHUNK)
+}
+
+/// The elements of chunk `i` of `len` (`i < chunk_count(len)`): every chunk but the last holds
+/// `CHUNK` elements.
+pub fn chunk_range(len: usize, i: usize) -> std::ops::Range<usize> {
+    let start = i * CHUNK;
+    start..len.min(start + CHUNK)
+}
 
 /// Multi-threaded f32 optimizer over host slices. Same API shape as
 /// [`GpuOptimizer`](crate::GpuOptimizer); state is kept inside. The control surface
@@ -508,6 +521,30 @@ fn roof_chunk(scale: f32, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
                 b[i] += g[i];
                 c[i] += g[i];
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `chunk_count` / `chunk_range` describe the split `par_chunks` makes.
+    #[test]
+    fn chunk_helpers_match_rayon() {
+        for len in [1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5] {
+            let v = vec![0u8; len];
+            let got: Vec<(usize, usize)> = v
+                .par_chunks(CHUNK)
+                .map(|c| (c.as_ptr() as usize - v.as_ptr() as usize, c.len()))
+                .collect();
+            let want: Vec<(usize, usize)> = (0..chunk_count(len))
+                .map(|i| {
+                    let r = chunk_range(len, i);
+                    (r.start, r.len())
+                })
+                .collect();
+            assert_eq!(got, want, "len {len}");
         }
     }
 }

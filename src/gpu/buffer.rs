@@ -23,6 +23,7 @@ pub(crate) fn create_flat(
     label: &'static str,
     len: usize,
 ) -> Result<wgpu::Buffer> {
+    crate::dispatch::check_elements(label, len as u64)?;
     let bytes = flat_bytes(len);
     let limit = ctx.device().limits().max_buffer_size;
     if bytes > limit {
@@ -197,6 +198,33 @@ pub struct FlatParams {
     segments: Vec<Segment>,
 }
 
+/// Where the builder starts a segment after `end` elements: `end`, or the next multiple of 4
+/// (one vec4 lane) when lane-aligned. In usize: past 2^32 on 64-bit targets.
+pub fn segment_start(end: usize, lane_aligned: bool) -> usize {
+    if lane_aligned {
+        end.next_multiple_of(4)
+    } else {
+        end
+    }
+}
+
+/// The offsets [`FlatParamsBuilder`] gives segments of `lens` elements, and the total length
+/// (padding included); `None` when the total overflows usize. Pure: nothing is allocated.
+pub fn segment_offsets(lens: &[usize], lane_aligned: bool) -> Option<(Vec<usize>, usize)> {
+    let mut end = 0usize;
+    let mut offsets = Vec::with_capacity(lens.len());
+    for &len in lens {
+        let start = if lane_aligned {
+            end.checked_next_multiple_of(4)?
+        } else {
+            end
+        };
+        offsets.push(start);
+        end = start.checked_add(len)?;
+    }
+    Some((offsets, end))
+}
+
 /// Collects named tensors, then uploads them as one [`FlatParams`].
 #[derive(Clone, Debug, Default)]
 pub struct FlatParamsBuilder {
@@ -232,10 +260,8 @@ impl FlatParamsBuilder {
     }
 
     fn push(&mut self, name: &str, shape: Vec<usize>, values: impl Iterator<Item = f32>) {
-        if self.lane_aligned {
-            self.data.resize(self.data.len().next_multiple_of(4), 0.0);
-        }
-        let offset = self.data.len();
+        let offset = segment_start(self.data.len(), self.lane_aligned);
+        self.data.resize(offset, 0.0);
         self.data.extend(values);
         self.segments.push(Segment {
             name: name.to_string(),
@@ -322,6 +348,7 @@ impl FlatParams {
                 what: "parameter set",
             });
         }
+        crate::dispatch::check_elements("params buffer", len as u64)?;
         let needed = flat_bytes(len);
         for (what, b) in [("params buffer", &params), ("grads buffer", &grads)] {
             require_usage(b, what, wgpu::BufferUsages::STORAGE, "STORAGE")?;

@@ -12,7 +12,7 @@
 use std::num::NonZeroU64;
 
 use super::buffer::FlatParams;
-use crate::dispatch::{grid, padded_len, windows};
+use crate::dispatch::{grid, padded_len, window_header, windows};
 use crate::error::{Error, Result};
 
 const NORM: &str = include_str!("../../shaders/norm.wgsl");
@@ -136,12 +136,14 @@ impl NormClipper {
         let mut first = 0u64;
         let mut launches = Vec::new();
         for (k, w) in wins.iter().enumerate() {
+            // Workgroup counts are at most the lanes (< 2^32, `window_header`).
+            let [n, first_lane, _, _] = window_header(w)?;
             let info: [u32; 8] = [
-                w.len as u32,
+                n,
                 first as u32,
                 groups[k] as u32,
                 total as u32,
-                (w.start / 4) as u32,
+                first_lane,
                 0,
                 0,
                 0,

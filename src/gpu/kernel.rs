@@ -9,7 +9,7 @@ use super::context::GpuContext;
 use super::shaders::{
     assemble_with, check_fits, required_bindings, BindingKind, BindingRole, LowPrecision, Variant,
 };
-use crate::dispatch::{grid, padded_len, windows, Window};
+use crate::dispatch::{grid, padded_len, window_header, windows, Window};
 use crate::error::{Error, Result};
 use crate::grads::GradControl;
 use crate::optim::{OptimizerConfig, MAX_UNIFORM_BYTES};
@@ -230,7 +230,7 @@ impl KernelRunner {
         let mut launches = Vec::with_capacity(wins.len());
         for (w_index, w) in wins.iter().enumerate() {
             let window_offset = window_stride * w_index as u64;
-            let header: [u32; 4] = [w.len as u32, (w.start / 4) as u32, 0, 0];
+            let header = window_header(w)?;
             ctx.queue()
                 .write_buffer(&window_buffer, window_offset, bytemuck::cast_slice(&header));
             let mut entries = Vec::with_capacity(bindings.len());

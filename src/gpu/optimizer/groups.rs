@@ -39,6 +39,21 @@ pub(super) fn validate(groups: &[ParamGroup]) -> Result<()> {
 /// starting on a vec4 lane; padding lanes follow the segment before them.
 pub(super) fn lane_table(params: &FlatParams, groups: &[ParamGroup]) -> Result<wgpu::Buffer> {
     let lanes = crate::dispatch::padded_len(params.len() as u64) as usize / 4;
+    // The table is bound whole: refuse one past the device's binding limit before building it
+    // (a bind group over it would be a validation error).
+    let bytes = crate::dispatch::lane_table_bytes(params.len() as u64);
+    let limit = params
+        .context()
+        .device()
+        .limits()
+        .max_storage_buffer_binding_size;
+    if bytes > limit {
+        return Err(Error::BufferTooLarge {
+            what: "lane-group table (bound whole)",
+            bytes,
+            limit,
+        });
+    }
     let mut lane_group = vec![u32::MAX; lanes];
     for (k, g) in groups.iter().enumerate() {
         for name in &g.segments {
@@ -81,7 +96,7 @@ pub(super) fn lane_table(params: &FlatParams, groups: &[ParamGroup]) -> Result<w
     let ctx = params.context();
     let table = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("fused-optim lane groups"),
-        size: (lanes as u64 * 4).max(16),
+        size: bytes,
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
