@@ -47,7 +47,7 @@ pub fn window_header(w: &Window) -> Result<[u32; 4]> {
         len: w.start + w.len,
         limit: MAX_ELEMENTS,
     };
-    if w.start % 4 != 0 || end_lane > 1 << 32 {
+    if !w.start.is_multiple_of(4) || end_lane > 1 << 32 {
         return Err(too_many());
     }
     let n = u32::try_from(w.len)
