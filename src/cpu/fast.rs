@@ -47,13 +47,15 @@ impl CpuOptimizer {
         }
         let names = config.state_names();
         // Slots 1, 2, 3: params and grads usually sit at slot 0 (see `StaggeredVec`).
+        // Fallible allocation: a state that cannot be allocated is Error::OutOfMemory, not
+        // an abort.
         let states = names
             .iter()
             .enumerate()
             .map(|(k, name)| {
-                StaggeredVec::filled(n, config.initial_state_value(name) as f32, k + 1)
+                StaggeredVec::try_filled(n, config.initial_state_value(name) as f32, k + 1)
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             host: config.initial_host_state(),
             config,

@@ -32,13 +32,16 @@ pub(crate) fn create_flat(
             limit,
         });
     }
-    // wgpu zero-initialises new buffers.
-    Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: bytes,
-        usage: FLAT_USAGE,
-        mapped_at_creation: false,
-    }))
+    // wgpu zero-initialises new buffers. Inside error scopes: an allocation the device
+    // cannot back is an out-of-memory error, which the default handler would panic on.
+    ctx.scoped(label, || {
+        Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: FLAT_USAGE,
+            mapped_at_creation: false,
+        }))
+    })
 }
 
 /// Fill elements `[0, len)` of `buffer` with `value` (through the queue; visible to the next
@@ -78,6 +81,7 @@ pub fn read_bytes(
     offset: u64,
     len: u64,
 ) -> Result<Vec<u8>> {
+    ctx.check_alive("read-back")?;
     if len == 0 {
         return Ok(Vec::new());
     }
@@ -90,6 +94,10 @@ pub fn read_bytes(
     let bytes = len;
     let start_byte = offset;
     // Mappable memory cannot be a storage buffer, so the data goes through a staging copy.
+    // In error scopes: an allocation failure, or a device destroyed by another thread since
+    // the check (its new buffers are invalid and mapping one fails validation), is a typed
+    // error rather than a panic of the default handler.
+    let scopes = ctx.scopes();
     let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("fused-optim read-back"),
         size: bytes,
@@ -107,7 +115,9 @@ pub fn read_bytes(
     staging.map_async(wgpu::MapMode::Read, .., move |r| {
         sender.send(r).ok();
     });
+    scopes.finish("read-back")?;
     ctx.wait()?;
+    ctx.check_alive("buffer map")?;
     match pollster::block_on(receiver.receive()) {
         Some(Ok(())) => {}
         Some(Err(e)) => {
@@ -322,6 +332,7 @@ impl FlatParams {
                 what: "parameter set",
             });
         }
+        ctx.check_alive("FlatParams::from_buffers")?;
         let needed = flat_bytes(len);
         for (what, b) in [("params buffer", &params), ("grads buffer", &grads)] {
             require_usage(b, what, wgpu::BufferUsages::STORAGE, "STORAGE")?;
@@ -389,6 +400,7 @@ impl FlatParams {
 
     /// Overwrite all parameters (takes effect at the next submission).
     pub fn write_params(&self, values: &[f32]) -> Result<()> {
+        self.ctx.check_alive("write_params")?;
         check_len("params", self.len, values.len())?;
         require_usage(
             &self.params,
@@ -404,6 +416,7 @@ impl FlatParams {
 
     /// Overwrite all gradients (takes effect at the next submission).
     pub fn write_grads(&self, values: &[f32]) -> Result<()> {
+        self.ctx.check_alive("write_grads")?;
         check_len("grads", self.len, values.len())?;
         require_usage(
             &self.grads,
@@ -419,6 +432,7 @@ impl FlatParams {
 
     /// Overwrite the gradient of one segment.
     pub fn write_segment_grads(&self, name: &str, values: &[f32]) -> Result<()> {
+        self.ctx.check_alive("write_segment_grads")?;
         let s = self.segment(name)?;
         check_len("segment grads", s.len(), values.len())?;
         require_usage(
