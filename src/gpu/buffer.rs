@@ -13,8 +13,10 @@ pub(crate) const FLAT_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_DST);
 
 /// Bytes a flat buffer of `len` f32 elements occupies (whole vec4 lanes).
+/// Saturates at `u64::MAX` (refused by every size check) instead of wrapping: an `n` near
+/// `usize::MAX / 4` once wrapped to a tiny buffer.
 pub fn flat_bytes(len: usize) -> u64 {
-    padded_len(len as u64) * 4
+    padded_len(len as u64).saturating_mul(4)
 }
 
 /// A zero-filled flat f32 buffer of `len` elements (padded to whole vec4 lanes).
