@@ -115,8 +115,8 @@ fn concurrent_builds_from_two_threads() {
             let ctx = ctx.clone();
             std::thread::spawn(move || {
                 for k in 0..4 {
-                    let params = FlatParams::from_slice(&ctx, &vec![0.5; 1000 + t * 10 + k])
-                        .unwrap();
+                    let params =
+                        FlatParams::from_slice(&ctx, &vec![0.5; 1000 + t * 10 + k]).unwrap();
                     let mut opt = GpuOptimizer::new(&params, AdamConfig::default()).unwrap();
                     params.write_grads(&vec![1.0; params.len()]).unwrap();
                     opt.step().unwrap();
@@ -184,10 +184,17 @@ fn concurrent_checkpoint_save_killed_with_sigkill_leaves_the_previous_file_intac
     let mut stats = Vec::new();
     // Kill after 0..=2 completed saves plus a delay that moves the kill around the next
     // step and save (200-350 ms together for 64 MiB here): 20 kills.
-    let plan: Vec<(u64, u64)> = (0..20u64).map(|k| (k % 3, (k * 79_193) % 350_000)).collect();
+    let plan: Vec<(u64, u64)> = (0..20u64)
+        .map(|k| (k % 3, (k * 79_193) % 350_000))
+        .collect();
     for (round, (saves, delay_us)) in plan.into_iter().enumerate() {
         let mut child = Command::new(&exe)
-            .args(["--exact", "concurrent_checkpoint_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "concurrent_checkpoint_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -236,19 +243,32 @@ fn concurrent_checkpoint_save_killed_with_sigkill_leaves_the_previous_file_intac
                 "round {round}: {name}"
             );
         }
-        stats.push((saves, delay_us, state.host.step, good.len() - 1, partial.len()));
+        stats.push((
+            saves,
+            delay_us,
+            state.host.step,
+            good.len() - 1,
+            partial.len(),
+        ));
         last_step = state.host.step;
     }
     eprintln!("(saves seen, extra delay us, step in file, complete temp files, partial temp files; cumulative): {stats:?}");
     assert!(last_step > 0);
     // The next successful save removes the temporary files of the killed writers.
     let left = scan(&dir);
-    eprintln!("temp files left before a clean save: {}", left.0.len() + left.1.len() - 1);
+    eprintln!(
+        "temp files left before a clean save: {}",
+        left.0.len() + left.1.len() - 1
+    );
     CpuOptimizer::new(AdamConfig::default(), 16)
         .unwrap()
         .save_checkpoint(&path)
         .unwrap();
     let (good, partial) = scan(&dir);
-    assert_eq!((good, partial), (vec![path.clone()], vec![]), "stale temp files removed");
+    assert_eq!(
+        (good, partial),
+        (vec![path.clone()], vec![]),
+        "stale temp files removed"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

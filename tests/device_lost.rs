@@ -78,7 +78,10 @@ fn uninterrupted(ctx: &GpuContext, p0: &[f32], g: &[Vec<f32>]) -> (Vec<f32>, Vec
         params.write_grads(gk).unwrap();
         opt.step().unwrap();
     }
-    (params.read_params().unwrap(), opt.read_state_f32("exp_avg").unwrap())
+    (
+        params.read_params().unwrap(),
+        opt.read_state_f32("exp_avg").unwrap(),
+    )
 }
 
 #[test]
@@ -131,7 +134,9 @@ fn device_lost_every_call_is_a_typed_error_and_the_checkpoint_resumes_bit_identi
     let o = opt.clone();
     expect_lost(
         "read_state",
-        timed("read_state", move || o.lock().unwrap().read_state("exp_avg")),
+        timed("read_state", move || {
+            o.lock().unwrap().read_state("exp_avg")
+        }),
     );
     let o = opt.clone();
     expect_lost(
@@ -141,7 +146,10 @@ fn device_lost_every_call_is_a_typed_error_and_the_checkpoint_resumes_bit_identi
         }),
     );
     let p2 = p.clone();
-    expect_lost("read_params", timed("read_params", move || p2.read_params()));
+    expect_lost(
+        "read_params",
+        timed("read_params", move || p2.read_params()),
+    );
     let (p2, gk) = (p.clone(), g[3].clone());
     expect_lost(
         "write_grads",
@@ -201,7 +209,9 @@ fn device_lost_every_call_is_a_typed_error_and_the_checkpoint_resumes_bit_identi
     let p2 = p.clone();
     expect_lost(
         "new optimizer on the dead context",
-        timed("GpuOptimizer::new", move || GpuOptimizer::new(&p2, config())),
+        timed("GpuOptimizer::new", move || {
+            GpuOptimizer::new(&p2, config())
+        }),
     );
     let p2 = p.clone();
     expect_lost(
@@ -231,7 +241,10 @@ fn device_lost_every_call_is_a_typed_error_and_the_checkpoint_resumes_bit_identi
     expect_lost("wait", timed("wait", move || c2.wait()));
     // Errors keep coming (the loss is remembered), and dropping everything does not panic.
     let o = opt.clone();
-    expect_lost("step again", timed("step", move || o.lock().unwrap().step()));
+    expect_lost(
+        "step again",
+        timed("step", move || o.lock().unwrap().step()),
+    );
     timed("drop", move || {
         drop(opt);
         drop(params);
@@ -261,7 +274,11 @@ fn device_lost_every_call_is_a_typed_error_and_the_checkpoint_resumes_bit_identi
     let got_m = resumed.read_state_f32("exp_avg").unwrap();
     let (want_p, want_m) = uninterrupted(&ctx2, &p0, &g);
     assert_eq!(bits(&got_p), bits(&want_p), "params after the resumed step");
-    assert_eq!(bits(&got_m), bits(&want_m), "exp_avg after the resumed step");
+    assert_eq!(
+        bits(&got_m),
+        bits(&want_m),
+        "exp_avg after the resumed step"
+    );
 
     // Host side: the CPU optimizer and the caller's vectors carry on as if nothing happened.
     cpu.step(&mut cpu_params, &g[3]).unwrap();
@@ -296,9 +313,17 @@ fn device_lost_with_work_in_flight_is_reported_after_the_queue_drains() {
         let waited = opt.params().context().wait();
         let after = opt.step();
         let read = opt.params().read_params();
-        (early, format!("{waited:?}"), after.map(|_| ()), read.map(|_| ()))
+        (
+            early,
+            format!("{waited:?}"),
+            after.map(|_| ()),
+            read.map(|_| ()),
+        )
     });
-    eprintln!("steps right after destroy (Ok?): {:?}; wait: {}", outcome.0, outcome.1);
+    eprintln!(
+        "steps right after destroy (Ok?): {:?}; wait: {}",
+        outcome.0, outcome.1
+    );
     expect_lost("step after wait", outcome.2);
     expect_lost("read_params after wait", outcome.3);
 }
@@ -319,7 +344,7 @@ fn device_lost_while_another_thread_steps() {
                     Ok(()) => steps += 1,
                     Err(e) => return (steps, e),
                 }
-                if steps % (1 + round % 4) == 0 {
+                if steps.is_multiple_of(1 + round % 4) {
                     if let Err(e) = opt.read_state_f32("exp_avg") {
                         return (steps, e);
                     }

@@ -63,7 +63,11 @@ fn small_run_matches(ctx: &GpuContext, n: usize) {
         params.read_params().unwrap()
     };
     let want = run(&gpu().unwrap());
-    assert_eq!(bits(&run(ctx)), bits(&want), "the context still steps correctly");
+    assert_eq!(
+        bits(&run(ctx)),
+        bits(&want),
+        "the context still steps correctly"
+    );
 }
 
 #[test]
@@ -72,13 +76,20 @@ fn oom_flat_params_past_max_buffer_size_is_refused_and_the_context_still_works()
     let limit = ctx.device().limits().max_buffer_size;
     let n = (limit / 4 + 1) as usize;
     match FlatParams::zeros(&ctx, n) {
-        Err(Error::BufferTooLarge { bytes, limit: l, .. }) => {
+        Err(Error::BufferTooLarge {
+            bytes, limit: l, ..
+        }) => {
             assert!(bytes > l && l == limit);
         }
         other => panic!("expected BufferTooLarge, got {other:?}"),
     }
     // A length whose byte count overflowed u64 once wrapped to a tiny buffer.
-    for n in [usize::MAX / 4, usize::MAX / 4 + 1, usize::MAX - 2, usize::MAX] {
+    for n in [
+        usize::MAX / 4,
+        usize::MAX / 4 + 1,
+        usize::MAX - 2,
+        usize::MAX,
+    ] {
         assert!(
             matches!(
                 FlatParams::zeros(&ctx, n),
@@ -131,7 +142,10 @@ fn oom_device_limits_are_refused_with_typed_errors() {
     params.write_grads(&vec![0.5; n]).unwrap();
     opt.step().unwrap();
     let p = params.read_params().unwrap();
-    assert!(p.iter().all(|&x| x == p[0] && x < 0.0), "every window stepped");
+    assert!(
+        p.iter().all(|&x| x == p[0] && x < 0.0),
+        "every window stepped"
+    );
 }
 
 /// A refused build (a workgroup size past the device's limit) returns `Err`, and the

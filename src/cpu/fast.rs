@@ -22,6 +22,10 @@ const CHUNK: usize = 1 << 15;
 /// [`GpuOptimizer`](crate::GpuOptimizer); state is kept inside. The control surface
 /// (lr, state, gradient options, checkpoints) is the [`Optimizer`] trait; `step` and
 /// `set_train_mode` take the caller's params and are inherent.
+///
+/// **Threads:** `Send + Sync` (compile-tested in `tests/concurrent.rs`); a step itself runs on rayon's pool.
+/// **Memory:** [`CpuOptimizer::new`] allocates the state fallibly:
+/// [`Error::OutOfMemory`](crate::Error::OutOfMemory) rather than an abort.
 #[derive(Clone, Debug)]
 pub struct CpuOptimizer {
     config: OptimizerConfig,

@@ -200,6 +200,10 @@ impl Segment {
 /// tensors (segments) back to back.
 ///
 /// Each buffer holds `round_up(len, 4)` elements; kernels never write the padding.
+///
+/// **Threads:** `Send + Sync` (compile-tested in `tests/concurrent.rs`). Clones share the buffers; writes go through the
+/// queue, so writes from several threads to the same FlatParams are ordered only by their
+/// submissions (give each thread its own FlatParams, as two models would have).
 #[derive(Clone, Debug)]
 pub struct FlatParams {
     ctx: GpuContext,

@@ -50,6 +50,8 @@ impl LowFormat {
 }
 
 /// f32 master weights plus their 16-bit copy and 16-bit gradients, on the device.
+///
+/// **Threads:** `Send + Sync` (compile-tested in `tests/concurrent.rs`), as [`FlatParams`].
 #[derive(Clone, Debug)]
 pub struct LowPrecisionParams {
     master: FlatParams,
