@@ -372,3 +372,29 @@ fn device_lost_on_a_caller_supplied_device() {
     expect_lost("step", timed("step", move || opt.step()));
     expect_lost("read", timed("read", move || params.read_params()));
 }
+
+/// What the liveness check costs (a flag load, a non-blocking poll, the flag again), next to
+/// a step at N = 1K (submit only) and a step plus wait. Printed; the bound only catches a
+/// check that blocks.
+#[test]
+fn device_lost_check_cost() {
+    let Some(ctx) = gpu() else { return };
+    let params = FlatParams::from_slice(&ctx, &[0.5; 1024]).unwrap();
+    params.write_grads(&[0.01; 1024]).unwrap();
+    let mut opt = GpuOptimizer::new(&params, config()).unwrap();
+    ctx.wait().unwrap();
+    let reps = 2000u32;
+    let t = std::time::Instant::now();
+    for _ in 0..reps {
+        assert!(!ctx.is_lost());
+    }
+    let check = t.elapsed() / reps;
+    let t = std::time::Instant::now();
+    for _ in 0..reps {
+        opt.step().unwrap();
+        ctx.wait().unwrap();
+    }
+    let step_wait = t.elapsed() / reps;
+    eprintln!("liveness check: {check:?} per call; step + wait at N = 1K: {step_wait:?}");
+    assert!(check < Duration::from_millis(1));
+}
