@@ -25,7 +25,7 @@ const CHUNK: usize = 1 << 15;
 ///
 /// **Threads:** `Send + Sync` (compile-tested in `tests/concurrent.rs`); a step itself runs on rayon's pool.
 /// **Memory:** [`CpuOptimizer::new`] allocates the state fallibly:
-/// [`Error::OutOfMemory`](crate::Error::OutOfMemory) rather than an abort.
+/// [`Error::OutOfMemory`] rather than an abort.
 #[derive(Clone, Debug)]
 pub struct CpuOptimizer {
     config: OptimizerConfig,

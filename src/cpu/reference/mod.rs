@@ -96,7 +96,7 @@ pub trait ReferenceStep: Algorithm {
 /// A plain f64 implementation of every optimizer, one element at a time.
 ///
 /// **Threads:** `Send + Sync` (compile-tested in `tests/concurrent.rs`). Its state is allocated fallibly
-/// ([`Error::OutOfMemory`](crate::Error::OutOfMemory)).
+/// ([`Error::OutOfMemory`]).
 #[derive(Clone, Debug)]
 pub struct ReferenceOptimizer {
     config: OptimizerConfig,
