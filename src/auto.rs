@@ -69,6 +69,8 @@ enum Inner {
 /// the rest of the control surface (lr, state, gradient options, checkpoints) is the
 /// [`Optimizer`] trait, forwarded to the backend's optimizer.
 ///
+/// **Threads:** `Send + Sync` (compile-tested in `tests/concurrent.rs`), whichever backend it holds.
+///
 /// ```no_run
 /// # fn main() -> fused_optim::Result<()> {
 /// use fused_optim::{AdamConfig, AutoOptimizer, BackendChoice, GpuContext};

@@ -10,8 +10,11 @@
 //! algorithm's host scalars under its name (NAdam's `mu_product`, ...), `n`, and `crc32.<name>` for every tensor, so that a corrupted
 //! file is refused even where the safetensors framing survives.
 //!
-//! Writes are atomic (a temporary file in the same folder, synced, then renamed over the
-//! target). Loading validates everything (framing, checksums, kind, names, shapes, dtypes)
+//! Writes are atomic (a temporary file `.<name>.tmp-<pid>` in the same folder, synced, then
+//! renamed over the target): a writer killed at any moment leaves the previous file intact
+//! (`tests/concurrent.rs` kills saves with SIGKILL). The temporary files of killed writers
+//! never end in the target's name, and the next successful save to the same target removes
+//! those whose process is gone (Linux). Loading validates everything (framing, checksums, kind, names, shapes, dtypes)
 //! before anything is changed: a refused file leaves the optimizer as it was.
 //!
 //! ```no_run
@@ -275,7 +278,32 @@ pub fn save(path: &Path, state: &OptimizerState) -> Result<()> {
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         err(path, e.to_string())
-    })
+    })?;
+    remove_stale_temp_files(dir, &file_name);
+    Ok(())
+}
+
+/// Remove the temporary files of saves to the same target by processes that no longer run
+/// (killed mid-save: SIGKILL, OOM killer, power loss), which would otherwise pile up, one
+/// per killed process. Linux only (a process is alive while `/proc/<pid>` exists); a file
+/// whose writer may still run, or that cannot be removed, is left alone.
+fn remove_stale_temp_files(dir: &Path, file_name: &str) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let prefix = format!(".{file_name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Read and validate a checkpoint file (framing, checksums, metadata, dtypes, shapes).

@@ -86,7 +86,8 @@ impl Window {
 
 /// `n` rounded up to a multiple of 4 (the kernels read and write `vec4<f32>`).
 pub fn padded_len(n: u64) -> u64 {
-    n.div_ceil(4) * 4
+    // Saturating: a length past u64::MAX - 3 is refused by the size checks, not wrapped.
+    n.div_ceil(4).saturating_mul(4)
 }
 
 /// Split `n` elements into windows of at most `max_binding_bytes` bytes whose starts are

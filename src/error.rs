@@ -143,6 +143,26 @@ pub enum Error {
         /// What wgpu said.
         message: String,
     },
+    /// The device is lost (destroyed with `wgpu::Device::destroy`, or lost by the driver).
+    /// Every later call on anything built on its context returns this; host-side data
+    /// (caller vectors, CPU optimizers, checkpoint files) is unaffected. Recover by creating
+    /// a new [`GpuContext`](crate::GpuContext) and loading the last checkpoint.
+    #[error("the wgpu device is lost ({reason}) during {during}: create a new GpuContext and load the last checkpoint")]
+    DeviceLost {
+        /// What was being done when the loss was seen.
+        during: &'static str,
+        /// The reason wgpu gave (`Destroyed`, or the driver's message).
+        reason: String,
+    },
+    /// Memory could not be allocated: device memory (a wgpu out-of-memory error caught in an
+    /// error scope) or host memory (a failed `try_reserve`). Nothing is left half-built.
+    #[error("out of memory during {during}: {message}")]
+    OutOfMemory {
+        /// What was being allocated.
+        during: &'static str,
+        /// What the allocator or wgpu said, with the size asked for.
+        message: String,
+    },
     /// A checkpoint that cannot be written, read, or does not fit this optimizer. Nothing of
     /// the optimizer is changed when loading fails.
     #[error("checkpoint {file}: {reason}")]

@@ -36,6 +36,8 @@ use crate::grads::GradOptions;
 use crate::optimizer::Optimizer;
 
 /// Dynamic loss scale.
+///
+/// **Threads:** `Send + Sync` (compile-tested in `tests/concurrent.rs`): a plain `Copy` value.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LossScaler {
     scale: f64,

@@ -35,6 +35,10 @@ pub fn chunk_range(len: usize, i: usize) -> std::ops::Range<usize> {
 /// [`GpuOptimizer`](crate::GpuOptimizer); state is kept inside. The control surface
 /// (lr, state, gradient options, checkpoints) is the [`Optimizer`] trait; `step` and
 /// `set_train_mode` take the caller's params and are inherent.
+///
+/// **Threads:** `Send + Sync` (compile-tested in `tests/concurrent.rs`); a step itself runs on rayon's pool.
+/// **Memory:** [`CpuOptimizer::new`] allocates the state fallibly:
+/// [`Error::OutOfMemory`] rather than an abort.
 #[derive(Clone, Debug)]
 pub struct CpuOptimizer {
     config: OptimizerConfig,
@@ -60,13 +64,15 @@ impl CpuOptimizer {
         }
         let names = config.state_names();
         // Slots 1, 2, 3: params and grads usually sit at slot 0 (see `StaggeredVec`).
+        // Fallible allocation: a state that cannot be allocated is Error::OutOfMemory, not
+        // an abort.
         let states = names
             .iter()
             .enumerate()
             .map(|(k, name)| {
-                StaggeredVec::filled(n, config.initial_state_value(name) as f32, k + 1)
+                StaggeredVec::try_filled(n, config.initial_state_value(name) as f32, k + 1)
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             host: config.initial_host_state(),
             config,

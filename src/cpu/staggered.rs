@@ -47,18 +47,36 @@ pub struct StaggeredVec {
 }
 
 impl StaggeredVec {
-    /// `len` copies of `value`, offset by `slot % SLOTS` staggers.
+    /// `len` copies of `value`, offset by `slot % SLOTS` staggers. Panics (or aborts) if the
+    /// memory cannot be allocated, like `vec!`; [`Self::try_filled`] returns an error instead.
     pub fn filled(len: usize, value: f32, slot: usize) -> Self {
+        match Self::try_filled(len, value, slot) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Self::filled`], or [`Error::OutOfMemory`](crate::Error::OutOfMemory) when the
+    /// allocation is refused (a size past `isize::MAX` bytes, or the allocator failing).
+    pub fn try_filled(len: usize, value: f32, slot: usize) -> crate::Result<Self> {
         let start = (slot % SLOTS) * STAGGER_BYTES / 4;
-        let total = start + len;
+        let oom = |why: String| crate::Error::OutOfMemory {
+            during: "host vector allocation (StaggeredVec)",
+            message: format!("{len} f32 ({why})"),
+        };
+        let total = start
+            .checked_add(len)
+            .ok_or_else(|| oom("the element count overflows usize".into()))?;
         // Reserve first and advise before the first write, so that the kernel can back the
         // pages with huge pages when they are first touched (by `resize`).
-        let mut buf = Vec::with_capacity(total);
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(total)
+            .map_err(|e| oom(e.to_string()))?;
         if total * 4 >= HUGE_PAGE_THRESHOLD_BYTES {
             advise_huge_pages(buf.as_mut_ptr() as usize, total * 4);
         }
         buf.resize(total, value);
-        Self { buf, start }
+        Ok(Self { buf, start })
     }
 
     /// A copy of `values`, offset by `slot` staggers.

@@ -13,8 +13,10 @@ pub(crate) const FLAT_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_DST);
 
 /// Bytes a flat buffer of `len` f32 elements occupies (whole vec4 lanes).
+/// Saturates at `u64::MAX` (refused by every size check) instead of wrapping: an `n` near
+/// `usize::MAX / 4` once wrapped to a tiny buffer.
 pub fn flat_bytes(len: usize) -> u64 {
-    padded_len(len as u64) * 4
+    padded_len(len as u64).saturating_mul(4)
 }
 
 /// A zero-filled flat f32 buffer of `len` elements (padded to whole vec4 lanes).
@@ -33,13 +35,16 @@ pub(crate) fn create_flat(
             limit,
         });
     }
-    // wgpu zero-initialises new buffers.
-    Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: bytes,
-        usage: FLAT_USAGE,
-        mapped_at_creation: false,
-    }))
+    // wgpu zero-initialises new buffers. Inside error scopes: an allocation the device
+    // cannot back is an out-of-memory error, which the default handler would panic on.
+    ctx.scoped(label, || {
+        Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: FLAT_USAGE,
+            mapped_at_creation: false,
+        }))
+    })
 }
 
 /// Fill elements `[0, len)` of `buffer` with `value` (through the queue; visible to the next
@@ -79,6 +84,7 @@ pub fn read_bytes(
     offset: u64,
     len: u64,
 ) -> Result<Vec<u8>> {
+    ctx.check_alive("read-back")?;
     if len == 0 {
         return Ok(Vec::new());
     }
@@ -91,6 +97,10 @@ pub fn read_bytes(
     let bytes = len;
     let start_byte = offset;
     // Mappable memory cannot be a storage buffer, so the data goes through a staging copy.
+    // In error scopes: an allocation failure, or a device destroyed by another thread since
+    // the check (its new buffers are invalid and mapping one fails validation), is a typed
+    // error rather than a panic of the default handler.
+    let scopes = ctx.scopes();
     let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("fused-optim read-back"),
         size: bytes,
@@ -108,7 +118,9 @@ pub fn read_bytes(
     staging.map_async(wgpu::MapMode::Read, .., move |r| {
         sender.send(r).ok();
     });
+    scopes.finish("read-back")?;
     ctx.wait()?;
+    ctx.check_alive("buffer map")?;
     match pollster::block_on(receiver.receive()) {
         Some(Ok(())) => {}
         Some(Err(e)) => {
@@ -189,6 +201,10 @@ impl Segment {
 /// tensors (segments) back to back.
 ///
 /// Each buffer holds `round_up(len, 4)` elements; kernels never write the padding.
+///
+/// **Threads:** `Send + Sync` (compile-tested in `tests/concurrent.rs`). Clones share the buffers; writes go through the
+/// queue, so writes from several threads to the same FlatParams are ordered only by their
+/// submissions (give each thread its own FlatParams, as two models would have).
 #[derive(Clone, Debug)]
 pub struct FlatParams {
     ctx: GpuContext,
@@ -348,6 +364,7 @@ impl FlatParams {
                 what: "parameter set",
             });
         }
+        ctx.check_alive("FlatParams::from_buffers")?;
         crate::dispatch::check_elements("params buffer", len as u64)?;
         let needed = flat_bytes(len);
         for (what, b) in [("params buffer", &params), ("grads buffer", &grads)] {
@@ -416,6 +433,7 @@ impl FlatParams {
 
     /// Overwrite all parameters (takes effect at the next submission).
     pub fn write_params(&self, values: &[f32]) -> Result<()> {
+        self.ctx.check_alive("write_params")?;
         check_len("params", self.len, values.len())?;
         require_usage(
             &self.params,
@@ -431,6 +449,7 @@ impl FlatParams {
 
     /// Overwrite all gradients (takes effect at the next submission).
     pub fn write_grads(&self, values: &[f32]) -> Result<()> {
+        self.ctx.check_alive("write_grads")?;
         check_len("grads", self.len, values.len())?;
         require_usage(
             &self.grads,
@@ -446,6 +465,7 @@ impl FlatParams {
 
     /// Overwrite the gradient of one segment.
     pub fn write_segment_grads(&self, name: &str, values: &[f32]) -> Result<()> {
+        self.ctx.check_alive("write_segment_grads")?;
         let s = self.segment(name)?;
         check_len("segment grads", s.len(), values.len())?;
         require_usage(

@@ -1,5 +1,7 @@
 //! `GpuContext`: getting a device, kept apart from doing work on one.
 
+use std::sync::{Arc, OnceLock};
+
 use crate::error::{Error, Result};
 
 /// Launch shape of every optimizer kernel. Both values are WGSL pipeline-overridable
@@ -63,13 +65,42 @@ pub enum LaneTransport {
 
 /// A wgpu device and queue plus what fused-optim needs to know about them.
 ///
-/// Cheap to clone: `wgpu::Device` and `wgpu::Queue` are reference-counted handles.
+/// Cheap to clone: `wgpu::Device` and `wgpu::Queue` are reference-counted handles, and the
+/// clones share one device-lost flag.
+///
+/// **Threads:** `Send + Sync` (compile-tested in `tests/concurrent.rs`). Several threads may
+/// build and step optimizers on one context at the same time; wgpu serialises submissions,
+/// and each optimizer's results are those of stepping it alone (the buffers are disjoint).
+///
+/// **Device loss:** the context registers a device-lost callback (replacing one set before
+/// [`GpuContext::from_device`]) and checks for loss before every operation of the types
+/// built on it, which then return [`Error::DeviceLost`] instead of working on a dead device
+/// (whose errors wgpu drops silently). A loss is seen once wgpu reports it: at the next poll
+/// after the device's queue is empty (`Device::destroy` is reported at once on an idle
+/// device).
 #[derive(Clone, Debug)]
 pub struct GpuContext {
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter_info: Option<wgpu::AdapterInfo>,
     options: ContextOptions,
+    /// Set (once) by the device-lost callback: the reason.
+    lost: Arc<OnceLock<String>>,
+}
+
+/// Register the callback that records a loss of `device` in the returned flag.
+fn watch_loss(device: &wgpu::Device) -> Arc<OnceLock<String>> {
+    let lost = Arc::new(OnceLock::new());
+    let flag = Arc::clone(&lost);
+    device.set_device_lost_callback(move |reason, message| {
+        let text = if message.is_empty() {
+            format!("{reason:?}")
+        } else {
+            format!("{reason:?}: {message}")
+        };
+        let _ = flag.set(text);
+    });
+    lost
 }
 
 impl GpuContext {
@@ -112,22 +143,82 @@ impl GpuContext {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
             })?;
+        let lost = watch_loss(&device);
         Ok(Self {
             device,
             queue,
             adapter_info: Some(info),
             options,
+            lost,
         })
     }
 
     /// Wrap a device and queue the caller already has (e.g. from its own renderer or
     /// training stack). The limits used are the device's own.
+    ///
+    /// Registers a device-lost callback on `device` (wgpu keeps one per device, so this
+    /// replaces the caller's; wrap a device once and clone the context).
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let lost = watch_loss(&device);
         Self {
             device,
             queue,
             adapter_info: None,
             options: ContextOptions::default(),
+            lost,
+        }
+    }
+
+    /// Whether the device has been reported lost (polls the device without waiting, so a
+    /// `Device::destroy` on an idle device is seen at once).
+    pub fn is_lost(&self) -> bool {
+        self.check_alive("is_lost").is_err()
+    }
+
+    /// [`Error::DeviceLost`] if the device has been reported lost, after a non-blocking poll
+    /// (which is when wgpu reports a loss).
+    pub(crate) fn check_alive(&self, during: &'static str) -> Result<()> {
+        self.lost_error(during)?;
+        // A poll error here is not a loss; the operation itself will report it.
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        self.lost_error(during)
+    }
+
+    fn lost_error(&self, during: &'static str) -> Result<()> {
+        match self.lost.get() {
+            Some(reason) => Err(Error::DeviceLost {
+                during,
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Run `f` (resource creation) inside validation, out-of-memory and internal error
+    /// scopes, so that what the default handler would turn into a panic becomes a typed
+    /// error: [`Error::OutOfMemory`], [`Error::Wgpu`], or [`Error::DeviceLost`] (checked
+    /// before and after). On an error the resources `f` made are dropped with its result.
+    pub(crate) fn scoped<T>(
+        &self,
+        during: &'static str,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        self.check_alive(during)?;
+        let scopes = self.scopes();
+        let out = f();
+        scopes.finish(during)?;
+        out
+    }
+
+    /// Push validation, out-of-memory and internal error scopes on this thread; pop them
+    /// with [`Scopes::finish`].
+    pub(crate) fn scopes(&self) -> Scopes {
+        Scopes {
+            validation: self.device.push_error_scope(wgpu::ErrorFilter::Validation),
+            oom: self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory),
+            internal: self.device.push_error_scope(wgpu::ErrorFilter::Internal),
+            device: self.device.clone(),
+            lost: Arc::clone(&self.lost),
         }
     }
 
@@ -244,14 +335,64 @@ impl GpuContext {
     }
 
     /// Wait until all submitted work has finished.
+    /// [`Error::DeviceLost`] if the device is (or turns out to be) lost.
     pub fn wait(&self) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| Error::Wgpu {
-                during: "device poll",
+        self.lost_error("device poll")?;
+        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        self.lost_error("device poll")?;
+        polled.map(|_| ()).map_err(|e| Error::Wgpu {
+            during: "device poll",
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Error scopes pushed by [`GpuContext::scopes`] (innermost last).
+pub(crate) struct Scopes {
+    validation: wgpu::ErrorScopeGuard,
+    oom: wgpu::ErrorScopeGuard,
+    internal: wgpu::ErrorScopeGuard,
+    device: wgpu::Device,
+    lost: Arc<OnceLock<String>>,
+}
+
+impl Scopes {
+    /// Pop the scopes: [`Error::DeviceLost`] if the device turned out to be lost (a device
+    /// destroyed by another thread meanwhile makes later calls fail validation on its
+    /// invalid resources), else [`Error::OutOfMemory`] or [`Error::Wgpu`] for what they
+    /// caught.
+    pub(crate) fn finish(self, during: &'static str) -> Result<()> {
+        let internal = pollster::block_on(self.internal.pop());
+        let oom = pollster::block_on(self.oom.pop());
+        let validation = pollster::block_on(self.validation.pop());
+        let caught = oom.is_some() || validation.is_some() || internal.is_some();
+        if caught && self.lost.get().is_none() {
+            // Let wgpu report a loss that happened meanwhile: it does once the queue has
+            // drained, so wait for that (bounded: this is an error path already).
+            let _ = self.device.poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(std::time::Duration::from_secs(10)),
+            });
+        }
+        if let Some(reason) = self.lost.get() {
+            return Err(Error::DeviceLost {
+                during,
+                reason: reason.clone(),
+            });
+        }
+        if let Some(e) = oom {
+            return Err(Error::OutOfMemory {
+                during,
                 message: e.to_string(),
-            })
+            });
+        }
+        if let Some(e) = validation.or(internal) {
+            return Err(Error::Wgpu {
+                during,
+                message: e.to_string(),
+            });
+        }
+        Ok(())
     }
 }
 

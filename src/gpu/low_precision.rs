@@ -50,6 +50,8 @@ impl LowFormat {
 }
 
 /// f32 master weights plus their 16-bit copy and 16-bit gradients, on the device.
+///
+/// **Threads:** `Send + Sync` (compile-tested in `tests/concurrent.rs`), as [`FlatParams`].
 #[derive(Clone, Debug)]
 pub struct LowPrecisionParams {
     master: FlatParams,
@@ -92,9 +94,15 @@ impl LowPrecisionParams {
                 mapped_at_creation: false,
             })
         };
+        let (params, grads) = ctx.scoped("16-bit buffers", || {
+            Ok((
+                make("fused-optim 16-bit params"),
+                make("fused-optim 16-bit grads"),
+            ))
+        })?;
         let lp = Self {
-            params: make("fused-optim 16-bit params"),
-            grads: make("fused-optim 16-bit grads"),
+            params,
+            grads,
             master,
             format,
         };
@@ -145,6 +153,7 @@ impl LowPrecisionParams {
 
     /// Write gradients as 16-bit patterns of this format.
     pub fn write_grad_bits(&self, bits: &[u16]) -> Result<()> {
+        self.master.context().check_alive("write_grad_bits")?;
         if bits.len() != self.len() {
             return Err(Error::LengthMismatch {
                 what: "16-bit grads",

@@ -28,6 +28,8 @@ macro_rules! registry {
         ///
         /// Build one from a specific config with `.into()`:
         /// `OptimizerConfig::from(AdamConfig::default())`.
+        ///
+        /// **Threads:** `Send + Sync` (compile-tested in `tests/concurrent.rs`): a plain `Copy` value.
         #[derive(Clone, Copy, Debug, PartialEq)]
         pub enum OptimizerConfig {
             $(

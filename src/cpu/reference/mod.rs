@@ -94,6 +94,9 @@ pub trait ReferenceStep: Algorithm {
 }
 
 /// A plain f64 implementation of every optimizer, one element at a time.
+///
+/// **Threads:** `Send + Sync` (compile-tested in `tests/concurrent.rs`). Its state is allocated fallibly
+/// ([`Error::OutOfMemory`]).
 #[derive(Clone, Debug)]
 pub struct ReferenceOptimizer {
     config: OptimizerConfig,
@@ -118,10 +121,19 @@ impl ReferenceOptimizer {
             });
         }
         let names = config.state_names();
+        // Fallible allocation: Error::OutOfMemory instead of an abort.
         let states = names
             .iter()
-            .map(|name| vec![config.initial_state_value(name); n])
-            .collect();
+            .map(|name| {
+                let mut v = Vec::new();
+                v.try_reserve_exact(n).map_err(|e| Error::OutOfMemory {
+                    during: "reference state allocation",
+                    message: format!("{n} f64 ({e})"),
+                })?;
+                v.resize(n, config.initial_state_value(name));
+                Ok(v)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut own = [0.0; MAX_HOST_SCALARS];
         for (slot, (_, initial)) in own.iter_mut().zip(config.host_scalars()) {
             *slot = *initial;

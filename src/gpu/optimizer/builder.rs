@@ -331,13 +331,30 @@ impl<'a> GpuOptimizerBuilder<'a> {
             params: lp.params_buffer().clone(),
         });
         let state_stochastic = bf16_state && self.state_rounding == Rounding::Stochastic;
-        build(
-            params,
-            groups,
-            lane_table,
-            low,
-            bf16_state.then_some(state_stochastic),
-        )
+        if bf16_state {
+            // Packed bf16 state is bound whole (not in windows).
+            let bytes = padded_len(params.len() as u64) * 2;
+            let limit = params.context().max_binding_bytes();
+            if bytes > limit {
+                return Err(Error::BufferTooLarge {
+                    what: "bf16 state (bound whole: max_storage_buffer_binding_size)",
+                    bytes,
+                    limit,
+                });
+            }
+        }
+        // Inside error scopes: an allocation or a binding the device refuses becomes a typed
+        // error, and everything made so far is dropped with the half-built optimizer.
+        let ctx = params.context().clone();
+        ctx.scoped("optimizer build", || {
+            build(
+                params,
+                groups,
+                lane_table,
+                low,
+                bf16_state.then_some(state_stochastic),
+            )
+        })
     }
 }
 

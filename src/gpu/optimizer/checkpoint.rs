@@ -13,6 +13,7 @@ impl GpuOptimizer {
     /// [`Optimizer::save_checkpoint`](crate::Optimizer::save_checkpoint): F32 tensors read
     /// back from the device, the host state at the true step count, the groups.
     pub(super) fn save(&self, path: &Path) -> Result<()> {
+        self.ctx.check_alive("save_checkpoint")?;
         let tensors = self
             .state_names
             .iter()
@@ -39,6 +40,7 @@ impl GpuOptimizer {
     /// [`Optimizer::load_checkpoint`](crate::Optimizer::load_checkpoint): validated completely
     /// (file, kind, groups, the kernel for its options) before anything changes.
     pub(super) fn load(&mut self, path: &Path) -> Result<()> {
+        self.ctx.check_alive("load_checkpoint")?;
         let state = crate::checkpoint::load(path)?;
         crate::checkpoint::check_fits(path, &state, &self.groups[0].config, self.params.len())?;
         let ours = self.group_states(&self.group_hosts());

@@ -12,6 +12,7 @@ impl GpuOptimizer {
     /// [`Optimizer::set_grad_options`](crate::Optimizer::set_grad_options): the pipeline variant for `options` (built once), the
     /// norm clipper, the device step counter for `skip_nonfinite`.
     pub(super) fn apply_grad_options(&mut self, options: GradOptions) -> Result<()> {
+        self.ctx.check_alive("set_grad_options")?;
         options.validate()?;
         let scaler_on = self.device.as_ref().is_some_and(|d| d.scaler_on());
         if scaler_on && !options.skip_nonfinite {

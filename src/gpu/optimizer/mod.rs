@@ -47,6 +47,14 @@ pub use builder::{GpuOptimizerBuilder, Rounding, StateFormat};
 /// let p = params.read_params()?;
 /// # Ok(()) }
 /// ```
+///
+/// **Threads:** `Send + Sync` (compile-tested in `tests/concurrent.rs`); stepping takes `&mut self`, so one optimizer is
+/// stepped by one thread at a time (share it behind a `Mutex`). Optimizers over different
+/// [`FlatParams`] on one context may be stepped from different threads at once: their
+/// results are bitwise those of stepping them one after the other.
+///
+/// **Device loss:** every call that touches the device returns
+/// [`Error::DeviceLost`](crate::Error::DeviceLost) once the context's device is lost.
 pub struct GpuOptimizer {
     ctx: GpuContext,
     params: FlatParams,

@@ -31,6 +31,7 @@ impl GpuOptimizer {
     /// Overwrite one state tensor with f32 values (rounded to bf16, nearest even, when the
     /// state is bf16); takes effect at the next submission. On error nothing changes.
     pub fn load_state_f32(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        self.ctx.check_alive("load_state")?;
         let k = self.groups[0].config.state_index(name)?;
         if values.len() != self.params.len() {
             return Err(Error::LengthMismatch {

@@ -9,22 +9,34 @@ impl GpuOptimizer {
     /// One optimizer step on the gradients currently in the grads buffer: one uniform write,
     /// one compute pass, one submission. Nothing is read back and nothing is waited for.
     pub fn step(&mut self) -> Result<()> {
+        self.ctx.check_alive("step")?;
+        // Error scopes: a device destroyed by another thread after the check is a typed
+        // error, not a panic.
+        let scopes = self.ctx.scopes();
         let mut encoder =
             self.ctx
                 .device()
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("fused-optim step"),
                 });
-        self.encode_step(&mut encoder)?;
-        self.ctx.queue().submit([encoder.finish()]);
-        Ok(())
+        let encoded = self.encode(&mut encoder);
+        if encoded.is_ok() {
+            self.ctx.queue().submit([encoder.finish()]);
+        }
+        scopes.finish("step")?;
+        encoded
     }
 
     /// Record one step into the caller's encoder (the caller submits). Up to
     /// [`UNIFORM_RING`](super::UNIFORM_RING) steps may be recorded before one submission.
-    /// Fails only if the device step counter (with `skip_nonfinite`) had to be read and the
-    /// read failed.
+    /// Fails if the device is lost ([`Error::DeviceLost`]), or if the device step counter
+    /// (with `skip_nonfinite`) had to be read and the read failed.
     pub fn encode_step(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        self.ctx.check_alive("encode_step")?;
+        self.encode(encoder)
+    }
+
+    fn encode(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         let first = &self.groups[0];
         first.config.check_step(&first.host)?;
         if let Some(device) = &mut self.device {
@@ -61,6 +73,7 @@ impl GpuOptimizer {
     /// algorithms without modes; nothing changes then. (Inherent, not in
     /// [`Optimizer`](crate::Optimizer), as on the CPU paths, where it takes the params.)
     pub fn set_train_mode(&mut self, train: bool) -> Result<()> {
+        self.ctx.check_alive("set_train_mode")?;
         let mut hosts = self.group_hosts();
         let mut bytes = Vec::new();
         let mut passes = 0;
