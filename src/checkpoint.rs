@@ -227,16 +227,16 @@ fn parse_groups(path: &Path, text: &str) -> Result<Vec<GroupState>> {
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| err(path, "a segment name is not a string"))?;
             let host = host_from(
-                    &config,
-                    h.get("step")
-                        .and_then(serde_json::Value::as_u64)
-                        .ok_or_else(|| err(path, "group host lacks `step`"))?,
-                    num,
-                    h.get("state_written")
-                        .or_else(|| h.get("momentum_buffer_ready"))
-                        .and_then(serde_json::Value::as_bool)
-                        .unwrap_or(false),
-                )?;
+                &config,
+                h.get("step")
+                    .and_then(serde_json::Value::as_u64)
+                    .ok_or_else(|| err(path, "group host lacks `step`"))?,
+                num,
+                h.get("state_written")
+                    .or_else(|| h.get("momentum_buffer_ready"))
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false),
+            )?;
             check_host(path, &config, &host)?;
             Ok(GroupState {
                 segments,
@@ -253,7 +253,10 @@ fn check_host(path: &Path, config: &OptimizerConfig, host: &HostState) -> Result
     config.validate_lr(host.lr)?;
     for ((name, _), value) in config.host_scalars().iter().zip(host.scalars) {
         if !value.is_finite() {
-            return Err(err(path, format!("host scalar `{name}` = {value} is not finite")));
+            return Err(err(
+                path,
+                format!("host scalar `{name}` = {value} is not finite"),
+            ));
         }
     }
     Ok(())
@@ -340,7 +343,7 @@ pub fn load(path: &Path) -> Result<OptimizerState> {
         ));
     }
     match meta.get(META_CRC) {
-        Some(crc) if *crc == metadata_crc(&meta).to_string() => {}
+        Some(crc) if *crc == metadata_crc(meta).to_string() => {}
         Some(_) => {
             return Err(err(
                 path,

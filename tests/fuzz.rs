@@ -225,7 +225,7 @@ fn cpu_targets(dir: &Path) -> Vec<Target> {
         sibling.save_checkpoint(&file).unwrap();
         let f32_file = std::fs::read(&file).unwrap();
         let mut cpu = CpuOptimizer::new(config, N).unwrap();
-        cpu.step(&mut vec![0.25f32; N], &grads_f32(3)).unwrap();
+        cpu.step(&mut [0.25f32; N], &grads_f32(3)).unwrap();
         out.push(Target {
             what: format!("CpuOptimizer {config:?}"),
             opt: Box::new(cpu),
@@ -234,13 +234,18 @@ fn cpu_targets(dir: &Path) -> Vec<Target> {
         });
         let mut sibling = ReferenceOptimizer::new(config, N).unwrap();
         let mut p = vec![0.5f64; N];
-        let g = |s| grads_f32(s).iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+        let g = |s| {
+            grads_f32(s)
+                .iter()
+                .map(|&x| f64::from(x))
+                .collect::<Vec<_>>()
+        };
         sibling.step(&mut p, &g(1)).unwrap();
         sibling.step(&mut p, &g(2)).unwrap();
         sibling.save_checkpoint(&file).unwrap();
         let f64_file = std::fs::read(&file).unwrap();
         let mut reference = ReferenceOptimizer::new(config, N).unwrap();
-        reference.step(&mut vec![0.25f64; N], &g(3)).unwrap();
+        reference.step(&mut [0.25f64; N], &g(3)).unwrap();
         out.push(Target {
             what: format!("ReferenceOptimizer {config:?}"),
             opt: Box::new(reference),
@@ -260,9 +265,8 @@ fn try_load(t: &mut Target, path: &Path, bytes: &[u8], case: &str, tally: &mut T
     std::fs::write(path, bytes).unwrap();
     let before = snapshot(t.opt.as_ref());
     let started = Instant::now();
-    let (result, peak) = peak_growth(|| {
-        catch_unwind(AssertUnwindSafe(|| t.opt.load_checkpoint(path)))
-    });
+    let (result, peak) =
+        peak_growth(|| catch_unwind(AssertUnwindSafe(|| t.opt.load_checkpoint(path))));
     let elapsed = started.elapsed();
     let result = match result {
         Ok(r) => r,
@@ -291,7 +295,9 @@ fn try_load(t: &mut Target, path: &Path, bytes: &[u8], case: &str, tally: &mut T
             t.what,
             bytes.len()
         );
-        tally.max_peak_ratio = tally.max_peak_ratio.max(peak as f64 / bytes.len().max(1) as f64);
+        tally.max_peak_ratio = tally
+            .max_peak_ratio
+            .max(peak as f64 / bytes.len().max(1) as f64);
     }
     match result {
         Ok(()) => {
@@ -350,7 +356,10 @@ fn seal(meta: &mut HashMap<String, String>) {
 }
 
 /// A real file taken apart: metadata and tensors (name, dtype, shape, bytes).
-type Parts = (HashMap<String, String>, Vec<(String, Dtype, Vec<usize>, Vec<u8>)>);
+type Parts = (
+    HashMap<String, String>,
+    Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+);
 
 fn parts(bytes: &[u8]) -> Parts {
     let (_, m) = SafeTensors::read_metadata(bytes).unwrap();
@@ -367,7 +376,10 @@ fn parts(bytes: &[u8]) -> Parts {
 
 /// A file from parts, tensor checksums recomputed and the metadata re-sealed, so that the
 /// loader's deeper checks (names, dtypes, shapes, values) are reached.
-fn rebuild(meta: &HashMap<String, String>, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+fn rebuild(
+    meta: &HashMap<String, String>,
+    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
+) -> Vec<u8> {
     let mut meta = meta.clone();
     for (name, _, _, data) in tensors {
         meta.insert(format!("crc32.{name}"), crc32fast::hash(data).to_string());
@@ -397,7 +409,8 @@ fn fuzz_framing(targets: &mut [Target], dir: &Path, seed: u64, every_offset: boo
         match i % 4 {
             // Plausible framing: a header length that fits, then JSON-ish text.
             1 if len > 9 => {
-                bytes[..8].copy_from_slice(&((len as u64 - 8) >> (rng.next_u64() % 3)).to_le_bytes());
+                bytes[..8]
+                    .copy_from_slice(&((len as u64 - 8) >> (rng.next_u64() % 3)).to_le_bytes());
                 bytes[8] = b'{';
             }
             // A prefix of the real file followed by noise.
@@ -408,7 +421,9 @@ fn fuzz_framing(targets: &mut [Target], dir: &Path, seed: u64, every_offset: boo
             // The real header with random data.
             3 => {
                 let h = 8 + header_len(&t.file);
-                let data: Vec<u8> = (0..t.file.len() - h).map(|_| rng.next_u64() as u8).collect();
+                let data: Vec<u8> = (0..t.file.len() - h)
+                    .map(|_| rng.next_u64() as u8)
+                    .collect();
                 bytes = [&t.file[..h], &data[..]].concat();
             }
             _ => {}
@@ -419,15 +434,33 @@ fn fuzz_framing(targets: &mut [Target], dir: &Path, seed: u64, every_offset: boo
         let case = format!("random bytes #{i} (seed {seed})");
         if try_load(t, &path, &bytes, &case, &mut random) {
             let real = &t.file;
-            let diff: Vec<usize> = (0..bytes.len().max(real.len())).filter(|&j| bytes.get(j) != real.get(j)).collect();
-            panic!("{}: {case} accepted; differs from the real file at {diff:?}: {:?}", t.what, diff.iter().map(|&j| (bytes.get(j), real.get(j))).collect::<Vec<_>>());
+            let diff: Vec<usize> = (0..bytes.len().max(real.len()))
+                .filter(|&j| bytes.get(j) != real.get(j))
+                .collect();
+            panic!(
+                "{}: {case} accepted; differs from the real file at {diff:?}: {:?}",
+                t.what,
+                diff.iter()
+                    .map(|&j| (bytes.get(j), real.get(j)))
+                    .collect::<Vec<_>>()
+            );
         }
     }
     for t in targets.iter_mut() {
         let file = t.file.clone();
-        let step = if every_offset { 1 } else { (file.len() / 64).max(1) };
+        let step = if every_offset {
+            1
+        } else {
+            (file.len() / 64).max(1)
+        };
         for cut in (0..file.len()).step_by(step) {
-            refused(t, &path, &file[..cut], &format!("truncated at {cut}"), &mut truncated);
+            refused(
+                t,
+                &path,
+                &file[..cut],
+                &format!("truncated at {cut}"),
+                &mut truncated,
+            );
         }
         // One bit of every header byte (every bit in a long run), sampled data bytes.
         let h = 8 + header_len(&file);
@@ -440,7 +473,13 @@ fn fuzz_framing(targets: &mut [Target], dir: &Path, seed: u64, every_offset: boo
             for bit in bits {
                 let mut b = file.clone();
                 b[at] ^= 1 << bit;
-                refused(t, &path, &b, &format!("bit {bit} of header byte {at} flipped"), &mut flipped);
+                refused(
+                    t,
+                    &path,
+                    &b,
+                    &format!("bit {bit} of header byte {at} flipped"),
+                    &mut flipped,
+                );
             }
         }
         for _ in 0..if file.len() > h { per_target } else { 0 } {
@@ -448,7 +487,13 @@ fn fuzz_framing(targets: &mut [Target], dir: &Path, seed: u64, every_offset: boo
             let bit = rng.next_u64() % 8;
             let mut b = file.clone();
             b[at] ^= 1 << bit;
-            refused(t, &path, &b, &format!("bit {bit} of data byte {at} flipped"), &mut flipped);
+            refused(
+                t,
+                &path,
+                &b,
+                &format!("bit {bit} of data byte {at} flipped"),
+                &mut flipped,
+            );
         }
     }
     [random, truncated, flipped]
@@ -467,18 +512,40 @@ fn fuzz_structure(t: &mut Target, dir: &Path, heavy: bool) -> Tally {
     t.opt.save_checkpoint(&own).unwrap();
     let own_bytes = std::fs::read(&own).unwrap();
     assert!(
-        try_load(t, &path, &rebuild(&meta, &tensors), "the re-sealed real file", &mut tally),
+        try_load(
+            t,
+            &path,
+            &rebuild(&meta, &tensors),
+            "the re-sealed real file",
+            &mut tally
+        ),
         "{}: the re-sealed real file was refused",
         t.what
     );
-    assert!(try_load(t, &path, &own_bytes, "its own checkpoint", &mut tally));
-    assert_eq!(snapshot(t.opt.as_ref()), before, "{}: own checkpoint round trip", t.what);
+    assert!(try_load(
+        t,
+        &path,
+        &own_bytes,
+        "its own checkpoint",
+        &mut tally
+    ));
+    assert_eq!(
+        snapshot(t.opt.as_ref()),
+        before,
+        "{}: own checkpoint round trip",
+        t.what
+    );
 
     let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
     // SGD without momentum has no state tensors: only an extra tensor can be edited in.
     let stateless = tensors.is_empty();
     let (name, dt, n, elem) = match tensors.first() {
-        Some(t0) => (t0.0.clone(), format!("{:?}", t0.1), t0.2[0], t0.3.len() / t0.2[0]),
+        Some(t0) => (
+            t0.0.clone(),
+            format!("{:?}", t0.1),
+            t0.2[0],
+            t0.3.len() / t0.2[0],
+        ),
         None => ("momentum_buffer".to_string(), "F32".to_string(), N, 4),
     };
     if stateless {
@@ -486,9 +553,17 @@ fn fuzz_structure(t: &mut Target, dir: &Path, heavy: bool) -> Tally {
         cases.push(("an extra tensor".into(), rebuild(&meta, &extra)));
     }
     // Dtypes with the same byte length and with another.
-    for dtype in [Dtype::F16, Dtype::BF16, Dtype::I32, Dtype::U8, Dtype::I64, Dtype::BOOL, Dtype::F8_E4M3]
-        .into_iter()
-        .filter(|_| !stateless)
+    for dtype in [
+        Dtype::F16,
+        Dtype::BF16,
+        Dtype::I32,
+        Dtype::U8,
+        Dtype::I64,
+        Dtype::BOOL,
+        Dtype::F8_E4M3,
+    ]
+    .into_iter()
+    .filter(|_| !stateless)
     {
         let mut ts = tensors.clone();
         let size = dtype.bitsize() / 8;
@@ -499,9 +574,16 @@ fn fuzz_structure(t: &mut Target, dir: &Path, heavy: bool) -> Tally {
         cases.push((format!("dtype {dtype:?}"), rebuild(&meta, &ts)));
     }
     // Shapes.
-    for shape in [vec![n + 1], vec![n - 1], vec![n, 1], vec![1, n], vec![], vec![0]]
-        .into_iter()
-        .filter(|_| !stateless)
+    for shape in [
+        vec![n + 1],
+        vec![n - 1],
+        vec![n, 1],
+        vec![1, n],
+        vec![],
+        vec![0],
+    ]
+    .into_iter()
+    .filter(|_| !stateless)
     {
         let mut ts = tensors.clone();
         let count: usize = shape.iter().product();
@@ -510,14 +592,9 @@ fn fuzz_structure(t: &mut Target, dir: &Path, heavy: bool) -> Tally {
         cases.push((format!("shape {shape:?}"), rebuild(&meta, &ts)));
     }
     // Names: renamed, missing, extra, unicode.
-    for (what, edit) in [
-        ("renamed", 0),
-        ("missing", 1),
-        ("extra", 2),
-        ("unicode", 3),
-    ]
-    .into_iter()
-    .filter(|_| !stateless)
+    for (what, edit) in [("renamed", 0), ("missing", 1), ("extra", 2), ("unicode", 3)]
+        .into_iter()
+        .filter(|_| !stateless)
     {
         let mut ts = tensors.clone();
         match edit {
@@ -576,7 +653,15 @@ fn fuzz_structure(t: &mut Target, dir: &Path, heavy: bool) -> Tally {
         m.insert(k.to_string(), v.to_string());
         cases.push((format!("metadata {k} = {:.40}", v), rebuild(&m, &tensors)));
     }
-    for k in ["format", "optimizer", "hparams", "step", "lr", "n", "state_written"] {
+    for k in [
+        "format",
+        "optimizer",
+        "hparams",
+        "step",
+        "lr",
+        "n",
+        "state_written",
+    ] {
         let mut m = meta.clone();
         m.remove(k);
         cases.push((format!("metadata without {k}"), rebuild(&m, &tensors)));
@@ -593,32 +678,46 @@ fn fuzz_structure(t: &mut Target, dir: &Path, heavy: bool) -> Tally {
         let mut m = meta.clone();
         m.insert("padding".into(), "x".repeat(8 << 20));
         m.insert("lr".into(), "NaN".into());
-        cases.push(("8 MiB metadata string (and lr NaN)".into(), rebuild(&m, &tensors)));
+        cases.push((
+            "8 MiB metadata string (and lr NaN)".into(),
+            rebuild(&m, &tensors),
+        ));
         let mut m = meta.clone();
         for i in 0..20_000 {
             m.insert(format!("k{i}"), i.to_string());
         }
         m.insert("format".into(), "x".into());
-        cases.push(("20000 metadata keys (and a bad format)".into(), rebuild(&m, &tensors)));
+        cases.push((
+            "20000 metadata keys (and a bad format)".into(),
+            rebuild(&m, &tensors),
+        ));
     }
     // Raw framing: sizes declared far past the file, duplicate tensors, header lengths.
     let meta_json = serde_json::to_string(&meta).unwrap();
     for (what, header) in [
         (
             "a tensor declaring 2^40 bytes",
-            format!(r#"{{"__metadata__":{meta_json},"{name}":{{"dtype":"U8","shape":[1099511627776],"data_offsets":[0,1099511627776]}}}}"#),
+            format!(
+                r#"{{"__metadata__":{meta_json},"{name}":{{"dtype":"U8","shape":[1099511627776],"data_offsets":[0,1099511627776]}}}}"#
+            ),
         ),
         (
             "a tensor declaring 2^62 elements",
-            format!(r#"{{"__metadata__":{meta_json},"{name}":{{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,16]}}}}"#),
+            format!(
+                r#"{{"__metadata__":{meta_json},"{name}":{{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,16]}}}}"#
+            ),
         ),
         (
             "a shape whose product overflows",
-            format!(r#"{{"__metadata__":{meta_json},"{name}":{{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}}}}"#),
+            format!(
+                r#"{{"__metadata__":{meta_json},"{name}":{{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}}}}"#
+            ),
         ),
         (
             "offsets past u64",
-            format!(r#"{{"__metadata__":{meta_json},"{name}":{{"dtype":"F32","shape":[4],"data_offsets":[0,18446744073709551616]}}}}"#),
+            format!(
+                r#"{{"__metadata__":{meta_json},"{name}":{{"dtype":"F32","shape":[4],"data_offsets":[0,18446744073709551616]}}}}"#
+            ),
         ),
         (
             "a duplicate tensor",
@@ -629,7 +728,10 @@ fn fuzz_structure(t: &mut Target, dir: &Path, heavy: bool) -> Tally {
             ),
         ),
     ] {
-        cases.push((what.to_string(), raw_file(&header, &vec![0u8; 2 * n * elem])));
+        cases.push((
+            what.to_string(),
+            raw_file(&header, &vec![0u8; 2 * n * elem]),
+        ));
     }
     let mut huge = t.file.clone();
     for len in [u64::MAX, 1 << 40, 100_000_001, (t.file.len() - 7) as u64] {
@@ -639,7 +741,11 @@ fn fuzz_structure(t: &mut Target, dir: &Path, heavy: bool) -> Tally {
     for (what, bytes) in &cases {
         let started = Instant::now();
         refused(t, &path, bytes, what, &mut tally);
-        assert!(started.elapsed() < Duration::from_secs(1), "{}: {what}: slow", t.what);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{}: {what}: slow",
+            t.what
+        );
     }
     tally
 }
@@ -753,20 +859,24 @@ fn in_0_1_closed(v: f64) -> bool {
 fn in_0_1_open(v: f64) -> bool {
     v > 0.0 && v < 1.0
 }
-// The references' rules, as their Python reads (NaN fails every comparison).
+// The references' rules, as their Python reads (NaN fails every comparison): written as
+// the Python is, hence the lints allowed on them.
 /// torch.optim's `if not 0.0 <= x: raise` (NaN refused, +inf accepted).
 fn torch_not_0_le(v: f64) -> bool {
     0.0 <= v
 }
 /// torch.optim.SGD's `if x < 0.0: raise` (NaN and +inf accepted).
+#[allow(clippy::neg_cmp_op_on_partial_ord, clippy::manual_range_contains)]
 fn torch_lt_0_raises(v: f64) -> bool {
     !(v < 0.0)
 }
 /// `if not 0.0 <= beta < 1.0: raise`.
+#[allow(clippy::neg_cmp_op_on_partial_ord, clippy::manual_range_contains)]
 fn torch_beta(v: f64) -> bool {
     0.0 <= v && v < 1.0
 }
 /// Adadelta's `if not 0.0 <= rho <= 1.0: raise`.
+#[allow(clippy::neg_cmp_op_on_partial_ord, clippy::manual_range_contains)]
 fn torch_rho(v: f64) -> bool {
     0.0 <= v && v <= 1.0
 }
@@ -779,6 +889,7 @@ fn lion_lr(v: f64) -> bool {
     v > 0.0
 }
 /// schedulefree's SGDScheduleFree: `if momentum <= 0 or momentum >= 1: raise`.
+#[allow(clippy::neg_cmp_op_on_partial_ord, clippy::manual_range_contains)]
 fn sf_momentum(v: f64) -> bool {
     !(v <= 0.0 || v >= 1.0)
 }
@@ -789,14 +900,38 @@ fn fields(config: OptimizerConfig) -> Vec<Field> {
     match config {
         OptimizerConfig::Sgd(c) => vec![
             field(c, "lr", |x, v| x.lr = v, finite_ge0, torch_lt_0_raises),
-            field(c, "momentum", |x, v| x.momentum = v, finite_ge0, torch_lt_0_raises),
+            field(
+                c,
+                "momentum",
+                |x, v| x.momentum = v,
+                finite_ge0,
+                torch_lt_0_raises,
+            ),
             field(c, "dampening", |x, v| x.dampening = v, finite, unchecked),
-            field(c, "weight_decay", |x, v| x.weight_decay = v, finite_ge0, torch_lt_0_raises),
+            field(
+                c,
+                "weight_decay",
+                |x, v| x.weight_decay = v,
+                finite_ge0,
+                torch_lt_0_raises,
+            ),
         ],
         OptimizerConfig::Adagrad(c) => vec![
             field(c, "lr", |x, v| x.lr = v, finite_ge0, torch_not_0_le),
-            field(c, "lr_decay", |x, v| x.lr_decay = v, finite_ge0, torch_not_0_le),
-            field(c, "weight_decay", |x, v| x.weight_decay = v, finite_ge0, torch_not_0_le),
+            field(
+                c,
+                "lr_decay",
+                |x, v| x.lr_decay = v,
+                finite_ge0,
+                torch_not_0_le,
+            ),
+            field(
+                c,
+                "weight_decay",
+                |x, v| x.weight_decay = v,
+                finite_ge0,
+                torch_not_0_le,
+            ),
             field(
                 c,
                 "initial_accumulator_value",
@@ -810,35 +945,107 @@ fn fields(config: OptimizerConfig) -> Vec<Field> {
             field(c, "lr", |x, v| x.lr = v, finite_ge0, torch_not_0_le),
             field(c, "alpha", |x, v| x.alpha = v, finite_ge0, torch_not_0_le),
             field(c, "eps", |x, v| x.eps = v, finite_ge0, torch_not_0_le),
-            field(c, "weight_decay", |x, v| x.weight_decay = v, finite_ge0, torch_not_0_le),
-            field(c, "momentum", |x, v| x.momentum = v, finite_ge0, torch_not_0_le),
+            field(
+                c,
+                "weight_decay",
+                |x, v| x.weight_decay = v,
+                finite_ge0,
+                torch_not_0_le,
+            ),
+            field(
+                c,
+                "momentum",
+                |x, v| x.momentum = v,
+                finite_ge0,
+                torch_not_0_le,
+            ),
         ],
-        OptimizerConfig::Adam(c) => adam_like(c, |x| &mut x.lr, |x| &mut x.betas, |x| &mut x.eps, |x| &mut x.weight_decay),
+        OptimizerConfig::Adam(c) => adam_like(
+            c,
+            |x| &mut x.lr,
+            |x| &mut x.betas,
+            |x| &mut x.eps,
+            |x| &mut x.weight_decay,
+        ),
         OptimizerConfig::Nadam(c) => {
-            let mut f = adam_like(c, |x| &mut x.lr, |x| &mut x.betas, |x| &mut x.eps, |x| &mut x.weight_decay);
-            f.push(field(c, "momentum_decay", |x, v| x.momentum_decay = v, finite_ge0, torch_not_0_le));
+            let mut f = adam_like(
+                c,
+                |x| &mut x.lr,
+                |x| &mut x.betas,
+                |x| &mut x.eps,
+                |x| &mut x.weight_decay,
+            );
+            f.push(field(
+                c,
+                "momentum_decay",
+                |x, v| x.momentum_decay = v,
+                finite_ge0,
+                torch_not_0_le,
+            ));
             f
         }
-        OptimizerConfig::Adamax(c) => adam_like(c, |x| &mut x.lr, |x| &mut x.betas, |x| &mut x.eps, |x| &mut x.weight_decay),
-        OptimizerConfig::Radam(c) => adam_like(c, |x| &mut x.lr, |x| &mut x.betas, |x| &mut x.eps, |x| &mut x.weight_decay),
+        OptimizerConfig::Adamax(c) => adam_like(
+            c,
+            |x| &mut x.lr,
+            |x| &mut x.betas,
+            |x| &mut x.eps,
+            |x| &mut x.weight_decay,
+        ),
+        OptimizerConfig::Radam(c) => adam_like(
+            c,
+            |x| &mut x.lr,
+            |x| &mut x.betas,
+            |x| &mut x.eps,
+            |x| &mut x.weight_decay,
+        ),
         OptimizerConfig::Adadelta(c) => vec![
             field(c, "lr", |x, v| x.lr = v, finite_ge0, torch_not_0_le),
             field(c, "rho", |x, v| x.rho = v, in_0_1_closed, torch_rho),
             field(c, "eps", |x, v| x.eps = v, finite_ge0, torch_not_0_le),
-            field(c, "weight_decay", |x, v| x.weight_decay = v, finite_ge0, torch_not_0_le),
+            field(
+                c,
+                "weight_decay",
+                |x, v| x.weight_decay = v,
+                finite_ge0,
+                torch_not_0_le,
+            ),
         ],
         OptimizerConfig::Lion(c) => vec![
             field(c, "lr", |x, v| x.lr = v, finite_gt0, lion_lr),
-            field(c, "betas[0]", |x, v| x.betas.0 = v, in_0_1_closed, torch_rho),
-            field(c, "betas[1]", |x, v| x.betas.1 = v, in_0_1_closed, torch_rho),
-            field(c, "weight_decay", |x, v| x.weight_decay = v, finite, unchecked),
+            field(
+                c,
+                "betas[0]",
+                |x, v| x.betas.0 = v,
+                in_0_1_closed,
+                torch_rho,
+            ),
+            field(
+                c,
+                "betas[1]",
+                |x, v| x.betas.1 = v,
+                in_0_1_closed,
+                torch_rho,
+            ),
+            field(
+                c,
+                "weight_decay",
+                |x, v| x.weight_decay = v,
+                finite,
+                unchecked,
+            ),
         ],
         OptimizerConfig::ScheduleFree(c) => {
             // AdamWScheduleFree checks nothing; SGDScheduleFree checks lr, weight_decay and
             // momentum.
             let sgd = c.base == ScheduleFreeBase::Sgd;
             let mut f = vec![
-                field(c, "lr", |x, v| x.lr = v, finite_ge0, if sgd { torch_lt_0_raises } else { unchecked }),
+                field(
+                    c,
+                    "lr",
+                    |x, v| x.lr = v,
+                    finite_ge0,
+                    if sgd { torch_lt_0_raises } else { unchecked },
+                ),
                 field(
                     c,
                     if sgd { "momentum" } else { "betas[0]" },
@@ -846,18 +1053,39 @@ fn fields(config: OptimizerConfig) -> Vec<Field> {
                     in_0_1_open,
                     if sgd { sf_momentum } else { unchecked },
                 ),
-                field(c, "weight_decay", |x, v| x.weight_decay = v, finite_ge0, if sgd { torch_lt_0_raises } else { unchecked }),
+                field(
+                    c,
+                    "weight_decay",
+                    |x, v| x.weight_decay = v,
+                    finite_ge0,
+                    if sgd { torch_lt_0_raises } else { unchecked },
+                ),
                 field(c, "r", |x, v| x.r = v, finite, unchecked),
-                field(c, "weight_lr_power", |x, v| x.weight_lr_power = v, finite, unchecked),
+                field(
+                    c,
+                    "weight_lr_power",
+                    |x, v| x.weight_lr_power = v,
+                    finite,
+                    unchecked,
+                ),
             ];
             if !sgd {
-                f.push(field(c, "betas[1]", |x, v| x.beta2 = v, in_0_1_open_right, unchecked));
+                f.push(field(
+                    c,
+                    "betas[1]",
+                    |x, v| x.beta2 = v,
+                    in_0_1_open_right,
+                    unchecked,
+                ));
                 f.push(field(c, "eps", |x, v| x.eps = v, finite_ge0, unchecked));
             }
             f
         }
     }
 }
+
+/// Sets one field of a config.
+type Setter<C> = Box<dyn Fn(&mut C, f64)>;
 
 fn adam_like<C: Into<OptimizerConfig> + Copy + 'static>(
     c: C,
@@ -867,7 +1095,10 @@ fn adam_like<C: Into<OptimizerConfig> + Copy + 'static>(
     wd: fn(&mut C) -> &mut f64,
 ) -> Vec<Field> {
     // Closures over the accessors (fn pointers cannot capture, so each field boxes one).
-    let mk = |name: &'static str, set: Box<dyn Fn(&mut C, f64)>, ours: fn(f64) -> bool, reference: fn(f64) -> bool| Field {
+    let mk = |name: &'static str,
+              set: Setter<C>,
+              ours: fn(f64) -> bool,
+              reference: fn(f64) -> bool| Field {
         name,
         set: Box::new(move |v| {
             let mut x = c;
@@ -878,11 +1109,36 @@ fn adam_like<C: Into<OptimizerConfig> + Copy + 'static>(
         reference,
     };
     vec![
-        mk("lr", Box::new(move |x, v| *lr(x) = v), finite_ge0, torch_not_0_le),
-        mk("betas[0]", Box::new(move |x, v| betas(x).0 = v), in_0_1_open_right, torch_beta),
-        mk("betas[1]", Box::new(move |x, v| betas(x).1 = v), in_0_1_open_right, torch_beta),
-        mk("eps", Box::new(move |x, v| *eps(x) = v), finite_ge0, torch_not_0_le),
-        mk("weight_decay", Box::new(move |x, v| *wd(x) = v), finite_ge0, torch_not_0_le),
+        mk(
+            "lr",
+            Box::new(move |x, v| *lr(x) = v),
+            finite_ge0,
+            torch_not_0_le,
+        ),
+        mk(
+            "betas[0]",
+            Box::new(move |x, v| betas(x).0 = v),
+            in_0_1_open_right,
+            torch_beta,
+        ),
+        mk(
+            "betas[1]",
+            Box::new(move |x, v| betas(x).1 = v),
+            in_0_1_open_right,
+            torch_beta,
+        ),
+        mk(
+            "eps",
+            Box::new(move |x, v| *eps(x) = v),
+            finite_ge0,
+            torch_not_0_le,
+        ),
+        mk(
+            "weight_decay",
+            Box::new(move |x, v| *wd(x) = v),
+            finite_ge0,
+            torch_not_0_le,
+        ),
     ]
 }
 
@@ -963,13 +1219,20 @@ fn fuzz_hyperparameters_validate_matches_the_rules() {
         let mut names: Vec<String> = table.iter().map(|f| f.name.to_string()).collect();
         leaves.sort();
         names.sort();
-        assert_eq!(names, leaves, "{}: the table misses a hyper-parameter", base.name());
+        assert_eq!(
+            names,
+            leaves,
+            "{}: the table misses a hyper-parameter",
+            base.name()
+        );
         let mut values = special_values();
         values.extend(random_values(&mut rng, cases() / 4));
         for f in &table {
             for &v in &values {
                 let config = (f.set)(v);
-                let got = call(&format!("{} {} = {v:e}", base.name(), f.name), || config.validate());
+                let got = call(&format!("{} {} = {v:e}", base.name(), f.name), || {
+                    config.validate()
+                });
                 tried += 1;
                 let expected = (f.ours)(v);
                 assert_eq!(
@@ -987,7 +1250,9 @@ fn fuzz_hyperparameters_validate_matches_the_rules() {
                         f.name
                     );
                 }
-                if expected != (f.reference)(v) && special_values().iter().any(|s| s.to_bits() == v.to_bits()) {
+                if expected != (f.reference)(v)
+                    && special_values().iter().any(|s| s.to_bits() == v.to_bits())
+                {
                     differences.push(format!(
                         "{} {} = {v:e}: ours {}, reference {}",
                         base.name(),
@@ -1006,7 +1271,10 @@ fn fuzz_hyperparameters_validate_matches_the_rules() {
     // Every difference is one of the documented kinds: we refuse non-finite values the
     // reference lets through; the rest are listed in docs/reliability/fuzz.md.
     for d in &differences {
-        assert!(d.contains("ours refuses"), "we accept what the reference refuses: {d}");
+        assert!(
+            d.contains("ours refuses"),
+            "we accept what the reference refuses: {d}"
+        );
     }
 }
 
@@ -1024,20 +1292,37 @@ fn fuzz_hyperparameters_set_lr_on_every_path() {
         let lr_rule = finite_ge0;
         let mut opts: Vec<(&str, Box<dyn Optimizer>)> = vec![
             ("cpu", Box::new(CpuOptimizer::new(base, N).unwrap())),
-            ("reference", Box::new(ReferenceOptimizer::new(base, N).unwrap())),
+            (
+                "reference",
+                Box::new(ReferenceOptimizer::new(base, N).unwrap()),
+            ),
         ];
-        let params = ctx.as_ref().map(|c| FlatParams::from_slice(c, &[1.0; N]).unwrap());
+        let params = ctx
+            .as_ref()
+            .map(|c| FlatParams::from_slice(c, &[1.0; N]).unwrap());
         if let Some(p) = &params {
             opts.push(("gpu", Box::new(GpuOptimizer::new(p, base).unwrap())));
         }
         for (path, opt) in &mut opts {
             for &v in &values {
                 let before = opt.lr();
-                let r = call(&format!("{path} {} set_lr({v:e})", base.name()), || opt.set_lr(v));
+                let r = call(&format!("{path} {} set_lr({v:e})", base.name()), || {
+                    opt.set_lr(v)
+                });
                 tried += 1;
-                assert_eq!(r.is_ok(), lr_rule(v), "{path} {}: set_lr({v:e}) gave {r:?}", base.name());
+                assert_eq!(
+                    r.is_ok(),
+                    lr_rule(v),
+                    "{path} {}: set_lr({v:e}) gave {r:?}",
+                    base.name()
+                );
                 let want = if r.is_ok() { v } else { before };
-                assert_eq!(opt.lr().to_bits(), want.to_bits(), "{path} {}: lr after set_lr({v:e})", base.name());
+                assert_eq!(
+                    opt.lr().to_bits(),
+                    want.to_bits(),
+                    "{path} {}: lr after set_lr({v:e})",
+                    base.name()
+                );
                 assert_eq!(opt.host_state().lr.to_bits(), want.to_bits());
             }
         }
@@ -1111,10 +1396,22 @@ fn fuzz_params_builder_huge_lengths_are_refused_before_allocating() {
 fn fuzz_params_builder_random_segments() {
     let Some(ctx) = gpu() else { return };
     let mut rng = Rng::new(0xB111D);
-    let pool = ["", "w", "w", "bias", "层.权重", "\u{0}", "e\u{301}", "é", "🦀", "a b", "x".repeat(10_000).leak()];
+    let pool = [
+        "",
+        "w",
+        "w",
+        "bias",
+        "层.权重",
+        "\u{0}",
+        "e\u{301}",
+        "é",
+        "🦀",
+        "a b",
+        "x".repeat(10_000).leak(),
+    ];
     let mut counts = (0usize, 0usize, 0usize, 0usize);
     for case in 0..cases() {
-        let aligned = rng.next_u64() % 2 == 0;
+        let aligned = rng.next_u64().is_multiple_of(2);
         let segs = (rng.next_u64() % 6) as usize;
         let mut b = FlatParams::builder();
         if aligned {
@@ -1123,7 +1420,7 @@ fn fuzz_params_builder_random_segments() {
         let mut model: Vec<(String, usize, usize)> = Vec::new(); // name, offset, len
         let mut end = 0usize;
         for s in 0..segs {
-            let name = if rng.next_u64() % 3 == 0 {
+            let name = if rng.next_u64().is_multiple_of(3) {
                 format!("{}{s}", pool[(rng.next_u64() as usize) % pool.len()])
             } else {
                 pool[(rng.next_u64() as usize) % pool.len()].to_string()
@@ -1134,7 +1431,11 @@ fn fuzz_params_builder_random_segments() {
                 _ => (rng.next_u64() % 9) as usize,
             };
             let values: Vec<f32> = (0..len).map(|i| (case * 10 + i) as f32).collect();
-            let offset = if aligned { end.next_multiple_of(4) } else { end };
+            let offset = if aligned {
+                end.next_multiple_of(4)
+            } else {
+                end
+            };
             end = offset + len;
             model.push((name.clone(), offset, len));
             b = b.slice(&name, &values);
@@ -1186,7 +1487,9 @@ fn fuzz_params_builder_random_segments() {
             _ => panic!("case {case}: {model:?}: got {r:?}, expected {expected:?}"),
         }
     }
-    eprintln!("fuzz_params_builder_random_segments: (built, empty, zero-length, duplicate) = {counts:?}");
+    eprintln!(
+        "fuzz_params_builder_random_segments: (built, empty, zero-length, duplicate) = {counts:?}"
+    );
     assert!(counts.0 > 0 && counts.1 > 0 && counts.2 > 0 && counts.3 > 0);
 }
 
@@ -1203,13 +1506,25 @@ fn fuzz_params_builder_many_segments() {
     let flat = b.build(&ctx).unwrap();
     assert_eq!(flat.segments().len(), count);
     assert_eq!(flat.len(), 4 * (count - 1) + 1);
-    assert_eq!(flat.segment(&names[count - 1]).unwrap().offset, 4 * (count - 1));
+    assert_eq!(
+        flat.segment(&names[count - 1]).unwrap().offset,
+        4 * (count - 1)
+    );
     // A duplicate at the end of many is found (linearly).
     let mut b = FlatParams::builder();
     for n in names.iter().chain([&names[0]]) {
         b = b.slice(n, &[1.0]);
     }
-    assert!(matches!(b.build(&ctx), Err(Error::Segment { reason: "appears twice", .. })));
-    eprintln!("fuzz_params_builder_many_segments: {count} segments in {:?}", started.elapsed());
+    assert!(matches!(
+        b.build(&ctx),
+        Err(Error::Segment {
+            reason: "appears twice",
+            ..
+        })
+    ));
+    eprintln!(
+        "fuzz_params_builder_many_segments: {count} segments in {:?}",
+        started.elapsed()
+    );
     assert!(started.elapsed() < Duration::from_secs(20));
 }

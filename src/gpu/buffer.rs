@@ -276,7 +276,8 @@ impl FlatParamsBuilder {
     pub fn build(self, ctx: &GpuContext) -> Result<FlatParams> {
         if let Some(elements) = self.refused {
             return Err(Error::BufferTooLarge {
-                what: "flat parameter set (FlatParamsBuilder, at most MAX_BUILDER_ELEMENTS elements)",
+                what:
+                    "flat parameter set (FlatParamsBuilder, at most MAX_BUILDER_ELEMENTS elements)",
                 bytes: elements.saturating_mul(4),
                 limit: MAX_BUILDER_ELEMENTS as u64 * 4,
             });
