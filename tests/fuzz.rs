@@ -104,7 +104,14 @@ fn long_run() -> bool {
 }
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fused-optim-fuzz-{}-{name}", std::process::id()));
+    // Thousands of small files per test: on a RAM file system where there is one.
+    let base = Path::new("/dev/shm");
+    let base = if base.is_dir() {
+        base.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let d = base.join(format!("fused-optim-fuzz-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -174,6 +181,8 @@ struct Target {
     file: Vec<u8>,
     /// Count allocations (CPU paths only: the GPU path allocates staging buffers).
     measure: bool,
+    /// The optimizer as it is (taken after construction and after every accepted load).
+    snap: Option<Snapshot>,
 }
 
 /// Every registered algorithm's defaults and the variants with other state tensors.
@@ -231,6 +240,7 @@ fn cpu_targets(dir: &Path) -> Vec<Target> {
             opt: Box::new(cpu),
             file: f32_file,
             measure: true,
+            snap: None,
         });
         let mut sibling = ReferenceOptimizer::new(config, N).unwrap();
         let mut p = vec![0.5f64; N];
@@ -251,6 +261,7 @@ fn cpu_targets(dir: &Path) -> Vec<Target> {
             opt: Box::new(reference),
             file: f64_file,
             measure: true,
+            snap: None,
         });
     }
     out
@@ -263,7 +274,10 @@ fn cpu_targets(dir: &Path) -> Vec<Target> {
 /// entries, 18 × before the loader parsed the header once instead of three times).
 fn try_load(t: &mut Target, path: &Path, bytes: &[u8], case: &str, tally: &mut Tally) -> bool {
     std::fs::write(path, bytes).unwrap();
-    let before = snapshot(t.opt.as_ref());
+    let before = match t.snap.take() {
+        Some(s) => s,
+        None => snapshot(t.opt.as_ref()),
+    };
     let started = Instant::now();
     let (result, peak) =
         peak_growth(|| catch_unwind(AssertUnwindSafe(|| t.opt.load_checkpoint(path))));
@@ -302,6 +316,7 @@ fn try_load(t: &mut Target, path: &Path, bytes: &[u8], case: &str, tally: &mut T
     match result {
         Ok(()) => {
             tally.accepted += 1;
+            t.snap = Some(snapshot(t.opt.as_ref()));
             true
         }
         Err(e) => {
@@ -313,6 +328,7 @@ fn try_load(t: &mut Target, path: &Path, bytes: &[u8], case: &str, tally: &mut T
                 "{}: refused {case} ({e}) but changed the optimizer",
                 t.what
             );
+            t.snap = Some(before);
             false
         }
     }
@@ -754,7 +770,10 @@ fn fuzz_structure(t: &mut Target, dir: &Path, heavy: bool) -> Tally {
 fn fuzz_checkpoint_cpu_and_reference() {
     let dir = temp_dir("ckpt-cpu");
     let mut targets = cpu_targets(&dir);
+    let started = Instant::now();
     let [random, truncated, flipped] = fuzz_framing(&mut targets, &dir, 0xC0FFEE, true);
+    eprintln!("framing families: {:?}", started.elapsed());
+    let started = Instant::now();
     let mut structure = Tally::default();
     for (k, t) in targets.iter_mut().enumerate() {
         let s = fuzz_structure(t, &dir, k % 8 == 0 || long_run());
@@ -763,6 +782,7 @@ fn fuzz_checkpoint_cpu_and_reference() {
         structure.accepted += s.accepted;
         structure.max_peak_ratio = structure.max_peak_ratio.max(s.max_peak_ratio);
     }
+    eprintln!("structure family: {:?}", started.elapsed());
     for (what, tally) in [
         ("random bytes", &random),
         ("truncated", &truncated),
@@ -799,6 +819,7 @@ fn fuzz_checkpoint_gpu() {
             opt: Box::new(opt),
             file: std::fs::read(&file).unwrap(),
             measure: false,
+            snap: None,
         });
     }
     // The GPU loader shares the file checks with the CPU paths: a sample of each family
