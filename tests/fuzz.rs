@@ -390,6 +390,18 @@ fn parts(bytes: &[u8]) -> Parts {
     (meta, tensors)
 }
 
+/// A file from parts as they are (no checksum recomputed).
+fn unsealed(
+    meta: &HashMap<String, String>,
+    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
+) -> Vec<u8> {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize(views, Some(meta.clone())).unwrap()
+}
+
 /// A file from parts, tensor checksums recomputed and the metadata re-sealed, so that the
 /// loader's deeper checks (names, dtypes, shapes, values) are reached.
 fn rebuild(
@@ -550,6 +562,39 @@ fn fuzz_structure(t: &mut Target, dir: &Path, heavy: bool) -> Tally {
         before,
         "{}: own checkpoint round trip",
         t.what
+    );
+    // A version-1 file (no metadata checksum) still loads; a version-2 file without the
+    // checksum does not.
+    let mut v1 = meta.clone();
+    v1.remove("crc32.metadata");
+    v1.insert("format".into(), checkpoint::FORMAT_V1.into());
+    assert!(
+        try_load(
+            t,
+            &path,
+            &unsealed(&v1, &tensors),
+            "a version-1 file",
+            &mut tally
+        ),
+        "{}: a version-1 file was refused",
+        t.what
+    );
+    assert!(try_load(
+        t,
+        &path,
+        &own_bytes,
+        "its own checkpoint",
+        &mut tally
+    ));
+    assert_eq!(snapshot(t.opt.as_ref()), before);
+    let mut v2 = meta.clone();
+    v2.remove("crc32.metadata");
+    refused(
+        t,
+        &path,
+        &unsealed(&v2, &tensors),
+        "a version-2 file without crc32.metadata",
+        &mut tally,
     );
 
     let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
