@@ -12,7 +12,8 @@
 //! the safetensors framing survives. Version 1 files (no `crc32.metadata`) still load.
 //!
 //! Writes are atomic (a temporary file in the same folder, synced, then renamed over the
-//! target). Loading validates everything (framing, checksums, kind, names, shapes, dtypes)
+//! target). Loading validates everything (framing, checksums, kind, names, shapes, dtypes,
+//! the lr as `set_lr` checks it, finite host scalars)
 //! before anything is changed: a refused file leaves the optimizer as it was.
 //!
 //! ```no_run
