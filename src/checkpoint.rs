@@ -5,16 +5,18 @@
 //! ([`ReferenceOptimizer`](crate::ReferenceOptimizer)). Every implementation loads either:
 //! an F32 file into the reference is widened exactly, an F64 file into an f32 path is rounded
 //! to nearest f32 (as [`Optimizer::load_state`](crate::Optimizer::load_state) does).
-//! Metadata (strings): `format` = `fused-optim-checkpoint/1`, `optimizer` (PyTorch's class
+//! Metadata (strings): `format` = `fused-optim-checkpoint/2`, `optimizer` (PyTorch's class
 //! name), `hparams` (JSON, PyTorch's names), `step`, `lr`, `state_written`, each of the
-//! algorithm's host scalars under its name (NAdam's `mu_product`, ...), `n`, and `crc32.<name>` for every tensor, so that a corrupted
-//! file is refused even where the safetensors framing survives.
+//! algorithm's host scalars under its name (NAdam's `mu_product`, ...), `n`, `crc32.<name>` for every tensor and `crc32.metadata` over every other metadata entry,
+//! so that a corrupted file (tensor data or a hyper-parameter's digits) is refused even where
+//! the safetensors framing survives. Version 1 files (no `crc32.metadata`) still load.
 //!
 //! Writes are atomic (a temporary file `.<name>.tmp-<pid>` in the same folder, synced, then
 //! renamed over the target): a writer killed at any moment leaves the previous file intact
 //! (`tests/concurrent.rs` kills saves with SIGKILL). The temporary files of killed writers
 //! never end in the target's name, and the next successful save to the same target removes
-//! those whose process is gone (Linux). Loading validates everything (framing, checksums, kind, names, shapes, dtypes)
+//! those whose process is gone (Linux). Loading validates everything (framing, checksums, kind, names, shapes, dtypes,
+//! the lr as `set_lr` checks it, finite host scalars)
 //! before anything is changed: a refused file leaves the optimizer as it was.
 //!
 //! ```no_run
@@ -41,7 +43,29 @@ use crate::error::{Error, Result};
 use crate::optim::{HostState, OptimizerConfig};
 
 /// Format tag written into every checkpoint.
-pub const FORMAT: &str = "fused-optim-checkpoint/1";
+pub const FORMAT: &str = "fused-optim-checkpoint/2";
+
+/// The previous format tag: the same layout without `crc32.metadata` (still loaded). A
+/// single bit flip cannot turn `/2` into `/1` (`'2'` and `'1'` differ in two bits).
+pub const FORMAT_V1: &str = "fused-optim-checkpoint/1";
+
+/// Metadata key of the checksum over every other metadata entry.
+const META_CRC: &str = "crc32.metadata";
+
+/// CRC-32 of the metadata entries except `crc32.metadata`, in key order, each key and value
+/// length-prefixed (so that no two different maps hash the same bytes).
+fn metadata_crc(meta: &HashMap<String, String>) -> u32 {
+    let mut keys: Vec<&String> = meta.keys().filter(|k| *k != META_CRC).collect();
+    keys.sort();
+    let mut h = crc32fast::Hasher::new();
+    for k in keys {
+        for part in [k.as_bytes(), meta[k].as_bytes()] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+    }
+    h.finalize()
+}
 
 /// Everything an optimizer checkpoint holds.
 #[derive(Clone, Debug, PartialEq)]
@@ -206,23 +230,40 @@ fn parse_groups(path: &Path, text: &str) -> Result<Vec<GroupState>> {
                 .map(|s| s.as_str().map(str::to_string))
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| err(path, "a segment name is not a string"))?;
+            let host = host_from(
+                &config,
+                h.get("step")
+                    .and_then(serde_json::Value::as_u64)
+                    .ok_or_else(|| err(path, "group host lacks `step`"))?,
+                num,
+                h.get("state_written")
+                    .or_else(|| h.get("momentum_buffer_ready"))
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false),
+            )?;
+            check_host(path, &config, &host)?;
             Ok(GroupState {
                 segments,
                 config,
-                host: host_from(
-                    &config,
-                    h.get("step")
-                        .and_then(serde_json::Value::as_u64)
-                        .ok_or_else(|| err(path, "group host lacks `step`"))?,
-                    num,
-                    h.get("state_written")
-                        .or_else(|| h.get("momentum_buffer_ready"))
-                        .and_then(serde_json::Value::as_bool)
-                        .unwrap_or(false),
-                )?,
+                host,
             })
         })
         .collect()
+}
+
+/// A loaded host state must be one a live optimizer can hold: the lr as `set_lr` checks it,
+/// and the algorithm's scalars finite.
+fn check_host(path: &Path, config: &OptimizerConfig, host: &HostState) -> Result<()> {
+    config.validate_lr(host.lr)?;
+    for ((name, _), value) in config.host_scalars().iter().zip(host.scalars) {
+        if !value.is_finite() {
+            return Err(err(
+                path,
+                format!("host scalar `{name}` = {value} is not finite"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn err(path: &Path, reason: impl Into<String>) -> Error {
@@ -259,6 +300,7 @@ pub fn save(path: &Path, state: &OptimizerState) -> Result<()> {
             .map_err(|e| err(path, e.to_string()))?;
         views.push((name.clone(), view));
     }
+    meta.insert(META_CRC.to_string(), metadata_crc(&meta).to_string());
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e.to_string()))?;
     let dir = path
         .parent()
@@ -309,23 +351,36 @@ fn remove_stale_temp_files(dir: &Path, file_name: &str) {
 /// Read and validate a checkpoint file (framing, checksums, metadata, dtypes, shapes).
 pub fn load(path: &Path) -> Result<OptimizerState> {
     let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
-    let (_, metadata) = SafeTensors::read_metadata(&bytes)
+    // The header is parsed once (it checks every tensor's offsets against the file) and its
+    // metadata borrowed: a header of many small entries costs ~5x its size as a map.
+    let (header_len, metadata) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| err(path, format!("not a valid safetensors file: {e}")))?;
-    let tensors = SafeTensors::deserialize(&bytes)
-        .map_err(|e| err(path, format!("not a valid safetensors file: {e}")))?;
+    let data = &bytes[8 + header_len..];
     let meta = metadata
         .metadata()
-        .clone()
+        .as_ref()
         .ok_or_else(|| err(path, "no metadata: not a fused-optim checkpoint"))?;
     let get = |k: &str| {
         meta.get(k)
             .ok_or_else(|| err(path, format!("metadata lacks `{k}`")))
     };
-    if get("format")? != FORMAT {
+    let format = get("format")?;
+    if format != FORMAT && format != FORMAT_V1 {
         return Err(err(
             path,
-            format!("format is `{}`, expected `{FORMAT}`", get("format")?),
+            format!("format is `{format}`, expected `{FORMAT}` (or `{FORMAT_V1}`)"),
         ));
+    }
+    match meta.get(META_CRC) {
+        Some(crc) if *crc == metadata_crc(meta).to_string() => {}
+        Some(_) => {
+            return Err(err(
+                path,
+                "the metadata fails its checksum: the file is corrupted",
+            ))
+        }
+        None if format == FORMAT_V1 => {}
+        None => return Err(err(path, format!("metadata lacks `{META_CRC}`"))),
     }
     let optimizer = get("optimizer")?;
     let hparams: serde_json::Value =
@@ -361,8 +416,9 @@ pub fn load(path: &Path) -> Result<OptimizerState> {
         number,
         written == "true",
     )?;
+    check_host(path, &config, &host)?;
     let names = config.state_names();
-    let mut found: Vec<String> = tensors.names().iter().map(|s| s.to_string()).collect();
+    let mut found: Vec<String> = metadata.offset_keys();
     found.sort();
     let mut expected: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     expected.sort();
@@ -376,36 +432,42 @@ pub fn load(path: &Path) -> Result<OptimizerState> {
     }
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let t = tensors.tensor(name).map_err(|e| err(path, e.to_string()))?;
-        if t.dtype() != Dtype::F32 && t.dtype() != Dtype::F64 {
+        let t = metadata
+            .info(name)
+            .ok_or_else(|| err(path, format!("no tensor `{name}`")))?;
+        // (read_metadata has checked the offsets; `get` keeps a panic out regardless.)
+        let t_data = data
+            .get(t.data_offsets.0..t.data_offsets.1)
+            .ok_or_else(|| err(path, format!("`{name}` lies outside the file")))?;
+        if t.dtype != Dtype::F32 && t.dtype != Dtype::F64 {
             return Err(err(
                 path,
-                format!("`{name}` is {:?}, expected F32 or F64", t.dtype()),
+                format!("`{name}` is {:?}, expected F32 or F64", t.dtype),
             ));
         }
-        if t.shape() != [n] {
+        if t.shape.as_slice() != [n] {
             return Err(err(
                 path,
-                format!("`{name}` has shape {:?}, expected [{n}]", t.shape()),
+                format!("`{name}` has shape {:?}, expected [{n}]", t.shape),
             ));
         }
         let crc = get(&format!("crc32.{name}"))?;
-        if crc32fast::hash(t.data()).to_string() != *crc {
+        if crc32fast::hash(t_data).to_string() != *crc {
             return Err(err(
                 path,
                 format!("`{name}` fails its checksum: the file is corrupted"),
             ));
         }
-        let values = if t.dtype() == Dtype::F64 {
+        let values = if t.dtype == Dtype::F64 {
             TensorValues::F64(
-                t.data()
+                t_data
                     .chunks_exact(8)
                     .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
                     .collect(),
             )
         } else {
             TensorValues::F32(
-                t.data()
+                t_data
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
                     .collect(),

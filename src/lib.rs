@@ -43,7 +43,7 @@ pub use auto::{AutoOptimizer, Backend, BackendChoice};
 pub use cpu::fast::CpuOptimizer;
 pub use cpu::reference::ReferenceOptimizer;
 pub use error::{Error, Result};
-pub use gpu::buffer::{FlatParams, FlatParamsBuilder, Segment};
+pub use gpu::buffer::{FlatParams, FlatParamsBuilder, Segment, MAX_BUILDER_ELEMENTS};
 pub use gpu::context::{ContextOptions, GpuContext, KernelTuning, LaneTransport};
 pub use gpu::low_precision::{LowFormat, LowPrecisionParams};
 pub use gpu::optimizer::{
