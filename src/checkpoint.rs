@@ -33,7 +33,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
@@ -275,7 +275,30 @@ fn err(path: &Path, reason: impl Into<String>) -> Error {
 
 /// Write `state` to `path` atomically.
 pub fn save(path: &Path, state: &OptimizerState) -> Result<()> {
+    save_with_metadata(path, state, &BTreeMap::new())
+}
+
+/// Prefix of the extra metadata keys a caller may add ([`save_with_metadata`]): the shard
+/// description of [`zero`](crate::zero)'s shard files.
+pub const EXTRA_PREFIX: &str = "shard.";
+
+/// [`save`] with extra metadata entries, each key starting with [`EXTRA_PREFIX`] (covered
+/// by `crc32.metadata` like every other entry; [`load_with_metadata`] returns them).
+pub fn save_with_metadata(
+    path: &Path,
+    state: &OptimizerState,
+    extra: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut meta = HashMap::new();
+    for (k, v) in extra {
+        if !k.starts_with(EXTRA_PREFIX) {
+            return Err(err(
+                path,
+                format!("extra metadata key `{k}` does not start with `{EXTRA_PREFIX}`"),
+            ));
+        }
+        meta.insert(k.clone(), v.clone());
+    }
     meta.insert("format".to_string(), FORMAT.to_string());
     meta.insert("optimizer".to_string(), state.config.name().to_string());
     meta.insert("hparams".to_string(), state.config.hparams().to_string());
@@ -350,6 +373,12 @@ fn remove_stale_temp_files(dir: &Path, file_name: &str) {
 
 /// Read and validate a checkpoint file (framing, checksums, metadata, dtypes, shapes).
 pub fn load(path: &Path) -> Result<OptimizerState> {
+    load_with_metadata(path).map(|(state, _)| state)
+}
+
+/// [`load`], also returning the extra metadata entries (keys starting with
+/// [`EXTRA_PREFIX`]), validated by the same checksum.
+pub fn load_with_metadata(path: &Path) -> Result<(OptimizerState, BTreeMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
     // The header is parsed once (it checks every tensor's offsets against the file) and its
     // metadata borrowed: a header of many small entries costs ~5x its size as a map.
@@ -479,13 +508,21 @@ pub fn load(path: &Path) -> Result<OptimizerState> {
         Some(text) => parse_groups(path, text)?,
         None => Vec::new(),
     };
-    Ok(OptimizerState {
-        config,
-        host,
-        n,
-        tensors: out,
-        groups,
-    })
+    let extra = meta
+        .iter()
+        .filter(|(k, _)| k.starts_with(EXTRA_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok((
+        OptimizerState {
+            config,
+            host,
+            n,
+            tensors: out,
+            groups,
+        },
+        extra,
+    ))
 }
 
 /// Check that a loaded checkpoint fits an optimizer of `config` over `n` parameters: same

@@ -240,6 +240,48 @@ pub enum Error {
         /// What it must satisfy.
         requirement: &'static str,
     },
+    /// A shard plan that cannot be made, or shard files that do not fit together
+    /// ([`zero`](crate::zero)): more ranks than the layout can give work to, overlapping or
+    /// missing shards, shards of different optimizers.
+    #[error("sharding: {reason}")]
+    Shard {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A collective operation did not complete within the sharded optimizer's timeout: a
+    /// peer is stuck, dead or not calling the same step. The optimizer is then poisoned (MPI
+    /// may still write into its buffers): every later call returns [`Error::Poisoned`].
+    #[error("{op} did not complete within {after:?} on rank {rank}: a peer is stuck, dead or not stepping")]
+    CollectiveTimeout {
+        /// The collective (`reduce-scatter`, `all-gather`, `status exchange`).
+        op: &'static str,
+        /// The timeout.
+        after: std::time::Duration,
+        /// This rank.
+        rank: usize,
+    },
+    /// Other ranks reported a failure during a sharded step (their gradient closure failed
+    /// or panicked, their shard update failed); this rank did not update anything in the
+    /// phase named, and no collective is left pending.
+    #[error("rank(s) {ranks:?} failed during {phase}")]
+    PeerFailed {
+        /// The ranks that failed.
+        ranks: Vec<usize>,
+        /// `gradients` (nothing changed anywhere) or `update` (ranks that did not fail
+        /// updated their shard: reload the last checkpoint).
+        phase: &'static str,
+    },
+    /// This rank's gradient closure failed or panicked during a sharded step; the peers were
+    /// told (they return [`Error::PeerFailed`]) and nothing changed.
+    #[error("the gradient computation failed on this rank: {reason}")]
+    LocalFailure {
+        /// The closure's error or panic message.
+        reason: String,
+    },
+    /// A sharded optimizer whose collectives timed out: its buffers were given up to MPI.
+    /// Reload the last checkpoint into a new optimizer.
+    #[error("the sharded optimizer is unusable after a collective timed out")]
+    Poisoned,
 }
 
 /// `Result` with [`Error`](enum@Error).

@@ -38,6 +38,7 @@ pub mod optimizer;
 pub mod roofline;
 pub mod scaler;
 pub mod schedule;
+pub mod zero;
 
 pub use auto::{AutoOptimizer, Backend, BackendChoice};
 pub use cpu::fast::CpuOptimizer;
@@ -53,6 +54,10 @@ pub use gpu::timer::GpuTimer;
 pub use grads::GradOptions;
 /// The `half` crate (f16, bf16), re-exported for the low-precision API.
 pub use half;
+/// The rsmpi crate (feature `mpi`), re-exported so that callers build communicators with
+/// the same version [`zero::ShardedOptimizer`] takes.
+#[cfg(feature = "mpi")]
+pub use mpi;
 pub use optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, Algorithm, HostState, LionConfig,
     NadamConfig, OptimizerConfig, RadamConfig, RmspropConfig, ScheduleFreeBase, ScheduleFreeConfig,

@@ -90,6 +90,7 @@ pub struct AdadeltaUniform {
 impl Algorithm for AdadeltaConfig {
     type Uniform = AdadeltaUniform;
     const ID: &'static str = "adadelta";
+    const ELEMENTWISE: bool = true;
     const KERNEL: KernelSource = KernelSource {
         file: "adadelta.wgsl",
         source: include_str!("../../shaders/adadelta.wgsl"),

@@ -88,6 +88,7 @@ pub struct AdagradUniform {
 impl Algorithm for AdagradConfig {
     type Uniform = AdagradUniform;
     const ID: &'static str = "adagrad";
+    const ELEMENTWISE: bool = true;
     const KERNEL: KernelSource = KernelSource {
         file: "adagrad.wgsl",
         source: include_str!("../../shaders/adagrad.wgsl"),

@@ -158,6 +158,7 @@ pub struct AdamUniform {
 impl Algorithm for AdamConfig {
     type Uniform = AdamUniform;
     const ID: &'static str = "adam";
+    const ELEMENTWISE: bool = true;
     const KERNEL: KernelSource = KernelSource {
         file: "adam.wgsl",
         source: include_str!("../../shaders/adam.wgsl"),

@@ -87,6 +87,7 @@ pub struct AdamaxUniform {
 impl Algorithm for AdamaxConfig {
     type Uniform = AdamaxUniform;
     const ID: &'static str = "adamax";
+    const ELEMENTWISE: bool = true;
     const KERNEL: KernelSource = KernelSource {
         file: "adamax.wgsl",
         source: include_str!("../../shaders/adamax.wgsl"),

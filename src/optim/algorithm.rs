@@ -208,6 +208,11 @@ pub trait Algorithm: Copy + std::fmt::Debug + PartialEq + Default + Send + Sync 
 
     /// Registry id: the file stem of `src/optim/<id>.rs` and `shaders/<id>.wgsl`.
     const ID: &'static str;
+    /// Whether each element's update depends only on that element (and scalars): then any
+    /// split of the elements gives the same bits, and [`zero`](crate::zero) may shard it in
+    /// equal aligned ranges. Per-tensor algorithms (trust ratios, factored moments,
+    /// orthogonalisation) are `false` and are sharded by whole segments.
+    const ELEMENTWISE: bool;
     /// The WGSL kernel.
     const KERNEL: KernelSource;
     /// Class names (PyTorch's or the reference package's) this algorithm answers to in

@@ -89,6 +89,7 @@ pub struct LionUniform {
 impl Algorithm for LionConfig {
     type Uniform = LionUniform;
     const ID: &'static str = "lion";
+    const ELEMENTWISE: bool = true;
     const KERNEL: KernelSource = KernelSource {
         file: "lion.wgsl",
         source: include_str!("../../shaders/lion.wgsl"),

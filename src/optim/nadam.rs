@@ -133,6 +133,7 @@ pub struct NadamUniform {
 impl Algorithm for NadamConfig {
     type Uniform = NadamUniform;
     const ID: &'static str = "nadam";
+    const ELEMENTWISE: bool = true;
     const KERNEL: KernelSource = KernelSource {
         file: "nadam.wgsl",
         source: include_str!("../../shaders/nadam.wgsl"),

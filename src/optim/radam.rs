@@ -122,6 +122,7 @@ pub struct RadamUniform {
 impl Algorithm for RadamConfig {
     type Uniform = RadamUniform;
     const ID: &'static str = "radam";
+    const ELEMENTWISE: bool = true;
     const KERNEL: KernelSource = KernelSource {
         file: "radam.wgsl",
         source: include_str!("../../shaders/radam.wgsl"),

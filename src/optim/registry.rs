@@ -201,6 +201,13 @@ macro_rules! registry {
                 }
             }
 
+            /// Whether the algorithm is elementwise ([`Algorithm::ELEMENTWISE`]).
+            pub fn is_elementwise(&self) -> bool {
+                match self {
+                    $(Self::$variant(_) => <$config as Algorithm>::ELEMENTWISE,)*
+                }
+            }
+
             /// The WGSL kernel of this configuration's algorithm.
             pub fn kernel(&self) -> KernelSource {
                 match self {

@@ -100,6 +100,7 @@ pub struct RmspropUniform {
 impl Algorithm for RmspropConfig {
     type Uniform = RmspropUniform;
     const ID: &'static str = "rmsprop";
+    const ELEMENTWISE: bool = true;
     const KERNEL: KernelSource = KernelSource {
         file: "rmsprop.wgsl",
         source: include_str!("../../shaders/rmsprop.wgsl"),

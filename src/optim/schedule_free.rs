@@ -168,6 +168,7 @@ pub struct ScheduleFreeUniform {
 impl Algorithm for ScheduleFreeConfig {
     type Uniform = ScheduleFreeUniform;
     const ID: &'static str = "schedule_free";
+    const ELEMENTWISE: bool = true;
     const KERNEL: KernelSource = KernelSource {
         file: "schedule_free.wgsl",
         source: include_str!("../../shaders/schedule_free.wgsl"),

@@ -110,6 +110,7 @@ pub struct SgdUniform {
 impl Algorithm for SgdConfig {
     type Uniform = SgdUniform;
     const ID: &'static str = "sgd";
+    const ELEMENTWISE: bool = true;
     const KERNEL: KernelSource = KernelSource {
         file: "sgd.wgsl",
         source: include_str!("../../shaders/sgd.wgsl"),
