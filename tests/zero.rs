@@ -76,8 +76,6 @@ fn parent() {
             .env(SCENARIO, scenario)
             .env(DIR, &dir)
             .env("RAYON_NUM_THREADS", "1")
-            // Containers often forbid the cross-memory-attach single copy (ptrace).
-            .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
             .output()
             .expect("mpirun (install openmpi-bin)");
         let stdout = String::from_utf8_lossy(&out.stdout);

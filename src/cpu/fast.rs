@@ -170,6 +170,48 @@ impl CpuOptimizer {
         Ok(())
     }
 
+    /// Start a step that is applied in pieces ([`Self::apply_piece`]): checks that a step
+    /// may be taken, advances the step count and host scalars, and returns the host state
+    /// the step's uniform is computed from. Gradient options do not apply (the caller
+    /// produces final gradients).
+    pub(crate) fn begin_pieces(&mut self) -> Result<HostState> {
+        self.config.check_step(&self.host)?;
+        let before = self.host;
+        with_algorithm!(&self.config, c => {
+            self.host.step += 1;
+            let _ = c.begin_step(&mut self.host);
+        });
+        self.host.state_written = true;
+        self.last_skipped = false;
+        Ok(before)
+    }
+
+    /// Apply the step begun at `before` to the elements `range` of the optimizer:
+    /// `params` are those elements' parameters, and `fill(offset, out)` writes the
+    /// gradients of elements `range.start + offset ..` into `out` (a chunk at a time, in
+    /// a per-thread buffer that stays in cache: the gradients never travel through memory).
+    /// Every element must be covered by exactly one piece per step.
+    pub(crate) fn apply_piece(
+        &mut self,
+        before: &HostState,
+        params: &mut [f32],
+        range: std::ops::Range<usize>,
+        fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) {
+        debug_assert_eq!(params.len(), range.len());
+        let mut host = *before;
+        let mut states: Vec<&mut [f32]> = self
+            .states
+            .iter_mut()
+            .map(|s| &mut s[range.clone()])
+            .collect();
+        with_algorithm!(&self.config, c => {
+            host.step += 1;
+            let u = c.begin_step(&mut host);
+            par_apply_produced(params, fill, &mut states, &Step(c, &u));
+        });
+    }
+
     fn checked_state(&self, name: &str, len: usize) -> Result<usize> {
         let k = self.config.state_index(name)?;
         if len != self.n {
@@ -406,6 +448,58 @@ fn par_apply<K: ChunkLoop>(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec]
         });
     }
     par_chunks(p, g, states, move |p, g, s| sse2(k, p, g, s))
+}
+
+/// [`par_apply`] with gradients produced per chunk by `fill(offset, out)`.
+fn par_apply_produced<K: ChunkLoop>(
+    p: &mut [f32],
+    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+    states: &mut [&mut [f32]],
+    k: &K,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::avx2_enabled() {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time by `avx2_enabled`).
+        return par_chunks_produced(p, fill, states, move |p, g, s| unsafe {
+            simd::avx2(k, p, g, s)
+        });
+    }
+    par_chunks_produced(p, fill, states, move |p, g, s| sse2(k, p, g, s))
+}
+
+fn par_chunks_produced<F>(
+    p: &mut [f32],
+    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+    states: &mut [&mut [f32]],
+    f: F,
+) where
+    F: Fn(&mut [f32], &[f32], &mut [&mut [f32]]) + Sync + Send,
+{
+    let run = |buf: &mut Vec<f32>, i: usize, p: &mut [f32], s: &mut [&mut [f32]]| {
+        let g = &mut buf[..p.len()];
+        fill(i * CHUNK, g);
+        f(p, g, s)
+    };
+    let buffer = || vec![0.0f32; CHUNK];
+    let pi = p.par_chunks_mut(CHUNK).enumerate();
+    match states {
+        [] => pi.for_each_init(buffer, |b, (i, p)| run(b, i, p, &mut [])),
+        [a] => pi
+            .zip(a.par_chunks_mut(CHUNK))
+            .for_each_init(buffer, |b, ((i, p), a)| run(b, i, p, &mut [a])),
+        [a, b] => pi
+            .zip(a.par_chunks_mut(CHUNK))
+            .zip(b.par_chunks_mut(CHUNK))
+            .for_each_init(buffer, |buf, (((i, p), a), b)| run(buf, i, p, &mut [a, b])),
+        [a, b, c] => pi
+            .zip(a.par_chunks_mut(CHUNK))
+            .zip(b.par_chunks_mut(CHUNK))
+            .zip(c.par_chunks_mut(CHUNK))
+            .for_each_init(buffer, |buf, ((((i, p), a), b), c)| {
+                run(buf, i, p, &mut [a, b, c])
+            }),
+        _ => unreachable!("no optimizer has more than 3 state tensors"),
+    }
 }
 
 /// The loop compiled for the baseline target (SSE2 on x86_64).

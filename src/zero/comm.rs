@@ -92,7 +92,7 @@ impl Collectives {
     }
 
     /// `out` (this rank's shard) = the reduction over ranks of their `grads` restricted to
-    /// this rank's range, in buckets of `bucket` elements (`scratch` holds `world * bucket`).
+    /// this rank's range (see [`Self::exchange_buckets`]).
     pub(crate) fn reduce_scatter(
         &self,
         plan: &ShardPlan,
@@ -102,12 +102,33 @@ impl Collectives {
         bucket: usize,
         reduction: GradReduction,
     ) -> Result<()> {
-        let world = self.world;
+        self.exchange_buckets(plan, grads, scratch, bucket, |offset, parts| {
+            let out = &mut out[offset..offset + parts[0].len()];
+            reduce_in_rank_order(parts, out, reduction);
+        })
+    }
+
+    /// The exchange of the reduce-scatter, in buckets of `bucket` elements of this rank's
+    /// shard: for each bucket, every other rank's gradients of it arrive in `scratch`
+    /// (`world * bucket` elements) and `reduce(offset, parts)` gets the R contributions in
+    /// rank order (this rank's own read in place from `grads`: it is not sent to itself),
+    /// `offset` counting from the shard's start.
+    pub(crate) fn exchange_buckets(
+        &self,
+        plan: &ShardPlan,
+        grads: &[f32],
+        scratch: &mut Vec<f32>,
+        bucket: usize,
+        mut reduce: impl FnMut(usize, &[&[f32]]),
+    ) -> Result<()> {
+        let (world, me) = (self.world, self.rank);
         let rounds = plan.max_len().div_ceil(bucket);
         scratch.resize(world * bucket.min(plan.max_len()), 0.0);
         let piece = |r: usize, b: usize| plan.range(r).len().saturating_sub(b * bucket).min(bucket);
+        let others = |r: usize, x: usize| if r == me { 0 } else { x };
         for b in 0..rounds {
-            let send_counts: Vec<Count> = (0..world).map(|r| count(piece(r, b))).collect();
+            let send_counts: Vec<Count> =
+                (0..world).map(|r| count(others(r, piece(r, b)))).collect();
             let send_displs: Vec<Count> = (0..world)
                 .map(|r| {
                     count(if piece(r, b) > 0 {
@@ -117,12 +138,15 @@ impl Collectives {
                     })
                 })
                 .collect();
-            let mine = piece(self.rank, b);
-            let recv_counts: Vec<Count> = vec![count(mine); world];
+            let mine = piece(me, b);
+            let recv_counts: Vec<Count> = (0..world).map(|r| count(others(r, mine))).collect();
             let recv_displs: Vec<Count> = (0..world).map(|r| count(r * mine)).collect();
-            let recv = &mut scratch[..world * mine];
             let send = Partition::new(grads, &send_counts[..], &send_displs[..]);
-            let mut recv = PartitionMut::new(&mut recv[..], &recv_counts[..], &recv_displs[..]);
+            let mut recv = PartitionMut::new(
+                &mut scratch[..world * mine],
+                &recv_counts[..],
+                &recv_displs[..],
+            );
             mpi::request::scope(|scope: &LocalScope<'_>| {
                 let req = self
                     .comm
@@ -130,27 +154,88 @@ impl Collectives {
                 self.wait(req, "reduce-scatter")
             })?;
             if mine > 0 {
-                let mut parts: Vec<&mut [f32]> = scratch[..world * mine].chunks_mut(mine).collect();
-                let out = &mut out[b * bucket..b * bucket + mine];
-                reduce_in_rank_order(&mut parts, out, reduction);
+                let own_start = plan.range(me).start + b * bucket;
+                let parts: Vec<&[f32]> = (0..world)
+                    .map(|r| {
+                        if r == me {
+                            &grads[own_start..own_start + mine]
+                        } else {
+                            &scratch[r * mine..(r + 1) * mine]
+                        }
+                    })
+                    .collect();
+                reduce(b * bucket, &parts);
             }
         }
         Ok(())
     }
 
-    /// `full` = every rank's `mine` at its range of the plan.
-    pub(crate) fn all_gather<T: Equivalence>(
-        &self,
-        plan: &ShardPlan,
-        mine: &[T],
-        full: &mut [T],
-    ) -> Result<()> {
-        let counts: Vec<Count> = plan.ranges().iter().map(|r| count(r.len())).collect();
-        let displs: Vec<Count> = plan.ranges().iter().map(|r| count(r.start)).collect();
-        self.gather_varcount(mine, full, &counts, &displs, "all-gather")
+    /// `full[range_r]` = rank r's `full[range_r]` for every other rank r (this rank's range
+    /// is sent, not copied): point-to-point sends and receives into disjoint slices.
+    pub(crate) fn all_gather_in_place(&self, plan: &ShardPlan, full: &mut [f32]) -> Result<()> {
+        let me = self.rank;
+        let mut slices: Vec<&mut [f32]> = Vec::with_capacity(self.world);
+        let mut rest = full;
+        for r in plan.ranges() {
+            let (head, tail) = rest.split_at_mut(r.len());
+            slices.push(head);
+            rest = tail;
+        }
+        let mine: &mut [f32] = std::mem::take(&mut slices[me]);
+        let mine: &[f32] = mine;
+        mpi::request::scope(|scope: &LocalScope<'_>| {
+            let mut pending = Vec::with_capacity(2 * self.world);
+            for (r, slice) in slices.iter_mut().enumerate() {
+                if r != me {
+                    let peer = self.comm.process_at_rank(r as mpi::Rank);
+                    pending.push(peer.immediate_receive_into(scope, &mut **slice));
+                }
+            }
+            for r in (0..self.world).filter(|&r| r != me) {
+                let peer = self.comm.process_at_rank(r as mpi::Rank);
+                pending.push(peer.immediate_send(scope, mine));
+            }
+            self.wait_all(pending, "all-gather")
+        })
     }
 
-    /// `full` = every rank's `mine` back to back; `lens` are every rank's lengths.
+    /// [`Self::wait`] over several requests, one deadline for all.
+    fn wait_all<'a, S: Scope<'a>>(
+        &self,
+        requests: Vec<Request<'a, [f32], S>>,
+        op: &'static str,
+    ) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        let mut pending = requests;
+        let mut polls = 0u32;
+        while !pending.is_empty() {
+            let mut still = Vec::with_capacity(pending.len());
+            for req in pending {
+                if let Err(req) = req.test() {
+                    still.push(req);
+                }
+            }
+            pending = still;
+            if !pending.is_empty() && Instant::now() > deadline {
+                for req in pending {
+                    // SAFETY: as in `wait`: the caller gives the buffers up for good.
+                    let _ = unsafe { req.into_raw() };
+                }
+                return Err(Error::CollectiveTimeout {
+                    op,
+                    after: self.timeout,
+                    rank: self.rank,
+                });
+            }
+            polls = polls.wrapping_add(1);
+            if polls % 64 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        Ok(())
+    }
+
+    /// `full` = every rank's `mine` back to back, at `displs` with `counts` elements each.
     pub(crate) fn gather_varcount<T: Equivalence>(
         &self,
         mine: &[T],

@@ -23,36 +23,71 @@ pub enum GradReduction {
     Sum,
 }
 
+/// Elements per block of the reduction: the partial sums of a block stay in the L1 cache.
+const BLOCK: usize = 1024;
+
 /// Reduce `parts` (R equal-length slices, rank order) into `out` in the fixed tree of the
-/// [module documentation](self); `parts` is used as scratch (its contents are destroyed).
+/// [module documentation](self): one pass that reads every part once and writes `out`
+/// once (partial sums live in block-sized scratch), in parallel over chunks.
 ///
 /// # Panics
 /// If `parts` is empty or the lengths differ (an internal invariant: callers size them).
-pub fn reduce_in_rank_order(parts: &mut [&mut [f32]], out: &mut [f32], reduction: GradReduction) {
-    let world = parts.len();
-    assert!(world > 0 && parts.iter().all(|p| p.len() == out.len()));
-    let mut stride = 1;
-    while stride < world {
-        for j in (0..world).step_by(2 * stride) {
-            if j + stride < world {
-                let (left, right) = parts.split_at_mut(j + stride);
-                add_into(left[j], right[0]);
-            }
-        }
-        stride *= 2;
-    }
-    let divisor = world as f32;
-    let sum = &*parts[0];
+pub fn reduce_in_rank_order(parts: &[&[f32]], out: &mut [f32], reduction: GradReduction) {
+    assert!(!parts.is_empty() && parts.iter().all(|p| p.len() == out.len()));
     out.par_chunks_mut(CHUNK)
-        .zip(sum.par_chunks(CHUNK))
-        .for_each(|(o, s)| match reduction {
-            GradReduction::Mean => o.iter_mut().zip(s).for_each(|(o, s)| *o = s / divisor),
-            GradReduction::Sum => o.copy_from_slice(s),
-        });
+        .enumerate()
+        .for_each(|(c, out)| reduce_range(parts, c * CHUNK, out, reduction));
 }
 
-fn add_into(acc: &mut [f32], x: &[f32]) {
-    acc.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(a, x)| a.iter_mut().zip(x).for_each(|(a, x)| *a += x));
+/// `out` = the reduction of `parts` at elements `start..start + out.len()` (one thread).
+pub(crate) fn reduce_range(
+    parts: &[&[f32]],
+    start: usize,
+    out: &mut [f32],
+    reduction: GradReduction,
+) {
+    let world = parts.len();
+    let divisor = world as f32;
+    // Scratch blocks: one per level below the root.
+    let depth = usize::BITS as usize - world.leading_zeros() as usize;
+    let mut scratch = vec![0.0f32; BLOCK * depth];
+    for (b, o) in out.chunks_mut(BLOCK).enumerate() {
+        tree(parts, 0..world, start + b * BLOCK, o, &mut scratch);
+        if reduction == GradReduction::Mean {
+            o.iter_mut().for_each(|x| *x /= divisor);
+        }
+    }
+}
+
+/// `out` = the tree sum of `parts[ranks]` at elements `start..start + out.len()`. A group
+/// of k > 2 ranks splits after the largest power of two below k: for k a power of two the
+/// halves, otherwise a full subtree and the rest, which is the stride-doubling order.
+fn tree(
+    parts: &[&[f32]],
+    ranks: std::ops::Range<usize>,
+    start: usize,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let len = out.len();
+    let at = |r: usize| &parts[r][start..start + len];
+    match ranks.len() {
+        1 => out.copy_from_slice(at(ranks.start)),
+        2 => {
+            let (a, b) = (at(ranks.start), at(ranks.start + 1));
+            for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
+                *o = a + b;
+            }
+        }
+        k => {
+            let split = ranks.start + (1 << (usize::BITS - 1 - (k - 1).leading_zeros()));
+            tree(parts, ranks.start..split, start, out, scratch);
+            let (right, deeper) = scratch.split_at_mut(BLOCK);
+            let right = &mut right[..len];
+            tree(parts, split..ranks.end, start, right, deeper);
+            for (o, r) in out.iter_mut().zip(right.iter()) {
+                *o += r;
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use super::checkpoint::{load_range, save_shard, shard_set, ShardInfo};
 use super::comm::{count, Collectives};
 use super::layout::{shard_error, ShardLayout, ShardPlan};
-use super::reduce::GradReduction;
+use super::reduce::{reduce_range, GradReduction};
 use crate::checkpoint::{OptimizerState, TensorValues};
 use crate::cpu::fast::CHUNK;
 use crate::error::{Error, Result};
@@ -159,9 +159,8 @@ pub struct ShardedOptimizer {
     grads: Vec<f32>,
     /// The reduced gradients: this shard's (`len`, ZeRO-2) or all (`n`, ZeRO-1).
     reduced: Vec<f32>,
-    /// The shard's processed gradients and its updated parameters on their way out.
+    /// The shard's processed gradients (with gradient options).
     shard_grads: Vec<f32>,
-    send: Vec<f32>,
     scratch: Vec<f32>,
     inner: Inner,
     grad_options: GradOptions,
@@ -190,6 +189,17 @@ impl StepTimings {
     pub fn communication(&self) -> Duration {
         self.reduce_scatter + self.all_gather
     }
+}
+
+/// Which gradients the shard update takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ShardGrads {
+    /// None: the step is skipped.
+    Skip,
+    /// The reduced gradients as they are.
+    Reduced,
+    /// `shard_grads`: unscaled and clipped.
+    Processed,
 }
 
 /// Status words of the exchanges.
@@ -274,8 +284,7 @@ impl ShardedOptimizer {
             config,
             grads: vec![0.0; n],
             reduced: vec![0.0; reduced_len],
-            shard_grads: vec![0.0; range.len()],
-            send: vec![0.0; range.len()],
+            shard_grads: Vec::new(),
             scratch: Vec::new(),
             params,
             plan,
@@ -383,6 +392,9 @@ impl ShardedOptimizer {
         self.agree(local, "gradients")?;
         let t_reduce = Instant::now();
         let range = self.shard();
+        if self.fused() {
+            return self.fused_step(t_reduce, start);
+        }
         let reduced_shard = match self.zero.stage {
             ZeroStage::Two => &mut self.reduced[..],
             ZeroStage::One => &mut self.reduced[range.clone()],
@@ -396,9 +408,8 @@ impl ShardedOptimizer {
             self.zero.reduction,
         )?;
         if self.zero.stage == ZeroStage::One {
-            self.send.copy_from_slice(&self.reduced[range.clone()]);
             self.comm
-                .all_gather(&self.plan, &self.send, &mut self.reduced)?;
+                .all_gather_in_place(&self.plan, &mut self.reduced)?;
         }
         let t_update = Instant::now();
         self.timings = StepTimings {
@@ -406,21 +417,87 @@ impl ShardedOptimizer {
             reduce_scatter: t_update - t_reduce,
             ..StepTimings::default()
         };
-        if self.preprocess()? {
+        let grads = self.preprocess()?;
+        if grads == ShardGrads::Skip {
             self.last_skipped = true;
             self.timings.update = t_update.elapsed();
             return Ok(());
         }
         self.last_skipped = false;
-        let update = self
-            .inner
-            .step(&mut self.params[range.clone()], &self.shard_grads);
+        let grads = match (grads, self.zero.stage) {
+            (ShardGrads::Processed, _) => &self.shard_grads[..],
+            (_, ZeroStage::Two) => &self.reduced[..],
+            (_, ZeroStage::One) => &self.reduced[range.clone()],
+        };
+        let update = self.inner.step(&mut self.params[range.clone()], grads);
         self.agree(update.err().map(|e| e.to_string()), "update")?;
         let t_gather = Instant::now();
         self.timings.update = t_gather - t_update;
-        self.send.copy_from_slice(&self.params[range]);
         self.comm
-            .all_gather(&self.plan, &self.send, &mut self.params)?;
+            .all_gather_in_place(&self.plan, &mut self.params)?;
+        self.timings.all_gather = t_gather.elapsed();
+        Ok(())
+    }
+
+    /// Whether the step fuses the reduction into the update: ZeRO-2 on the CPU without
+    /// gradient options. Each bucket's contributions are then reduced chunk by chunk into a
+    /// cache-resident buffer the update reads at once, so the reduced gradients never go
+    /// through memory (and are not kept: [`Self::reduced_grads`] is empty).
+    fn fused(&self) -> bool {
+        let o = self.grad_options;
+        matches!(self.inner, Inner::Cpu(_))
+            && self.zero.stage == ZeroStage::Two
+            && o.clip_value.is_none()
+            && o.max_norm.is_none()
+            && o.grad_scale == 1.0
+            && !o.skip_nonfinite
+    }
+
+    fn fused_step(&mut self, t_reduce: Instant, start: Instant) -> Result<()> {
+        let Inner::Cpu(cpu) = &mut self.inner else {
+            unreachable!("fused() checked the backend");
+        };
+        let begun = cpu.begin_pieces();
+        agree_on(
+            &self.comm,
+            begun.as_ref().err().map(|e| e.to_string()),
+            "update",
+        )?;
+        let before = begun?;
+        let range = self.plan.range(self.comm.rank);
+        let reduction = self.zero.reduction;
+        let params = &mut self.params[range];
+        let mut waited = Instant::now() - Instant::now();
+        let mut t_bucket = Instant::now();
+        self.comm.exchange_buckets(
+            &self.plan,
+            &self.grads,
+            &mut self.scratch,
+            self.zero.bucket,
+            |offset, parts| {
+                waited += t_bucket.elapsed();
+                let len = parts[0].len();
+                let fill = |at: usize, out: &mut [f32]| reduce_range(parts, at, out, reduction);
+                cpu.apply_piece(
+                    &before,
+                    &mut params[offset..offset + len],
+                    offset..offset + len,
+                    &fill,
+                );
+                t_bucket = Instant::now();
+            },
+        )?;
+        self.reduced.clear();
+        self.last_skipped = false;
+        let t_gather = Instant::now();
+        self.timings = StepTimings {
+            gradients: t_reduce - start,
+            reduce_scatter: waited + t_bucket.elapsed(),
+            update: (t_gather - t_reduce).saturating_sub(waited + t_bucket.elapsed()),
+            all_gather: Duration::ZERO,
+        };
+        self.comm
+            .all_gather_in_place(&self.plan, &mut self.params)?;
         self.timings.all_gather = t_gather.elapsed();
         Ok(())
     }
@@ -432,44 +509,33 @@ impl ShardedOptimizer {
 
     /// Tell every rank whether this one failed in `phase`; an error if any did.
     fn agree(&self, local: Option<String>, phase: &'static str) -> Result<()> {
-        let all = self
-            .comm
-            .exchange_status(if local.is_some() { FAILED } else { OK })?;
-        if let Some(reason) = local {
-            return Err(Error::LocalFailure {
-                reason: format!("{phase}: {reason}"),
-            });
-        }
-        let ranks: Vec<usize> = (0..all.len()).filter(|&r| all[r] != OK).collect();
-        if ranks.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::PeerFailed { ranks, phase })
-        }
+        agree_on(&self.comm, local, phase)
     }
 
     /// The gradient options over the reduced shard, into `shard_grads`, as the fast CPU
     /// path applies them to the whole: returns whether the step is skipped (non-finite
     /// gradients on any rank, with `skip_nonfinite`).
-    fn preprocess(&mut self) -> Result<bool> {
+    fn preprocess(&mut self) -> Result<ShardGrads> {
         let range = self.shard();
         let reduced = match self.zero.stage {
             ZeroStage::Two => &self.reduced[..],
             ZeroStage::One => &self.reduced[range.clone()],
         };
         let o = self.grad_options;
+        if o.clip_value.is_some() || o.max_norm.is_some() || o.grad_scale != 1.0 {
+            self.shard_grads.resize(range.len(), 0.0);
+        }
         if o.skip_nonfinite {
             let bad = reduced.par_iter().any(|g| !g.is_finite());
             let all = self.comm.exchange_status(i32::from(bad))?;
             if all.iter().any(|&b| b != 0) {
-                return Ok(true);
+                return Ok(ShardGrads::Skip);
             }
         }
         let control = o.control();
         let (scale, clip) = (control.inv_scale, control.clip_value);
-        if o == GradOptions::default() {
-            self.shard_grads.copy_from_slice(reduced);
-            return Ok(false);
+        if o.clip_value.is_none() && o.max_norm.is_none() && o.grad_scale == 1.0 {
+            return Ok(ShardGrads::Reduced);
         }
         self.shard_grads
             .par_iter_mut()
@@ -507,7 +573,7 @@ impl ShardedOptimizer {
             self.shard_grads.par_iter_mut().for_each(|g| *g *= coef);
             self.last_grad_norm = Some(norm);
         }
-        Ok(false)
+        Ok(ShardGrads::Processed)
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -525,7 +591,7 @@ impl ShardedOptimizer {
             &mut self.params,
             &mut self.grads,
             &mut self.reduced,
-            &mut self.send,
+            &mut self.shard_grads,
             &mut self.scratch,
         ] {
             std::mem::forget(std::mem::take(buf));
@@ -655,6 +721,22 @@ impl ShardedOptimizer {
         let loaded = self.inner.optimizer_mut().load_checkpoint(&tmp);
         let _ = std::fs::remove_file(&tmp);
         loaded
+    }
+}
+
+/// Tell every rank whether this one failed in `phase`; an error if any did.
+fn agree_on(comm: &Collectives, local: Option<String>, phase: &'static str) -> Result<()> {
+    let all = comm.exchange_status(if local.is_some() { FAILED } else { OK })?;
+    if let Some(reason) = local {
+        return Err(Error::LocalFailure {
+            reason: format!("{phase}: {reason}"),
+        });
+    }
+    let ranks: Vec<usize> = (0..all.len()).filter(|&r| all[r] != OK).collect();
+    if ranks.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::PeerFailed { ranks, phase })
     }
 }
 
