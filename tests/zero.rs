@@ -382,7 +382,7 @@ fn identical(comm: &impl Communicator, world: usize, report: &mut Report) {
         ScheduleFreeConfig::adamw().into(),
     ] {
         let zero = ZeroConfig {
-            backend: ShardBackend::Gpu(ctx.clone()),
+            backend: ShardBackend::Gpu(Box::new(ctx.clone())),
             ..ZeroConfig::default()
         };
         let label = format!("{} on the GPU", config.name());

@@ -174,6 +174,7 @@ impl CpuOptimizer {
     /// may be taken, advances the step count and host scalars, and returns the host state
     /// the step's uniform is computed from. Gradient options do not apply (the caller
     /// produces final gradients).
+    #[cfg(feature = "mpi")]
     pub(crate) fn begin_pieces(&mut self) -> Result<HostState> {
         self.config.check_step(&self.host)?;
         let before = self.host;
@@ -191,6 +192,7 @@ impl CpuOptimizer {
     /// gradients of elements `range.start + offset ..` into `out` (a chunk at a time, in
     /// a per-thread buffer that stays in cache: the gradients never travel through memory).
     /// Every element must be covered by exactly one piece per step.
+    #[cfg(feature = "mpi")]
     pub(crate) fn apply_piece(
         &mut self,
         before: &HostState,
@@ -450,7 +452,9 @@ fn par_apply<K: ChunkLoop>(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec]
     par_chunks(p, g, states, move |p, g, s| sse2(k, p, g, s))
 }
 
-/// [`par_apply`] with gradients produced per chunk by `fill(offset, out)`.
+/// [`par_apply`] with gradients produced per chunk by `fill(offset, out)` (the ZeRO
+/// step's fused reduction).
+#[cfg(feature = "mpi")]
 fn par_apply_produced<K: ChunkLoop>(
     p: &mut [f32],
     fill: &(dyn Fn(usize, &mut [f32]) + Sync),
@@ -467,6 +471,7 @@ fn par_apply_produced<K: ChunkLoop>(
     par_chunks_produced(p, fill, states, move |p, g, s| sse2(k, p, g, s))
 }
 
+#[cfg(feature = "mpi")]
 fn par_chunks_produced<F>(
     p: &mut [f32],
     fill: &(dyn Fn(usize, &mut [f32]) + Sync),

@@ -1,7 +1,7 @@
 //! Sharded checkpoints: one file per rank, a merge into the single-process checkpoint, and
 //! loading any range (re-sharding to another world size).
 //!
-//! A shard file is an ordinary [`checkpoint`](crate::checkpoint) (atomic write, CRC-32 over
+//! A shard file is an ordinary [`crate::checkpoint`] (atomic write, CRC-32 over
 //! every tensor and over the metadata, PyTorch's state names) of the shard's `len` elements,
 //! named `shard-RRRRR-of-WWWWW.safetensors`, with extra metadata `shard.rank`,
 //! `shard.world`, `shard.offset`, `shard.len`, `shard.n` (all shards together) and

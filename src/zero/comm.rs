@@ -73,7 +73,7 @@ impl Collectives {
                 });
             }
             polls = polls.wrapping_add(1);
-            if polls % 64 == 0 {
+            if polls.is_multiple_of(64) {
                 std::thread::yield_now();
             }
         }
@@ -228,7 +228,7 @@ impl Collectives {
                 });
             }
             polls = polls.wrapping_add(1);
-            if polls % 64 == 0 {
+            if polls.is_multiple_of(64) {
                 std::thread::yield_now();
             }
         }

@@ -44,7 +44,7 @@ pub enum ShardBackend {
     /// The WGSL kernels ([`GpuOptimizer`]) on this device. The shard's reduced gradients are
     /// written to the device and its updated parameters read back every step (staging through
     /// host memory: the collectives run on host buffers).
-    Gpu(GpuContext),
+    Gpu(Box<GpuContext>),
 }
 
 /// The sharding options.
@@ -81,9 +81,9 @@ impl Default for ZeroConfig {
 
 /// The optimizer of one rank's shard.
 enum Inner {
-    Cpu(CpuOptimizer),
+    Cpu(Box<CpuOptimizer>),
     Gpu {
-        params: FlatParams,
+        params: Box<FlatParams>,
         opt: Box<GpuOptimizer>,
         /// The host params of the shard changed since the device copy was written.
         stale: bool,
@@ -93,14 +93,14 @@ enum Inner {
 impl Inner {
     fn optimizer(&self) -> &dyn Optimizer {
         match self {
-            Self::Cpu(o) => o,
+            Self::Cpu(o) => o.as_ref(),
             Self::Gpu { opt, .. } => opt.as_ref(),
         }
     }
 
     fn optimizer_mut(&mut self) -> &mut dyn Optimizer {
         match self {
-            Self::Cpu(o) => o,
+            Self::Cpu(o) => o.as_mut(),
             Self::Gpu { opt, .. } => opt.as_mut(),
         }
     }
@@ -264,12 +264,12 @@ impl ShardedOptimizer {
         }
         let range = plan.range(comm.rank);
         let inner = match &zero.backend {
-            ShardBackend::Cpu => Inner::Cpu(CpuOptimizer::new(config, range.len())?),
+            ShardBackend::Cpu => Inner::Cpu(Box::new(CpuOptimizer::new(config, range.len())?)),
             ShardBackend::Gpu(ctx) => {
                 let device = FlatParams::from_slice(ctx, &params[range.clone()])?;
                 let opt = GpuOptimizer::new(&device, config)?;
                 Inner::Gpu {
-                    params: device,
+                    params: Box::new(device),
                     opt: Box::new(opt),
                     stale: false,
                 }

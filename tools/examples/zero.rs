@@ -138,7 +138,7 @@ fn zero_config(args: &Args) -> Result<ZeroConfig, Box<dyn std::error::Error>> {
         },
         reduction: GradReduction::Sum,
         backend: if args.gpu {
-            ShardBackend::Gpu(GpuContext::new()?)
+            ShardBackend::Gpu(Box::new(GpuContext::new()?))
         } else {
             ShardBackend::Cpu
         },
@@ -151,7 +151,7 @@ fn run(args: &Args, world: &impl Communicator) -> Result<i32, Box<dyn std::error
         return bench(args, world);
     }
     let (rank, size) = (world.rank() as usize, world.size() as usize);
-    if MICRO_BATCHES % size != 0 {
+    if !MICRO_BATCHES.is_multiple_of(size) {
         return Err(
             format!("{MICRO_BATCHES} micro-batches cannot be split over {size} ranks").into(),
         );
