@@ -219,6 +219,10 @@ fn compare(
         Err(e) => return report.check(label, false, || format!("construction: {e}")),
     };
     sharded.set_grad_options(options).unwrap();
+    let expect_shared = zero.transport != Transport::Messages;
+    if sharded.uses_shared_memory() != expect_shared {
+        return report.check(label, false, || "wrong transport".into());
+    }
     let mut single_p = p0.clone();
     let mut cpu = CpuOptimizer::new(config, n).unwrap();
     cpu.set_grad_options(options).unwrap();
@@ -297,12 +301,18 @@ fn compare(
 fn identical(comm: &impl Communicator, world: usize, report: &mut Report) {
     let n: usize = SEGMENTS.iter().sum();
     for (name, config) in cases::all() {
-        for layout in [ShardLayout::Segments, ShardLayout::ALIGNED_256] {
+        for (layout, transport) in [
+            (ShardLayout::Segments, Transport::SharedMemory),
+            (ShardLayout::Segments, Transport::Messages),
+            (ShardLayout::ALIGNED_256, Transport::SharedMemory),
+            (ShardLayout::ALIGNED_256, Transport::Messages),
+        ] {
             let zero = ZeroConfig {
                 layout,
+                transport,
                 ..ZeroConfig::default()
             };
-            let label = format!("{name} {layout:?} ZeRO-2");
+            let label = format!("{name} {layout:?} {transport:?} ZeRO-2");
             compare(
                 comm,
                 report,

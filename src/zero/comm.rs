@@ -48,6 +48,11 @@ impl Collectives {
         }
     }
 
+    /// This node's shared window of `2 n` f32 per rank, if every rank is on this node.
+    pub(crate) fn shared_buffers(&self, params: &[f32]) -> Option<super::shm::SharedBuffers> {
+        super::shm::SharedBuffers::allocate(&self.comm, params)
+    }
+
     /// Poll `req` until it completes or the timeout passes.
     fn wait<'a, D: ?Sized, S: Scope<'a>>(
         &self,

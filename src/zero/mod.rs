@@ -23,9 +23,11 @@ pub mod layout;
 pub mod reduce;
 #[cfg(feature = "mpi")]
 mod sharded;
+#[cfg(feature = "mpi")]
+mod shm;
 
 pub use checkpoint::{load_range, merge, merge_to_file, ShardInfo};
 pub use layout::{ShardLayout, ShardPlan};
 pub use reduce::{reduce_in_rank_order, GradReduction};
 #[cfg(feature = "mpi")]
-pub use sharded::{ShardBackend, ShardedOptimizer, StepTimings, ZeroConfig, ZeroStage};
+pub use sharded::{ShardBackend, ShardedOptimizer, StepTimings, Transport, ZeroConfig, ZeroStage};

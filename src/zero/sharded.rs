@@ -11,7 +11,8 @@ use rayon::prelude::*;
 use super::checkpoint::{load_range, save_shard, shard_set, ShardInfo};
 use super::comm::{count, Collectives};
 use super::layout::{shard_error, ShardLayout, ShardPlan};
-use super::reduce::{reduce_range, GradReduction};
+use super::reduce::{reduce_in_rank_order, reduce_range, GradReduction};
+use super::shm::SharedBuffers;
 use crate::checkpoint::{OptimizerState, TensorValues};
 use crate::cpu::fast::CHUNK;
 use crate::error::{Error, Result};
@@ -64,6 +65,9 @@ pub struct ZeroConfig {
     pub bucket: usize,
     /// Where the shard is updated (default: the CPU).
     pub backend: ShardBackend,
+    /// How gradients and parameters move between ranks (default: shared memory on one
+    /// node, messages otherwise).
+    pub transport: Transport,
 }
 
 impl Default for ZeroConfig {
@@ -75,6 +79,58 @@ impl Default for ZeroConfig {
             timeout: Duration::from_secs(60),
             bucket: 1 << 20,
             backend: ShardBackend::Cpu,
+            transport: Transport::Auto,
+        }
+    }
+}
+
+/// How the ranks exchange gradients and parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Shared memory when every rank is on this node, messages otherwise (default).
+    #[default]
+    Auto,
+    /// MPI messages (`MPI_Ialltoallv`, point-to-point), whatever the placement.
+    Messages,
+    /// An MPI shared-memory window: each rank reads the others' gradients of its shard in
+    /// place and stores its updated shard into their parameters (no copies through MPI).
+    /// [`Error::Shard`] if the ranks are not all on one node.
+    SharedMemory,
+}
+
+/// Where the full parameters and the local gradients live.
+enum Storage {
+    /// In this process's memory (the messages transport).
+    Owned { params: Vec<f32>, grads: Vec<f32> },
+    /// In the node's shared window.
+    Shared(SharedBuffers),
+}
+
+impl Storage {
+    fn sync(&self) {
+        if let Self::Shared(s) = self {
+            s.sync();
+        }
+    }
+
+    fn params(&self) -> &[f32] {
+        match self {
+            Self::Owned { params, .. } => params,
+            Self::Shared(s) => s.params(),
+        }
+    }
+
+    fn params_mut(&mut self) -> &mut [f32] {
+        match self {
+            Self::Owned { params, .. } => params,
+            Self::Shared(s) => s.params_mut(),
+        }
+    }
+
+    fn grads_mut(&mut self) -> &mut [f32] {
+        match self {
+            Self::Owned { grads, .. } => grads,
+            Self::Shared(s) => s.grads_mut(),
         }
     }
 }
@@ -155,8 +211,7 @@ pub struct ShardedOptimizer {
     plan: ShardPlan,
     zero: ZeroConfig,
     config: OptimizerConfig,
-    params: Vec<f32>,
-    grads: Vec<f32>,
+    store: Storage,
     /// The reduced gradients: this shard's (`len`, ZeRO-2) or all (`n`, ZeRO-1).
     reduced: Vec<f32>,
     /// The shard's processed gradients (with gradient options).
@@ -275,18 +330,29 @@ impl ShardedOptimizer {
                 }
             }
         };
-        let reduced_len = match zero.stage {
-            ZeroStage::One => n,
-            ZeroStage::Two => range.len(),
+        let store = match zero.transport {
+            Transport::Messages => None,
+            Transport::Auto | Transport::SharedMemory => comm.shared_buffers(&params),
+        };
+        let store = match (store, zero.transport) {
+            (Some(shared), _) => Storage::Shared(shared),
+            (None, Transport::SharedMemory) => {
+                return Err(shard_error(
+                    "Transport::SharedMemory: the ranks are not all on one node",
+                ))
+            }
+            (None, _) => Storage::Owned {
+                params,
+                grads: vec![0.0; n],
+            },
         };
         Ok(Self {
             comm,
             config,
-            grads: vec![0.0; n],
-            reduced: vec![0.0; reduced_len],
+            store,
+            reduced: Vec::new(),
             shard_grads: Vec::new(),
             scratch: Vec::new(),
-            params,
             plan,
             zero,
             inner,
@@ -320,7 +386,7 @@ impl ShardedOptimizer {
 
     /// All parameters (identical on every rank after a step).
     pub fn params(&self) -> &[f32] {
-        &self.params
+        self.store.params()
     }
 
     /// All parameters, to change (every rank must make the same change: they are not
@@ -329,12 +395,18 @@ impl ShardedOptimizer {
         if let Inner::Gpu { stale, .. } = &mut self.inner {
             *stale = true;
         }
-        &mut self.params
+        self.store.params_mut()
     }
 
     /// The local gradient buffer (all `n`), for [`Self::step`].
     pub fn grads_mut(&mut self) -> &mut [f32] {
-        &mut self.grads
+        self.store.grads_mut()
+    }
+
+    /// Whether the ranks exchange through a shared-memory window (all on one node, with
+    /// [`Transport::Auto`] or [`Transport::SharedMemory`]).
+    pub fn uses_shared_memory(&self) -> bool {
+        matches!(self.store, Storage::Shared(_))
     }
 
     /// The reduced gradients of the last step: all `n` with ZeRO-1, this rank's shard with
@@ -351,7 +423,7 @@ impl ShardedOptimizer {
     /// Bytes of gradient buffers this rank holds: the local gradients, the reduced ones
     /// (`n` with ZeRO-1, `len` with ZeRO-2) and the shard's processed copy.
     pub fn gradient_bytes(&self) -> usize {
-        (self.grads.len() + self.reduced.len() + self.shard_grads.len()) * 4
+        (self.plan.n() + self.reduced.len() + self.shard_grads.len() + self.scratch.len()) * 4
     }
 
     /// One step with the gradients already in [`Self::grads_mut`]. Collective.
@@ -370,8 +442,9 @@ impl ShardedOptimizer {
     ) -> Result<()> {
         self.check_usable()?;
         let start = Instant::now();
-        self.grads.par_iter_mut().for_each(|g| *g = 0.0);
-        let local = match catch_unwind(AssertUnwindSafe(|| compute(&mut self.grads))) {
+        let grads = self.store.grads_mut();
+        grads.par_iter_mut().for_each(|g| *g = 0.0);
+        let local = match catch_unwind(AssertUnwindSafe(|| compute(grads))) {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
             Err(panic) => Some(panic_message(&panic)),
@@ -389,24 +462,39 @@ impl ShardedOptimizer {
 
     /// The step after the local gradients: `local` is this rank's failure in computing them.
     fn finish_step(&mut self, local: Option<String>, start: Instant) -> Result<()> {
+        self.store.sync();
         self.agree(local, "gradients")?;
+        self.store.sync();
         let t_reduce = Instant::now();
-        let range = self.shard();
         if self.fused() {
             return self.fused_step(t_reduce, start);
         }
+        let range = self.shard();
+        let reduced_len = match self.zero.stage {
+            ZeroStage::One => self.plan.n(),
+            ZeroStage::Two => range.len(),
+        };
+        self.reduced.resize(reduced_len, 0.0);
         let reduced_shard = match self.zero.stage {
             ZeroStage::Two => &mut self.reduced[..],
             ZeroStage::One => &mut self.reduced[range.clone()],
         };
-        self.comm.reduce_scatter(
-            &self.plan,
-            &self.grads,
-            reduced_shard,
-            &mut self.scratch,
-            self.zero.bucket,
-            self.zero.reduction,
-        )?;
+        match &self.store {
+            Storage::Owned { grads, .. } => self.comm.reduce_scatter(
+                &self.plan,
+                grads,
+                reduced_shard,
+                &mut self.scratch,
+                self.zero.bucket,
+                self.zero.reduction,
+            )?,
+            Storage::Shared(shared) => {
+                // SAFETY: between the barrier after the gradients and the one after the
+                // update: nobody writes gradients.
+                let parts = unsafe { shared.all_peer_grads(range.clone()) };
+                reduce_in_rank_order(&parts, reduced_shard, self.zero.reduction);
+            }
+        }
         if self.zero.stage == ZeroStage::One {
             self.comm
                 .all_gather_in_place(&self.plan, &mut self.reduced)?;
@@ -419,6 +507,7 @@ impl ShardedOptimizer {
         };
         let grads = self.preprocess()?;
         if grads == ShardGrads::Skip {
+            // (The skip decision was a barrier after every rank's last read of gradients.)
             self.last_skipped = true;
             self.timings.update = t_update.elapsed();
             return Ok(());
@@ -429,18 +518,42 @@ impl ShardedOptimizer {
             (_, ZeroStage::Two) => &self.reduced[..],
             (_, ZeroStage::One) => &self.reduced[range.clone()],
         };
-        let update = self.inner.step(&mut self.params[range.clone()], grads);
-        self.agree(update.err().map(|e| e.to_string()), "update")?;
+        let update = self
+            .inner
+            .step(&mut self.store.params_mut()[range.clone()], grads);
+        self.finish_update(update, t_update)
+    }
+
+    /// The all-gather after the shard update (`update`: its result), and the agreement on
+    /// it: with messages, agree then gather; in shared memory, store into the peers' params
+    /// (only if this rank's update worked), then agree (the barrier that ends the step).
+    fn finish_update(&mut self, update: Result<()>, t_update: Instant) -> Result<()> {
+        let range = self.shard();
+        let local = update.err().map(|e| e.to_string());
         let t_gather = Instant::now();
         self.timings.update = t_gather - t_update;
-        self.comm
-            .all_gather_in_place(&self.plan, &mut self.params)?;
-        self.timings.all_gather = t_gather.elapsed();
+        match &mut self.store {
+            Storage::Owned { params, .. } => {
+                agree_on(&self.comm, local, "update")?;
+                let t_gather = Instant::now();
+                self.comm.all_gather_in_place(&self.plan, params)?;
+                self.timings.all_gather = t_gather.elapsed();
+            }
+            Storage::Shared(shared) => {
+                if local.is_none() {
+                    shared.publish_shard(range);
+                }
+                shared.sync();
+                self.timings.all_gather = t_gather.elapsed();
+                agree_on(&self.comm, local, "update")?;
+                shared.sync();
+            }
+        }
         Ok(())
     }
 
     /// Whether the step fuses the reduction into the update: ZeRO-2 on the CPU without
-    /// gradient options. Each bucket's contributions are then reduced chunk by chunk into a
+    /// gradient options. Each chunk of the shard's contributions is then reduced into a
     /// cache-resident buffer the update reads at once, so the reduced gradients never go
     /// through memory (and are not kept: [`Self::reduced_grads`] is empty).
     fn fused(&self) -> bool {
@@ -466,40 +579,53 @@ impl ShardedOptimizer {
         let before = begun?;
         let range = self.plan.range(self.comm.rank);
         let reduction = self.zero.reduction;
-        let params = &mut self.params[range];
-        let mut waited = Instant::now() - Instant::now();
-        let mut t_bucket = Instant::now();
-        self.comm.exchange_buckets(
-            &self.plan,
-            &self.grads,
-            &mut self.scratch,
-            self.zero.bucket,
-            |offset, parts| {
-                waited += t_bucket.elapsed();
-                let len = parts[0].len();
-                let fill = |at: usize, out: &mut [f32]| reduce_range(parts, at, out, reduction);
-                cpu.apply_piece(
-                    &before,
-                    &mut params[offset..offset + len],
-                    offset..offset + len,
-                    &fill,
-                );
-                t_bucket = Instant::now();
-            },
-        )?;
         self.reduced.clear();
         self.last_skipped = false;
-        let t_gather = Instant::now();
+        let mut waited = Duration::ZERO;
+        match &mut self.store {
+            Storage::Owned { params, grads } => {
+                let params = &mut params[range];
+                let mut t_bucket = Instant::now();
+                self.comm.exchange_buckets(
+                    &self.plan,
+                    grads,
+                    &mut self.scratch,
+                    self.zero.bucket,
+                    |offset, parts| {
+                        waited += t_bucket.elapsed();
+                        let len = parts[0].len();
+                        let fill =
+                            |at: usize, out: &mut [f32]| reduce_range(parts, at, out, reduction);
+                        cpu.apply_piece(
+                            &before,
+                            &mut params[offset..offset + len],
+                            offset..offset + len,
+                            &fill,
+                        );
+                        t_bucket = Instant::now();
+                    },
+                )?;
+                waited += t_bucket.elapsed();
+            }
+            Storage::Shared(shared) => {
+                // SAFETY: between the barriers of the step: nobody writes gradients, and
+                // peers write only outside this rank's shard.
+                let parts = unsafe { shared.all_peer_grads(range.clone()) };
+                let params = unsafe { shared.own_params_mut(range.clone()) };
+                let fill = |at: usize, out: &mut [f32]| reduce_range(&parts, at, out, reduction);
+                cpu.apply_piece(&before, params, 0..range.len(), &fill);
+            }
+        }
+        let t_update = Instant::now();
         self.timings = StepTimings {
             gradients: t_reduce - start,
-            reduce_scatter: waited + t_bucket.elapsed(),
-            update: (t_gather - t_reduce).saturating_sub(waited + t_bucket.elapsed()),
-            all_gather: Duration::ZERO,
+            reduce_scatter: waited,
+            ..StepTimings::default()
         };
-        self.comm
-            .all_gather_in_place(&self.plan, &mut self.params)?;
-        self.timings.all_gather = t_gather.elapsed();
-        Ok(())
+        // `update` counts from the reduce: the two are one pass here.
+        let result = self.finish_update(Ok(()), t_update);
+        self.timings.update = (t_update - t_reduce).saturating_sub(waited);
+        result
     }
 
     /// Where the last step's time went on this rank.
@@ -587,13 +713,15 @@ impl ShardedOptimizer {
     /// After a timeout: MPI may still read or write these buffers, so they are never freed.
     fn poison(&mut self) {
         self.poisoned = true;
-        for buf in [
-            &mut self.params,
-            &mut self.grads,
-            &mut self.reduced,
-            &mut self.shard_grads,
-            &mut self.scratch,
-        ] {
+        let given_up = std::mem::replace(
+            &mut self.store,
+            Storage::Owned {
+                params: Vec::new(),
+                grads: Vec::new(),
+            },
+        );
+        std::mem::forget(given_up);
+        for buf in [&mut self.reduced, &mut self.shard_grads, &mut self.scratch] {
             std::mem::forget(std::mem::take(buf));
         }
     }
@@ -788,7 +916,8 @@ fn plan_digest(
     h.update(config.hparams().to_string().as_bytes());
     h.update(
         format!(
-            "{:?} {} {:?} {} {}",
+            "{:?} {:?} {} {:?} {} {}",
+            zero.transport,
             zero.stage,
             zero.layout.to_text(),
             zero.reduction,

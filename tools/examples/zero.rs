@@ -321,6 +321,7 @@ fn bench(args: &Args, world: &impl Communicator) -> Result<i32, Box<dyn std::err
     };
     let (mut step_t, mut comm_t, mut bare_t, mut single_t, mut update_t) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let (mut rs_t, mut ag_t) = (vec![], vec![]);
     for round in 0..args.rounds + 2 {
         // The sharded step.
         quiet_barrier(world);
@@ -351,6 +352,8 @@ fn bench(args: &Args, world: &impl Communicator) -> Result<i32, Box<dyn std::err
             step_t.push(sharded);
             comm_t.push(timings.communication().as_secs_f64());
             update_t.push(timings.update.as_secs_f64());
+            rs_t.push(timings.reduce_scatter.as_secs_f64());
+            ag_t.push(timings.all_gather.as_secs_f64());
             bare_t.push(bare);
             single_t.push(single_s);
         }
@@ -361,12 +364,16 @@ fn bench(args: &Args, world: &impl Communicator) -> Result<i32, Box<dyn std::err
         median(comm_t),
         median(update_t),
         median(bare_t),
+        median(rs_t),
+        median(ag_t),
     ];
-    let mut all = vec![0.0f64; 4 * size];
+    const K: usize = 6;
+    let mut all = vec![0.0f64; K * size];
     world.all_gather_into(&mine[..], &mut all[..]);
     if rank == 0 {
-        let worst = |k: usize| (0..size).map(|r| all[4 * r + k]).fold(0.0, f64::max);
+        let worst = |k: usize| (0..size).map(|r| all[K * r + k]).fold(0.0, f64::max);
         let (step, comm, update, bare) = (worst(0), worst(1), worst(2), worst(3));
+        let (rs, ag) = (worst(4), worst(5));
         let single = median(single_t);
         let total_state = config.state_names().len() * n * 4;
         println!(
@@ -382,8 +389,10 @@ fn bench(args: &Args, world: &impl Communicator) -> Result<i32, Box<dyn std::err
             args.rounds
         );
         println!(
-            "    communication     {:8.2} ms (reduce-scatter + all-gather)",
-            comm * 1e3
+            "    communication     {:8.2} ms (reduce-scatter {:.2} + all-gather {:.2})",
+            comm * 1e3,
+            rs * 1e3,
+            ag * 1e3
         );
         println!("    shard update      {:8.2} ms", update * 1e3);
         println!("  bare MPI round      {:8.2} ms (MPI_Reduce_scatter_block + MPI_Allgather, same bytes)", bare * 1e3);

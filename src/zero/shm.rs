@@ -1,0 +1,158 @@
+//! The ranks' parameter and gradient buffers in one MPI shared-memory window, for ranks on
+//! one node: a rank reads the other ranks' gradients of its shard directly (the
+//! reduce-scatter without a copy) and writes its updated shard straight into their
+//! parameters (the all-gather as one store per peer).
+//!
+//! `MPI_Win_allocate_shared` gives each rank `2 n` f32 (its parameters, then its gradients)
+//! that every rank of the node can address (`MPI_Win_shared_query`). The window is locked
+//! for the whole lifetime (`MPI_Win_lock_all(MPI_MODE_NOCHECK)`), and every phase boundary
+//! is `MPI_Win_sync` + the status exchange (a barrier) + `MPI_Win_sync`, MPI's unified-model
+//! recipe for load/store synchronisation.
+
+use std::os::raw::{c_int, c_void};
+
+use mpi::ffi;
+use mpi::raw::AsRaw;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+
+/// The shared window and every rank's base address in it.
+pub(crate) struct SharedBuffers {
+    win: ffi::MPI_Win,
+    bases: Vec<*mut f32>,
+    n: usize,
+    me: usize,
+}
+
+// SAFETY: the window's memory is plain shared memory; access is synchronised by the
+// optimizer's phase barriers, and the handle is only used by the thread that owns the
+// optimizer (MPI is initialised single-threaded or funneled through it).
+unsafe impl Send for SharedBuffers {}
+unsafe impl Sync for SharedBuffers {}
+
+impl SharedBuffers {
+    /// Collective over `comm`: allocate `2 n` f32 per rank, initialised to `params` and 0,
+    /// if every rank of `comm` is on this node; `None` otherwise (or if MPI refuses).
+    pub(crate) fn allocate(comm: &SimpleCommunicator, params: &[f32]) -> Option<Self> {
+        let node = comm.split_shared(comm.rank());
+        if node.size() != comm.size() {
+            return None;
+        }
+        let n = params.len();
+        let bytes = (2 * n * std::mem::size_of::<f32>()) as ffi::MPI_Aint;
+        let mut base: *mut f32 = std::ptr::null_mut();
+        let mut win: ffi::MPI_Win = unsafe { std::mem::zeroed() };
+        // SAFETY: FFI with valid out-pointers; `comm` is a live communicator.
+        let rc = unsafe {
+            ffi::MPI_Win_allocate_shared(
+                bytes,
+                std::mem::size_of::<f32>() as c_int,
+                ffi::RSMPI_INFO_NULL,
+                comm.as_raw(),
+                &mut base as *mut *mut f32 as *mut c_void,
+                &mut win,
+            )
+        };
+        if rc != 0 || base.is_null() {
+            return None;
+        }
+        let mut bases = Vec::with_capacity(comm.size() as usize);
+        for r in 0..comm.size() {
+            let mut size: ffi::MPI_Aint = 0;
+            let mut unit: c_int = 0;
+            let mut ptr: *mut f32 = std::ptr::null_mut();
+            // SAFETY: as above; `r` is a rank of the window's group.
+            unsafe {
+                ffi::MPI_Win_shared_query(
+                    win,
+                    r,
+                    &mut size,
+                    &mut unit,
+                    &mut ptr as *mut *mut f32 as *mut c_void,
+                );
+            }
+            bases.push(ptr);
+        }
+        // SAFETY: the window was just created over `comm`.
+        unsafe { ffi::MPI_Win_lock_all(ffi::MPI_MODE_NOCHECK as c_int, win) };
+        let me = comm.rank() as usize;
+        let buffers = Self { win, bases, n, me };
+        // SAFETY: this rank's own 2n elements, written before anyone reads them (the caller
+        // synchronises before the first step).
+        unsafe {
+            let own = std::slice::from_raw_parts_mut(buffers.bases[me], 2 * n);
+            own[..n].copy_from_slice(params);
+            own[n..].fill(0.0);
+        }
+        Some(buffers)
+    }
+
+    /// Make this rank's stores visible and the others' visible to it (around a barrier).
+    pub(crate) fn sync(&self) {
+        // SAFETY: the window is locked for its lifetime.
+        unsafe { ffi::MPI_Win_sync(self.win) };
+    }
+
+    /// This rank's parameters.
+    pub(crate) fn params(&self) -> &[f32] {
+        // SAFETY: this rank's own region; peers write only into ranges this rank does not
+        // own, and only between the phase barriers of a step, while no `&` borrow obtained
+        // here is alive (the optimizer holds `&mut self` during a step).
+        unsafe { std::slice::from_raw_parts(self.bases[self.me], self.n) }
+    }
+
+    /// This rank's parameters, to change.
+    pub(crate) fn params_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as for `params`, with `&mut self` excluding any other borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.bases[self.me], self.n) }
+    }
+
+    /// This rank's gradients, to write.
+    pub(crate) fn grads_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as for `params_mut`; peers only read them between the barriers.
+        unsafe { std::slice::from_raw_parts_mut(self.bases[self.me].add(self.n), self.n) }
+    }
+
+    /// Every rank's gradients at `range`, in rank order (read during the reduce phase).
+    ///
+    /// # Safety
+    /// Only between the barrier after the gradients and the barrier after the update,
+    /// when no rank writes gradients; the slices must not outlive that phase.
+    pub(crate) unsafe fn all_peer_grads<'a>(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> Vec<&'a [f32]> {
+        assert!(range.end <= self.n);
+        self.bases
+            .iter()
+            .map(|&b| std::slice::from_raw_parts(b.add(self.n + range.start), range.len()))
+            .collect()
+    }
+
+    /// This rank's parameters at `range` (its shard), to update in place.
+    ///
+    /// # Safety
+    /// As for [`Self::all_peer_grads`]; no other borrow of this rank's params may be alive.
+    pub(crate) unsafe fn own_params_mut<'a>(&self, range: std::ops::Range<usize>) -> &'a mut [f32] {
+        assert!(range.end <= self.n);
+        std::slice::from_raw_parts_mut(self.bases[self.me].add(range.start), range.len())
+    }
+
+    /// The all-gather in shared memory: store this rank's params at `range` (its shard)
+    /// into every other rank's params. Only in the update phase: no rank reads those
+    /// parameters until the barrier that ends the step.
+    pub(crate) fn publish_shard(&mut self, range: std::ops::Range<usize>) {
+        assert!(range.end <= self.n);
+        for r in (0..self.bases.len()).filter(|&r| r != self.me) {
+            // SAFETY: disjoint regions of the window (another rank's params at this rank's
+            // shard, which only this rank writes), inside the allocation.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.bases[self.me].add(range.start),
+                    self.bases[r].add(range.start),
+                    range.len(),
+                );
+            }
+        }
+    }
+}
