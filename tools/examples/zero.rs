@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use fused_optim::mpi::traits::*;
 use fused_optim::zero::{
-    reduce_in_rank_order, GradReduction, ShardBackend, ShardLayout, ShardedOptimizer, ZeroConfig,
-    ZeroStage,
+    reduce_in_rank_order, GradReduction, ShardBackend, ShardLayout, ShardedOptimizer, Transport,
+    ZeroConfig, ZeroStage,
 };
 use fused_optim::*;
 use fused_optim_tools::playground::data;
@@ -293,25 +293,41 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Medians over the rounds of one quantity, per rank.
+#[derive(Default)]
+struct Series(Vec<f64>);
+
+impl Series {
+    fn push(&mut self, d: Duration) {
+        self.0.push(d.as_secs_f64());
+    }
+}
+
 fn bench(args: &Args, world: &impl Communicator) -> Result<i32, Box<dyn std::error::Error>> {
     let (rank, size) = (world.rank() as usize, world.size() as usize);
     let n = 1usize << args.log2;
     let config: OptimizerConfig = AdamConfig::default().into();
-    let zero = ZeroConfig {
-        layout: ShardLayout::ALIGNED_256,
-        ..zero_config(args)?
-    };
     let p0: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32 - 500.0) * 1e-3).collect();
     let g: Vec<f32> = (0..n).map(|i| ((i % 997) as f32 - 498.0) * 1e-4).collect();
-    let mut opt = ShardedOptimizer::new(world, config, p0.clone(), &[n], zero)?;
-    // The gradients are in place before each step, as after a backward pass; neither side
-    // of the comparison pays for producing them.
-    opt.grads_mut().copy_from_slice(&g);
-    let block = opt.plan().max_len();
+    let mut sharded = Vec::new();
+    for transport in [Transport::SharedMemory, Transport::Messages] {
+        let zero = ZeroConfig {
+            layout: ShardLayout::ALIGNED_256,
+            transport,
+            ..zero_config(args)?
+        };
+        let mut opt = ShardedOptimizer::new(world, config, p0.clone(), &[n], zero)?;
+        // The gradients are in place before each step, as after a backward pass; no side
+        // of the comparison pays for producing them.
+        opt.grads_mut().copy_from_slice(&g);
+        sharded.push((transport, opt));
+    }
+    let block = sharded[0].1.plan().max_len();
     let padded = block * size;
     let mut send = g.clone();
     send.resize(padded, 0.0);
     let mut recv = vec![0.0f32; block];
+    let mut exchanged = vec![0.0f32; padded];
     let mut full = vec![0.0f32; padded];
     let pool = rayon::ThreadPoolBuilder::new().num_threads(size).build()?;
     let mut single = if rank == 0 {
@@ -319,17 +335,30 @@ fn bench(args: &Args, world: &impl Communicator) -> Result<i32, Box<dyn std::err
     } else {
         None
     };
-    let (mut step_t, mut comm_t, mut bare_t, mut single_t, mut update_t) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    let (mut rs_t, mut ag_t) = (vec![], vec![]);
+    // Per round, interleaved: each transport's step, the two bare rounds, the single process.
+    let mut steps = [Series::default(), Series::default()];
+    let mut parts = [
+        [Series::default(), Series::default(), Series::default()],
+        [Series::default(), Series::default(), Series::default()],
+    ];
+    let (mut bare_rs, mut bare_a2a, mut single_t) =
+        (Series::default(), Series::default(), Series::default());
     for round in 0..args.rounds + 2 {
-        // The sharded step.
-        quiet_barrier(world);
-        let t = Instant::now();
-        opt.step()?;
-        let sharded = t.elapsed().as_secs_f64();
-        let timings = opt.last_step_timings();
-        // A bare MPI reduce-scatter + all-gather of the same bytes.
+        let keep = round >= 2;
+        for (k, (_, opt)) in sharded.iter_mut().enumerate() {
+            quiet_barrier(world);
+            let t = Instant::now();
+            opt.step()?;
+            let elapsed = t.elapsed();
+            let timings = opt.last_step_timings();
+            if keep {
+                steps[k].push(elapsed);
+                parts[k][0].push(timings.reduce_scatter);
+                parts[k][1].push(timings.update);
+                parts[k][2].push(timings.all_gather);
+            }
+        }
+        // The bare MPI round the issue names: MPI_Reduce_scatter_block (sum) + MPI_Allgather.
         quiet_barrier(world);
         let t = Instant::now();
         world.reduce_scatter_block_into(
@@ -338,84 +367,83 @@ fn bench(args: &Args, world: &impl Communicator) -> Result<i32, Box<dyn std::err
             fused_optim::mpi::collective::SystemOperation::sum(),
         );
         world.all_gather_into(&recv[..], &mut full[..]);
-        let bare = t.elapsed().as_secs_f64();
+        let elapsed = t.elapsed();
+        // Pure data movement of the same bytes: MPI_Alltoall + MPI_Allgather.
+        quiet_barrier(world);
+        let t = Instant::now();
+        world.all_to_all_into(&send[..], &mut exchanged[..]);
+        world.all_gather_into(&recv[..], &mut full[..]);
+        let elapsed_a2a = t.elapsed();
         // The single-process step with as many threads as ranks (rank 0; the others wait
         // without spinning).
         quiet_barrier(world);
-        let mut single_s = 0.0;
         if let Some((p, o)) = single.as_mut() {
             let t = Instant::now();
             pool.install(|| o.step(p, &g))?;
-            single_s = t.elapsed().as_secs_f64();
+            if keep {
+                single_t.push(t.elapsed());
+            }
         }
-        if round >= 2 {
-            step_t.push(sharded);
-            comm_t.push(timings.communication().as_secs_f64());
-            update_t.push(timings.update.as_secs_f64());
-            rs_t.push(timings.reduce_scatter.as_secs_f64());
-            ag_t.push(timings.all_gather.as_secs_f64());
-            bare_t.push(bare);
-            single_t.push(single_s);
+        if keep {
+            bare_rs.push(elapsed);
+            bare_a2a.push(elapsed_a2a);
         }
     }
     // Every rank's medians; rank 0 reports the slowest rank's (a step ends with the last).
-    let mine = [
-        median(step_t),
-        median(comm_t),
-        median(update_t),
-        median(bare_t),
-        median(rs_t),
-        median(ag_t),
-    ];
-    const K: usize = 6;
-    let mut all = vec![0.0f64; K * size];
+    let mut mine: Vec<f64> = Vec::new();
+    for k in 0..2 {
+        mine.push(median(std::mem::take(&mut steps[k].0)));
+        for part in &mut parts[k] {
+            mine.push(median(std::mem::take(&mut part.0)));
+        }
+    }
+    mine.push(median(bare_rs.0));
+    mine.push(median(bare_a2a.0));
+    let k_len = mine.len();
+    let mut all = vec![0.0f64; k_len * size];
     world.all_gather_into(&mine[..], &mut all[..]);
     if rank == 0 {
-        let worst = |k: usize| (0..size).map(|r| all[K * r + k]).fold(0.0, f64::max);
-        let (step, comm, update, bare) = (worst(0), worst(1), worst(2), worst(3));
-        let (rs, ag) = (worst(4), worst(5));
-        let single = median(single_t);
-        let total_state = config.state_names().len() * n * 4;
+        let worst = |k: usize| (0..size).map(|r| all[k_len * r + k]).fold(0.0, f64::max);
+        let single = median(single_t.0);
+        let (rs_bare, a2a_bare) = (worst(8), worst(9));
         println!(
-            "zero bench: Adam 2^{} = {n} params, {size} rank(s), ZeRO-{} aligned:256, {} shard update, {} thread(s) per rank",
+            "zero bench: Adam 2^{} = {n} params, {size} rank(s), ZeRO-{} aligned:256, {} shard update, {} thread(s) per rank, median of {} interleaved rounds, slowest rank",
             args.log2,
             args.stage,
             if args.gpu { "GPU" } else { "CPU" },
-            rayon::current_num_threads()
-        );
-        println!(
-            "  sharded step        {:8.2} ms (slowest rank, median of {} rounds)",
-            step * 1e3,
+            rayon::current_num_threads(),
             args.rounds
         );
+        for (k, (transport, _)) in sharded.iter().enumerate() {
+            let (step, rs, update, ag) = (
+                worst(4 * k),
+                worst(4 * k + 1),
+                worst(4 * k + 2),
+                worst(4 * k + 3),
+            );
+            println!(
+                "  sharded step, {transport:?}: {:8.2} ms = reduce-scatter {:.2} + update {:.2} + all-gather {:.2}; step / single process {:.2}x; communication / bare MPI round {:.2}x, / bare data movement {:.2}x",
+                step * 1e3,
+                rs * 1e3,
+                update * 1e3,
+                ag * 1e3,
+                step / single,
+                (rs + ag) / rs_bare,
+                (rs + ag) / a2a_bare
+            );
+        }
+        println!("  bare MPI round (MPI_Reduce_scatter_block + MPI_Allgather of the same bytes) {:8.2} ms", rs_bare * 1e3);
         println!(
-            "    communication     {:8.2} ms (reduce-scatter {:.2} + all-gather {:.2})",
-            comm * 1e3,
-            rs * 1e3,
-            ag * 1e3
+            "  bare data movement (MPI_Alltoall + MPI_Allgather of the same bytes)       {:8.2} ms",
+            a2a_bare * 1e3
         );
-        println!("    shard update      {:8.2} ms", update * 1e3);
-        println!("  bare MPI round      {:8.2} ms (MPI_Reduce_scatter_block + MPI_Allgather, same bytes)", bare * 1e3);
+        println!("  single process ({size} threads, CpuOptimizer)                               {:8.2} ms", single * 1e3);
+        let opt = &sharded[0].1;
+        let total_state = config.state_names().len() * n * 4;
         println!(
-            "  single process      {:8.2} ms ({size} threads, CpuOptimizer)",
-            single * 1e3
-        );
-        println!(
-            "  communication / bare round     {:.2}x (target <= 1.2)",
-            comm / bare
-        );
-        println!(
-            "  sharded step / single process  {:.2}x (target <= 1.5 at 2 ranks)",
-            step / single
-        );
-        println!(
-            "  state per rank      {} B of {total_state} B total = 1/{:.3}",
+            "  state per rank {} B of {total_state} B total = 1/{:.3} (rank 0)",
             opt.state_bytes(),
             total_state as f64 / opt.state_bytes() as f64
-        );
-        println!(
-            "  model for R machines: step = update(n/R) + collectives = {:.2} ms at R = {size} here",
-            (update + comm) * 1e3
         );
     }
     Ok(0)
