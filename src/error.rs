@@ -267,8 +267,9 @@ pub enum Error {
     PeerFailed {
         /// The ranks that failed.
         ranks: Vec<usize>,
-        /// `gradients` (nothing changed anywhere) or `update` (ranks that did not fail
-        /// updated their shard: reload the last checkpoint).
+        /// `construction` (a shard optimizer could not be made), `gradients` (nothing
+        /// changed anywhere), `update` (ranks that did not fail updated their shard: reload
+        /// the last checkpoint), `save` or `load`.
         phase: &'static str,
     },
     /// This rank's gradient closure failed or panicked during a sharded step; the peers were

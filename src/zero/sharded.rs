@@ -318,18 +318,31 @@ impl ShardedOptimizer {
             )));
         }
         let range = plan.range(comm.rank);
-        let inner = match &zero.backend {
-            ShardBackend::Cpu => Inner::Cpu(Box::new(CpuOptimizer::new(config, range.len())?)),
-            ShardBackend::Gpu(ctx) => {
-                let device = FlatParams::from_slice(ctx, &params[range.clone()])?;
-                let opt = GpuOptimizer::new(&device, config)?;
-                Inner::Gpu {
-                    params: Box::new(device),
-                    opt: Box::new(opt),
-                    stale: false,
+        let inner = (|| {
+            Ok(match &zero.backend {
+                ShardBackend::Cpu => Inner::Cpu(Box::new(CpuOptimizer::new(config, range.len())?)),
+                ShardBackend::Gpu(ctx) => {
+                    let device = FlatParams::from_slice(ctx, &params[range.clone()])?;
+                    let opt = GpuOptimizer::new(&device, config)?;
+                    Inner::Gpu {
+                        params: Box::new(device),
+                        opt: Box::new(opt),
+                        stale: false,
+                    }
                 }
-            }
-        };
+            })
+        })();
+        // A rank whose shard optimizer could not be made (memory, device) must not leave the
+        // others waiting in the window's collective allocation below.
+        let all = comm.exchange_status(if inner.is_err() { FAILED } else { OK })?;
+        let inner = inner?;
+        let failed: Vec<usize> = (0..all.len()).filter(|&r| all[r] != OK).collect();
+        if !failed.is_empty() {
+            return Err(Error::PeerFailed {
+                ranks: failed,
+                phase: "construction",
+            });
+        }
         let store = match zero.transport {
             Transport::Messages => None,
             Transport::Auto | Transport::SharedMemory => comm.shared_buffers(&params),
