@@ -298,8 +298,22 @@ fn compare(
     report.check(label, problem.is_none(), || problem.unwrap());
 }
 
-fn identical(comm: &impl Communicator, world: usize, report: &mut Report) {
+/// [`compare`] without gradient options or a poisoned step.
+fn plain(
+    comm: &impl Communicator,
+    report: &mut Report,
+    label: &str,
+    config: OptimizerConfig,
+    zero: ZeroConfig,
+) {
     let n: usize = SEGMENTS.iter().sum();
+    let options = GradOptions::default();
+    compare(
+        comm, report, label, config, n, &SEGMENTS, zero, options, None,
+    );
+}
+
+fn identical(comm: &impl Communicator, world: usize, report: &mut Report) {
     for (name, config) in cases::all() {
         for (layout, transport) in [
             (ShardLayout::Segments, Transport::SharedMemory),
@@ -313,17 +327,7 @@ fn identical(comm: &impl Communicator, world: usize, report: &mut Report) {
                 ..ZeroConfig::default()
             };
             let label = format!("{name} {layout:?} {transport:?} ZeRO-2");
-            compare(
-                comm,
-                report,
-                &label,
-                config,
-                n,
-                &SEGMENTS,
-                zero,
-                GradOptions::default(),
-                None,
-            );
+            plain(comm, report, &label, config, zero);
         }
     }
     // Stages and buckets on a few algorithms.
@@ -336,28 +340,20 @@ fn identical(comm: &impl Communicator, world: usize, report: &mut Report) {
     }
     .into();
     for config in [adamw, sgd, LionConfig::default().into()] {
-        for (stage, bucket) in [
-            (ZeroStage::One, 1 << 20),
-            (ZeroStage::Two, 1000),
-            (ZeroStage::One, 777),
+        for (stage, bucket, transport) in [
+            (ZeroStage::One, 1 << 20, Transport::Messages),
+            (ZeroStage::Two, 1000, Transport::Messages),
+            (ZeroStage::One, 777, Transport::Messages),
+            (ZeroStage::One, 1 << 20, Transport::SharedMemory),
         ] {
             let zero = ZeroConfig {
                 stage,
                 bucket,
+                transport,
                 ..ZeroConfig::default()
             };
-            let label = format!("{} {stage:?} bucket {bucket}", config.name());
-            compare(
-                comm,
-                report,
-                &label,
-                config,
-                n,
-                &SEGMENTS,
-                zero,
-                GradOptions::default(),
-                None,
-            );
+            let label = format!("{} {stage:?} bucket {bucket} {transport:?}", config.name());
+            plain(comm, report, &label, config, zero);
         }
     }
     // Gradient options: value and norm clipping over a plan aligned to the fast path's
@@ -373,40 +369,39 @@ fn identical(comm: &impl Communicator, world: usize, report: &mut Report) {
         layout: ShardLayout::Aligned { align: 1 << 15 },
         ..ZeroConfig::default()
     };
-    compare(
-        comm,
-        report,
-        "adamw clipped, NaN skipped",
-        adamw,
-        big,
-        &[big],
-        zero,
-        options,
-        Some(3),
-    );
-    // GPU shards against the single-process GPU optimizer.
-    let ctx = GpuContext::new().expect("a wgpu adapter (lavapipe: mesa-vulkan-drivers)");
-    for config in [
-        adamw,
-        LionConfig::default().into(),
-        ScheduleFreeConfig::adamw().into(),
-    ] {
+    for transport in [Transport::Messages, Transport::SharedMemory] {
         let zero = ZeroConfig {
-            backend: ShardBackend::Gpu(Box::new(ctx.clone())),
-            ..ZeroConfig::default()
+            transport,
+            ..zero.clone()
         };
-        let label = format!("{} on the GPU", config.name());
+        let label = format!("adamw clipped, NaN skipped, {transport:?}");
         compare(
             comm,
             report,
             &label,
-            config,
-            n,
-            &SEGMENTS,
+            adamw,
+            big,
+            &[big],
             zero,
-            GradOptions::default(),
-            None,
+            options,
+            Some(3),
         );
+    }
+    // GPU shards against the single-process GPU optimizer.
+    let ctx = GpuContext::new().expect("a wgpu adapter (lavapipe: mesa-vulkan-drivers)");
+    for (config, transport) in [
+        (adamw, Transport::Messages),
+        (adamw, Transport::SharedMemory),
+        (LionConfig::default().into(), Transport::Auto),
+        (ScheduleFreeConfig::adamw().into(), Transport::Auto),
+    ] {
+        let zero = ZeroConfig {
+            backend: ShardBackend::Gpu(Box::new(ctx.clone())),
+            transport,
+            ..ZeroConfig::default()
+        };
+        let label = format!("{} on the GPU, {transport:?}", config.name());
+        plain(comm, report, &label, config, zero);
     }
     let _ = world;
 }

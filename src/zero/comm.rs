@@ -56,32 +56,10 @@ impl Collectives {
     /// Poll `req` until it completes or the timeout passes.
     fn wait<'a, D: ?Sized, S: Scope<'a>>(
         &self,
-        mut req: Request<'a, D, S>,
+        req: Request<'a, D, S>,
         op: &'static str,
     ) -> Result<()> {
-        let deadline = Instant::now() + self.timeout;
-        let mut polls = 0u32;
-        loop {
-            match req.test() {
-                Ok(_) => return Ok(()),
-                Err(pending) => req = pending,
-            }
-            if Instant::now() > deadline {
-                // SAFETY: the request stays pending in MPI, which may still read or write
-                // its buffers; the caller gives those buffers up for good (poisoning), so
-                // they outlive the request.
-                let _ = unsafe { req.into_raw() };
-                return Err(Error::CollectiveTimeout {
-                    op,
-                    after: self.timeout,
-                    rank: self.rank,
-                });
-            }
-            polls = polls.wrapping_add(1);
-            if polls.is_multiple_of(64) {
-                std::thread::yield_now();
-            }
-        }
+        self.wait_all(vec![req], op)
     }
 
     /// Every rank's status word (0 = fine), in rank order; doubles as a barrier.
@@ -204,10 +182,10 @@ impl Collectives {
         })
     }
 
-    /// [`Self::wait`] over several requests, one deadline for all.
-    fn wait_all<'a, S: Scope<'a>>(
+    /// Poll `requests` until all complete or the timeout passes (one deadline for all).
+    fn wait_all<'a, D: ?Sized, S: Scope<'a>>(
         &self,
-        requests: Vec<Request<'a, [f32], S>>,
+        requests: Vec<Request<'a, D, S>>,
         op: &'static str,
     ) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
@@ -223,7 +201,9 @@ impl Collectives {
             pending = still;
             if !pending.is_empty() && Instant::now() > deadline {
                 for req in pending {
-                    // SAFETY: as in `wait`: the caller gives the buffers up for good.
+                    // SAFETY: the request stays pending in MPI, which may still read or
+                    // write its buffers; the caller gives those buffers up for good
+                    // (poisoning), so they outlive the request.
                     let _ = unsafe { req.into_raw() };
                 }
                 return Err(Error::CollectiveTimeout {
