@@ -190,15 +190,18 @@ impl CpuOptimizer {
     /// Apply the step begun at `before` to the elements `range` of the optimizer:
     /// `params` are those elements' parameters, and `fill(offset, out)` writes the
     /// gradients of elements `range.start + offset ..` into `out` (a chunk at a time, in
-    /// a per-thread buffer that stays in cache: the gradients never travel through memory).
-    /// Every element must be covered by exactly one piece per step.
+    /// a per-thread buffer that stays in cache: the gradients never travel through memory),
+    /// and `publish(offset, params)`, if given, is called with each chunk's updated
+    /// parameters while they are in cache. Every element must be covered by exactly one
+    /// piece per step.
     #[cfg(feature = "mpi")]
     pub(crate) fn apply_piece(
         &mut self,
         before: &HostState,
         params: &mut [f32],
         range: std::ops::Range<usize>,
-        fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+        fill: &GradFill<'_>,
+        publish: Option<&ChunkPublish<'_>>,
     ) {
         debug_assert_eq!(params.len(), range.len());
         let mut host = *before;
@@ -210,7 +213,7 @@ impl CpuOptimizer {
         with_algorithm!(&self.config, c => {
             host.step += 1;
             let u = c.begin_step(&mut host);
-            par_apply_produced(params, fill, &mut states, &Step(c, &u));
+            par_apply_produced(params, (fill, publish), &mut states, &Step(c, &u));
         });
     }
 
@@ -452,12 +455,24 @@ fn par_apply<K: ChunkLoop>(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec]
     par_chunks(p, g, states, move |p, g, s| sse2(k, p, g, s))
 }
 
-/// [`par_apply`] with gradients produced per chunk by `fill(offset, out)` (the ZeRO
-/// step's fused reduction).
+/// Writes the gradients of a chunk at an offset (`fill(offset, out)`).
+#[cfg(feature = "mpi")]
+pub(crate) type GradFill<'a> = dyn Fn(usize, &mut [f32]) + Sync + 'a;
+
+/// Takes a chunk's updated parameters at an offset (`publish(offset, params)`).
+#[cfg(feature = "mpi")]
+pub(crate) type ChunkPublish<'a> = dyn Fn(usize, &[f32]) + Sync + 'a;
+
+/// Per chunk: where its gradients come from, and where its updated parameters go as well.
+#[cfg(feature = "mpi")]
+type ChunkIo<'a> = (&'a GradFill<'a>, Option<&'a ChunkPublish<'a>>);
+
+/// [`par_apply`] with gradients produced per chunk (the ZeRO step's fused reduction) and
+/// the updated chunk published.
 #[cfg(feature = "mpi")]
 fn par_apply_produced<K: ChunkLoop>(
     p: &mut [f32],
-    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+    fill: ChunkIo<'_>,
     states: &mut [&mut [f32]],
     k: &K,
 ) {
@@ -474,7 +489,7 @@ fn par_apply_produced<K: ChunkLoop>(
 #[cfg(feature = "mpi")]
 fn par_chunks_produced<F>(
     p: &mut [f32],
-    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+    (fill, publish): ChunkIo<'_>,
     states: &mut [&mut [f32]],
     f: F,
 ) where
@@ -483,7 +498,10 @@ fn par_chunks_produced<F>(
     let run = |buf: &mut Vec<f32>, i: usize, p: &mut [f32], s: &mut [&mut [f32]]| {
         let g = &mut buf[..p.len()];
         fill(i * CHUNK, g);
-        f(p, g, s)
+        f(p, g, s);
+        if let Some(publish) = publish {
+            publish(i * CHUNK, p);
+        }
     };
     let buffer = || vec![0.0f32; CHUNK];
     let pi = p.par_chunks_mut(CHUNK).enumerate();

@@ -534,13 +534,19 @@ impl ShardedOptimizer {
         let update = self
             .inner
             .step(&mut self.store.params_mut()[range.clone()], grads);
-        self.finish_update(update, t_update)
+        self.finish_update(update, t_update, false)
     }
 
     /// The all-gather after the shard update (`update`: its result), and the agreement on
     /// it: with messages, agree then gather; in shared memory, store into the peers' params
     /// (only if this rank's update worked), then agree (the barrier that ends the step).
-    fn finish_update(&mut self, update: Result<()>, t_update: Instant) -> Result<()> {
+    /// `published`: the shard's params are already in the peers' (shared memory).
+    fn finish_update(
+        &mut self,
+        update: Result<()>,
+        t_update: Instant,
+        published: bool,
+    ) -> Result<()> {
         let range = self.shard();
         let local = update.err().map(|e| e.to_string());
         let t_gather = Instant::now();
@@ -553,7 +559,7 @@ impl ShardedOptimizer {
                 self.timings.all_gather = t_gather.elapsed();
             }
             Storage::Shared(shared) => {
-                if local.is_none() {
+                if local.is_none() && !published {
                     shared.publish_shard(range);
                 }
                 shared.sync();
@@ -595,6 +601,7 @@ impl ShardedOptimizer {
         self.reduced.clear();
         self.last_skipped = false;
         let mut waited = Duration::ZERO;
+        let mut published = false;
         match &mut self.store {
             Storage::Owned { params, grads } => {
                 let params = &mut params[range];
@@ -614,6 +621,7 @@ impl ShardedOptimizer {
                             &mut params[offset..offset + len],
                             offset..offset + len,
                             &fill,
+                            None,
                         );
                         t_bucket = Instant::now();
                     },
@@ -626,7 +634,14 @@ impl ShardedOptimizer {
                 let parts = unsafe { shared.all_peer_grads(range.clone()) };
                 let params = unsafe { shared.own_params_mut(range.clone()) };
                 let fill = |at: usize, out: &mut [f32]| reduce_range(&parts, at, out, reduction);
-                cpu.apply_piece(&before, params, 0..range.len(), &fill);
+                let shared = &*shared;
+                let start = range.start;
+                // SAFETY: within this rank's shard, in the update phase.
+                let publish = |at: usize, values: &[f32]| unsafe {
+                    shared.publish_values(start + at, values)
+                };
+                cpu.apply_piece(&before, params, 0..range.len(), &fill, Some(&publish));
+                published = true;
             }
         }
         let t_update = Instant::now();
@@ -636,7 +651,7 @@ impl ShardedOptimizer {
             ..StepTimings::default()
         };
         // `update` counts from the reduce: the two are one pass here.
-        let result = self.finish_update(Ok(()), t_update);
+        let result = self.finish_update(Ok(()), t_update, published);
         self.timings.update = (t_update - t_reduce).saturating_sub(waited);
         result
     }

@@ -138,6 +138,19 @@ impl SharedBuffers {
         std::slice::from_raw_parts_mut(self.bases[self.me].add(range.start), range.len())
     }
 
+    /// Store `values`, this rank's updated params at `start..` of its shard, into every
+    /// other rank's params (the all-gather a chunk at a time, from any thread).
+    ///
+    /// # Safety
+    /// Only within this rank's shard and in the update phase (no rank reads those
+    /// parameters until the barrier that ends the step).
+    pub(crate) unsafe fn publish_values(&self, start: usize, values: &[f32]) {
+        assert!(start + values.len() <= self.n);
+        for r in (0..self.bases.len()).filter(|&r| r != self.me) {
+            std::ptr::copy_nonoverlapping(values.as_ptr(), self.bases[r].add(start), values.len());
+        }
+    }
+
     /// The all-gather in shared memory: store this rank's params at `range` (its shard)
     /// into every other rank's params. Only in the update phase: no rank reads those
     /// parameters until the barrier that ends the step.
