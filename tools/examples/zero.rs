@@ -17,6 +17,9 @@
 //! goes to `target/plots/zero_loss_np<R>.csv`; the final line prints a digest of the
 //! parameters' bits to compare across world sizes.
 //!
+//! `--save DIR` writes the sharded checkpoint (one file per rank); `--merge DIR --into FILE`
+//! turns such a folder into the single-process checkpoint (PyTorch state names).
+//!
 //! `--verify`: also runs the single-process `CpuOptimizer` on the same reduced gradients
 //! (the tree over all micro-batches) and exits non-zero unless the final parameters are
 //! identical (elementwise algorithms).
@@ -67,6 +70,16 @@ struct Args {
     /// Folder for the loss curves.
     #[arg(long, default_value = "target/plots")]
     out: PathBuf,
+    /// Save the sharded checkpoint of the trained MLP into this folder (one file per rank).
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Merge the shard files of this folder into one single-process checkpoint (`--into`)
+    /// and exit (no training; any world size, run it on one rank).
+    #[arg(long)]
+    merge: Option<PathBuf>,
+    /// Where `--merge` writes the single-process checkpoint.
+    #[arg(long, default_value = "merged.safetensors")]
+    into: PathBuf,
 }
 
 const MICRO_BATCHES: usize = 4;
@@ -147,6 +160,19 @@ fn zero_config(args: &Args) -> Result<ZeroConfig, Box<dyn std::error::Error>> {
 }
 
 fn run(args: &Args, world: &impl Communicator) -> Result<i32, Box<dyn std::error::Error>> {
+    if let Some(dir) = &args.merge {
+        let state = fused_optim::zero::merge(dir)?;
+        fused_optim::checkpoint::save(&args.into, &state)?;
+        println!(
+            "merged {} ({} elements, step {}, {}) into {}",
+            dir.display(),
+            state.n,
+            state.host.step,
+            state.config.name(),
+            args.into.display()
+        );
+        return Ok(0);
+    }
     if args.bench {
         return bench(args, world);
     }
@@ -205,6 +231,9 @@ fn run(args: &Args, world: &impl Communicator) -> Result<i32, Box<dyn std::error
         })?;
     }
     let final_loss = loss_of(opt.params());
+    if let Some(dir) = &args.save {
+        opt.save_checkpoint(dir)?;
+    }
     let digest = crc32(opt.params());
     let mut code = 0;
     if args.verify {
@@ -246,7 +275,7 @@ fn run(args: &Args, world: &impl Communicator) -> Result<i32, Box<dyn std::error
         std::fs::write(&path, format!("step,loss\n{csv}"))?;
         println!(
             "{size} rank(s), {} ZeRO-{} {}: loss {:.6e} -> {final_loss:.6e} after {} steps; \
-             state {} B per rank of {} B; params digest {digest:08x}; curve {}",
+             state {} B on rank 0 of {} B; params digest {digest:08x}; curve {}",
             config.name(),
             args.stage,
             args.layout,
