@@ -423,7 +423,8 @@ impl ShardedOptimizer {
     }
 
     /// The reduced gradients of the last step: all `n` with ZeRO-1, this rank's shard with
-    /// ZeRO-2 (before the gradient options are applied).
+    /// ZeRO-2 (before the gradient options are applied); empty when the reduction was fused
+    /// into the update (ZeRO-2 on the CPU without gradient options: they never exist whole).
     pub fn reduced_grads(&self) -> &[f32] {
         &self.reduced
     }
