@@ -193,7 +193,11 @@ impl GpuContext {
             let slot: Deferred = Arc::default();
             let handler = Arc::clone(&slot);
             device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-                defer(&handler, "an earlier operation (uncaptured error)", e.to_string())
+                defer(
+                    &handler,
+                    "an earlier operation (uncaptured error)",
+                    e.to_string(),
+                )
             }));
             slot
         };
@@ -241,7 +245,11 @@ impl GpuContext {
     /// Pop one error scope: natively, wait for it and turn a caught error into
     /// [`Error::Wgpu`]; on the web (which cannot wait) the browser's answer arrives later and
     /// the next operation on this context reports it.
-    pub(crate) fn pop_scope(&self, scope: wgpu::ErrorScopeGuard, during: &'static str) -> Result<()> {
+    pub(crate) fn pop_scope(
+        &self,
+        scope: wgpu::ErrorScopeGuard,
+        during: &'static str,
+    ) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
         match pollster::block_on(scope.pop()) {
             Some(e) => Err(Error::Wgpu {

@@ -4,9 +4,9 @@
 
 use std::future::Future;
 
-use crate::error::Result;
 #[cfg(target_arch = "wasm32")]
 use crate::error::Error;
+use crate::error::Result;
 
 /// The output of `future`, waited for (natively) or polled once (web). `what` names the
 /// blocking call in the web's [`Error::WouldBlock`].
@@ -20,7 +20,10 @@ pub(crate) fn block_on<F: Future>(what: &'static str, future: F) -> Result<F::Ou
     {
         use std::task::{Context, Poll, Waker};
         let mut future = std::pin::pin!(future);
-        match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        match future
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
             Poll::Ready(out) => Ok(out),
             Poll::Pending => Err(Error::WouldBlock { what }),
         }

@@ -27,7 +27,9 @@ fn now_ms() -> Result<f64, String> {
 fn values(n: usize, seed: u32) -> Vec<f32> {
     (0..n as u32)
         .map(|i| {
-            let h = i.wrapping_mul(2_654_435_761).wrapping_add(seed.wrapping_mul(40_503));
+            let h = i
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(seed.wrapping_mul(40_503));
             (h >> 8) as f32 / (1u32 << 23) as f32 - 1.0
         })
         .collect()

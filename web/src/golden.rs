@@ -99,7 +99,13 @@ async fn replay_file(ctx: &GpuContext, file: &str, bytes: &[u8]) -> Value {
             .all(|p| p.get("passed").and_then(Value::as_bool) == Some(true));
     let detail = parts
         .iter()
-        .map(|p| format!("{}: {}", p["impl"].as_str().unwrap_or("?"), p["text"].as_str().unwrap_or("")))
+        .map(|p| {
+            format!(
+                "{}: {}",
+                p["impl"].as_str().unwrap_or("?"),
+                p["text"].as_str().unwrap_or("")
+            )
+        })
         .collect::<Vec<_>>()
         .join(" | ");
     json!({

@@ -81,7 +81,8 @@ impl Gpu {
         let mut runs = Vec::with_capacity(specs.len());
         for spec in &specs {
             let config = config_of(spec)?;
-            let flat = FlatParams::from_slice(&self.ctx, &[x0 as f32, y0 as f32]).map_err(js_error)?;
+            let flat =
+                FlatParams::from_slice(&self.ctx, &[x0 as f32, y0 as f32]).map_err(js_error)?;
             let opt = GpuOptimizer::new(&flat, config).map_err(js_error)?;
             runs.push(Run {
                 opt,
@@ -112,19 +113,25 @@ impl Inner {
     /// One step of every run that has not stopped, and one read-back of all of them.
     async fn step(&mut self) -> fused_optim::Result<()> {
         let function = self.function;
-        let mut encoder = self
-            .ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("playground gather"),
-            });
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("playground gather"),
+                });
         for (i, run) in self.runs.iter_mut().enumerate() {
             if !run.stopped {
                 let (gx, gy) = function.gradient(run.x, run.y);
                 run.flat.write_grads(&[gx as f32, gy as f32])?;
                 run.opt.step()?;
             }
-            encoder.copy_buffer_to_buffer(run.flat.params_buffer(), 0, &self.gather, 8 * i as u64, 8);
+            encoder.copy_buffer_to_buffer(
+                run.flat.params_buffer(),
+                0,
+                &self.gather,
+                8 * i as u64,
+                8,
+            );
         }
         self.ctx.queue().submit([encoder.finish()]);
         let xy = read_f32_async(&self.ctx, &self.gather, 0, 2 * self.runs.len()).await?;
@@ -205,7 +212,9 @@ pub fn classic_optimizers(function: &str) -> Result<String, JsError> {
 pub fn function_grid(function: &str, nx: u32, ny: u32) -> Result<Vec<f64>, JsError> {
     let function = function_named(function)?;
     if nx < 2 || ny < 2 || u64::from(nx) * u64::from(ny) > 1 << 22 {
-        return Err(JsError::new("the grid needs 2..=2^22 points, at least 2 per side"));
+        return Err(JsError::new(
+            "the grid needs 2..=2^22 points, at least 2 per side",
+        ));
     }
     let ((x0, x1), (y0, y1)) = function.plot_range();
     let mut out = Vec::with_capacity((nx * ny) as usize);

@@ -512,7 +512,10 @@ impl GoldenCase {
             read.push((name.clone(), Some(got)));
         }
         let mut state = |name: &str| -> Result<Vec<f64>> {
-            let slot = read.iter_mut().find(|(n, _)| n == name).and_then(|(_, r)| r.take());
+            let slot = read
+                .iter_mut()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, r)| r.take());
             Ok(slot
                 .ok_or_else(|| golden_err(&self.file, format!("state `{name}` asked twice")))??
                 .iter()
