@@ -22,6 +22,7 @@ import json
 import math
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -169,6 +170,30 @@ def analyse_screenshot(png, rect, colors):
             "luminance_sd": sd, "pixels_per_colour": counts}
 
 
+def no_webgpu_page(chromium, out):
+    """Open the page in headless Chromium without WebGPU flags; whether the no-WebGPU banner
+    is shown, and its text (from the DOM after the page's start-up)."""
+    handler = functools.partial(web_server.Handler, directory=ROOT, out=None)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    profile = tempfile.mkdtemp(prefix="fused-optim-chromium-nogpu-")
+    url = f"http://127.0.0.1:{server.server_address[1]}/web/www/index.html"
+    try:
+        dom = subprocess.run([chromium, "--headless=new", "--no-sandbox", f"--user-data-dir={profile}",
+                              "--virtual-time-budget=15000", "--dump-dom", url],
+                             capture_output=True, timeout=120).stdout.decode(errors="replace")
+        with open(os.path.join(out, "nogpu_dom.html"), "w") as f:
+            f.write(dom)
+        shown = '<div id="nogpu" class="banner">' in dom
+        m = re.search(r'<p id="nogpu-reason">([^<]*)', dom)
+        return {"banner": shown, "reason": m.group(1) if (shown and m) else "", "error": "" if shown else "banner not shown"}
+    except Exception as e:
+        return {"banner": False, "reason": "", "error": str(e)}
+    finally:
+        server.shutdown()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "target-browser-test"))
@@ -275,6 +300,10 @@ def main():
             "JSON.stringify({golden: fusedOptimTest.golden, bench: fusedOptimTest.bench,"
             " firstPathsMs: fusedOptimTest.firstPathsMs, describe: fusedOptimTest.describe,"
             " errors: fusedOptimTest.errors})"))
+        # The whole page with the golden table, for a picture of the finished run.
+        cdp.call("Emulation.setDeviceMetricsOverride",
+                 {"width": WIDTH, "height": 1240, "deviceScaleFactor": 1, "mobile": False}, session)
+        time.sleep(0.5)
         done_shot = base64.b64decode(cdp.call("Page.captureScreenshot", {"format": "png"}, session)["data"])
         with open(os.path.join(args.out, "page_done.png"), "wb") as f:
             f.write(done_shot)
@@ -352,6 +381,11 @@ def main():
         f"roof {b['adam_roof']['gbps']:.3f} GB/s ({b['adam_fraction_of_roof']:.2f} of it), copy kernel "
         f"{b['copy_kernel']['gbps']:.3f} GB/s (Adam/copy {b['adam_gbps_over_copy_gbps']:.2f})" if ok else b["error"]))
     check(not results["errors"], "no errors on the page" + (f": {results['errors']}" if results["errors"] else ""))
+
+    # Without WebGPU (no --enable-unsafe-webgpu: headless Chromium on Linux then has no
+    # adapter) the page must say so instead of failing silently.
+    nogpu = no_webgpu_page(args.chromium, args.out)
+    check(nogpu["banner"], "without WebGPU the page shows its message: " + (nogpu["reason"] or nogpu["error"]))
     print(f"browser run {results['seconds']:.1f} s; results in {args.out}/results.json")
     print(f"{passed} passed, {failed} failed")
     return 0 if failed == 0 else 1

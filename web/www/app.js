@@ -398,6 +398,12 @@ async function main() {
     noWebGpu('navigator.gpu is missing: this browser (or this context: WebGPU needs https or localhost) has no WebGPU.');
     return;
   }
+  const adapter = await navigator.gpu.requestAdapter().catch(() => null);
+  if (!adapter) {
+    noWebGpu('This browser has WebGPU (navigator.gpu) but gives no adapter: WebGPU may be turned off '
+      + 'or the GPU blocklisted (Chrome on Linux: start it with --enable-unsafe-webgpu).');
+    return;
+  }
   await init();
   try {
     gpu = await wasm.init_gpu();
@@ -408,12 +414,8 @@ async function main() {
   const info = JSON.parse(gpu.describe());
   test.describe = info;
   // The browser's own description of its adapter (wgpu's adapter name is empty on the web).
-  try {
-    const a = await navigator.gpu.requestAdapter();
-    info.browser_adapter = a && a.info ? [a.info.vendor, a.info.architecture, a.info.description].filter(Boolean).join(' ') : '';
-  } catch (e) {
-    info.browser_adapter = '';
-  }
+  const ai = adapter.info || {};
+  info.browser_adapter = [ai.vendor, ai.architecture, ai.description].filter(Boolean).join(' ');
   $('adapter').textContent = `WebGPU ${info.browser_adapter || 'adapter'} · lanes ${info.lanes} · f16 ${info.native_f16 ? 'native' : 'packed'} · ${info.max_storage_buffers_per_stage} storage buffers/stage`;
   $('adapter').title = $('adapter').textContent;
   $('adapter').className = 'chip ok';
