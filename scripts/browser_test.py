@@ -348,7 +348,9 @@ def main():
     check(s["distinct_colours"] > 200 and s["luminance_sd"] > 5,
           f"screenshot {args.out}/playground.png not blank: {s['distinct_colours']} colours, luminance sd {s['luminance_sd']:.1f} in the contour")
     counts = s["pixels_per_colour"]
-    check(all(c >= 40 for c in counts),
+    # At least a third of a path's end marker (a disc of radius 4.5, ~60 px; markers of paths
+    # that end close together cover each other in part).
+    check(all(c >= 20 for c in counts),
           "screenshot shows every path in its colour: " + ", ".join(f"{n} {c} px" for n, c in zip(names, counts)))
     fp = results["firstPathsMs"]
     print(f"first paths drawn {fp / 1000:.2f} s after page load (target 2 s: {'met' if fp <= 2000 else 'MISSED'})")

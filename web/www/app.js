@@ -10,7 +10,7 @@ import init, * as wasm from './pkg/fused_optim_web.js';
 const TEST = new URLSearchParams(location.search).has('test');
 // Saturated colours, none of them near the pale contour background (the browser test finds
 // each path in the screenshot by its colour).
-const COLORS = ['#e8590c', '#1c7ed6', '#2b8a3e', '#c2255c', '#7048e8', '#0b7285', '#f59f00', '#212529'];
+const COLORS = ['#e8590c', '#1c7ed6', '#2b8a3e', '#c2255c', '#7048e8', '#0b7285', '#f59f00', '#8f5b1e'];
 const test = (window.fusedOptimTest = { state: 'loading', errors: [], colors: COLORS });
 window.addEventListener('error', (e) => test.errors.push(String(e.message || e)));
 window.addEventListener('unhandledrejection', (e) => test.errors.push(String(e.reason && e.reason.message || e.reason)));
@@ -145,17 +145,22 @@ function drawPaths() {
         if (i === 0) ctx.moveTo(px, py); else ctx.lineTo(px, py);
       });
       ctx.stroke();
-      const last = pts[pts.length - 1];
-      marker(last, (px, py) => {
-        ctx.fillStyle = current.colors[k];
-        ctx.beginPath(); ctx.arc(px, py, 4, 0, 2 * Math.PI); ctx.fill();
-      });
     });
   }
   if (start) {
     marker(start, (px, py) => {
-      ctx.fillStyle = '#fff'; ctx.strokeStyle = '#1d2330'; ctx.lineWidth = 2;
-      ctx.beginPath(); ctx.arc(px, py, 5, 0, 2 * Math.PI); ctx.fill(); ctx.stroke();
+      ctx.strokeStyle = '#fff'; ctx.lineWidth = 2;
+      ctx.beginPath(); ctx.arc(px, py, 6, 0, 2 * Math.PI); ctx.stroke();
+    });
+  }
+  // Where each optimizer is now, on top of every path.
+  if (current) {
+    current.points.forEach((pts, k) => {
+      marker(pts[pts.length - 1], (px, py) => {
+        ctx.fillStyle = current.colors[k];
+        ctx.strokeStyle = '#fff'; ctx.lineWidth = 1;
+        ctx.beginPath(); ctx.arc(px, py, 4.5, 0, 2 * Math.PI); ctx.fill(); ctx.stroke();
+      });
     });
   }
   ctx.restore();
