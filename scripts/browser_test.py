@@ -299,7 +299,7 @@ def main():
         results = json.loads(evaluate(
             "JSON.stringify({golden: fusedOptimTest.golden, bench: fusedOptimTest.bench,"
             " firstPathsMs: fusedOptimTest.firstPathsMs, describe: fusedOptimTest.describe,"
-            " errors: fusedOptimTest.errors})"))
+            " selfCheck: fusedOptimTest.selfCheck, f16: fusedOptimTest.f16, errors: fusedOptimTest.errors})"))
         # The whole page with the golden table, for a picture of the finished run.
         cdp.call("Emulation.setDeviceMetricsOverride",
                  {"width": WIDTH, "height": 1240, "deviceScaleFactor": 1, "mobile": False}, session)
@@ -354,6 +354,19 @@ def main():
           "screenshot shows every path in its colour: " + ", ".join(f"{n} {c} px" for n, c in zip(names, counts)))
     fp = results["firstPathsMs"]
     print(f"first paths drawn {fp / 1000:.2f} s after page load (target 2 s: {'met' if fp <= 2000 else 'MISSED'})")
+
+    # The web's rules: blocking calls are typed errors, bad input too.
+    sc = results["selfCheck"]
+    check("would block" in sc["blocking_read"] and "would block" in sc["blocking_new"],
+          f"a blocking read-back and the blocking constructor are WouldBlock errors on the web: "
+          f"{sc['blocking_read']!r}; {sc['blocking_new']!r}")
+    check("lr" in sc["bad_lr"] and "NoSuchOptimizer" in sc["bad_class"] and "momentun" in sc["bad_key"],
+          f"bad playground input is a typed error naming it: {sc['bad_lr']!r}; {sc['bad_class']!r}; {sc['bad_key']!r}")
+
+    f16 = results["f16"]
+    check(f16.get("passed") is True and f16.get("uses_shader_f16") == f16.get("shader_f16"),
+          "f16 params on this device (" + ("native f16" if f16.get("uses_shader_f16") else "packed f16: no shader-f16")
+          + f"): Adam against the f64 reference: {f16}")
 
     # Golden cases: every file in golden/v1 and golden/v2, each PASS (or SKIP: not in the library).
     golden = results["golden"]

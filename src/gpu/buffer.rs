@@ -137,11 +137,13 @@ pub async fn read_bytes_async(
         });
     encoder.copy_buffer_to_buffer(buffer, start_byte, &staging, 0, bytes);
     ctx.queue().submit([encoder.finish()]);
+    // The scopes' answers first: a caller that stops here (the web's one-poll `block_on`)
+    // leaves no map pending on a dropped buffer. A failed map is reported by its callback.
+    scopes.finish_async("read-back").await?;
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
     staging.map_async(wgpu::MapMode::Read, .., move |r| {
         sender.send(r).ok();
     });
-    scopes.finish_async("read-back").await?;
     // Natively the map callback runs inside a poll; the web needs (and has) no poll.
     #[cfg(not(target_arch = "wasm32"))]
     ctx.wait()?;

@@ -448,9 +448,12 @@ impl GpuContext {
 
 /// Error scopes pushed by [`GpuContext::scopes`] (innermost last).
 pub(crate) struct Scopes {
-    validation: wgpu::ErrorScopeGuard,
-    oom: wgpu::ErrorScopeGuard,
+    // Innermost first: fields drop in declaration order, and scopes must be popped in the
+    // reverse order of their pushes (the web's wgpu panics otherwise), also when the scopes
+    // are dropped unfinished.
     internal: wgpu::ErrorScopeGuard,
+    oom: wgpu::ErrorScopeGuard,
+    validation: wgpu::ErrorScopeGuard,
     // The web has no blocking poll to make a loss show.
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     device: wgpu::Device,
@@ -496,9 +499,13 @@ impl Scopes {
     /// [`Scopes::finish`], awaiting the scopes' answers (what the blocking version waits
     /// for natively; on the web the way to get them as this operation's error).
     pub(crate) async fn finish_async(self, during: &'static str) -> Result<()> {
-        let internal = self.internal.pop().await;
-        let oom = self.oom.pop().await;
-        let validation = self.validation.pop().await;
+        // All three popped before the first await: a caller that drops this future midway
+        // (the web's one-poll `block_on`) leaves no scope behind.
+        let (internal, oom, validation) =
+            (self.internal.pop(), self.oom.pop(), self.validation.pop());
+        let internal = internal.await;
+        let oom = oom.await;
+        let validation = validation.await;
         let caught = oom.is_some() || validation.is_some() || internal.is_some();
         if caught && self.lost.get().is_none() {
             // Let wgpu report a loss that happened meanwhile: it does once the queue has

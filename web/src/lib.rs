@@ -31,6 +31,8 @@
 #[cfg(target_arch = "wasm32")]
 mod bench;
 #[cfg(target_arch = "wasm32")]
+mod checks;
+#[cfg(target_arch = "wasm32")]
 mod golden;
 #[cfg(target_arch = "wasm32")]
 mod gpu;

@@ -11,7 +11,7 @@ use fused_optim_tools::playground::paths;
 use serde_json::{json, Map, Value};
 use wasm_bindgen::prelude::*;
 
-use crate::gpu::{function_named, js_error, Gpu};
+use crate::gpu::{function_by_name, function_named, Gpu};
 
 /// A coordinate beyond which a run counts as diverged and stops.
 const DIVERGED: f64 = 1e6;
@@ -41,20 +41,66 @@ pub struct Playground {
 
 /// The configuration of one optimizer row of the page: `{class, hparams}` with PyTorch's
 /// class and keyword names (the library's golden mapping, `OptimizerConfig::from_hparams`).
-fn config_of(spec: &Value) -> Result<OptimizerConfig, JsError> {
+fn config_of(spec: &Value) -> Result<OptimizerConfig, String> {
     let class = spec
         .get("class")
         .and_then(Value::as_str)
-        .ok_or_else(|| JsError::new("optimizer without a `class`"))?;
+        .ok_or("optimizer without a `class`")?;
     let empty = Map::new();
     let map = match spec.get("hparams") {
         Some(Value::Object(m)) => m,
         None => &empty,
-        Some(_) => return Err(JsError::new(&format!("{class}: hparams must be an object"))),
+        Some(_) => return Err(format!("{class}: hparams must be an object")),
     };
-    let config = OptimizerConfig::from_hparams(class, map).map_err(|e| JsError::new(&e))?;
-    config.validate().map_err(js_error)?;
+    let config = OptimizerConfig::from_hparams(class, map)?;
+    config.validate().map_err(|e| e.to_string())?;
     Ok(config)
+}
+
+/// [`Gpu::playground`] with the error as text.
+pub(crate) fn new_playground(
+    ctx: &GpuContext,
+    function: &str,
+    optimizers_json: &str,
+    x0: f64,
+    y0: f64,
+) -> Result<Playground, String> {
+    let function = function_by_name(function)?;
+    let specs: Vec<Value> = serde_json::from_str(optimizers_json).map_err(|e| e.to_string())?;
+    if specs.is_empty() {
+        return Err("choose at least one optimizer".into());
+    }
+    if !(x0.is_finite() && y0.is_finite()) {
+        return Err("the start point must be finite".into());
+    }
+    let mut runs = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let config = config_of(spec)?;
+        let flat =
+            FlatParams::from_slice(ctx, &[x0 as f32, y0 as f32]).map_err(|e| e.to_string())?;
+        let opt = GpuOptimizer::new(&flat, config).map_err(|e| e.to_string())?;
+        runs.push(Run {
+            opt,
+            flat,
+            x: f64::from(x0 as f32),
+            y: f64::from(y0 as f32),
+            stopped: false,
+        });
+    }
+    let gather = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("playground gather"),
+        size: 8 * runs.len() as u64,
+        usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    Ok(Playground {
+        inner: Rc::new(RefCell::new(Some(Inner {
+            ctx: ctx.clone(),
+            function,
+            runs,
+            gather,
+        }))),
+    })
 }
 
 #[wasm_bindgen]
@@ -70,42 +116,7 @@ impl Gpu {
         x0: f64,
         y0: f64,
     ) -> Result<Playground, JsError> {
-        let function = function_named(function)?;
-        let specs: Vec<Value> = serde_json::from_str(optimizers_json).map_err(js_error)?;
-        if specs.is_empty() {
-            return Err(JsError::new("choose at least one optimizer"));
-        }
-        if !(x0.is_finite() && y0.is_finite()) {
-            return Err(JsError::new("the start point must be finite"));
-        }
-        let mut runs = Vec::with_capacity(specs.len());
-        for spec in &specs {
-            let config = config_of(spec)?;
-            let flat =
-                FlatParams::from_slice(&self.ctx, &[x0 as f32, y0 as f32]).map_err(js_error)?;
-            let opt = GpuOptimizer::new(&flat, config).map_err(js_error)?;
-            runs.push(Run {
-                opt,
-                flat,
-                x: f64::from(x0 as f32),
-                y: f64::from(y0 as f32),
-                stopped: false,
-            });
-        }
-        let gather = self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("playground gather"),
-            size: 8 * runs.len() as u64,
-            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        Ok(Playground {
-            inner: Rc::new(RefCell::new(Some(Inner {
-                ctx: self.ctx.clone(),
-                function,
-                runs,
-                gather,
-            }))),
-        })
+        new_playground(&self.ctx, function, optimizers_json, x0, y0).map_err(|e| JsError::new(&e))
     }
 }
 

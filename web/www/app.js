@@ -439,6 +439,12 @@ async function main() {
   test.state = 'paths-drawn';
   // The harness takes its screenshot now and sets `proceed`.
   while (!test.proceed) await new Promise((ok) => setTimeout(ok, 50));
+  test.selfCheck = JSON.parse(gpu.self_check());
+  try {
+    test.f16 = JSON.parse(await gpu.f16_check());
+  } catch (e) {
+    test.f16 = { passed: false, error: String(e.message || e) };
+  }
   test.state = 'golden';
   test.golden = await replayGolden();
   test.state = 'bench';
