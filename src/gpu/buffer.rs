@@ -137,13 +137,26 @@ pub async fn read_bytes_async(
         });
     encoder.copy_buffer_to_buffer(buffer, start_byte, &staging, 0, bytes);
     ctx.queue().submit([encoder.finish()]);
-    // The scopes' answers first: a caller that stops here (the web's one-poll `block_on`)
-    // leaves no map pending on a dropped buffer. A failed map is reported by its callback.
-    scopes.finish_async("read-back").await?;
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-    staging.map_async(wgpu::MapMode::Read, .., move |r| {
-        sender.send(r).ok();
-    });
+    let map = || {
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            sender.send(r).ok();
+        })
+    };
+    // Natively the map is inside the scopes too (mapping a buffer of a device destroyed
+    // meanwhile fails validation). On the web the scopes' answers come first: a caller that
+    // stops at that await (the web's one-poll `block_on`) leaves no map pending on a dropped
+    // buffer, and a failed map there is reported by its callback.
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        map();
+        scopes.finish_async("read-back").await?;
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        scopes.finish_async("read-back").await?;
+        map();
+    }
     // Natively the map callback runs inside a poll; the web needs (and has) no poll.
     #[cfg(not(target_arch = "wasm32"))]
     ctx.wait()?;
