@@ -1,6 +1,6 @@
 //! Waiting for a future from blocking code: `pollster` natively; on the web (wasm32), where
 //! nothing may block (the browser settles its promises only from its event loop), one poll,
-//! and [`Error::WouldBlock`] when the answer is not there yet.
+//! and [`crate::Error::WouldBlock`] when the answer is not there yet.
 
 use std::future::Future;
 
@@ -9,8 +9,10 @@ use crate::error::Error;
 use crate::error::Result;
 
 /// The output of `future`, waited for (natively) or polled once (web). `what` names the
-/// blocking call in the web's [`Error::WouldBlock`].
-pub(crate) fn block_on<F: Future>(what: &'static str, future: F) -> Result<F::Output> {
+/// blocking call in the web's [`crate::Error::WouldBlock`]. What the
+/// library's blocking calls are built on; on the web a future that is ready at its first poll
+/// (one that never waits for the device) still gives its output.
+pub fn block_on<F: Future>(what: &'static str, future: F) -> Result<F::Output> {
     #[cfg(not(target_arch = "wasm32"))]
     {
         let _ = what;

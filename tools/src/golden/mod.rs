@@ -471,7 +471,7 @@ impl GoldenCase {
     /// Waits for the device ([`GoldenCase::replay_gpu_async`], waited for; on the web await
     /// that one).
     pub fn replay_gpu(&self, ctx: &GpuContext) -> Result<PathReport> {
-        pollster::block_on(self.replay_gpu_async(ctx))
+        fused_optim::gpu::wait::block_on("replay_gpu", self.replay_gpu_async(ctx))?
     }
 
     /// [`GoldenCase::replay_gpu`] without blocking: every read-back is awaited (what the

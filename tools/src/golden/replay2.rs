@@ -203,7 +203,7 @@ pub fn replay(
     which: Implementation,
     ctx: Option<&GpuContext>,
 ) -> Result<Option<Report2>> {
-    pollster::block_on(replay_async(case, which, ctx))
+    fused_optim::gpu::wait::block_on("golden replay", replay_async(case, which, ctx))?
 }
 
 /// [`replay`] without blocking: every read-back of the GPU path is awaited (what the

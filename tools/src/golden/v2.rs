@@ -1005,13 +1005,16 @@ pub fn replay_trajectory(
 ) -> Result<Report2> {
     // The stepper is synchronous, so the future is ready at its first poll: no waiting,
     // also on the web.
-    pollster::block_on(replay_trajectory_async(
-        case,
-        dtype,
-        metric,
-        tol,
-        async |k, lr, p: &mut [f64], g: &[f64]| step(k, lr, p, g),
-    ))
+    fused_optim::gpu::wait::block_on(
+        "replay_trajectory",
+        replay_trajectory_async(
+            case,
+            dtype,
+            metric,
+            tol,
+            async |k, lr, p: &mut [f64], g: &[f64]| step(k, lr, p, g),
+        ),
+    )?
 }
 
 /// [`replay_trajectory`] with an async stepper (one that awaits a read-back, as the GPU
