@@ -143,6 +143,15 @@ pub enum Error {
         /// What wgpu said.
         message: String,
     },
+    /// A blocking call on the web (wasm32), where nothing can wait: the browser delivers
+    /// read-backs and WebGPU's error reports only from its event loop. Use the `*_async`
+    /// counterpart (e.g. [`FlatParams::read_params_async`](crate::FlatParams::read_params_async),
+    /// [`GpuContext::new_async`](crate::GpuContext::new_async)) and `.await` it.
+    #[error("{what} would block, which the web cannot: use its `_async` counterpart and await it")]
+    WouldBlock {
+        /// The blocking call.
+        what: &'static str,
+    },
     /// The device is lost (destroyed with `wgpu::Device::destroy`, or lost by the driver).
     /// Every later call on anything built on its context returns this; host-side data
     /// (caller vectors, CPU optimizers, checkpoint files) is unaffected. Recover by creating

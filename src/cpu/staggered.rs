@@ -24,6 +24,7 @@ pub const STAGGER_BYTES: usize = 4096 + 64;
 pub const SLOTS: usize = 16;
 
 /// Size of a huge page on x86_64 and aarch64 Linux.
+#[cfg(target_os = "linux")]
 const HUGE_PAGE_BYTES: usize = 2 << 20;
 
 /// Allocations of at least this many bytes ask for huge pages (smaller ones would waste most

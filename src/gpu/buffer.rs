@@ -65,20 +65,43 @@ pub(crate) fn fill(ctx: &GpuContext, buffer: &wgpu::Buffer, len: usize, value: f
 }
 
 /// Copy elements `[start, start + len)` of any f32 `buffer` (with `COPY_SRC` usage) back to
-/// the host. Waits for the device.
+/// the host. Waits for the device ([`read_f32_async`], waited for; on the web
+/// [`Error::WouldBlock`]).
 pub fn read_f32(
     ctx: &GpuContext,
     buffer: &wgpu::Buffer,
     start: usize,
     len: usize,
 ) -> Result<Vec<f32>> {
-    let bytes = read_bytes(ctx, buffer, start as u64 * 4, len as u64 * 4)?;
+    super::wait::block_on("read_f32", read_f32_async(ctx, buffer, start, len))?
+}
+
+/// [`read_f32`] without blocking: the read-back to await on the web.
+pub async fn read_f32_async(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    start: usize,
+    len: usize,
+) -> Result<Vec<f32>> {
+    let bytes = read_bytes_async(ctx, buffer, start as u64 * 4, len as u64 * 4).await?;
     Ok(bytemuck::pod_collect_to_vec(&bytes))
 }
 
 /// Copy `len` bytes from byte `offset` of `buffer` (both multiples of 4; the buffer needs
-/// `COPY_SRC`) back to the host. Waits for the device.
+/// `COPY_SRC`) back to the host. Waits for the device ([`read_bytes_async`], waited for; on
+/// the web [`Error::WouldBlock`]).
 pub fn read_bytes(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>> {
+    super::wait::block_on("read_bytes", read_bytes_async(ctx, buffer, offset, len))?
+}
+
+/// [`read_bytes`] without blocking. Natively the device is polled until the copy is mapped;
+/// on the web the browser maps it from its event loop while this awaits.
+pub async fn read_bytes_async(
     ctx: &GpuContext,
     buffer: &wgpu::Buffer,
     offset: u64,
@@ -115,13 +138,30 @@ pub fn read_bytes(
     encoder.copy_buffer_to_buffer(buffer, start_byte, &staging, 0, bytes);
     ctx.queue().submit([encoder.finish()]);
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-    staging.map_async(wgpu::MapMode::Read, .., move |r| {
-        sender.send(r).ok();
-    });
-    scopes.finish("read-back")?;
+    let map = || {
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            sender.send(r).ok();
+        })
+    };
+    // Natively the map is inside the scopes too (mapping a buffer of a device destroyed
+    // meanwhile fails validation). On the web the scopes' answers come first: a caller that
+    // stops at that await (the web's one-poll `block_on`) leaves no map pending on a dropped
+    // buffer, and a failed map there is reported by its callback.
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        map();
+        scopes.finish_async("read-back").await?;
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        scopes.finish_async("read-back").await?;
+        map();
+    }
+    // Natively the map callback runs inside a poll; the web needs (and has) no poll.
+    #[cfg(not(target_arch = "wasm32"))]
     ctx.wait()?;
     ctx.check_alive("buffer map")?;
-    match pollster::block_on(receiver.receive()) {
+    match receiver.receive().await {
         Some(Ok(())) => {}
         Some(Err(e)) => {
             return Err(Error::Wgpu {
@@ -537,27 +577,52 @@ impl FlatParams {
         self.write_segment_grads(name, &flat)
     }
 
-    /// Read all parameters back (waits for the device).
+    /// Read all parameters back (waits for the device; on the web
+    /// [`Error::WouldBlock`]: use [`FlatParams::read_params_async`]).
     pub fn read_params(&self) -> Result<Vec<f32>> {
         read_f32(&self.ctx, &self.params, 0, self.len)
     }
 
-    /// Read all gradients back (waits for the device).
+    /// [`FlatParams::read_params`] without blocking (the read-back to await on the web).
+    pub async fn read_params_async(&self) -> Result<Vec<f32>> {
+        read_f32_async(&self.ctx, &self.params, 0, self.len).await
+    }
+
+    /// Read all gradients back (waits for the device; on the web [`Error::WouldBlock`]).
     pub fn read_grads(&self) -> Result<Vec<f32>> {
         read_f32(&self.ctx, &self.grads, 0, self.len)
     }
 
-    /// Read one segment's parameters back, flat (row-major), without ndarray.
+    /// [`FlatParams::read_grads`] without blocking.
+    pub async fn read_grads_async(&self) -> Result<Vec<f32>> {
+        read_f32_async(&self.ctx, &self.grads, 0, self.len).await
+    }
+
+    /// Read one segment's parameters back, flat (row-major), without ndarray (waits; on the
+    /// web [`Error::WouldBlock`]).
     pub fn read_segment_values(&self, name: &str) -> Result<Vec<f32>> {
         let s = self.segment(name)?;
         read_f32(&self.ctx, &self.params, s.offset, s.len())
     }
 
-    /// Read one segment's parameters back as an array of its shape.
+    /// [`FlatParams::read_segment_values`] without blocking.
+    pub async fn read_segment_values_async(&self, name: &str) -> Result<Vec<f32>> {
+        let s = self.segment(name)?;
+        read_f32_async(&self.ctx, &self.params, s.offset, s.len()).await
+    }
+
+    /// Read one segment's parameters back as an array of its shape (waits; on the web
+    /// [`Error::WouldBlock`]).
     #[cfg(feature = "ndarray")]
     pub fn read_segment(&self, name: &str) -> Result<ArrayD<f32>> {
+        super::wait::block_on("read_segment", self.read_segment_async(name))?
+    }
+
+    /// [`FlatParams::read_segment`] without blocking.
+    #[cfg(feature = "ndarray")]
+    pub async fn read_segment_async(&self, name: &str) -> Result<ArrayD<f32>> {
         let s = self.segment(name)?.clone();
-        let values = self.read_segment_values(name)?;
+        let values = self.read_segment_values_async(name).await?;
         ArrayD::from_shape_vec(IxDyn(&s.shape), values).map_err(|e| Error::Wgpu {
             during: "shaping a segment",
             message: e.to_string(),

@@ -86,6 +86,22 @@ pub struct GpuContext {
     options: ContextOptions,
     /// Set (once) by the device-lost callback: the reason.
     lost: Arc<OnceLock<String>>,
+    /// On the web: the first error WebGPU reported after the fact (a popped error scope or
+    /// an uncaptured error), handed to the next operation that checks the device.
+    #[cfg(target_arch = "wasm32")]
+    deferred: Deferred,
+}
+
+/// An error WebGPU reported asynchronously (web only): what was being done and the message.
+#[cfg(target_arch = "wasm32")]
+type Deferred = Arc<std::sync::Mutex<Option<(&'static str, String)>>>;
+
+/// Record `error` in `slot` unless an earlier one is waiting there.
+#[cfg(target_arch = "wasm32")]
+fn defer(slot: &Deferred, during: &'static str, error: String) {
+    if let Ok(mut s) = slot.lock() {
+        s.get_or_insert((during, error));
+    }
 }
 
 /// Register the callback that records a loss of `device` in the returned flag.
@@ -106,20 +122,34 @@ fn watch_loss(device: &wgpu::Device) -> Arc<OnceLock<String>> {
 impl GpuContext {
     /// Blocking constructor: picks an adapter (honouring `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`,
     /// `WGPU_POWER_PREF`) and requests a device with the adapter's own limits.
+    ///
+    /// Built on [`GpuContext::new_async`]; on the web (wasm32), where nothing can block, it
+    /// returns [`Error::WouldBlock`]: await `new_async` there.
     pub fn new() -> Result<Self> {
-        pollster::block_on(Self::new_async(ContextOptions::default()))
+        Self::with_options(ContextOptions::default())
     }
 
-    /// Blocking constructor with options.
+    /// Blocking constructor with options ([`GpuContext::new_async`], waited for; on the web
+    /// [`Error::WouldBlock`]).
     pub fn with_options(options: ContextOptions) -> Result<Self> {
-        pollster::block_on(Self::new_async(options))
+        super::wait::block_on("GpuContext::new", Self::new_async(options))?
     }
 
-    /// Async constructor.
+    /// Async constructor: the one to use on the web (wasm32, wgpu's WebGPU backend, where
+    /// the browser's `navigator.gpu` gives the adapter), and what the blocking constructors
+    /// wait for natively.
     pub async fn new_async(options: ContextOptions) -> Result<Self> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = select_adapter(&instance).await?;
+        Self::from_adapter(&adapter, options).await
+    }
+
+    /// Request a device on an adapter the caller chose, with the adapter's own limits (so a
+    /// kernel variant gets every binding the adapter has: WebGPU's defaults would allow only
+    /// 8 storage buffers per stage) and those of the features fused-optim uses that it has
+    /// (timestamp queries, `shader-f16`, `shader-int64`).
+    pub async fn from_adapter(adapter: &wgpu::Adapter, options: ContextOptions) -> Result<Self> {
         let info = adapter.get_info();
         // Ask for exactly what the adapter has: downlevel defaults would cap storage bindings
         // and workgroup counts far below what real devices (and lavapipe) offer.
@@ -143,14 +173,9 @@ impl GpuContext {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
             })?;
-        let lost = watch_loss(&device);
-        Ok(Self {
-            device,
-            queue,
-            adapter_info: Some(info),
-            options,
-            lost,
-        })
+        let mut ctx = Self::from_device(device, queue).with_context_options(options);
+        ctx.adapter_info = Some(info);
+        Ok(ctx)
     }
 
     /// Wrap a device and queue the caller already has (e.g. from its own renderer or
@@ -158,14 +183,32 @@ impl GpuContext {
     ///
     /// Registers a device-lost callback on `device` (wgpu keeps one per device, so this
     /// replaces the caller's; wrap a device once and clone the context).
+    ///
+    /// On the web it also sets the device's uncaptured-error handler: WebGPU reports errors
+    /// after the fact, and the first one is returned by the next operation on the context.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let lost = watch_loss(&device);
+        #[cfg(target_arch = "wasm32")]
+        let deferred = {
+            let slot: Deferred = Arc::default();
+            let handler = Arc::clone(&slot);
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                defer(
+                    &handler,
+                    "an earlier operation (uncaptured error)",
+                    e.to_string(),
+                )
+            }));
+            slot
+        };
         Self {
             device,
             queue,
             adapter_info: None,
             options: ContextOptions::default(),
             lost,
+            #[cfg(target_arch = "wasm32")]
+            deferred,
         }
     }
 
@@ -185,12 +228,46 @@ impl GpuContext {
     }
 
     fn lost_error(&self, during: &'static str) -> Result<()> {
-        match self.lost.get() {
-            Some(reason) => Err(Error::DeviceLost {
+        if let Some(reason) = self.lost.get() {
+            return Err(Error::DeviceLost {
                 during,
                 reason: reason.clone(),
+            });
+        }
+        // On the web, an error WebGPU reported since: returned once, by this operation.
+        #[cfg(target_arch = "wasm32")]
+        if let Some((during, message)) = self.deferred.lock().ok().and_then(|mut s| s.take()) {
+            return Err(Error::Wgpu { during, message });
+        }
+        Ok(())
+    }
+
+    /// Pop one error scope: natively, wait for it and turn a caught error into
+    /// [`Error::Wgpu`]; on the web (which cannot wait) the browser's answer arrives later and
+    /// the next operation on this context reports it.
+    pub(crate) fn pop_scope(
+        &self,
+        scope: wgpu::ErrorScopeGuard,
+        during: &'static str,
+    ) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        match pollster::block_on(scope.pop()) {
+            Some(e) => Err(Error::Wgpu {
+                during,
+                message: e.to_string(),
             }),
             None => Ok(()),
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let slot = Arc::clone(&self.deferred);
+            let popped = scope.pop();
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Some(e) = popped.await {
+                    defer(&slot, during, e.to_string());
+                }
+            });
+            Ok(())
         }
     }
 
@@ -219,6 +296,8 @@ impl GpuContext {
             internal: self.device.push_error_scope(wgpu::ErrorFilter::Internal),
             device: self.device.clone(),
             lost: Arc::clone(&self.lost),
+            #[cfg(target_arch = "wasm32")]
+            deferred: Arc::clone(&self.deferred),
         }
     }
 
@@ -336,6 +415,9 @@ impl GpuContext {
 
     /// Wait until all submitted work has finished.
     /// [`Error::DeviceLost`] if the device is (or turns out to be) lost.
+    ///
+    /// On the web this returns at once (the browser runs the queue by itself, and nothing
+    /// can block): await [`GpuContext::wait_async`] there.
     pub fn wait(&self) -> Result<()> {
         self.lost_error("device poll")?;
         let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
@@ -345,15 +427,39 @@ impl GpuContext {
             message: e.to_string(),
         })
     }
+
+    /// Wait until all submitted work has finished, without blocking: natively the same as
+    /// [`GpuContext::wait`]; on the web it awaits the queue's `onSubmittedWorkDone`.
+    pub async fn wait_async(&self) -> Result<()> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            self.lost_error("device poll")?;
+            let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+            self.queue.on_submitted_work_done(move || {
+                sender.send(()).ok();
+            });
+            receiver.receive().await;
+            self.lost_error("device poll")
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        self.wait()
+    }
 }
 
 /// Error scopes pushed by [`GpuContext::scopes`] (innermost last).
 pub(crate) struct Scopes {
-    validation: wgpu::ErrorScopeGuard,
-    oom: wgpu::ErrorScopeGuard,
+    // Innermost first: fields drop in declaration order, and scopes must be popped in the
+    // reverse order of their pushes (the web's wgpu panics otherwise), also when the scopes
+    // are dropped unfinished.
     internal: wgpu::ErrorScopeGuard,
+    oom: wgpu::ErrorScopeGuard,
+    validation: wgpu::ErrorScopeGuard,
+    // The web has no blocking poll to make a loss show.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     device: wgpu::Device,
     lost: Arc<OnceLock<String>>,
+    #[cfg(target_arch = "wasm32")]
+    deferred: Deferred,
 }
 
 impl Scopes {
@@ -361,14 +467,50 @@ impl Scopes {
     /// destroyed by another thread meanwhile makes later calls fail validation on its
     /// invalid resources), else [`Error::OutOfMemory`] or [`Error::Wgpu`] for what they
     /// caught.
+    ///
+    /// On the web, which cannot wait, the scopes are popped and the browser's answers are
+    /// handed to the next operation on the context ([`GpuContext::pop_scope`]);
+    /// [`Scopes::finish_async`] awaits them instead.
     pub(crate) fn finish(self, during: &'static str) -> Result<()> {
-        let internal = pollster::block_on(self.internal.pop());
-        let oom = pollster::block_on(self.oom.pop());
-        let validation = pollster::block_on(self.validation.pop());
+        #[cfg(not(target_arch = "wasm32"))]
+        return pollster::block_on(self.finish_async(during));
+        #[cfg(target_arch = "wasm32")]
+        {
+            let slot = self.deferred;
+            for scope in [self.internal, self.oom, self.validation] {
+                let popped = scope.pop();
+                let slot = Arc::clone(&slot);
+                wasm_bindgen_futures::spawn_local(async move {
+                    if let Some(e) = popped.await {
+                        defer(&slot, during, e.to_string());
+                    }
+                });
+            }
+            match self.lost.get() {
+                Some(reason) => Err(Error::DeviceLost {
+                    during,
+                    reason: reason.clone(),
+                }),
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// [`Scopes::finish`], awaiting the scopes' answers (what the blocking version waits
+    /// for natively; on the web the way to get them as this operation's error).
+    pub(crate) async fn finish_async(self, during: &'static str) -> Result<()> {
+        // All three popped before the first await: a caller that drops this future midway
+        // (the web's one-poll `block_on`) leaves no scope behind.
+        let (internal, oom, validation) =
+            (self.internal.pop(), self.oom.pop(), self.validation.pop());
+        let internal = internal.await;
+        let oom = oom.await;
+        let validation = validation.await;
         let caught = oom.is_some() || validation.is_some() || internal.is_some();
         if caught && self.lost.get().is_none() {
             // Let wgpu report a loss that happened meanwhile: it does once the queue has
             // drained, so wait for that (bounded: this is an error path already).
+            #[cfg(not(target_arch = "wasm32"))]
             let _ = self.device.poll(wgpu::PollType::Wait {
                 submission_index: None,
                 timeout: Some(std::time::Duration::from_secs(10)),

@@ -18,7 +18,7 @@
 
 use std::num::NonZeroU64;
 
-use super::buffer::read_bytes;
+use super::buffer::read_bytes_async;
 use super::context::GpuContext;
 use super::groups::Group;
 use super::kernel::MAX_GROUPS;
@@ -214,12 +214,7 @@ impl DeviceSteps {
         };
         let resolve_group = group("device step resolve");
         let scale_group = group("device step scale");
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Wgpu {
-                during: "device step pipeline creation",
-                message: e.to_string(),
-            });
-        }
+        ctx.pop_scope(scope, "device step pipeline creation")?;
         let mut steps = Self {
             ctx: ctx.clone(),
             resolve,
@@ -339,14 +334,20 @@ impl DeviceSteps {
         pass.dispatch_workgroups(1, 1, 1);
     }
 
-    /// Read the counter block (waits for the device).
+    /// Read the counter block (waits for the device; on the web [`Error::WouldBlock`]).
     pub fn read(&self) -> Result<DeviceStepBlock> {
-        let bytes = read_bytes(
+        super::wait::block_on("DeviceSteps::read", self.read_async())?
+    }
+
+    /// [`DeviceSteps::read`] without blocking.
+    pub async fn read_async(&self) -> Result<DeviceStepBlock> {
+        let bytes = read_bytes_async(
             &self.ctx,
             &self.counter,
             0,
             std::mem::size_of::<DeviceStepBlock>() as u64,
-        )?;
+        )
+        .await?;
         Ok(bytemuck::pod_read_unaligned(&bytes))
     }
 

@@ -13,7 +13,7 @@ use std::num::NonZeroU64;
 
 use super::buffer::FlatParams;
 use crate::dispatch::{grid, padded_len, window_header, windows};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 const NORM: &str = include_str!("../../shaders/norm.wgsl");
 
@@ -83,12 +83,7 @@ impl NormClipper {
         };
         let partial = pipeline("partial_sums");
         let finish = pipeline("finish");
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Wgpu {
-                during: "norm pipeline creation",
-                message: e.to_string(),
-            });
-        }
+        ctx.pop_scope(scope, "norm pipeline creation")?;
         let wins = windows(
             params.len() as u64,
             ctx.max_binding_bytes(),

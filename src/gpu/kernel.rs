@@ -530,13 +530,8 @@ impl PipelineRecipe {
             &constants,
             false,
         );
-        match pollster::block_on(scope.pop()) {
-            None => Ok(pipeline),
-            Some(e) => Err(Error::Wgpu {
-                during: "pipeline creation",
-                message: e.to_string(),
-            }),
-        }
+        ctx.pop_scope(scope, "pipeline creation")?;
+        Ok(pipeline)
     }
 }
 

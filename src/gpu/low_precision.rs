@@ -9,7 +9,7 @@
 
 use half::{bf16, f16};
 
-use super::buffer::{read_bytes, FlatParams, FLAT_USAGE};
+use super::buffer::{read_bytes_async, FlatParams, FLAT_USAGE};
 use super::context::GpuContext;
 use crate::dispatch::padded_len;
 use crate::error::{Error, Result};
@@ -188,10 +188,16 @@ impl LowPrecisionParams {
         }
     }
 
-    /// Read the 16-bit params back as bit patterns (waits).
+    /// Read the 16-bit params back as bit patterns (waits; on the web
+    /// [`Error::WouldBlock`]: use [`LowPrecisionParams::read_param_bits_async`]).
     pub fn read_param_bits(&self) -> Result<Vec<u16>> {
+        super::wait::block_on("read_param_bits", self.read_param_bits_async())?
+    }
+
+    /// [`LowPrecisionParams::read_param_bits`] without blocking.
+    pub async fn read_param_bits_async(&self) -> Result<Vec<u16>> {
         let words = self.len().div_ceil(2) as u64;
-        let bytes = read_bytes(self.master.context(), &self.params, 0, words * 4)?;
+        let bytes = read_bytes_async(self.master.context(), &self.params, 0, words * 4).await?;
         let mut bits: Vec<u16> = bytemuck::pod_collect_to_vec(&bytes);
         bits.truncate(self.len());
         Ok(bits)

@@ -10,3 +10,4 @@ pub mod low_precision;
 pub mod optimizer;
 pub mod shaders;
 pub mod timer;
+pub mod wait;

@@ -3,7 +3,7 @@
 
 use super::GpuOptimizer;
 use crate::error::{Error, Result};
-use crate::gpu::buffer::read_f32;
+use crate::gpu::buffer::{read_f32, read_f32_async};
 use crate::gpu::device_step::{DeviceSteps, SCALE_OFFSET};
 use crate::gpu::gradients::{GradOptions, NormClipper};
 use crate::scaler::LossScaler;
@@ -159,8 +159,13 @@ impl GpuOptimizer {
     /// Steps taken (PyTorch's `step`), read from the device when it keeps the count (with
     /// `skip_nonfinite`; waits for the submitted steps), else the host's count.
     pub fn device_step_count(&self) -> Result<u64> {
+        crate::gpu::wait::block_on("device_step_count", self.device_step_count_async())?
+    }
+
+    /// [`GpuOptimizer::device_step_count`] without blocking (the one to await on the web).
+    pub async fn device_step_count_async(&self) -> Result<u64> {
         match &self.device {
-            Some(d) => Ok(d.steps_from(&d.read()?)),
+            Some(d) => Ok(d.steps_from(&d.read_async().await?)),
             None => Ok(self.groups[0].host.step),
         }
     }
@@ -169,10 +174,18 @@ impl GpuOptimizer {
     /// if the last step's gradient norm was NaN or infinite (detected on the device from the
     /// exponent bits). Reads back 32 bytes.
     pub fn check_finite_gradients(&self) -> Result<()> {
+        crate::gpu::wait::block_on(
+            "check_finite_gradients",
+            self.check_finite_gradients_async(),
+        )?
+    }
+
+    /// [`GpuOptimizer::check_finite_gradients`] without blocking.
+    pub async fn check_finite_gradients_async(&self) -> Result<()> {
         if self.clipper.is_none() {
             return Ok(());
         }
-        let c = read_f32(&self.ctx, &self.control, 0, 8)?;
+        let c = read_f32_async(&self.ctx, &self.control, 0, 8).await?;
         if c[3].to_bits() != 0 {
             return Err(Error::NonFiniteGradients {
                 norm: f64::from(c[4]),

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::GpuOptimizer;
 use crate::error::{Error, Result};
-use crate::gpu::buffer::{flat_bytes, read_bytes, read_f32};
+use crate::gpu::buffer::{flat_bytes, read_bytes_async, read_f32_async};
 use crate::gpu::low_precision::LowFormat;
 use crate::grads::GradOptions;
 use crate::optim::{HostState, OptimizerConfig};
@@ -13,19 +13,27 @@ use crate::optimizer::Optimizer;
 
 impl GpuOptimizer {
     /// Read one state tensor back as the device keeps it: f32 (bf16 state widened to f32).
-    /// Waits for the device. [`Optimizer::read_state`] gives the same values as f64.
+    /// Waits for the device (on the web [`Error::WouldBlock`]: use
+    /// [`GpuOptimizer::read_state_f32_async`]). [`Optimizer::read_state`] gives the same
+    /// values as f64.
     pub fn read_state_f32(&self, name: &str) -> Result<Vec<f32>> {
+        crate::gpu::wait::block_on("read_state_f32", self.read_state_f32_async(name))?
+    }
+
+    /// [`GpuOptimizer::read_state_f32`] without blocking (the read-back to await on the web).
+    pub async fn read_state_f32_async(&self, name: &str) -> Result<Vec<f32>> {
         let k = self.groups[0].config.state_index(name)?;
         if self.bf16_state {
             let n = self.params.len();
-            let bytes = read_bytes(&self.ctx, &self.states[k], 0, n.div_ceil(2) as u64 * 4)?;
+            let bytes =
+                read_bytes_async(&self.ctx, &self.states[k], 0, n.div_ceil(2) as u64 * 4).await?;
             let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&bytes);
             return Ok(bits[..n]
                 .iter()
                 .map(|&b| LowFormat::Bf16.value(b))
                 .collect());
         }
-        read_f32(&self.ctx, &self.states[k], 0, self.params.len())
+        read_f32_async(&self.ctx, &self.states[k], 0, self.params.len()).await
     }
 
     /// Overwrite one state tensor with f32 values (rounded to bf16, nearest even, when the

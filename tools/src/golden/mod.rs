@@ -92,16 +92,23 @@ fn golden_err(file: &Path, reason: impl Into<String>) -> Error {
 /// Read a golden file as JSON: plain text, or gzip-compressed (recognised by its magic bytes,
 /// whatever the name).
 pub fn read_json(file: &Path) -> Result<Value> {
-    use std::io::Read;
     let bytes = std::fs::read(file).map_err(|e| golden_err(file, e.to_string()))?;
+    json_from_bytes(file, &bytes)
+}
+
+/// Parse a golden file's bytes as JSON: plain text, or gzip-compressed (recognised by its
+/// magic bytes). `file` names it in errors. For callers that have the bytes but no file
+/// system (the browser, which fetches them).
+pub fn json_from_bytes(file: &Path, bytes: &[u8]) -> Result<Value> {
+    use std::io::Read;
     let text = if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut text = String::new();
-        flate2::read::GzDecoder::new(bytes.as_slice())
+        flate2::read::GzDecoder::new(bytes)
             .read_to_string(&mut text)
             .map_err(|e| golden_err(file, format!("gzip: {e}")))?;
         text
     } else {
-        String::from_utf8(bytes).map_err(|e| golden_err(file, e.to_string()))?
+        String::from_utf8(bytes.to_vec()).map_err(|e| golden_err(file, e.to_string()))?
     };
     serde_json::from_str(&text).map_err(|e| golden_err(file, e.to_string()))
 }
@@ -136,13 +143,18 @@ pub enum Golden {
 /// Read a file (`.json` or `.json.gz`) of either schema. Malformed JSON and malformed cases are
 /// errors; JSON that is not a case is [`Golden::NotACase`].
 pub fn load_any(file: &Path) -> Result<Golden> {
-    let v = read_json(file)?;
-    if is_index(&v) {
+    parse_any(file, &read_json(file)?)
+}
+
+/// [`load_any`] on JSON already read (`file` names it in errors and reports), e.g. from
+/// [`json_from_bytes`].
+pub fn parse_any(file: &Path, v: &Value) -> Result<Golden> {
+    if is_index(v) {
         return Ok(Golden::NotACase);
     }
     match v.get("schema").and_then(Value::as_str) {
-        Some(SCHEMA) => parse_case(file, &v).map(Golden::V1),
-        Some(v2::SCHEMA) => v2::parse(file, &v).map(Golden::V2),
+        Some(SCHEMA) => parse_case(file, v).map(Golden::V1),
+        Some(v2::SCHEMA) => v2::parse(file, v).map(Golden::V2),
         _ => Ok(Golden::NotACase),
     }
 }
@@ -390,7 +402,7 @@ impl GoldenCase {
         report: &mut PathReport,
         exp: &Expected,
         tol: f64,
-        state: &dyn Fn(&str) -> Result<Vec<f64>>,
+        state: &mut dyn FnMut(&str) -> Result<Vec<f64>>,
         scalars: Scalars,
     ) {
         let Scalars {
@@ -439,12 +451,12 @@ impl GoldenCase {
             opt.step(&mut p, &g)?;
             report.params(k, &p, &exp.params[k - 1], &self.params0, F64_TOLERANCE);
         }
-        let state = |name: &str| -> Result<Vec<f64>> { Ok(opt.state(name)?.to_vec()) };
+        let mut state = |name: &str| -> Result<Vec<f64>> { Ok(opt.state(name)?.to_vec()) };
         self.compare_state(
             &mut report,
             exp,
             F64_TOLERANCE,
-            &state,
+            &mut state,
             Scalars {
                 step: opt.step_count(),
                 mu_product: opt.mu_product(),
@@ -456,7 +468,15 @@ impl GoldenCase {
 
     /// Replay through the GPU kernels (f32) and compare with the float32 run. Path cases run
     /// closed-loop: the gradient is computed from the GPU's own parameters each step.
+    /// Waits for the device ([`GoldenCase::replay_gpu_async`], waited for; on the web await
+    /// that one).
     pub fn replay_gpu(&self, ctx: &GpuContext) -> Result<PathReport> {
+        fused_optim::gpu::wait::block_on("replay_gpu", self.replay_gpu_async(ctx))?
+    }
+
+    /// [`GoldenCase::replay_gpu`] without blocking: every read-back is awaited (what the
+    /// browser needs); the same tolerances and checks.
+    pub async fn replay_gpu_async(&self, ctx: &GpuContext) -> Result<PathReport> {
         let exp = &self.expected_f32;
         let p0: Vec<f32> = self.params0.iter().map(|&x| x as f32).collect();
         let flat = FlatParams::from_slice(ctx, &p0)?;
@@ -472,7 +492,12 @@ impl GoldenCase {
                 .collect();
             flat.write_grads(&g)?;
             opt.step()?;
-            p = flat.read_params()?.iter().map(|&x| f64::from(x)).collect();
+            p = flat
+                .read_params_async()
+                .await?
+                .iter()
+                .map(|&x| f64::from(x))
+                .collect();
             // Expected f32 values are compared as f32 (the README's instruction).
             let want: Vec<f64> = exp.params[k - 1]
                 .iter()
@@ -480,9 +505,19 @@ impl GoldenCase {
                 .collect();
             report.params(k, &p, &want, &self.params0, F32_TOLERANCE);
         }
-        let state = |name: &str| -> Result<Vec<f64>> {
-            Ok(opt
-                .read_state_f32(name)?
+        // Every state tensor the float32 run has, read here (the check below cannot await).
+        let mut read = Vec::with_capacity(exp.tensors.len());
+        for name in exp.tensors.keys() {
+            let got = opt.read_state_f32_async(name).await.map_err(Error::from);
+            read.push((name.clone(), Some(got)));
+        }
+        let mut state = |name: &str| -> Result<Vec<f64>> {
+            let slot = read
+                .iter_mut()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, r)| r.take());
+            Ok(slot
+                .ok_or_else(|| golden_err(&self.file, format!("state `{name}` asked twice")))??
                 .iter()
                 .map(|&x| f64::from(x))
                 .collect())
@@ -500,7 +535,7 @@ impl GoldenCase {
             &mut report,
             &exp32,
             F32_TOLERANCE,
-            &state,
+            &mut state,
             Scalars {
                 step: host.step,
                 mu_product: self.config.host_scalar(&host, "mu_product").unwrap_or(1.0),

@@ -105,7 +105,7 @@ impl Runner {
         })
     }
 
-    fn step(&mut self, lr: f64, p: &mut [f64], g: &[f64]) -> Result<()> {
+    async fn step(&mut self, lr: f64, p: &mut [f64], g: &[f64]) -> Result<()> {
         match self {
             Runner::Reference(o, own) => {
                 o.set_lr(lr)?;
@@ -125,26 +125,36 @@ impl Runner {
                 let g: Vec<f32> = g.iter().map(|&x| x as f32).collect();
                 flat.write_grads(&g)?;
                 o.step()?;
-                let got = flat.read_params()?;
+                let got = flat.read_params_async().await?;
                 p.iter_mut().zip(got).for_each(|(d, s)| *d = f64::from(s));
             }
         }
         Ok(())
     }
 
-    fn params(&self) -> Result<Vec<f64>> {
+    async fn params(&self) -> Result<Vec<f64>> {
         Ok(match self {
             Runner::Reference(_, own) => own.clone(),
             Runner::CpuFast(_, own) => own.iter().map(|&x| f64::from(x)).collect(),
-            Runner::Gpu(_, flat) => flat.read_params()?.into_iter().map(f64::from).collect(),
+            Runner::Gpu(_, flat) => flat
+                .read_params_async()
+                .await?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
         })
     }
 
-    fn state(&self, name: &str) -> Result<Vec<f64>> {
+    async fn state(&self, name: &str) -> Result<Vec<f64>> {
         Ok(match self {
             Runner::Reference(o, _) => o.state(name)?.to_vec(),
             Runner::CpuFast(o, _) => o.state(name)?.iter().map(|&x| f64::from(x)).collect(),
-            Runner::Gpu(o, _) => o.read_state_f32(name)?.into_iter().map(f64::from).collect(),
+            Runner::Gpu(o, _) => o
+                .read_state_f32_async(name)
+                .await?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
         })
     }
 
@@ -186,8 +196,19 @@ fn scalar_check(name: &str, got: f64, want: f64, tol: f64) -> Check {
 }
 
 /// Replay `case` through `which`; `Ok(None)` when the registry has no such class (the
-/// caller reports a SKIP).
+/// caller reports a SKIP). Waits for the device ([`replay_async`], waited for): on the web
+/// the GPU replay must be awaited with [`replay_async`].
 pub fn replay(
+    case: &Case2,
+    which: Implementation,
+    ctx: Option<&GpuContext>,
+) -> Result<Option<Report2>> {
+    fused_optim::gpu::wait::block_on("golden replay", replay_async(case, which, ctx))?
+}
+
+/// [`replay`] without blocking: every read-back of the GPU path is awaited (what the
+/// browser needs); the same metrics, tolerances and checks.
+pub async fn replay_async(
     case: &Case2,
     which: Implementation,
     ctx: Option<&GpuContext>,
@@ -204,42 +225,41 @@ pub fn replay(
         .map(|x| dtype.round(x))
         .collect();
     let mut runner = Runner::new(which, config, &p0, ctx)?;
-    let mut report = super::v2::replay_trajectory(case, dtype, &Metric::M1, tol, |_, lr, p, g| {
-        runner.step(lr, p, g)
-    })?;
+    let mut report = super::v2::replay_trajectory_async(
+        case,
+        dtype,
+        &Metric::M1,
+        tol,
+        async |_, lr, p: &mut [f64], g: &[f64]| runner.step(lr, p, g).await,
+    )
+    .await?;
     let offsets = case.offsets();
-    let y = runner.params()?;
+    let y = runner.params().await?;
     let has_modes = matches!(config, OptimizerConfig::ScheduleFree(_));
     let x = if has_modes {
         runner.set_train_mode(false)?;
-        Some(runner.params()?)
+        Some(runner.params().await?)
     } else {
         None
     };
-    // Final state, under the package's keys: our state tensors by name, and for the
+    // Final state, under the package's keys: our state tensors by name (read here, after
+    // the mode switch, so that the check below needs no read-back), and for the
     // Schedule-Free reference classes x (the eval params) and y (the training params).
     let names = config.state_names();
-    let mut state_error = None;
+    let mut states = Vec::with_capacity(names.len());
+    for &name in &names {
+        states.push((name, runner.state(name).await?));
+    }
     let checks = case.check_final_state(dtype, tol, |tensor, key| {
         let t = case.tensors.iter().position(|t| t.name == tensor)?;
         let r = offsets[t].clone();
         let flat = match key {
             "y" if has_modes => y.clone(),
             "x" => x.clone()?,
-            _ if names.contains(&key) => match runner.state(key) {
-                Ok(v) => v,
-                Err(e) => {
-                    state_error = Some(e);
-                    return None;
-                }
-            },
-            _ => return None,
+            _ => states.iter().find(|(n, _)| *n == key)?.1.clone(),
         };
         Some(flat[r].to_vec())
     })?;
-    if let Some(e) = state_error {
-        return Err(e);
-    }
     report.checks.extend(checks);
     let host = runner.host();
     // Schedule-Free: eval params (M1 at k = steps) and the group scalars.

@@ -1003,6 +1003,29 @@ pub fn replay_trajectory(
     tol: f64,
     mut step: impl FnMut(usize, f64, &mut [f64], &[f64]) -> Result<()>,
 ) -> Result<Report2> {
+    // The stepper is synchronous, so the future is ready at its first poll: no waiting,
+    // also on the web.
+    fused_optim::gpu::wait::block_on(
+        "replay_trajectory",
+        replay_trajectory_async(
+            case,
+            dtype,
+            metric,
+            tol,
+            async |k, lr, p: &mut [f64], g: &[f64]| step(k, lr, p, g),
+        ),
+    )?
+}
+
+/// [`replay_trajectory`] with an async stepper (one that awaits a read-back, as the GPU
+/// path must on the web); the same checks, metrics and report.
+pub async fn replay_trajectory_async(
+    case: &Case2,
+    dtype: Dtype,
+    metric: &Metric,
+    tol: f64,
+    mut step: impl AsyncFnMut(usize, f64, &mut [f64], &[f64]) -> Result<()>,
+) -> Result<Report2> {
     check_tol(tol)?;
     let run = case.run(dtype)?;
     let offsets = case.offsets();
@@ -1018,7 +1041,7 @@ pub fn replay_trajectory(
             .into_iter()
             .map(|x| dtype.round(x))
             .collect();
-        step(k, case.lr_per_step[k - 1], &mut p, &g)?;
+        step(k, case.lr_per_step[k - 1], &mut p, &g).await?;
         if dtype == Dtype::F32 {
             if let Some(i) = p
                 .iter()
