@@ -6,13 +6,14 @@
 use ndarray::{ArrayBase, Data, DataMut, Dimension};
 use rayon::prelude::*;
 
+use super::blockwise8::Blockwise8State;
 use super::staggered::StaggeredVec;
 use std::path::Path;
 
 use crate::checkpoint::TensorValues;
 use crate::error::{Error, Result};
 use crate::grads::GradOptions;
-use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig};
+use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig, StateFormat};
 use crate::optimizer::Optimizer;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
@@ -46,10 +47,112 @@ pub struct CpuOptimizer {
     n: usize,
     names: Vec<&'static str>,
     states: Vec<StaggeredVec>,
+    storage: Storage,
     grad_options: GradOptions,
     scratch: Vec<f32>,
     last_grad_norm: Option<f64>,
     last_skipped: bool,
+}
+
+/// Where the state tensors live: `states` (f32), or a compact format.
+#[derive(Clone, Debug)]
+enum Storage {
+    /// f32 in `CpuOptimizer::states`.
+    F32,
+    /// bitsandbytes' block-wise 8-bit state (Adam/AdamW); `states` is empty.
+    Blockwise8(Box<Blockwise8State>),
+}
+
+/// Builds a [`CpuOptimizer`] with options beyond [`CpuOptimizer::new`]: the tensors
+/// (segments) the flat parameter vector is made of, and the [`StateFormat`].
+///
+/// ```
+/// use fused_optim::{AdamConfig, CpuOptimizer, StateFormat};
+/// // Three tensors; the first (5000 elements) gets 8-bit state, the small ones f32 state.
+/// let mut opt = CpuOptimizer::builder(AdamConfig::adamw(), 5000 + 165 + 11)
+///     .segments(&[5000, 165, 11])
+///     .state_format(StateFormat::Blockwise8 { min_size: 4096 })
+///     .build()?;
+/// let mut p = vec![0.5f32; 5176];
+/// opt.step(&mut p, &vec![0.1f32; 5176])?;
+/// # Ok::<(), fused_optim::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct CpuOptimizerBuilder {
+    config: OptimizerConfig,
+    n: usize,
+    segments: Option<Vec<usize>>,
+    format: StateFormat,
+}
+
+impl CpuOptimizerBuilder {
+    /// The lengths of the tensors the flat parameter vector is the concatenation of (in
+    /// order; they must sum to `n`, each > 0). Default: one tensor of `n` elements. Only
+    /// [`StateFormat::Blockwise8`] uses them (per-tensor blocks and `min_size`).
+    pub fn segments(mut self, lens: &[usize]) -> Self {
+        self.segments = Some(lens.to_vec());
+        self
+    }
+
+    /// How the state is stored (default [`StateFormat::F32`]).
+    pub fn state_format(mut self, format: StateFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Checks the options and allocates the state: [`Error::InvalidCombination`] for a
+    /// format the algorithm does not have, [`Error::LengthMismatch`] when the segment lengths
+    /// do not sum to `n`, [`Error::Empty`] for an empty segment.
+    pub fn build(self) -> Result<CpuOptimizer> {
+        self.config.validate()?;
+        if self.n == 0 {
+            return Err(Error::Empty {
+                what: "parameter set",
+            });
+        }
+        let lens = self.segments.clone().unwrap_or_else(|| vec![self.n]);
+        if lens.contains(&0) {
+            return Err(Error::Empty { what: "segment" });
+        }
+        let total = lens.iter().try_fold(0usize, |a, &l| a.checked_add(l));
+        if total != Some(self.n) {
+            return Err(Error::LengthMismatch {
+                what: "segment lengths (sum)",
+                expected: self.n,
+                got: total.unwrap_or(usize::MAX),
+            });
+        }
+        match self.format {
+            StateFormat::F32 => CpuOptimizer::new(self.config, self.n),
+            StateFormat::Bf16 => Err(Error::InvalidCombination {
+                optimizer: self.config.name(),
+                reason:
+                    "bf16 state (StateFormat::Bf16) is not implemented on the fast CPU path yet",
+            }),
+            StateFormat::Blockwise8 { min_size } => {
+                let OptimizerConfig::Adam(adam) = self.config else {
+                    return Err(Error::InvalidCombination {
+                        optimizer: self.config.name(),
+                        reason: "8-bit state (StateFormat::Blockwise8) is implemented for Adam/AdamW only",
+                    });
+                };
+                super::blockwise8::check_config(&adam)?;
+                let state = Blockwise8State::new(&lens, min_size)?;
+                Ok(CpuOptimizer {
+                    host: self.config.initial_host_state(),
+                    config: self.config,
+                    n: self.n,
+                    names: self.config.state_names(),
+                    states: Vec::new(),
+                    storage: Storage::Blockwise8(Box::new(state)),
+                    grad_options: GradOptions::default(),
+                    scratch: Vec::new(),
+                    last_grad_norm: None,
+                    last_skipped: false,
+                })
+            }
+        }
+    }
 }
 
 impl CpuOptimizer {
@@ -79,11 +182,42 @@ impl CpuOptimizer {
             n,
             names,
             states,
+            storage: Storage::F32,
             grad_options: GradOptions::default(),
             scratch: Vec::new(),
             last_grad_norm: None,
             last_skipped: false,
         })
+    }
+
+    /// A builder with further options (segments, [`StateFormat`]) for `config` over `n`
+    /// parameters.
+    pub fn builder(config: impl Into<OptimizerConfig>, n: usize) -> CpuOptimizerBuilder {
+        CpuOptimizerBuilder {
+            config: config.into(),
+            n,
+            segments: None,
+            format: StateFormat::F32,
+        }
+    }
+
+    /// The state format this optimizer was built with.
+    pub fn state_format(&self) -> StateFormat {
+        match &self.storage {
+            Storage::F32 => StateFormat::F32,
+            Storage::Blockwise8(s) => StateFormat::Blockwise8 {
+                min_size: s.min_size,
+            },
+        }
+    }
+
+    /// The 8-bit state (bitsandbytes' per-tensor `state1`, `state2`, `absmax1`, `absmax2`),
+    /// when built with [`StateFormat::Blockwise8`].
+    pub fn blockwise8_state(&self) -> Option<&Blockwise8State> {
+        match &self.storage {
+            Storage::Blockwise8(s) => Some(s),
+            Storage::F32 => None,
+        }
     }
 
     /// One step over `params` with `grads` (both of the optimizer's length).
@@ -115,8 +249,16 @@ impl CpuOptimizer {
             self.last_grad_norm = preprocess(&self.grad_options, grads, &mut self.scratch);
             &self.scratch[..]
         };
-        self.config
-            .cpu_step(&mut self.host, params, grads, &mut self.states);
+        match (&mut self.storage, &self.config) {
+            (Storage::Blockwise8(state), OptimizerConfig::Adam(c)) => {
+                self.host.step += 1;
+                state.step(c, self.host.step, self.host.lr, params, grads);
+                self.host.state_written = true;
+            }
+            _ => self
+                .config
+                .cpu_step(&mut self.host, params, grads, &mut self.states),
+        }
         Ok(())
     }
 
@@ -158,13 +300,33 @@ impl CpuOptimizer {
     }
 
     /// One state tensor, as the optimizer keeps it (f32, no copy).
+    /// [`Error::Unsupported`] for a compact [`StateFormat`] (use
+    /// [`Optimizer::read_state`], which dequantises).
     pub fn state(&self, name: &str) -> Result<&[f32]> {
-        Ok(&self.states[self.config.state_index(name)?])
+        let k = self.config.state_index(name)?;
+        self.f32_storage("borrowing the state as f32 slices (use read_state)")?;
+        Ok(&self.states[k])
+    }
+
+    fn f32_storage(&self, feature: &'static str) -> Result<()> {
+        match self.storage {
+            Storage::F32 => Ok(()),
+            Storage::Blockwise8(_) => Err(Error::Unsupported {
+                optimizer: self.config.name(),
+                feature,
+            }),
+        }
     }
 
     /// Overwrite one state tensor with f32 values as they are; on error nothing changes.
+    /// With [`StateFormat::Blockwise8`] the values are quantised as a step would.
     pub fn load_state_f32(&mut self, name: &str, values: &[f32]) -> Result<()> {
         let k = self.checked_state(name, values.len())?;
+        if let Storage::Blockwise8(state) = &mut self.storage {
+            state.load_moments(k, values)?;
+            self.note_state_load(name);
+            return Ok(());
+        }
         self.states[k].copy_from_slice(values);
         self.note_state_load(name);
         Ok(())
@@ -176,6 +338,7 @@ impl CpuOptimizer {
     /// produces final gradients).
     #[cfg(feature = "mpi")]
     pub(crate) fn begin_pieces(&mut self) -> Result<HostState> {
+        self.f32_storage("stepping in pieces (ZeRO) with 8-bit state")?;
         self.config.check_step(&self.host)?;
         let before = self.host;
         with_algorithm!(&self.config, c => {
@@ -261,11 +424,19 @@ impl Optimizer for CpuOptimizer {
     }
 
     fn read_state(&self, name: &str) -> Result<Vec<f64>> {
+        if let Storage::Blockwise8(state) = &self.storage {
+            let k = self.config.state_index(name)?;
+            return Ok(state.moments(k).into_iter().map(f64::from).collect());
+        }
         Ok(self.state(name)?.iter().map(|&x| f64::from(x)).collect())
     }
 
     fn load_state(&mut self, name: &str, values: &[f64]) -> Result<()> {
         let k = self.checked_state(name, values.len())?;
+        if matches!(self.storage, Storage::Blockwise8(_)) {
+            let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+            return self.load_state_f32(name, &v);
+        }
         for (s, &v) in self.states[k].iter_mut().zip(values) {
             *s = v as f32;
         }
@@ -296,6 +467,7 @@ impl Optimizer for CpuOptimizer {
     }
 
     fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        self.f32_storage("checkpoints of 8-bit state")?;
         let tensors = self
             .names
             .iter()
@@ -315,6 +487,7 @@ impl Optimizer for CpuOptimizer {
     }
 
     fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
+        self.f32_storage("checkpoints of 8-bit state")?;
         let state = crate::checkpoint::load(path)?;
         crate::checkpoint::check_fits(path, &state, &self.config, self.n)?;
         if !state.groups.is_empty() {
