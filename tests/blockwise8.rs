@@ -333,7 +333,6 @@ fn bad_combinations_are_typed_errors() {
             Error::InvalidCombination { .. }
         ));
     }
-    // Checkpoints of a compact state are not silently written as something else.
     let opt = CpuOptimizer::builder(AdamConfig::default(), 10)
         .state_format(b8)
         .build()
@@ -361,4 +360,73 @@ fn the_gpu_refuses_8bit_state() {
         }
         other => panic!("expected InvalidCombination, got {:?}", other.map(|_| ())),
     }
+}
+
+fn q8_opt(lens: &[usize]) -> CpuOptimizer {
+    CpuOptimizer::builder(AdamConfig::adamw(), lens.iter().sum())
+        .segments(lens)
+        .state_format(StateFormat::Blockwise8 { min_size: 300 })
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn checkpoints_round_trip_to_the_bit_identical_next_step() {
+    let dir = std::env::temp_dir().join(format!("q8ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("q8.safetensors");
+    let lens = [700, 40, 300];
+    let n: usize = lens.iter().sum();
+    let mut rng = Rng::new(31);
+    let mut p = params0(&mut rng, n);
+    let mut a = q8_opt(&lens);
+    for _ in 0..3 {
+        a.step(&mut p, &grads(&mut rng, n)).unwrap();
+    }
+    a.set_lr(2e-3).unwrap();
+    a.save_checkpoint(&path).unwrap();
+    let mut b = q8_opt(&lens);
+    b.load_checkpoint(&path).unwrap();
+    assert_eq!(b.step_count(), 3);
+    assert_eq!(b.lr(), 2e-3);
+    assert_eq!(a.blockwise8_state(), b.blockwise8_state());
+    let g = grads(&mut rng, n);
+    let (mut pa, mut pb) = (p.clone(), p.clone());
+    a.step(&mut pa, &g).unwrap();
+    b.step(&mut pb, &g).unwrap();
+    assert!(pa.iter().zip(&pb).all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert_eq!(a.blockwise8_state(), b.blockwise8_state());
+
+    // Refusals leave the optimizer as it was.
+    let before = b.blockwise8_state().cloned();
+    let mut other = q8_opt(&[700, 340]);
+    assert!(matches!(
+        other.load_checkpoint(&path),
+        Err(Error::Checkpoint { .. })
+    ));
+    let bytes = std::fs::read(&path).unwrap();
+    let bad = dir.join("bad.safetensors");
+    // Flip one bit in the last byte (tensor data) and in the middle of the header.
+    for at in [bytes.len() - 1, 8 + 40] {
+        let mut c = bytes.clone();
+        c[at] ^= 0x10;
+        std::fs::write(&bad, &c).unwrap();
+        assert!(b.load_checkpoint(&bad).is_err(), "flip at {at}");
+        assert_eq!(b.blockwise8_state().cloned(), before);
+        assert_eq!(b.step_count(), 4);
+    }
+    // An f32 checkpoint is not 8-bit state, and the other way round.
+    let mut f = CpuOptimizer::new(AdamConfig::adamw(), n).unwrap();
+    let f32_path = dir.join("f32.safetensors");
+    f.save_checkpoint(&f32_path).unwrap();
+    assert!(matches!(
+        b.load_checkpoint(&f32_path),
+        Err(Error::Checkpoint { .. })
+    ));
+    assert!(matches!(
+        f.load_checkpoint(&path),
+        Err(Error::Checkpoint { .. })
+    ));
+    assert_eq!(b.blockwise8_state().cloned(), before);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

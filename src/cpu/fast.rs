@@ -466,8 +466,12 @@ impl Optimizer for CpuOptimizer {
         self.config.is_training(&self.host)
     }
 
+    /// With [`StateFormat::Blockwise8`]: the 8-bit layout of [`super::q8_checkpoint`]
+    /// (bitsandbytes' names per segment).
     fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        self.f32_storage("checkpoints of 8-bit state")?;
+        if let Storage::Blockwise8(state) = &self.storage {
+            return super::q8_checkpoint::save(path, &self.config, &self.host, state);
+        }
         let tensors = self
             .names
             .iter()
@@ -487,7 +491,13 @@ impl Optimizer for CpuOptimizer {
     }
 
     fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
-        self.f32_storage("checkpoints of 8-bit state")?;
+        if let Storage::Blockwise8(state) = &mut self.storage {
+            let (config, host, loaded) = super::q8_checkpoint::load(path, state)?;
+            **state = loaded;
+            self.config = config;
+            self.host = host;
+            return Ok(());
+        }
         let state = crate::checkpoint::load(path)?;
         crate::checkpoint::check_fits(path, &state, &self.config, self.n)?;
         if !state.groups.is_empty() {

@@ -2,5 +2,6 @@
 
 pub mod blockwise8;
 pub mod fast;
+pub mod q8_checkpoint;
 pub mod reference;
 pub mod staggered;
