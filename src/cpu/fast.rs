@@ -61,6 +61,22 @@ enum Storage {
     F32,
     /// bitsandbytes' block-wise 8-bit state (Adam/AdamW); `states` is empty.
     Blockwise8(Box<Blockwise8State>),
+    /// bf16 bit patterns, one `Vec` per state tensor (Adam/AdamW); `states` is empty.
+    Bf16(Vec<Vec<u16>>),
+}
+
+/// f32 to bf16 bits, rounded to nearest, ties to even: the GPU's `to_bf16`
+/// (`shaders/bf16_round.wgsl`), `(bits + 0x7fff + ((bits >> 16) & 1)) >> 16`.
+#[inline(always)]
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// bf16 bits to f32 (exact).
+#[inline(always)]
+pub fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
 }
 
 /// Builds a [`CpuOptimizer`] with options beyond [`CpuOptimizer::new`]: the tensors
@@ -124,11 +140,41 @@ impl CpuOptimizerBuilder {
         }
         match self.format {
             StateFormat::F32 => CpuOptimizer::new(self.config, self.n),
-            StateFormat::Bf16 => Err(Error::InvalidCombination {
-                optimizer: self.config.name(),
-                reason:
-                    "bf16 state (StateFormat::Bf16) is not implemented on the fast CPU path yet",
-            }),
+            StateFormat::Bf16 => {
+                if !matches!(self.config, OptimizerConfig::Adam(_)) {
+                    return Err(Error::InvalidCombination {
+                        optimizer: self.config.name(),
+                        reason: "bf16 state (StateFormat::Bf16) is implemented for Adam/AdamW only",
+                    });
+                }
+                let names = self.config.state_names();
+                let mut states = Vec::with_capacity(names.len());
+                for name in &names {
+                    let mut v: Vec<u16> = Vec::new();
+                    v.try_reserve_exact(self.n)
+                        .map_err(|e| Error::OutOfMemory {
+                            during: "CPU bf16 state",
+                            message: format!("{} bytes: {e}", 2 * self.n),
+                        })?;
+                    v.resize(
+                        self.n,
+                        f32_to_bf16(self.config.initial_state_value(name) as f32),
+                    );
+                    states.push(v);
+                }
+                Ok(CpuOptimizer {
+                    host: self.config.initial_host_state(),
+                    config: self.config,
+                    n: self.n,
+                    names,
+                    states: Vec::new(),
+                    storage: Storage::Bf16(states),
+                    grad_options: GradOptions::default(),
+                    scratch: Vec::new(),
+                    last_grad_norm: None,
+                    last_skipped: false,
+                })
+            }
             StateFormat::Blockwise8 { min_size } => {
                 let OptimizerConfig::Adam(adam) = self.config else {
                     return Err(Error::InvalidCombination {
@@ -208,6 +254,7 @@ impl CpuOptimizer {
             Storage::Blockwise8(s) => StateFormat::Blockwise8 {
                 min_size: s.min_size,
             },
+            Storage::Bf16(_) => StateFormat::Bf16,
         }
     }
 
@@ -216,7 +263,7 @@ impl CpuOptimizer {
     pub fn blockwise8_state(&self) -> Option<&Blockwise8State> {
         match &self.storage {
             Storage::Blockwise8(s) => Some(s),
-            Storage::F32 => None,
+            Storage::F32 | Storage::Bf16(_) => None,
         }
     }
 
@@ -253,6 +300,12 @@ impl CpuOptimizer {
             (Storage::Blockwise8(state), OptimizerConfig::Adam(c)) => {
                 self.host.step += 1;
                 state.step(c, self.host.step, self.host.lr, params, grads);
+                self.host.state_written = true;
+            }
+            (Storage::Bf16(states), OptimizerConfig::Adam(c)) => {
+                self.host.step += 1;
+                let u = c.begin_step(&mut self.host);
+                bf16_apply(&Step(c, &u), params, grads, states);
                 self.host.state_written = true;
             }
             _ => self
@@ -311,7 +364,7 @@ impl CpuOptimizer {
     fn f32_storage(&self, feature: &'static str) -> Result<()> {
         match self.storage {
             Storage::F32 => Ok(()),
-            Storage::Blockwise8(_) => Err(Error::Unsupported {
+            Storage::Blockwise8(_) | Storage::Bf16(_) => Err(Error::Unsupported {
                 optimizer: self.config.name(),
                 feature,
             }),
@@ -319,15 +372,19 @@ impl CpuOptimizer {
     }
 
     /// Overwrite one state tensor with f32 values as they are; on error nothing changes.
-    /// With [`StateFormat::Blockwise8`] the values are quantised as a step would.
+    /// With [`StateFormat::Blockwise8`] the values are quantised as a step would, with
+    /// [`StateFormat::Bf16`] rounded to bf16 (nearest even).
     pub fn load_state_f32(&mut self, name: &str, values: &[f32]) -> Result<()> {
         let k = self.checked_state(name, values.len())?;
-        if let Storage::Blockwise8(state) = &mut self.storage {
-            state.load_moments(k, values)?;
-            self.note_state_load(name);
-            return Ok(());
+        match &mut self.storage {
+            Storage::Blockwise8(state) => state.load_moments(k, values)?,
+            Storage::Bf16(states) => {
+                for (d, &x) in states[k].iter_mut().zip(values) {
+                    *d = f32_to_bf16(x);
+                }
+            }
+            Storage::F32 => self.states[k].copy_from_slice(values),
         }
-        self.states[k].copy_from_slice(values);
         self.note_state_load(name);
         Ok(())
     }
@@ -338,7 +395,7 @@ impl CpuOptimizer {
     /// produces final gradients).
     #[cfg(feature = "mpi")]
     pub(crate) fn begin_pieces(&mut self) -> Result<HostState> {
-        self.f32_storage("stepping in pieces (ZeRO) with 8-bit state")?;
+        self.f32_storage("stepping in pieces (ZeRO) with 8-bit or bf16 state")?;
         self.config.check_step(&self.host)?;
         let before = self.host;
         with_algorithm!(&self.config, c => {
@@ -428,12 +485,19 @@ impl Optimizer for CpuOptimizer {
             let k = self.config.state_index(name)?;
             return Ok(state.moments(k).into_iter().map(f64::from).collect());
         }
+        if let Storage::Bf16(states) = &self.storage {
+            let k = self.config.state_index(name)?;
+            return Ok(states[k]
+                .iter()
+                .map(|&h| f64::from(bf16_to_f32(h)))
+                .collect());
+        }
         Ok(self.state(name)?.iter().map(|&x| f64::from(x)).collect())
     }
 
     fn load_state(&mut self, name: &str, values: &[f64]) -> Result<()> {
         let k = self.checked_state(name, values.len())?;
-        if matches!(self.storage, Storage::Blockwise8(_)) {
+        if !matches!(self.storage, Storage::F32) {
             let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
             return self.load_state_f32(name, &v);
         }
@@ -472,12 +536,24 @@ impl Optimizer for CpuOptimizer {
         if let Storage::Blockwise8(state) = &self.storage {
             return super::q8_checkpoint::save(path, &self.config, &self.host, state);
         }
-        let tensors = self
-            .names
-            .iter()
-            .zip(&self.states)
-            .map(|(name, s)| (name.to_string(), TensorValues::F32(s.to_vec())))
-            .collect();
+        let tensors = match &self.storage {
+            // bf16 state widened exactly: the ordinary F32 format, loadable anywhere.
+            Storage::Bf16(states) => self
+                .names
+                .iter()
+                .zip(states)
+                .map(|(name, s)| {
+                    let v = s.iter().map(|&h| bf16_to_f32(h)).collect();
+                    (name.to_string(), TensorValues::F32(v))
+                })
+                .collect(),
+            _ => self
+                .names
+                .iter()
+                .zip(&self.states)
+                .map(|(name, s)| (name.to_string(), TensorValues::F32(s.to_vec())))
+                .collect(),
+        };
         crate::checkpoint::save(
             path,
             &crate::checkpoint::OptimizerState {
@@ -506,8 +582,19 @@ impl Optimizer for CpuOptimizer {
                 reason: "it holds parameter groups, which CpuOptimizer does not have".into(),
             });
         }
-        for ((_, values), s) in state.tensors.iter().zip(self.states.iter_mut()) {
-            s.copy_from_slice(&values.to_f32());
+        match &mut self.storage {
+            Storage::Bf16(states) => {
+                for ((_, values), s) in state.tensors.iter().zip(states.iter_mut()) {
+                    for (d, x) in s.iter_mut().zip(values.to_f32()) {
+                        *d = f32_to_bf16(x);
+                    }
+                }
+            }
+            _ => {
+                for ((_, values), s) in state.tensors.iter().zip(self.states.iter_mut()) {
+                    s.copy_from_slice(&values.to_f32());
+                }
+            }
         }
         self.config = state.config;
         self.host = state.host;
@@ -622,6 +709,53 @@ pub(crate) fn apply<A: Algorithm>(
 #[cfg(feature = "roofline")]
 pub(crate) fn roof_step(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], scale: f32) {
     par_apply(p, g, states, &Roof(scale))
+}
+
+/// One step over bf16 state: per chunk, the state is widened to f32 (exact) into per-thread
+/// buffers, the algorithm's f32 chunk loop runs unchanged (the GPU kernel's arithmetic),
+/// and the state is stored back rounded to bf16 (nearest even, as the GPU stores it). The
+/// params are updated with the unrounded f32 moments, as on the GPU.
+fn bf16_apply<K: ChunkLoop>(k: &K, p: &mut [f32], g: &[f32], states: &mut [Vec<u16>]) {
+    let slots = states.len();
+    let mut per_chunk: Vec<Vec<&mut [u16]>> = (0..chunk_count(p.len()))
+        .map(|_| Vec::with_capacity(slots))
+        .collect();
+    for s in states.iter_mut() {
+        for (i, c) in s.chunks_mut(CHUNK).enumerate() {
+            per_chunk[i].push(c);
+        }
+    }
+    p.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(per_chunk.into_par_iter())
+        .for_each_init(
+            || vec![vec![0.0f32; CHUNK]; slots],
+            |buf, ((p, g), mut s16)| {
+                let n = p.len();
+                for (b, s) in buf.iter_mut().zip(&s16) {
+                    for (d, &h) in b[..n].iter_mut().zip(s.iter()) {
+                        *d = bf16_to_f32(h);
+                    }
+                }
+                {
+                    let mut views: Vec<&mut [f32]> = buf.iter_mut().map(|b| &mut b[..n]).collect();
+                    #[cfg(target_arch = "x86_64")]
+                    if simd::avx2_enabled() {
+                        // SAFETY: the CPU has AVX2 and FMA (checked by `avx2_enabled`).
+                        unsafe { simd::avx2(k, p, g, &mut views) };
+                    } else {
+                        sse2(k, p, g, &mut views);
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    sse2(k, p, g, &mut views);
+                }
+                for (b, s) in buf.iter().zip(s16.iter_mut()) {
+                    for (d, &x) in s.iter_mut().zip(&b[..n]) {
+                        *d = f32_to_bf16(x);
+                    }
+                }
+            },
+        );
 }
 
 fn par_apply<K: ChunkLoop>(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], k: &K) {
