@@ -178,7 +178,7 @@ fn fast_matches_oracle(config: AdamConfig, lens: &[usize], min_size: usize, seed
             k + 1
         );
         let st = opt.blockwise8_state().unwrap();
-        for (i, (got, want)) in st.segments.iter().zip(&oracle).enumerate() {
+        for (i, (got, want)) in st.segments().iter().zip(&oracle).enumerate() {
             match (got, want) {
                 (
                     SegmentState::Quantized {
@@ -245,7 +245,7 @@ fn segments_do_not_share_blocks() {
     let g: Vec<f32> = (0..n).map(|i| if i < 300 { 1e-3 } else { 1e3 }).collect();
     opt.step(&mut p, &g).unwrap();
     let st = opt.blockwise8_state().unwrap();
-    match &st.segments[0] {
+    match &st.segments()[0] {
         SegmentState::Quantized { absmax1, .. } => {
             assert_eq!(absmax1.len(), 2);
             assert!((absmax1[1] - 1e-4).abs() < 1e-9, "{absmax1:?}");

@@ -120,7 +120,7 @@ impl std::fmt::Debug for Quantizer {
 }
 
 impl Quantizer {
-    /// The quantiser of `map` (256 ascending values): LUT[i] = the number of midpoints
+    /// The quantiser of `map` (256 ascending values): `LUT[i]` = the number of midpoints
     /// `(q_j + q_{j+1}) / 2` (f32) strictly below the grid value `f32(-1 + f32(2i) / 65535)`.
     pub fn new(map: [f32; 256]) -> Self {
         let mids: Vec<f32> = map.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
@@ -159,8 +159,10 @@ impl Quantizer {
     /// Quantise one block (`x.len() == codes.len() <= BLOCK`): writes the codes and returns
     /// the block's absmax (see the module documentation).
     #[inline(always)]
+    /// (Only the first `min(x.len(), codes.len())` elements are used.)
     pub fn quantize_block(&self, x: &[f32], codes: &mut [u8]) -> f32 {
-        let codes = &mut codes[..x.len()];
+        let n = x.len().min(codes.len());
+        let (x, codes) = (&x[..n], &mut codes[..n]);
         let absmax = x.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
         if absmax == 0.0 {
             codes.fill(0);
@@ -384,12 +386,9 @@ pub fn check_config(config: &AdamConfig) -> Result<()> {
 /// The 8-bit state of a whole optimizer: one [`SegmentState`] per tensor, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Blockwise8State {
-    /// bitsandbytes' `min_8bit_size`.
-    pub min_size: usize,
-    /// Each tensor's element range in the flat parameter vector.
-    pub ranges: Vec<Range<usize>>,
-    /// Each tensor's state.
-    pub segments: Vec<SegmentState>,
+    pub(crate) min_size: usize,
+    pub(crate) ranges: Vec<Range<usize>>,
+    pub(crate) segments: Vec<SegmentState>,
 }
 
 impl Blockwise8State {
@@ -417,6 +416,21 @@ impl Blockwise8State {
                 .collect(),
             ranges,
         })
+    }
+
+    /// bitsandbytes' `min_8bit_size`: tensors with fewer elements have f32 state.
+    pub fn min_size(&self) -> usize {
+        self.min_size
+    }
+
+    /// Each tensor's element range in the flat parameter vector.
+    pub fn ranges(&self) -> &[Range<usize>] {
+        &self.ranges
+    }
+
+    /// Each tensor's state, in order.
+    pub fn segments(&self) -> &[SegmentState] {
+        &self.segments
     }
 
     /// Total number of elements.
@@ -471,7 +485,7 @@ impl Blockwise8State {
 
     /// One fast step of `config` at step `t` (1-based) and learning rate `lr` over the
     /// flat `params` and `grads` (of [`Self::len`] elements; the caller checks lengths).
-    pub fn step(
+    pub(crate) fn step(
         &mut self,
         config: &AdamConfig,
         t: u64,

@@ -114,7 +114,7 @@ fn min_size_case_keeps_f32_state_for_small_tensors() {
     let kinds: Vec<bool> = opt
         .blockwise8_state()
         .unwrap()
-        .segments
+        .segments()
         .iter()
         .map(|s| {
             matches!(

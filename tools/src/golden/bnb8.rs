@@ -319,7 +319,7 @@ pub fn replay(case: &Case2, which: Which) -> Result<(Report2, CodeAgreement)> {
             Runner::Oracle(o) => o.state(t, key),
             Runner::Fast(o) => {
                 let st = o.blockwise8_state()?;
-                fast_state(&st.segments[t], o.step_count(), key)
+                fast_state(&st.segments()[t], o.step_count(), key)
             }
         }?;
         if let ("state1" | "state2", Some(StateValue::Tensor { dtype, data, .. })) =
