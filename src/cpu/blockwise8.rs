@@ -163,16 +163,40 @@ impl Quantizer {
     pub fn quantize_block(&self, x: &[f32], codes: &mut [u8]) -> f32 {
         let n = x.len().min(codes.len());
         let (x, codes) = (&x[..n], &mut codes[..n]);
-        let absmax = x.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+        // max |x| in 8 lanes (vectorisable; the maximum does not depend on the order, and
+        // `>` skips NaN as `f32::max` does).
+        let mut lanes = [0.0f32; 8];
+        let mut tail = x.chunks_exact(8);
+        for c in &mut tail {
+            for j in 0..8 {
+                let a = c[j].abs();
+                if a > lanes[j] {
+                    lanes[j] = a;
+                }
+            }
+        }
+        let absmax = tail
+            .remainder()
+            .iter()
+            .chain(&lanes)
+            .fold(0.0f32, |a, &v| a.max(v.abs()));
         if absmax == 0.0 {
             codes.fill(0);
             return 0.0;
         }
         let inv = 1.0f32 / absmax;
-        for (c, &v) in codes.iter_mut().zip(x) {
-            let n = (v * inv).clamp(-1.0, 1.0);
-            let idx = (((n + 1.0) * 0.5) * 65535.0 + 0.5) as usize;
-            *c = self.lut[idx.min(GRID - 1)];
+        // Grid indices first (a vectorisable loop), then the table look-ups.
+        let mut idx = [0u16; BLOCK];
+        for (chunk_c, chunk_x) in codes.chunks_mut(BLOCK).zip(x.chunks(BLOCK)) {
+            let idx = &mut idx[..chunk_x.len()];
+            for (d, &v) in idx.iter_mut().zip(chunk_x) {
+                let n = (v * inv).clamp(-1.0, 1.0);
+                // In [0.5, 65535.5]: truncates to 0..=65535 (NaN gives 0).
+                *d = (((n + 1.0) * 0.5) * 65535.0 + 0.5) as u16;
+            }
+            for (c, &i) in chunk_c.iter_mut().zip(idx.iter()) {
+                *c = self.lut[i as usize];
+            }
         }
         absmax
     }
