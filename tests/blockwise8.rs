@@ -430,3 +430,13 @@ fn checkpoints_round_trip_to_the_bit_identical_next_step() {
     assert_eq!(b.blockwise8_state().cloned(), before);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The baseline (SSE2) build of the 8-bit loops gives the same bits as the oracle too
+/// (process-wide switch; the other tests here give the same bits with either build).
+#[test]
+fn baseline_build_equals_the_oracle() {
+    let had = fused_optim::cpu::fast::set_avx2(false);
+    fast_matches_oracle(AdamConfig::adamw(), &[300, 5000, 11], 256, 12);
+    fused_optim::cpu::fast::set_avx2(true);
+    let _ = had;
+}

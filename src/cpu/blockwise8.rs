@@ -556,8 +556,9 @@ fn step_quantized(
         });
 }
 
-/// Dispatches [`blocks`] to the AVX2 + FMA build where the CPU has it (the same bits: the
-/// loop uses explicit `mul_add` and otherwise plain f32 operations).
+/// Dispatches [`blocks`] to the AVX2 + FMA build where the CPU has it and the fast path's
+/// switch allows it ([`set_avx2`](super::fast::set_avx2)); the same bits either way: the
+/// loop uses explicit `mul_add` (correctly rounded in both builds) and plain f32 operations.
 fn run_blocks(
     s: &Blockwise8Scalars,
     p: &mut [f32],
@@ -568,8 +569,8 @@ fn run_blocks(
     a2: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+    if super::fast::avx2_in_use() {
+        // SAFETY: the CPU has AVX2 and FMA (`avx2_in_use` checks it at run time).
         return unsafe { blocks_avx2(s, p, g, c1, c2, a1, a2) };
     }
     blocks(s, p, g, c1, c2, a1, a2)
@@ -650,18 +651,37 @@ fn step_full(s: &Blockwise8Scalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: 
         .zip(m.par_chunks_mut(task))
         .zip(v.par_chunks_mut(task))
         .for_each(|(((p, g), m), v)| {
-            for i in 0..p.len() {
-                let gi = g[i];
-                let mi = s.one_minus_beta1.mul_add(gi, s.beta1 * m[i]);
-                let vi = (s.one_minus_beta2 * gi).mul_add(gi, s.beta2 * v[i]);
-                m[i] = mi;
-                v[i] = vi;
-                let pi = if s.decays {
-                    p[i] * s.decay_factor
-                } else {
-                    p[i]
-                };
-                p[i] = pi + s.step_size_32 * (mi / (vi.sqrt() + s.eps_32));
+            #[cfg(target_arch = "x86_64")]
+            if super::fast::avx2_in_use() {
+                // SAFETY: the CPU has AVX2 and FMA (`avx2_in_use` checks it at run time).
+                return unsafe { full_avx2(s, p, g, m, v) };
             }
+            full(s, p, g, m, v)
         });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn full_avx2(s: &Blockwise8Scalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    full(s, p, g, m, v)
+}
+
+/// bitsandbytes' 32-bit update over one chunk.
+#[inline(always)]
+fn full(s: &Blockwise8Scalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        let gi = g[i];
+        let mi = s.one_minus_beta1.mul_add(gi, s.beta1 * m[i]);
+        let vi = (s.one_minus_beta2 * gi).mul_add(gi, s.beta2 * v[i]);
+        m[i] = mi;
+        v[i] = vi;
+        let pi = if s.decays {
+            p[i] * s.decay_factor
+        } else {
+            p[i]
+        };
+        p[i] = pi + s.step_size_32 * (mi / (vi.sqrt() + s.eps_32));
+    }
 }

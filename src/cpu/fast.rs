@@ -869,6 +869,19 @@ mod simd {
     }
 }
 
+/// Whether the fast CPU path uses its AVX2 + FMA code now ([`set_avx2`],
+/// `FUSED_OPTIM_CPU_SIMD=sse2`); the 8-bit step follows the same switch.
+pub(crate) fn avx2_in_use() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd::avx2_enabled()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Use (`true`) or avoid the AVX2 code of the fast CPU path from now on, process-wide;
 /// returns whether AVX2 is in use (false on CPUs without AVX2 + FMA). For comparisons: both
 /// versions give the same bits. The environment variable `FUSED_OPTIM_CPU_SIMD=sse2` turns it
