@@ -435,8 +435,10 @@ fn checkpoints_round_trip_to_the_bit_identical_next_step() {
 /// (process-wide switch; the other tests here give the same bits with either build).
 #[test]
 fn baseline_build_equals_the_oracle() {
-    let had = fused_optim::cpu::fast::set_avx2(false);
+    assert!(!fused_optim::cpu::fast::set_avx2(false));
     fast_matches_oracle(AdamConfig::adamw(), &[300, 5000, 11], 256, 12);
-    fused_optim::cpu::fast::set_avx2(true);
-    let _ = had;
+    // Back to the default (AVX2 where available, unless the environment turned it off).
+    fused_optim::cpu::fast::set_avx2(
+        std::env::var("FUSED_OPTIM_CPU_SIMD").as_deref() != Ok("sse2"),
+    );
 }
