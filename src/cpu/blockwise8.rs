@@ -516,6 +516,7 @@ impl Blockwise8State {
         lr: f64,
         params: &mut [f32],
         grads: &[f32],
+        avx2: bool,
     ) {
         let s = Blockwise8Scalars::new(config, t, lr);
         for (r, seg) in self.ranges.iter().zip(self.segments.iter_mut()) {
@@ -526,8 +527,8 @@ impl Blockwise8State {
                     state2,
                     absmax1,
                     absmax2,
-                } => step_quantized(&s, p, g, state1, state2, absmax1, absmax2),
-                SegmentState::Full { state1, state2 } => step_full(&s, p, g, state1, state2),
+                } => step_quantized(&s, p, g, state1, state2, absmax1, absmax2, avx2),
+                SegmentState::Full { state1, state2 } => step_full(&s, p, g, state1, state2, avx2),
             }
         }
     }
@@ -535,6 +536,7 @@ impl Blockwise8State {
 
 /// The 8-bit step over one quantised tensor, in parallel over tasks of
 /// `BLOCKS_PER_TASK` blocks.
+#[allow(clippy::too_many_arguments)]
 fn step_quantized(
     s: &Blockwise8Scalars,
     p: &mut [f32],
@@ -543,6 +545,7 @@ fn step_quantized(
     state2: &mut [u8],
     absmax1: &mut [f32],
     absmax2: &mut [f32],
+    avx2: bool,
 ) {
     let task = BLOCK * BLOCKS_PER_TASK;
     p.par_chunks_mut(task)
@@ -552,13 +555,14 @@ fn step_quantized(
         .zip(absmax1.par_chunks_mut(BLOCKS_PER_TASK))
         .zip(absmax2.par_chunks_mut(BLOCKS_PER_TASK))
         .for_each(|(((((p, g), c1), c2), a1), a2)| {
-            run_blocks(s, p, g, c1, c2, a1, a2);
+            run_blocks(s, p, g, c1, c2, a1, a2, avx2);
         });
 }
 
 /// Dispatches [`blocks`] to the AVX2 + FMA build where the CPU has it and the fast path's
-/// switch allows it ([`set_avx2`](super::fast::set_avx2)); the same bits either way: the
+/// switch allows it (`avx2`: `cpu::fast::set_avx2`); the same bits either way: the
 /// loop uses explicit `mul_add` (correctly rounded in both builds) and plain f32 operations.
+#[allow(clippy::too_many_arguments)]
 fn run_blocks(
     s: &Blockwise8Scalars,
     p: &mut [f32],
@@ -567,12 +571,15 @@ fn run_blocks(
     c2: &mut [u8],
     a1: &mut [f32],
     a2: &mut [f32],
+    avx2: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if super::fast::avx2_in_use() {
-        // SAFETY: the CPU has AVX2 and FMA (`avx2_in_use` checks it at run time).
+    if avx2 {
+        // SAFETY: `avx2` is the fast path's run-time check that the CPU has AVX2 and FMA.
         return unsafe { blocks_avx2(s, p, g, c1, c2, a1, a2) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = avx2;
     blocks(s, p, g, c1, c2, a1, a2)
 }
 
@@ -644,7 +651,14 @@ fn blocks(
 }
 
 /// bitsandbytes' 32-bit step over one small tensor (f32 state), in parallel chunks.
-fn step_full(s: &Blockwise8Scalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+fn step_full(
+    s: &Blockwise8Scalars,
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    avx2: bool,
+) {
     let task = BLOCK * BLOCKS_PER_TASK;
     p.par_chunks_mut(task)
         .zip(g.par_chunks(task))
@@ -652,10 +666,12 @@ fn step_full(s: &Blockwise8Scalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: 
         .zip(v.par_chunks_mut(task))
         .for_each(|(((p, g), m), v)| {
             #[cfg(target_arch = "x86_64")]
-            if super::fast::avx2_in_use() {
-                // SAFETY: the CPU has AVX2 and FMA (`avx2_in_use` checks it at run time).
+            if avx2 {
+                // SAFETY: `avx2` is the fast path's run-time check that the CPU has AVX2 and FMA.
                 return unsafe { full_avx2(s, p, g, m, v) };
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = avx2;
             full(s, p, g, m, v)
         });
 }

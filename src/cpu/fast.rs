@@ -299,7 +299,14 @@ impl CpuOptimizer {
         match (&mut self.storage, &self.config) {
             (Storage::Blockwise8(state), OptimizerConfig::Adam(c)) => {
                 self.host.step += 1;
-                state.step(c, self.host.step, self.host.lr, params, grads);
+                state.step(
+                    c,
+                    self.host.step,
+                    self.host.lr,
+                    params,
+                    grads,
+                    avx2_in_use(),
+                );
                 self.host.state_written = true;
             }
             (Storage::Bf16(states), OptimizerConfig::Adam(c)) => {
