@@ -54,7 +54,7 @@ const META_CRC: &str = "crc32.metadata";
 
 /// CRC-32 of the metadata entries except `crc32.metadata`, in key order, each key and value
 /// length-prefixed (so that no two different maps hash the same bytes).
-fn metadata_crc(meta: &HashMap<String, String>) -> u32 {
+pub(crate) fn metadata_crc(meta: &HashMap<String, String>) -> u32 {
     let mut keys: Vec<&String> = meta.keys().filter(|k| *k != META_CRC).collect();
     keys.sort();
     let mut h = crc32fast::Hasher::new();
@@ -253,7 +253,7 @@ fn parse_groups(path: &Path, text: &str) -> Result<Vec<GroupState>> {
 
 /// A loaded host state must be one a live optimizer can hold: the lr as `set_lr` checks it,
 /// and the algorithm's scalars finite.
-fn check_host(path: &Path, config: &OptimizerConfig, host: &HostState) -> Result<()> {
+pub(crate) fn check_host(path: &Path, config: &OptimizerConfig, host: &HostState) -> Result<()> {
     config.validate_lr(host.lr)?;
     for ((name, _), value) in config.host_scalars().iter().zip(host.scalars) {
         if !value.is_finite() {
@@ -266,7 +266,7 @@ fn check_host(path: &Path, config: &OptimizerConfig, host: &HostState) -> Result
     Ok(())
 }
 
-fn err(path: &Path, reason: impl Into<String>) -> Error {
+pub(crate) fn err(path: &Path, reason: impl Into<String>) -> Error {
     Error::Checkpoint {
         file: path.display().to_string(),
         reason: reason.into(),
@@ -325,6 +325,12 @@ pub fn save_with_metadata(
     }
     meta.insert(META_CRC.to_string(), metadata_crc(&meta).to_string());
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e.to_string()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Write `bytes` to `path` atomically (a synced temporary file in the same folder, renamed
+/// over the target), then remove stale temporary files of killed writers.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -336,7 +342,7 @@ pub fn save_with_metadata(
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     };

@@ -41,7 +41,7 @@ pub mod schedule;
 pub mod zero;
 
 pub use auto::{AutoOptimizer, Backend, BackendChoice};
-pub use cpu::fast::CpuOptimizer;
+pub use cpu::fast::{CpuOptimizer, CpuOptimizerBuilder};
 pub use cpu::reference::ReferenceOptimizer;
 pub use error::{Error, Result};
 pub use gpu::buffer::{FlatParams, FlatParamsBuilder, Segment, MAX_BUILDER_ELEMENTS};

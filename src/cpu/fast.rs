@@ -6,13 +6,14 @@
 use ndarray::{ArrayBase, Data, DataMut, Dimension};
 use rayon::prelude::*;
 
+use super::blockwise8::Blockwise8State;
 use super::staggered::StaggeredVec;
 use std::path::Path;
 
 use crate::checkpoint::TensorValues;
 use crate::error::{Error, Result};
 use crate::grads::GradOptions;
-use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig};
+use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig, StateFormat};
 use crate::optimizer::Optimizer;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
@@ -46,10 +47,158 @@ pub struct CpuOptimizer {
     n: usize,
     names: Vec<&'static str>,
     states: Vec<StaggeredVec>,
+    storage: Storage,
     grad_options: GradOptions,
     scratch: Vec<f32>,
     last_grad_norm: Option<f64>,
     last_skipped: bool,
+}
+
+/// Where the state tensors live: `states` (f32), or a compact format.
+#[derive(Clone, Debug)]
+enum Storage {
+    /// f32 in `CpuOptimizer::states`.
+    F32,
+    /// bitsandbytes' block-wise 8-bit state (Adam/AdamW); `states` is empty.
+    Blockwise8(Box<Blockwise8State>),
+    /// bf16 bit patterns, one `Vec` per state tensor (Adam/AdamW); `states` is empty.
+    Bf16(Vec<Vec<u16>>),
+}
+
+/// f32 to bf16 bits, rounded to nearest, ties to even: the GPU's `to_bf16`
+/// (`shaders/bf16_round.wgsl`), `(bits + 0x7fff + ((bits >> 16) & 1)) >> 16`.
+#[inline(always)]
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// bf16 bits to f32 (exact).
+#[inline(always)]
+pub fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
+}
+
+/// Builds a [`CpuOptimizer`] with options beyond [`CpuOptimizer::new`]: the tensors
+/// (segments) the flat parameter vector is made of, and the [`StateFormat`].
+///
+/// ```
+/// use fused_optim::{AdamConfig, CpuOptimizer, StateFormat};
+/// // Three tensors; the first (5000 elements) gets 8-bit state, the small ones f32 state.
+/// let mut opt = CpuOptimizer::builder(AdamConfig::adamw(), 5000 + 165 + 11)
+///     .segments(&[5000, 165, 11])
+///     .state_format(StateFormat::Blockwise8 { min_size: 4096 })
+///     .build()?;
+/// let mut p = vec![0.5f32; 5176];
+/// opt.step(&mut p, &vec![0.1f32; 5176])?;
+/// # Ok::<(), fused_optim::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct CpuOptimizerBuilder {
+    config: OptimizerConfig,
+    n: usize,
+    segments: Option<Vec<usize>>,
+    format: StateFormat,
+}
+
+impl CpuOptimizerBuilder {
+    /// The lengths of the tensors the flat parameter vector is the concatenation of (in
+    /// order; they must sum to `n`, each > 0). Default: one tensor of `n` elements. Only
+    /// [`StateFormat::Blockwise8`] uses them (per-tensor blocks and `min_size`).
+    pub fn segments(mut self, lens: &[usize]) -> Self {
+        self.segments = Some(lens.to_vec());
+        self
+    }
+
+    /// How the state is stored (default [`StateFormat::F32`]).
+    pub fn state_format(mut self, format: StateFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Checks the options and allocates the state: [`Error::InvalidCombination`] for a
+    /// format the algorithm does not have, [`Error::LengthMismatch`] when the segment lengths
+    /// do not sum to `n`, [`Error::Empty`] for an empty segment.
+    pub fn build(self) -> Result<CpuOptimizer> {
+        self.config.validate()?;
+        if self.n == 0 {
+            return Err(Error::Empty {
+                what: "parameter set",
+            });
+        }
+        let lens = self.segments.clone().unwrap_or_else(|| vec![self.n]);
+        if lens.contains(&0) {
+            return Err(Error::Empty { what: "segment" });
+        }
+        let total = lens.iter().try_fold(0usize, |a, &l| a.checked_add(l));
+        if total != Some(self.n) {
+            return Err(Error::LengthMismatch {
+                what: "segment lengths (sum)",
+                expected: self.n,
+                got: total.unwrap_or(usize::MAX),
+            });
+        }
+        match self.format {
+            StateFormat::F32 => CpuOptimizer::new(self.config, self.n),
+            StateFormat::Bf16 => {
+                if !matches!(self.config, OptimizerConfig::Adam(_)) {
+                    return Err(Error::InvalidCombination {
+                        optimizer: self.config.name(),
+                        reason: "bf16 state (StateFormat::Bf16) is implemented for Adam/AdamW only",
+                    });
+                }
+                let names = self.config.state_names();
+                let mut states = Vec::with_capacity(names.len());
+                for name in &names {
+                    let mut v: Vec<u16> = Vec::new();
+                    v.try_reserve_exact(self.n)
+                        .map_err(|e| Error::OutOfMemory {
+                            during: "CPU bf16 state",
+                            message: format!("{} bytes: {e}", 2 * self.n),
+                        })?;
+                    v.resize(
+                        self.n,
+                        f32_to_bf16(self.config.initial_state_value(name) as f32),
+                    );
+                    states.push(v);
+                }
+                Ok(CpuOptimizer {
+                    host: self.config.initial_host_state(),
+                    config: self.config,
+                    n: self.n,
+                    names,
+                    states: Vec::new(),
+                    storage: Storage::Bf16(states),
+                    grad_options: GradOptions::default(),
+                    scratch: Vec::new(),
+                    last_grad_norm: None,
+                    last_skipped: false,
+                })
+            }
+            StateFormat::Blockwise8 { min_size } => {
+                let OptimizerConfig::Adam(adam) = self.config else {
+                    return Err(Error::InvalidCombination {
+                        optimizer: self.config.name(),
+                        reason: "8-bit state (StateFormat::Blockwise8) is implemented for Adam/AdamW only",
+                    });
+                };
+                super::blockwise8::check_config(&adam)?;
+                let state = Blockwise8State::new(&lens, min_size)?;
+                Ok(CpuOptimizer {
+                    host: self.config.initial_host_state(),
+                    config: self.config,
+                    n: self.n,
+                    names: self.config.state_names(),
+                    states: Vec::new(),
+                    storage: Storage::Blockwise8(Box::new(state)),
+                    grad_options: GradOptions::default(),
+                    scratch: Vec::new(),
+                    last_grad_norm: None,
+                    last_skipped: false,
+                })
+            }
+        }
+    }
 }
 
 impl CpuOptimizer {
@@ -79,11 +228,43 @@ impl CpuOptimizer {
             n,
             names,
             states,
+            storage: Storage::F32,
             grad_options: GradOptions::default(),
             scratch: Vec::new(),
             last_grad_norm: None,
             last_skipped: false,
         })
+    }
+
+    /// A builder with further options (segments, [`StateFormat`]) for `config` over `n`
+    /// parameters.
+    pub fn builder(config: impl Into<OptimizerConfig>, n: usize) -> CpuOptimizerBuilder {
+        CpuOptimizerBuilder {
+            config: config.into(),
+            n,
+            segments: None,
+            format: StateFormat::F32,
+        }
+    }
+
+    /// The state format this optimizer was built with.
+    pub fn state_format(&self) -> StateFormat {
+        match &self.storage {
+            Storage::F32 => StateFormat::F32,
+            Storage::Blockwise8(s) => StateFormat::Blockwise8 {
+                min_size: s.min_size,
+            },
+            Storage::Bf16(_) => StateFormat::Bf16,
+        }
+    }
+
+    /// The 8-bit state (bitsandbytes' per-tensor `state1`, `state2`, `absmax1`, `absmax2`),
+    /// when built with [`StateFormat::Blockwise8`].
+    pub fn blockwise8_state(&self) -> Option<&Blockwise8State> {
+        match &self.storage {
+            Storage::Blockwise8(s) => Some(s),
+            Storage::F32 | Storage::Bf16(_) => None,
+        }
     }
 
     /// One step over `params` with `grads` (both of the optimizer's length).
@@ -115,8 +296,29 @@ impl CpuOptimizer {
             self.last_grad_norm = preprocess(&self.grad_options, grads, &mut self.scratch);
             &self.scratch[..]
         };
-        self.config
-            .cpu_step(&mut self.host, params, grads, &mut self.states);
+        match (&mut self.storage, &self.config) {
+            (Storage::Blockwise8(state), OptimizerConfig::Adam(c)) => {
+                self.host.step += 1;
+                state.step(
+                    c,
+                    self.host.step,
+                    self.host.lr,
+                    params,
+                    grads,
+                    avx2_in_use(),
+                );
+                self.host.state_written = true;
+            }
+            (Storage::Bf16(states), OptimizerConfig::Adam(c)) => {
+                self.host.step += 1;
+                let u = c.begin_step(&mut self.host);
+                bf16_apply(&Step(c, &u), params, grads, states);
+                self.host.state_written = true;
+            }
+            _ => self
+                .config
+                .cpu_step(&mut self.host, params, grads, &mut self.states),
+        }
         Ok(())
     }
 
@@ -158,14 +360,38 @@ impl CpuOptimizer {
     }
 
     /// One state tensor, as the optimizer keeps it (f32, no copy).
+    /// [`Error::Unsupported`] for a compact [`StateFormat`] (use
+    /// [`Optimizer::read_state`], which dequantises).
     pub fn state(&self, name: &str) -> Result<&[f32]> {
-        Ok(&self.states[self.config.state_index(name)?])
+        let k = self.config.state_index(name)?;
+        self.f32_storage("borrowing the state as f32 slices (use read_state)")?;
+        Ok(&self.states[k])
+    }
+
+    fn f32_storage(&self, feature: &'static str) -> Result<()> {
+        match self.storage {
+            Storage::F32 => Ok(()),
+            Storage::Blockwise8(_) | Storage::Bf16(_) => Err(Error::Unsupported {
+                optimizer: self.config.name(),
+                feature,
+            }),
+        }
     }
 
     /// Overwrite one state tensor with f32 values as they are; on error nothing changes.
+    /// With [`StateFormat::Blockwise8`] the values are quantised as a step would, with
+    /// [`StateFormat::Bf16`] rounded to bf16 (nearest even).
     pub fn load_state_f32(&mut self, name: &str, values: &[f32]) -> Result<()> {
         let k = self.checked_state(name, values.len())?;
-        self.states[k].copy_from_slice(values);
+        match &mut self.storage {
+            Storage::Blockwise8(state) => state.load_moments(k, values)?,
+            Storage::Bf16(states) => {
+                for (d, &x) in states[k].iter_mut().zip(values) {
+                    *d = f32_to_bf16(x);
+                }
+            }
+            Storage::F32 => self.states[k].copy_from_slice(values),
+        }
         self.note_state_load(name);
         Ok(())
     }
@@ -176,6 +402,7 @@ impl CpuOptimizer {
     /// produces final gradients).
     #[cfg(feature = "mpi")]
     pub(crate) fn begin_pieces(&mut self) -> Result<HostState> {
+        self.f32_storage("stepping in pieces (ZeRO) with 8-bit or bf16 state")?;
         self.config.check_step(&self.host)?;
         let before = self.host;
         with_algorithm!(&self.config, c => {
@@ -264,11 +491,26 @@ impl Optimizer for CpuOptimizer {
     }
 
     fn read_state(&self, name: &str) -> Result<Vec<f64>> {
+        if let Storage::Blockwise8(state) = &self.storage {
+            let k = self.config.state_index(name)?;
+            return Ok(state.moments(k).into_iter().map(f64::from).collect());
+        }
+        if let Storage::Bf16(states) = &self.storage {
+            let k = self.config.state_index(name)?;
+            return Ok(states[k]
+                .iter()
+                .map(|&h| f64::from(bf16_to_f32(h)))
+                .collect());
+        }
         Ok(self.state(name)?.iter().map(|&x| f64::from(x)).collect())
     }
 
     fn load_state(&mut self, name: &str, values: &[f64]) -> Result<()> {
         let k = self.checked_state(name, values.len())?;
+        if !matches!(self.storage, Storage::F32) {
+            let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+            return self.load_state_f32(name, &v);
+        }
         for (s, &v) in self.states[k].iter_mut().zip(values) {
             *s = v as f32;
         }
@@ -298,13 +540,30 @@ impl Optimizer for CpuOptimizer {
         self.config.is_training(&self.host)
     }
 
+    /// With [`StateFormat::Blockwise8`]: the 8-bit layout of [`super::q8_checkpoint`]
+    /// (bitsandbytes' names per segment).
     fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        let tensors = self
-            .names
-            .iter()
-            .zip(&self.states)
-            .map(|(name, s)| (name.to_string(), TensorValues::F32(s.to_vec())))
-            .collect();
+        if let Storage::Blockwise8(state) = &self.storage {
+            return super::q8_checkpoint::save(path, &self.config, &self.host, state);
+        }
+        let tensors = match &self.storage {
+            // bf16 state widened exactly: the ordinary F32 format, loadable anywhere.
+            Storage::Bf16(states) => self
+                .names
+                .iter()
+                .zip(states)
+                .map(|(name, s)| {
+                    let v = s.iter().map(|&h| bf16_to_f32(h)).collect();
+                    (name.to_string(), TensorValues::F32(v))
+                })
+                .collect(),
+            _ => self
+                .names
+                .iter()
+                .zip(&self.states)
+                .map(|(name, s)| (name.to_string(), TensorValues::F32(s.to_vec())))
+                .collect(),
+        };
         crate::checkpoint::save(
             path,
             &crate::checkpoint::OptimizerState {
@@ -318,6 +577,13 @@ impl Optimizer for CpuOptimizer {
     }
 
     fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
+        if let Storage::Blockwise8(state) = &mut self.storage {
+            let (config, host, loaded) = super::q8_checkpoint::load(path, state)?;
+            **state = loaded;
+            self.config = config;
+            self.host = host;
+            return Ok(());
+        }
         let state = crate::checkpoint::load(path)?;
         crate::checkpoint::check_fits(path, &state, &self.config, self.n)?;
         if !state.groups.is_empty() {
@@ -326,8 +592,19 @@ impl Optimizer for CpuOptimizer {
                 reason: "it holds parameter groups, which CpuOptimizer does not have".into(),
             });
         }
-        for ((_, values), s) in state.tensors.iter().zip(self.states.iter_mut()) {
-            s.copy_from_slice(&values.to_f32());
+        match &mut self.storage {
+            Storage::Bf16(states) => {
+                for ((_, values), s) in state.tensors.iter().zip(states.iter_mut()) {
+                    for (d, x) in s.iter_mut().zip(values.to_f32()) {
+                        *d = f32_to_bf16(x);
+                    }
+                }
+            }
+            _ => {
+                for ((_, values), s) in state.tensors.iter().zip(self.states.iter_mut()) {
+                    s.copy_from_slice(&values.to_f32());
+                }
+            }
         }
         self.config = state.config;
         self.host = state.host;
@@ -442,6 +719,53 @@ pub(crate) fn apply<A: Algorithm>(
 #[cfg(feature = "roofline")]
 pub(crate) fn roof_step(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], scale: f32) {
     par_apply(p, g, states, &Roof(scale))
+}
+
+/// One step over bf16 state: per chunk, the state is widened to f32 (exact) into per-thread
+/// buffers, the algorithm's f32 chunk loop runs unchanged (the GPU kernel's arithmetic),
+/// and the state is stored back rounded to bf16 (nearest even, as the GPU stores it). The
+/// params are updated with the unrounded f32 moments, as on the GPU.
+fn bf16_apply<K: ChunkLoop>(k: &K, p: &mut [f32], g: &[f32], states: &mut [Vec<u16>]) {
+    let slots = states.len();
+    let mut per_chunk: Vec<Vec<&mut [u16]>> = (0..chunk_count(p.len()))
+        .map(|_| Vec::with_capacity(slots))
+        .collect();
+    for s in states.iter_mut() {
+        for (i, c) in s.chunks_mut(CHUNK).enumerate() {
+            per_chunk[i].push(c);
+        }
+    }
+    p.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(per_chunk.into_par_iter())
+        .for_each_init(
+            || vec![vec![0.0f32; CHUNK]; slots],
+            |buf, ((p, g), mut s16)| {
+                let n = p.len();
+                for (b, s) in buf.iter_mut().zip(&s16) {
+                    for (d, &h) in b[..n].iter_mut().zip(s.iter()) {
+                        *d = bf16_to_f32(h);
+                    }
+                }
+                {
+                    let mut views: Vec<&mut [f32]> = buf.iter_mut().map(|b| &mut b[..n]).collect();
+                    #[cfg(target_arch = "x86_64")]
+                    if simd::avx2_enabled() {
+                        // SAFETY: the CPU has AVX2 and FMA (checked by `avx2_enabled`).
+                        unsafe { simd::avx2(k, p, g, &mut views) };
+                    } else {
+                        sse2(k, p, g, &mut views);
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    sse2(k, p, g, &mut views);
+                }
+                for (b, s) in buf.iter().zip(s16.iter_mut()) {
+                    for (d, &x) in s.iter_mut().zip(&b[..n]) {
+                        *d = f32_to_bf16(x);
+                    }
+                }
+            },
+        );
 }
 
 fn par_apply<K: ChunkLoop>(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], k: &K) {
@@ -567,6 +891,19 @@ mod simd {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn avx2<K: super::ChunkLoop>(k: &K, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         k.run(p, g, s)
+    }
+}
+
+/// Whether the fast CPU path uses its AVX2 + FMA code now ([`set_avx2`],
+/// `FUSED_OPTIM_CPU_SIMD=sse2`); the 8-bit step follows the same switch.
+pub(crate) fn avx2_in_use() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd::avx2_enabled()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 

@@ -16,6 +16,7 @@ mod registry;
 mod rmsprop;
 mod schedule_free;
 mod sgd;
+mod state_format;
 pub(crate) mod validate;
 
 pub use adadelta::{AdadeltaConfig, AdadeltaUniform};
@@ -33,6 +34,7 @@ pub use registry::{OptimizerConfig, StepUniform, MAX_UNIFORM_BYTES};
 pub use rmsprop::{RmspropConfig, RmspropUniform};
 pub use schedule_free::{ScheduleFreeBase, ScheduleFreeConfig, ScheduleFreeUniform};
 pub use sgd::{SgdConfig, SgdUniform};
+pub use state_format::StateFormat;
 
 use crate::error::{Error, Result};
 

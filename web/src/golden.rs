@@ -50,6 +50,9 @@ async fn replay_v2(case: &golden::v2::Case2, ctx: &GpuContext) -> Option<Vec<Val
         ("gpu(f32)", Implementation::Gpu),
     ] {
         parts.push(match replay_async(case, which, Some(ctx)).await {
+            // 8-bit state has CPU paths only (no WGSL kernels yet): as natively, the GPU
+            // column is left out, the CPU ones count.
+            Ok(None) if which == Implementation::Gpu && !parts.is_empty() => continue,
             Ok(None) => return None,
             Ok(Some(r)) => {
                 let worst = r.worst().map_or(0.0, |c| c.worst.ratio);

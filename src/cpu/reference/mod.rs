@@ -8,6 +8,7 @@ mod adadelta;
 mod adagrad;
 mod adam;
 mod adamax;
+pub mod blockwise8;
 mod lion;
 mod nadam;
 mod radam;

@@ -16,16 +16,7 @@ use crate::gpu::low_precision::{LowFormat, LowPrecisionParams};
 use crate::gpu::shaders::kernel_source_for;
 use crate::optim::{AdamConfig, OptimizerConfig};
 
-/// How the state tensors are stored on the device.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum StateFormat {
-    /// f32 (the default).
-    #[default]
-    F32,
-    /// bf16, packed two per u32: half the state memory and traffic; the arithmetic stays f32
-    /// and each value is rounded to bf16 when stored (Adam/AdamW only).
-    Bf16,
-}
+pub use crate::optim::StateFormat;
 
 /// How f32 values are rounded when stored as bf16 (bf16 params, bf16 state).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -280,6 +271,13 @@ impl<'a> GpuOptimizerBuilder<'a> {
             }
         };
         let config = groups[0].config;
+        if let StateFormat::Blockwise8 { .. } = self.state_format {
+            return Err(refuse(
+                config.name(),
+                "8-bit block-wise state (StateFormat::Blockwise8) is CPU-only for now \
+                 (CpuOptimizer::builder); the GPU kernels do not exist yet",
+            ));
+        }
         let bf16_state = self.state_format == StateFormat::Bf16;
         if bf16_state && !matches!(config, OptimizerConfig::Adam(_)) {
             return Err(refuse(

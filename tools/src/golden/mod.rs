@@ -7,6 +7,7 @@
 //! copies in `golden/v1` and `golden/v2` compressed). [`v2`] reads the multi-tensor
 //! `optim-golden/2` format; [`load_any`] tells the two apart.
 
+pub mod bnb8;
 pub mod expr;
 pub mod replay2;
 pub mod v2;

@@ -3,6 +3,12 @@
 //! path and the GPU kernels against the float32 run, with the golden README's metrics and
 //! tolerances (M1 1e-5 for f32, 1e-12 for f64; final states 1e-5 / 1e-12), Schedule-Free's
 //! eval params (M1 at k = steps) and group scalars (`lr_max`, `weight_sum`, `k`).
+//!
+//! bitsandbytes' 8-bit cases (`bnb8bit`) have a float32 run only and go through
+//! [`super::bnb8`]: [`Implementation::Reference`] is then the serial f32 oracle of the 8-bit
+//! step and [`Implementation::CpuFast`] the fast path with
+//! [`StateFormat::Blockwise8`](fused_optim::StateFormat), both against the float32 run; the
+//! GPU has no 8-bit state yet (`Ok(None)`).
 
 use serde_json::Value;
 
@@ -196,8 +202,9 @@ fn scalar_check(name: &str, got: f64, want: f64, tol: f64) -> Check {
 }
 
 /// Replay `case` through `which`; `Ok(None)` when the registry has no such class (the
-/// caller reports a SKIP). Waits for the device ([`replay_async`], waited for): on the web
-/// the GPU replay must be awaited with [`replay_async`].
+/// caller reports a SKIP), or for a `bnb8bit` case on the GPU (no 8-bit kernels yet).
+/// Waits for the device ([`replay_async`], waited for): on the web the GPU replay must be
+/// awaited with [`replay_async`].
 pub fn replay(
     case: &Case2,
     which: Implementation,
@@ -213,6 +220,17 @@ pub async fn replay_async(
     which: Implementation,
     ctx: Option<&GpuContext>,
 ) -> Result<Option<Report2>> {
+    if case.algorithm == "bnb8bit" {
+        return match which {
+            Implementation::Reference => {
+                super::bnb8::replay(case, super::bnb8::Which::Oracle).map(|(r, _)| Some(r))
+            }
+            Implementation::CpuFast => {
+                super::bnb8::replay(case, super::bnb8::Which::Fast).map(|(r, _)| Some(r))
+            }
+            Implementation::Gpu => Ok(None),
+        };
+    }
     let Some(config) = config_of(case)? else {
         return Ok(None);
     };

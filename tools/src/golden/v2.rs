@@ -733,7 +733,8 @@ impl Worst {
         }
     }
 
-    fn missing(tensor: &str, key: Option<&str>) -> Worst {
+    /// The value was not produced: an infinite ratio at `tensor` (`key`).
+    pub fn missing(tensor: &str, key: Option<&str>) -> Worst {
         Worst {
             ratio: f64::INFINITY,
             at: Some(Location {

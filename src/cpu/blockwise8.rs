@@ -1,0 +1,703 @@
+//! Block-wise dynamic 8-bit optimizer state, as bitsandbytes 0.50's CPU backend keeps it
+//! (`bitsandbytes.optim.Adam8bit` / `AdamW8bit`, `libbitsandbytes_cpu`), and the fast CPU
+//! Adam/AdamW step over it ([`StateFormat::Blockwise8`](crate::optim::StateFormat)).
+//!
+//! **Maps** ([`dynamic_map`], bitsandbytes' `create_dynamic_map(signed, 7, 8)`, all f32):
+//! for i = 0..7, n_i = 2^i + 1 (signed) or 2^(i+1) + 1 (unsigned) points
+//! b = `torch.linspace(0.1, 1, n_i)`, means (b_j + b_{j+1}) / 2, values f32(10^(i-6)) · mean
+//! (and their negatives for the signed map); plus 0 and 1; sorted ascending.
+//!
+//! **Quantiser** ([`Quantizer::quantize_block`], bitsandbytes' CPU `quantize_block`), per
+//! block of [`BLOCK`] = 256 elements of the flattened tensor (the last block partial):
+//! ```text
+//! absmax = max |x|;  if absmax = 0: every code 0
+//! x~  = clamp(x * f32(1 / absmax), -1, 1)
+//! idx = trunc(((x~ + 1) * 0.5) * 65535 + 0.5)                  f32 arithmetic
+//! code = LUT[idx],  LUT[i] = #{ j : (q_j + q_{j+1}) / 2 < f32(-1 + f32(2i) / 65535) }
+//! ```
+//! i.e. the code nearest to the 65536-point grid value of x~ (not to x~ itself: 0 maps to
+//! code 131 = +2.125e-5 of the signed map and to code 7 = 1.5625e-5 of the unsigned map).
+//! **Dequantisation**: `q[code] * absmax` (f32 product).
+//!
+//! **Step** of a quantised tensor (f32; t = step, c1 = 1 - b1^t, c2 = sqrt(1 - b2^t) in f64):
+//! ```text
+//! m = qmap1[state1] * absmax1[block];  v = qmap2[state2] * absmax2[block]
+//! m = fma(f32(1 - b1), g, f32(b1) * m)
+//! v = fma(f32(1 - b2) * g, g, f32(b2) * v)
+//! denom = sqrt(v) / f32(c2) + f32(eps)
+//! if wd > 0: p = p * f32(1 - lr * wd)                             (decoupled, Adam8bit too)
+//! p = p + (f32(-lr / c1) * m) / denom                              (the fresh f32 moments)
+//! state1, absmax1 = quantise(m, qmap1);  state2, absmax2 = quantise(v, qmap2)
+//! ```
+//! A tensor of fewer than `min_size` elements keeps f32 `state1` (m) and `state2` (v) and
+//! takes bitsandbytes' 32-bit step: m, v as above, then the decay, then
+//! `p = p + f32(-lr * c2 / c1) * (m / (sqrt(v) + f32(eps * c2)))`.
+//!
+//! The oracle of these steps, written separately (serial, quantising by counting midpoints
+//! instead of a table), is [`crate::cpu::reference::blockwise8`].
+
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::optim::AdamConfig;
+
+/// Elements per quantisation block (bitsandbytes' CPU `blocksize`).
+pub const BLOCK: usize = 256;
+/// Points of the quantiser's grid over [-1, 1] (the size of its lookup table).
+pub const GRID: usize = 65536;
+/// bitsandbytes' default `min_8bit_size`: tensors with fewer elements keep f32 state.
+pub const DEFAULT_MIN_8BIT_SIZE: usize = 4096;
+/// Blocks per parallel task of the fast step (32768 elements, the fast path's `CHUNK`).
+const BLOCKS_PER_TASK: usize = 128;
+
+/// `torch.linspace(0.1, 1, n)` in f32 as torch 2.15's CPU kernel computes it: step =
+/// (1 - 0.1) / (n - 1); the first half `fma(step, j, 0.1)`, the second half
+/// `fma(-step, n - 1 - j, 1)` (one rounding each: the kernel's multiply-add is fused; a
+/// separately rounded product gives 42 of the 256 signed values 1 ulp off, checked against
+/// the golden files' `qmap1`/`qmap2`).
+fn linspace_01_1(n: usize) -> Vec<f32> {
+    let (start, end) = (0.1f32, 1.0f32);
+    let step = (end - start) / (n - 1) as f32;
+    let half = n / 2;
+    (0..n)
+        .map(|j| {
+            if j < half {
+                step.mul_add(j as f32, start)
+            } else {
+                (-step).mul_add((n - 1 - j) as f32, end)
+            }
+        })
+        .collect()
+}
+
+/// 10^(i - 6) for i = 0..7, correctly rounded f64 (Python's `10 ** (i - 6)`).
+const DECADES: [f64; 7] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+
+/// bitsandbytes' `create_dynamic_map(signed, max_exponent_bits = 7, total_bits = 8)`: 256
+/// f32 values ascending. Signed: 127 negative values (smallest -0.99296874), 0, 127
+/// positive values, 1.0. Unsigned: 0, 254 positive values, 1.0.
+pub fn dynamic_map(signed: bool) -> [f32; 256] {
+    let mut data: Vec<f32> = Vec::with_capacity(256);
+    for i in 0..7u32 {
+        let n = if signed {
+            (1usize << i) + 1
+        } else {
+            (1usize << (i + 1)) + 1
+        };
+        let b = linspace_01_1(n);
+        let scale = DECADES[i as usize] as f32;
+        let means: Vec<f32> = b.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+        data.extend(means.iter().map(|&m| scale * m));
+        if signed {
+            data.extend(means.iter().map(|&m| -scale * m));
+        }
+    }
+    data.push(0.0);
+    data.push(1.0);
+    data.sort_by(f32::total_cmp);
+    let mut out = [0.0f32; 256];
+    out.copy_from_slice(&data);
+    out
+}
+
+/// A dynamic map with its 65536-entry lookup table: bitsandbytes' CPU quantiser.
+#[derive(Clone)]
+pub struct Quantizer {
+    map: [f32; 256],
+    lut: Box<[u8]>,
+}
+
+impl std::fmt::Debug for Quantizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quantizer")
+            .field("map[0]", &self.map[0])
+            .field("map[255]", &self.map[255])
+            .finish()
+    }
+}
+
+impl Quantizer {
+    /// The quantiser of `map` (256 ascending values): `LUT[i]` = the number of midpoints
+    /// `(q_j + q_{j+1}) / 2` (f32) strictly below the grid value `f32(-1 + f32(2i) / 65535)`.
+    pub fn new(map: [f32; 256]) -> Self {
+        let mids: Vec<f32> = map.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+        let lut = (0..GRID)
+            .map(|i| {
+                let x = -1.0f32 + (2 * i) as f32 / 65535.0f32;
+                mids.partition_point(|&m| m < x) as u8
+            })
+            .collect();
+        Self { map, lut }
+    }
+
+    /// The shared quantiser of the signed map (`qmap1`, for `exp_avg`).
+    pub fn signed() -> &'static Quantizer {
+        static Q: OnceLock<Quantizer> = OnceLock::new();
+        Q.get_or_init(|| Quantizer::new(dynamic_map(true)))
+    }
+
+    /// The shared quantiser of the unsigned map (`qmap2`, for `exp_avg_sq`).
+    pub fn unsigned() -> &'static Quantizer {
+        static Q: OnceLock<Quantizer> = OnceLock::new();
+        Q.get_or_init(|| Quantizer::new(dynamic_map(false)))
+    }
+
+    /// The map (256 ascending f32 values; bitsandbytes' `qmap1` / `qmap2`).
+    pub fn map(&self) -> &[f32; 256] {
+        &self.map
+    }
+
+    /// `q[code] * absmax`.
+    #[inline(always)]
+    pub fn dequantize(&self, code: u8, absmax: f32) -> f32 {
+        self.map[code as usize] * absmax
+    }
+
+    /// Quantise one block (`x.len() == codes.len() <= BLOCK`): writes the codes and returns
+    /// the block's absmax (see the module documentation).
+    #[inline(always)]
+    /// (Only the first `min(x.len(), codes.len())` elements are used.)
+    pub fn quantize_block(&self, x: &[f32], codes: &mut [u8]) -> f32 {
+        let n = x.len().min(codes.len());
+        let (x, codes) = (&x[..n], &mut codes[..n]);
+        // max |x| in 8 lanes (vectorisable; the maximum does not depend on the order, and
+        // `>` skips NaN as `f32::max` does).
+        let mut lanes = [0.0f32; 8];
+        let mut tail = x.chunks_exact(8);
+        for c in &mut tail {
+            for j in 0..8 {
+                let a = c[j].abs();
+                if a > lanes[j] {
+                    lanes[j] = a;
+                }
+            }
+        }
+        let absmax = tail
+            .remainder()
+            .iter()
+            .chain(&lanes)
+            .fold(0.0f32, |a, &v| a.max(v.abs()));
+        if absmax == 0.0 {
+            codes.fill(0);
+            return 0.0;
+        }
+        let inv = 1.0f32 / absmax;
+        // Grid indices first (a vectorisable loop), then the table look-ups.
+        let mut idx = [0u16; BLOCK];
+        for (chunk_c, chunk_x) in codes.chunks_mut(BLOCK).zip(x.chunks(BLOCK)) {
+            let idx = &mut idx[..chunk_x.len()];
+            for (d, &v) in idx.iter_mut().zip(chunk_x) {
+                let n = (v * inv).clamp(-1.0, 1.0);
+                // In [0.5, 65535.5]: truncates to 0..=65535 (NaN gives 0).
+                *d = (((n + 1.0) * 0.5) * 65535.0 + 0.5) as u16;
+            }
+            for (c, &i) in chunk_c.iter_mut().zip(idx.iter()) {
+                *c = self.lut[i as usize];
+            }
+        }
+        absmax
+    }
+
+    /// Quantise a whole flattened tensor block by block: `codes.len() == x.len()`,
+    /// `absmax.len() == x.len().div_ceil(BLOCK)`; otherwise [`Error::LengthMismatch`].
+    pub fn quantize(&self, x: &[f32], codes: &mut [u8], absmax: &mut [f32]) -> Result<()> {
+        check_len("codes", x.len(), codes.len())?;
+        check_len("absmax", x.len().div_ceil(BLOCK), absmax.len())?;
+        x.par_chunks(BLOCK)
+            .zip(codes.par_chunks_mut(BLOCK))
+            .zip(absmax.par_iter_mut())
+            .for_each(|((x, c), a)| *a = self.quantize_block(x, c));
+        Ok(())
+    }
+}
+
+fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::LengthMismatch {
+            what,
+            expected,
+            got,
+        })
+    }
+}
+
+/// The state of one tensor (segment) under [`StateFormat::Blockwise8`](crate::optim::StateFormat),
+/// under bitsandbytes' names.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SegmentState {
+    /// A quantised tensor (at least `min_size` elements).
+    Quantized {
+        /// `exp_avg` codes into the signed map (one per element).
+        state1: Vec<u8>,
+        /// `exp_avg_sq` codes into the unsigned map (one per element).
+        state2: Vec<u8>,
+        /// Per block of [`BLOCK`] elements: max |exp_avg|.
+        absmax1: Vec<f32>,
+        /// Per block of [`BLOCK`] elements: max |exp_avg_sq|.
+        absmax2: Vec<f32>,
+    },
+    /// A small tensor with f32 state (bitsandbytes' 32-bit path).
+    Full {
+        /// `exp_avg`.
+        state1: Vec<f32>,
+        /// `exp_avg_sq`.
+        state2: Vec<f32>,
+    },
+}
+
+impl SegmentState {
+    /// The initial (zero) state of a tensor of `len` elements: quantised when
+    /// `len >= min_size`.
+    pub fn zeros(len: usize, min_size: usize) -> Self {
+        if len >= min_size {
+            let blocks = len.div_ceil(BLOCK);
+            SegmentState::Quantized {
+                state1: vec![0; len],
+                state2: vec![0; len],
+                absmax1: vec![0.0; blocks],
+                absmax2: vec![0.0; blocks],
+            }
+        } else {
+            SegmentState::Full {
+                state1: vec![0.0; len],
+                state2: vec![0.0; len],
+            }
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            SegmentState::Quantized { state1, .. } => state1.len(),
+            SegmentState::Full { state1, .. } => state1.len(),
+        }
+    }
+
+    /// True for a tensor of no elements (never built: segments are non-empty).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `exp_avg` (`which = 0`) or `exp_avg_sq` (`1`) as f32 values: dequantised
+    /// (`q[code] * absmax`) for a quantised tensor.
+    pub fn moments(&self, which: usize) -> Vec<f32> {
+        match self {
+            SegmentState::Quantized {
+                state1,
+                state2,
+                absmax1,
+                absmax2,
+            } => {
+                let (q, codes, absmax) = if which == 0 {
+                    (Quantizer::signed(), state1, absmax1)
+                } else {
+                    (Quantizer::unsigned(), state2, absmax2)
+                };
+                codes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &c)| q.dequantize(c, absmax[i / BLOCK]))
+                    .collect()
+            }
+            SegmentState::Full { state1, state2 } => {
+                if which == 0 {
+                    state1.clone()
+                } else {
+                    state2.clone()
+                }
+            }
+        }
+    }
+
+    /// Bytes of state per element: 2 + 8/256 quantised, 8 for f32.
+    pub fn bytes(&self) -> usize {
+        match self {
+            SegmentState::Quantized {
+                state1, absmax1, ..
+            } => 2 * state1.len() + 8 * absmax1.len(),
+            SegmentState::Full { state1, .. } => 8 * state1.len(),
+        }
+    }
+}
+
+/// The f32 scalars of one 8-bit Adam step, computed once on the host from f64 values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Blockwise8Scalars {
+    /// f32(beta1).
+    pub beta1: f32,
+    /// f32(1 - beta1).
+    pub one_minus_beta1: f32,
+    /// f32(beta2).
+    pub beta2: f32,
+    /// f32(1 - beta2).
+    pub one_minus_beta2: f32,
+    /// f32(sqrt(1 - beta2^t)).
+    pub c2: f32,
+    /// f32(eps).
+    pub eps: f32,
+    /// f32(-lr / (1 - beta1^t)).
+    pub step_size: f32,
+    /// Whether weight decay applies (wd > 0).
+    pub decays: bool,
+    /// f32(1 - lr * wd).
+    pub decay_factor: f32,
+    /// 32-bit path: f32(-lr * c2 / c1).
+    pub step_size_32: f32,
+    /// 32-bit path: f32(eps * c2).
+    pub eps_32: f32,
+}
+
+impl Blockwise8Scalars {
+    /// The scalars of step `t` (1-based) at learning rate `lr` (c1 = 1 - b1^t,
+    /// c2 = sqrt(1 - b2^t) in f64, each scalar rounded to f32 once).
+    pub fn new(config: &AdamConfig, t: u64, lr: f64) -> Self {
+        let (b1, b2) = config.betas;
+        let ti = t.min(i32::MAX as u64) as i32;
+        let c1 = 1.0 - b1.powi(ti);
+        let c2 = (1.0 - b2.powi(ti)).sqrt();
+        let wd = config.weight_decay;
+        Self {
+            beta1: b1 as f32,
+            one_minus_beta1: (1.0 - b1) as f32,
+            beta2: b2 as f32,
+            one_minus_beta2: (1.0 - b2) as f32,
+            c2: c2 as f32,
+            eps: config.eps as f32,
+            step_size: (-lr / c1) as f32,
+            decays: wd > 0.0,
+            decay_factor: (1.0 - lr * wd) as f32,
+            step_size_32: (-lr * c2 / c1) as f32,
+            eps_32: (config.eps * c2) as f32,
+        }
+    }
+}
+
+/// Checks that `config` can keep 8-bit state: Adam/AdamW without AMSGrad or `maximize`,
+/// with decoupled (or no) weight decay, as bitsandbytes' `Adam8bit` does.
+pub fn check_config(config: &AdamConfig) -> Result<()> {
+    let refuse = |reason| {
+        Err(Error::InvalidCombination {
+            optimizer: if config.decoupled_weight_decay {
+                "AdamW"
+            } else {
+                "Adam"
+            },
+            reason,
+        })
+    };
+    if config.amsgrad {
+        return refuse(
+            "8-bit state (StateFormat::Blockwise8) has no AMSGrad (bitsandbytes' Adam8bit neither)",
+        );
+    }
+    if config.maximize {
+        return refuse("8-bit state (StateFormat::Blockwise8) does not implement maximize");
+    }
+    if config.weight_decay != 0.0 && !config.decoupled_weight_decay {
+        return refuse(
+            "8-bit state (StateFormat::Blockwise8) applies weight decay decoupled, as \
+             bitsandbytes' Adam8bit does: set decoupled_weight_decay (AdamW) or weight_decay 0",
+        );
+    }
+    Ok(())
+}
+
+/// The 8-bit state of a whole optimizer: one [`SegmentState`] per tensor, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blockwise8State {
+    pub(crate) min_size: usize,
+    pub(crate) ranges: Vec<Range<usize>>,
+    pub(crate) segments: Vec<SegmentState>,
+}
+
+impl Blockwise8State {
+    /// Zero state for tensors of lengths `lens` (each > 0).
+    pub fn new(lens: &[usize], min_size: usize) -> Result<Self> {
+        let mut ranges = Vec::with_capacity(lens.len());
+        let mut start = 0usize;
+        for &len in lens {
+            if len == 0 {
+                return Err(Error::Empty { what: "segment" });
+            }
+            let end = start.checked_add(len).ok_or(Error::TooManyElements {
+                what: "segments",
+                len: u64::MAX,
+                limit: usize::MAX as u64,
+            })?;
+            ranges.push(start..end);
+            start = end;
+        }
+        Ok(Self {
+            min_size,
+            segments: lens
+                .iter()
+                .map(|&l| SegmentState::zeros(l, min_size))
+                .collect(),
+            ranges,
+        })
+    }
+
+    /// bitsandbytes' `min_8bit_size`: tensors with fewer elements have f32 state.
+    pub fn min_size(&self) -> usize {
+        self.min_size
+    }
+
+    /// Each tensor's element range in the flat parameter vector.
+    pub fn ranges(&self) -> &[Range<usize>] {
+        &self.ranges
+    }
+
+    /// Each tensor's state, in order.
+    pub fn segments(&self) -> &[SegmentState] {
+        &self.segments
+    }
+
+    /// Total number of elements.
+    pub fn len(&self) -> usize {
+        self.ranges.last().map_or(0, |r| r.end)
+    }
+
+    /// True when there are no tensors.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// `exp_avg` (`which = 0`) or `exp_avg_sq` (`1`) of every tensor, dequantised, flat.
+    pub fn moments(&self, which: usize) -> Vec<f32> {
+        self.segments
+            .iter()
+            .flat_map(|s| s.moments(which))
+            .collect()
+    }
+
+    /// Overwrite `exp_avg` (`which = 0`) or `exp_avg_sq` (`1`) of every tensor with the flat
+    /// f32 `values` ([`Self::len`] of them): quantised per block for a quantised tensor, as
+    /// a step stores them. [`Error::LengthMismatch`] (nothing changed) for a wrong length.
+    pub fn load_moments(&mut self, which: usize, values: &[f32]) -> Result<()> {
+        check_len("state", self.len(), values.len())?;
+        for (r, seg) in self.ranges.iter().zip(self.segments.iter_mut()) {
+            let x = &values[r.clone()];
+            match seg {
+                SegmentState::Quantized {
+                    state1,
+                    state2,
+                    absmax1,
+                    absmax2,
+                } => {
+                    if which == 0 {
+                        Quantizer::signed().quantize(x, state1, absmax1)?;
+                    } else {
+                        Quantizer::unsigned().quantize(x, state2, absmax2)?;
+                    }
+                }
+                SegmentState::Full { state1, state2 } => {
+                    if which == 0 {
+                        state1.copy_from_slice(x);
+                    } else {
+                        state2.copy_from_slice(x);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One fast step of `config` at step `t` (1-based) and learning rate `lr` over the
+    /// flat `params` and `grads` (of [`Self::len`] elements; the caller checks lengths).
+    pub(crate) fn step(
+        &mut self,
+        config: &AdamConfig,
+        t: u64,
+        lr: f64,
+        params: &mut [f32],
+        grads: &[f32],
+        avx2: bool,
+    ) {
+        let s = Blockwise8Scalars::new(config, t, lr);
+        for (r, seg) in self.ranges.iter().zip(self.segments.iter_mut()) {
+            let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
+            match seg {
+                SegmentState::Quantized {
+                    state1,
+                    state2,
+                    absmax1,
+                    absmax2,
+                } => step_quantized(&s, p, g, state1, state2, absmax1, absmax2, avx2),
+                SegmentState::Full { state1, state2 } => step_full(&s, p, g, state1, state2, avx2),
+            }
+        }
+    }
+}
+
+/// The 8-bit step over one quantised tensor, in parallel over tasks of
+/// `BLOCKS_PER_TASK` blocks.
+#[allow(clippy::too_many_arguments)]
+fn step_quantized(
+    s: &Blockwise8Scalars,
+    p: &mut [f32],
+    g: &[f32],
+    state1: &mut [u8],
+    state2: &mut [u8],
+    absmax1: &mut [f32],
+    absmax2: &mut [f32],
+    avx2: bool,
+) {
+    let task = BLOCK * BLOCKS_PER_TASK;
+    p.par_chunks_mut(task)
+        .zip(g.par_chunks(task))
+        .zip(state1.par_chunks_mut(task))
+        .zip(state2.par_chunks_mut(task))
+        .zip(absmax1.par_chunks_mut(BLOCKS_PER_TASK))
+        .zip(absmax2.par_chunks_mut(BLOCKS_PER_TASK))
+        .for_each(|(((((p, g), c1), c2), a1), a2)| {
+            run_blocks(s, p, g, c1, c2, a1, a2, avx2);
+        });
+}
+
+/// Dispatches [`blocks`] to the AVX2 + FMA build where the CPU has it and the fast path's
+/// switch allows it (`avx2`: `cpu::fast::set_avx2`); the same bits either way: the
+/// loop uses explicit `mul_add` (correctly rounded in both builds) and plain f32 operations.
+#[allow(clippy::too_many_arguments)]
+fn run_blocks(
+    s: &Blockwise8Scalars,
+    p: &mut [f32],
+    g: &[f32],
+    c1: &mut [u8],
+    c2: &mut [u8],
+    a1: &mut [f32],
+    a2: &mut [f32],
+    avx2: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is the fast path's run-time check that the CPU has AVX2 and FMA.
+        return unsafe { blocks_avx2(s, p, g, c1, c2, a1, a2) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = avx2;
+    blocks(s, p, g, c1, c2, a1, a2)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn blocks_avx2(
+    s: &Blockwise8Scalars,
+    p: &mut [f32],
+    g: &[f32],
+    c1: &mut [u8],
+    c2: &mut [u8],
+    a1: &mut [f32],
+    a2: &mut [f32],
+) {
+    blocks(s, p, g, c1, c2, a1, a2)
+}
+
+/// The step over consecutive blocks: dequantise, update m, v and p in f32, re-quantise.
+#[inline(always)]
+fn blocks(
+    s: &Blockwise8Scalars,
+    p: &mut [f32],
+    g: &[f32],
+    c1: &mut [u8],
+    c2: &mut [u8],
+    a1: &mut [f32],
+    a2: &mut [f32],
+) {
+    let (q1, q2) = (Quantizer::signed(), Quantizer::unsigned());
+    let mut m = [0.0f32; BLOCK];
+    let mut v = [0.0f32; BLOCK];
+    for ((((p, g), c1), c2), (a1, a2)) in p
+        .chunks_mut(BLOCK)
+        .zip(g.chunks(BLOCK))
+        .zip(c1.chunks_mut(BLOCK))
+        .zip(c2.chunks_mut(BLOCK))
+        .zip(a1.iter_mut().zip(a2.iter_mut()))
+    {
+        let n = p.len();
+        let (m, v, g, c1, c2) = (
+            &mut m[..n],
+            &mut v[..n],
+            &g[..n],
+            &mut c1[..n],
+            &mut c2[..n],
+        );
+        let (am1, am2) = (*a1, *a2);
+        for i in 0..n {
+            m[i] = q1.map[c1[i] as usize] * am1;
+            v[i] = q2.map[c2[i] as usize] * am2;
+        }
+        for i in 0..n {
+            let gi = g[i];
+            let mi = s.one_minus_beta1.mul_add(gi, s.beta1 * m[i]);
+            let vi = (s.one_minus_beta2 * gi).mul_add(gi, s.beta2 * v[i]);
+            m[i] = mi;
+            v[i] = vi;
+            let denom = vi.sqrt() / s.c2 + s.eps;
+            let pi = if s.decays {
+                p[i] * s.decay_factor
+            } else {
+                p[i]
+            };
+            p[i] = pi + (s.step_size * mi) / denom;
+        }
+        *a1 = q1.quantize_block(m, c1);
+        *a2 = q2.quantize_block(v, c2);
+    }
+}
+
+/// bitsandbytes' 32-bit step over one small tensor (f32 state), in parallel chunks.
+fn step_full(
+    s: &Blockwise8Scalars,
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    avx2: bool,
+) {
+    let task = BLOCK * BLOCKS_PER_TASK;
+    p.par_chunks_mut(task)
+        .zip(g.par_chunks(task))
+        .zip(m.par_chunks_mut(task))
+        .zip(v.par_chunks_mut(task))
+        .for_each(|(((p, g), m), v)| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: `avx2` is the fast path's run-time check that the CPU has AVX2 and FMA.
+                return unsafe { full_avx2(s, p, g, m, v) };
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = avx2;
+            full(s, p, g, m, v)
+        });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn full_avx2(s: &Blockwise8Scalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    full(s, p, g, m, v)
+}
+
+/// bitsandbytes' 32-bit update over one chunk.
+#[inline(always)]
+fn full(s: &Blockwise8Scalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        let gi = g[i];
+        let mi = s.one_minus_beta1.mul_add(gi, s.beta1 * m[i]);
+        let vi = (s.one_minus_beta2 * gi).mul_add(gi, s.beta2 * v[i]);
+        m[i] = mi;
+        v[i] = vi;
+        let pi = if s.decays {
+            p[i] * s.decay_factor
+        } else {
+            p[i]
+        };
+        p[i] = pi + s.step_size_32 * (mi / (vi.sqrt() + s.eps_32));
+    }
+}
