@@ -93,8 +93,10 @@ pub enum Transport {
     /// MPI messages (`MPI_Ialltoallv`, point-to-point), whatever the placement.
     Messages,
     /// An MPI shared-memory window: each rank reads the others' gradients of its shard in
-    /// place and stores its updated shard into their parameters (no copies through MPI).
-    /// [`Error::Shard`] if the ranks are not all on one node.
+    /// place, and the node keeps one copy of the parameters that each rank updates its
+    /// shard of in place (no copies through MPI; [`ShardedOptimizer::params_mut`] on one
+    /// rank then changes what every rank sees). [`Error::Shard`] if the ranks are not all
+    /// on one node.
     SharedMemory,
 }
 
@@ -402,8 +404,10 @@ impl ShardedOptimizer {
         self.store.params()
     }
 
-    /// All parameters, to change (every rank must make the same change: they are not
-    /// exchanged until the next step's all-gather, and only the shard owner's values win).
+    /// All parameters, to change. With messages every rank holds its own copy: make the
+    /// same change on every rank (they are not exchanged until the next step's all-gather,
+    /// and only the shard owner's values win). In shared memory the node's ranks share one
+    /// copy: change it on one rank only, between steps (two ranks writing it at once race).
     pub fn params_mut(&mut self) -> &mut [f32] {
         if let Inner::Gpu { stale, .. } = &mut self.inner {
             *stale = true;
