@@ -146,11 +146,10 @@ fn child(scenario: &str) {
         "resume" => resume(&world, &dir, &mut report),
         "fail" => fail(&world, size, &mut report),
         "hang" => {
+            // Every rank reports (DONE included) before the closing barrier inside, so that
+            // the first rank to exit cannot cut another's report short.
             hang(&world, &mut report);
             // Requests are left pending on purpose: MPI_Finalize could wait for them.
-            println!("DONE rank {rank}");
-            use std::io::Write;
-            std::io::stdout().flush().unwrap();
             std::process::exit(0);
         }
         other => panic!("unknown scenario {other}"),
@@ -580,7 +579,7 @@ fn hang(comm: &impl Communicator, report: &mut Report) {
         // Rank 1 stops taking part (a stuck data loader, a deadlock elsewhere).
         std::thread::sleep(timeout * 3);
         report.check("the stuck rank woke up", true, String::new);
-        comm.barrier();
+        done_then_barrier(comm, rank);
         return;
     }
     let start = Instant::now();
@@ -598,5 +597,13 @@ fn hang(comm: &impl Communicator, report: &mut Report) {
     );
     // Wait for the stuck rank on the caller's communicator (the optimizer's duplicate has
     // requests pending), so that every rank reports before the job ends.
+    done_then_barrier(comm, rank);
+}
+
+/// Print this rank's DONE line, flush, and wait for every rank to have done the same.
+fn done_then_barrier(comm: &impl Communicator, rank: usize) {
+    use std::io::Write;
+    println!("DONE rank {rank}");
+    std::io::stdout().flush().unwrap();
     comm.barrier();
 }
