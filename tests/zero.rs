@@ -578,7 +578,14 @@ fn hang(comm: &impl Communicator, report: &mut Report) {
     if rank == 1 {
         // Rank 1 stops taking part (a stuck data loader, a deadlock elsewhere).
         std::thread::sleep(timeout * 3);
-        report.check("the stuck rank woke up", true, String::new);
+        // Its peers have given up: stepping now must time out too, not hang or succeed.
+        let start = Instant::now();
+        let late = opt.step();
+        let waited = start.elapsed();
+        let ok = matches!(late, Err(Error::CollectiveTimeout { .. })) && waited < timeout * 3;
+        report.check("the late rank times out too", ok, || {
+            format!("{late:?} after {waited:?}")
+        });
         done_then_barrier(comm, rank);
         return;
     }

@@ -109,7 +109,7 @@ fn aligned_plans_start_on_the_alignment() {
             assert_eq!(r.start % align, 0);
         }
         let per = n.div_ceil(world).div_ceil(align) * align;
-        assert_eq!(plan.range(0).len(), per.min(n));
+        assert_eq!(plan.range(0).unwrap().len(), per.min(n));
     }
     // 300 elements in 256-blocks leave ranks 2 and 3 of 4 empty.
     assert!(matches!(
@@ -137,6 +137,27 @@ fn aligned_plans_start_on_the_alignment() {
 }
 
 #[test]
+fn a_reduction_of_mismatched_parts_is_a_typed_error_and_leaves_out_alone() {
+    let (a, b) = (vec![1.0f32; 10], vec![2.0f32; 9]);
+    let mut out = vec![7.0f32; 10];
+    let e = reduce_in_rank_order(&[&a[..], &b[..]], &mut out, GradReduction::Sum);
+    assert!(
+        matches!(
+            e,
+            Err(Error::LengthMismatch {
+                expected: 10,
+                got: 9,
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+    let e = reduce_in_rank_order(&[], &mut out, GradReduction::Mean);
+    assert!(matches!(e, Err(Error::Empty { .. })), "{e:?}");
+    assert!(out.iter().all(|&x| x == 7.0));
+}
+
+#[test]
 fn the_reduction_adds_neighbours_first_then_pairs_of_pairs() {
     let mut rng = Rng::new(5);
     let len = 70_001; // more than two CHUNKs, odd
@@ -160,7 +181,7 @@ fn the_reduction_adds_neighbours_first_then_pairs_of_pairs() {
         for reduction in [GradReduction::Sum, GradReduction::Mean] {
             let views: Vec<&[f32]> = parts.iter().map(|p| &p[..]).collect();
             let mut out = vec![f32::NAN; len];
-            reduce_in_rank_order(&views, &mut out, reduction);
+            reduce_in_rank_order(&views, &mut out, reduction).unwrap();
             for (i, &o) in out.iter().enumerate() {
                 let e = match reduction {
                     GradReduction::Sum => expected(i),
@@ -259,8 +280,8 @@ fn shard_sets_merge_and_reshard_exactly() {
     }
     assert!(load_range(&tmp, 0..n + 1).is_err());
     let (info, state) = read_shard(&shard_path(&tmp, 2, 4)).unwrap();
-    assert_eq!(info.range, plan4.range(2));
-    assert_eq!(state, cut(&whole, plan4.range(2)));
+    assert_eq!(info.range, plan4.range(2).unwrap());
+    assert_eq!(state, cut(&whole, plan4.range(2).unwrap()));
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 
@@ -288,12 +309,12 @@ fn inconsistent_shard_sets_are_refused() {
     assert!(e.contains("several world sizes"), "{e}");
     // One rank saved a later step.
     let d = fresh("later-step");
-    let mut later = cut(&whole, plan.range(2));
+    let mut later = cut(&whole, plan.range(2).unwrap());
     later.host.step += 1;
     let info = ShardInfo {
         rank: 2,
         world: 3,
-        range: plan.range(2),
+        range: plan.range(2).unwrap(),
         n,
         layout: plan.layout(),
     };

@@ -87,7 +87,7 @@ impl Collectives {
     ) -> Result<()> {
         self.exchange_buckets(plan, grads, scratch, bucket, |offset, parts| {
             let out = &mut out[offset..offset + parts[0].len()];
-            reduce_in_rank_order(parts, out, reduction);
+            reduce_in_rank_order(parts, out, reduction).expect("the buckets are sized alike");
         })
     }
 
@@ -107,7 +107,7 @@ impl Collectives {
         let (world, me) = (self.world, self.rank);
         let rounds = plan.max_len().div_ceil(bucket);
         scratch.resize(world * bucket.min(plan.max_len()), 0.0);
-        let piece = |r: usize, b: usize| plan.range(r).len().saturating_sub(b * bucket).min(bucket);
+        let piece = |r: usize, b: usize| plan.at(r).len().saturating_sub(b * bucket).min(bucket);
         let others = |r: usize, x: usize| if r == me { 0 } else { x };
         for b in 0..rounds {
             let send_counts: Vec<Count> =
@@ -115,7 +115,7 @@ impl Collectives {
             let send_displs: Vec<Count> = (0..world)
                 .map(|r| {
                     count(if piece(r, b) > 0 {
-                        plan.range(r).start + b * bucket
+                        plan.at(r).start + b * bucket
                     } else {
                         0
                     })
@@ -137,7 +137,7 @@ impl Collectives {
                 self.wait(req, "reduce-scatter")
             })?;
             if mine > 0 {
-                let own_start = plan.range(me).start + b * bucket;
+                let own_start = plan.at(me).start + b * bucket;
                 let parts: Vec<&[f32]> = (0..world)
                     .map(|r| {
                         if r == me {

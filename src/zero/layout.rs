@@ -138,8 +138,14 @@ impl ShardPlan {
         &self.ranges
     }
 
-    /// Rank `rank`'s range.
-    pub fn range(&self, rank: usize) -> Range<usize> {
+    /// Rank `rank`'s range; `None` past the last rank.
+    pub fn range(&self, rank: usize) -> Option<Range<usize>> {
+        self.ranges.get(rank).cloned()
+    }
+
+    /// Rank `rank`'s range, for a rank of the plan (internal callers index by their own
+    /// rank, which the plan was made for).
+    pub(crate) fn at(&self, rank: usize) -> Range<usize> {
         self.ranges[rank].clone()
     }
 

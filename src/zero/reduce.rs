@@ -12,6 +12,7 @@
 use rayon::prelude::*;
 
 use crate::cpu::fast::CHUNK;
+use crate::error::{Error, Result};
 
 /// What the reduce-scatter makes of the ranks' gradients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -30,13 +31,29 @@ const BLOCK: usize = 1024;
 /// [module documentation](self): one pass that reads every part once and writes `out`
 /// once (partial sums live in block-sized scratch), in parallel over chunks.
 ///
-/// # Panics
-/// If `parts` is empty or the lengths differ (an internal invariant: callers size them).
-pub fn reduce_in_rank_order(parts: &[&[f32]], out: &mut [f32], reduction: GradReduction) {
-    assert!(!parts.is_empty() && parts.iter().all(|p| p.len() == out.len()));
+/// Errors: [`Error::Empty`] without parts, [`Error::LengthMismatch`] when a part's length
+/// is not `out`'s; `out` is then unchanged.
+pub fn reduce_in_rank_order(
+    parts: &[&[f32]],
+    out: &mut [f32],
+    reduction: GradReduction,
+) -> Result<()> {
+    if parts.is_empty() {
+        return Err(Error::Empty {
+            what: "contributions to reduce",
+        });
+    }
+    if let Some(bad) = parts.iter().find(|p| p.len() != out.len()) {
+        return Err(Error::LengthMismatch {
+            what: "contribution",
+            expected: out.len(),
+            got: bad.len(),
+        });
+    }
     out.par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(c, out)| reduce_range(parts, c * CHUNK, out, reduction));
+    Ok(())
 }
 
 /// `out` = the reduction of `parts` at elements `start..start + out.len()` (one thread).

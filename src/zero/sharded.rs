@@ -319,7 +319,7 @@ impl ShardedOptimizer {
                 "the ranks disagree on sizes, configuration or options (digests {digests:?})"
             )));
         }
-        let range = plan.range(comm.rank);
+        let range = plan.at(comm.rank);
         let inner = (|| {
             Ok(match &zero.backend {
                 ShardBackend::Cpu => Inner::Cpu(Box::new(CpuOptimizer::new(config, range.len())?)),
@@ -361,6 +361,12 @@ impl ShardedOptimizer {
                 grads: vec![0.0; n],
             },
         };
+        if let Storage::Shared(shared) = &store {
+            // Rank 0 wrote the node's parameters: nobody reads them before this barrier.
+            shared.sync();
+            comm.exchange_status(OK)?;
+            shared.sync();
+        }
         Ok(Self {
             comm,
             config,
@@ -391,7 +397,7 @@ impl ShardedOptimizer {
 
     /// This rank's elements.
     pub fn shard(&self) -> Range<usize> {
-        self.plan.range(self.comm.rank)
+        self.plan.at(self.comm.rank)
     }
 
     /// The sharding options.
@@ -510,7 +516,7 @@ impl ShardedOptimizer {
                 // SAFETY: between the barrier after the gradients and the one after the
                 // update: nobody writes gradients.
                 let parts = unsafe { shared.all_peer_grads(range.clone()) };
-                reduce_in_rank_order(&parts, reduced_shard, self.zero.reduction);
+                reduce_in_rank_order(&parts, reduced_shard, self.zero.reduction)?;
             }
         }
         if self.zero.stage == ZeroStage::One {
@@ -601,7 +607,7 @@ impl ShardedOptimizer {
             "update",
         )?;
         let before = begun?;
-        let range = self.plan.range(self.comm.rank);
+        let range = self.plan.at(self.comm.rank);
         let reduction = self.zero.reduction;
         self.reduced.clear();
         self.last_skipped = false;

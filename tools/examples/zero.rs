@@ -211,7 +211,8 @@ fn run(args: &Args, world: &impl Communicator) -> Result<i32, Box<dyn std::error
             })
             .collect();
         let views: Vec<&[f32]> = parts.iter().map(|p| &p[..]).collect();
-        reduce_in_rank_order(&views, out, GradReduction::Sum);
+        reduce_in_rank_order(&views, out, GradReduction::Sum)
+            .expect("every micro-batch gradient has the model's length");
     };
     let init = mlp.init(16);
     let mut opt =
