@@ -145,6 +145,7 @@ impl ShardPlan {
 
     /// Rank `rank`'s range, for a rank of the plan (internal callers index by their own
     /// rank, which the plan was made for).
+    #[cfg(feature = "mpi")]
     pub(crate) fn at(&self, rank: usize) -> Range<usize> {
         self.ranges[rank].clone()
     }
