@@ -21,7 +21,10 @@ use fused_optim::{AdamConfig, CpuOptimizer, Error, Optimizer, StateFormat};
 fn read_f32(path: &str) -> Result<Vec<f32>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
     if bytes.len() % 4 != 0 {
-        return Err(format!("{path}: {} bytes is not a whole number of f32", bytes.len()));
+        return Err(format!(
+            "{path}: {} bytes is not a whole number of f32",
+            bytes.len()
+        ));
     }
     Ok(bytes
         .chunks_exact(4)
@@ -29,7 +32,13 @@ fn read_f32(path: &str) -> Result<Vec<f32>, String> {
         .collect())
 }
 
-fn optimizer(lens: &str, min_size: &str, kind: &str, lr: &str, wd: &str) -> Result<CpuOptimizer, String> {
+fn optimizer(
+    lens: &str,
+    min_size: &str,
+    kind: &str,
+    lr: &str,
+    wd: &str,
+) -> Result<CpuOptimizer, String> {
     let lens: Vec<usize> = lens
         .split(',')
         .map(|s| s.parse().map_err(|e| format!("lens: {e}")))
@@ -59,7 +68,8 @@ fn run(args: &[String]) -> Result<(), String> {
     match a.as_slice() {
         ["template", out, lens, min_size, kind, lr, wd] => {
             let opt = optimizer(lens, min_size, kind, lr, wd)?;
-            opt.save_checkpoint(Path::new(out)).map_err(|e| e.to_string())
+            opt.save_checkpoint(Path::new(out))
+                .map_err(|e| e.to_string())
         }
         ["step", ckpt, params, grads, k, lens, min_size, kind, lr, wd, out_ckpt, out_params] => {
             let mut opt = optimizer(lens, min_size, kind, lr, wd)?;

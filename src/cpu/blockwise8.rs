@@ -109,8 +109,7 @@ pub fn dynamic_map(signed: bool) -> [f32; 256] {
 pub struct Quantizer {
     map: [f32; 256],
     /// Indexed by a `u16` grid index: the fixed size makes every look-up provably in bounds.
-    /// Three bytes of padding (0) after the table let a 4-byte gather start at any index.
-    lut: Box<[u8; GRID + 3]>,
+    lut: Box<[u8; GRID]>,
 }
 
 impl std::fmt::Debug for Quantizer {
@@ -127,8 +126,8 @@ impl Quantizer {
     /// `(q_j + q_{j+1}) / 2` (f32) strictly below the grid value `f32(-1 + f32(2i) / 65535)`.
     pub fn new(map: [f32; 256]) -> Self {
         let mids: Vec<f32> = map.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
-        let mut lut = Box::new([0u8; GRID + 3]);
-        for (i, code) in lut[..GRID].iter_mut().enumerate() {
+        let mut lut = Box::new([0u8; GRID]);
+        for (i, code) in lut.iter_mut().enumerate() {
             let x = -1.0f32 + (2 * i) as f32 / 65535.0f32;
             *code = mids.partition_point(|&m| m < x) as u8;
         }
@@ -145,12 +144,6 @@ impl Quantizer {
     pub fn unsigned() -> &'static Quantizer {
         static Q: OnceLock<Quantizer> = OnceLock::new();
         Q.get_or_init(|| Quantizer::new(dynamic_map(false)))
-    }
-
-    /// The lookup table with its 3 bytes of padding (for gathers of 4 bytes).
-    #[cfg(target_arch = "x86_64")]
-    pub(crate) fn padded_lut(&self) -> &[u8; GRID + 3] {
-        &self.lut
     }
 
     /// The map (256 ascending f32 values; bitsandbytes' `qmap1` / `qmap2`).
@@ -584,7 +577,11 @@ fn step_quantized(
 
 /// Dispatches [`blocks`] to the build of `level` (the fast path's [`SimdLevel`], never above
 /// what the CPU has); the same bits at every level: the loop uses explicit `mul_add`
-/// (correctly rounded in every build) and plain f32 operations.
+/// (correctly rounded in every build) and plain f32 operations. At the AVX-512 level the
+/// AVX2 build runs: on this project's machine (AMD EPYC, AVX-512 on 256-bit units) the
+/// AVX-512 builds of this loop were slower — 3.7–4.1 against 3.1–3.4 ns/param single-threaded
+/// (CPU time, `examples/state_formats.rs`), both for the compiler's AVX-512 code and for a
+/// hand-written version with hardware gathers for the map and table look-ups.
 #[allow(clippy::too_many_arguments)]
 fn run_blocks(
     s: &Blockwise8Scalars,
@@ -599,19 +596,16 @@ fn run_blocks(
     match level {
         // SAFETY: `level` comes from `simd_level()`, never above `SimdLevel::detected()`.
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { x86::blocks_avx512(s, p, g, c1, c2, a1, a2) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { x86::blocks_avx2(s, p, g, c1, c2, a1, a2) },
+        SimdLevel::Avx512 | SimdLevel::Avx2 => unsafe { x86::blocks_avx2(s, p, g, c1, c2, a1, a2) },
         _ => blocks(s, p, g, c1, c2, a1, a2),
     }
 }
 
-/// [`blocks`] and [`full`] compiled for AVX2 and for AVX-512.
+/// [`blocks`] compiled for AVX2, [`full`] for AVX2 and for AVX-512.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 mod x86 {
-    use super::{blocks, full, one_block, Blockwise8Scalars, Quantizer, BLOCK};
+    use super::{blocks, full, Blockwise8Scalars};
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn blocks_avx2(
@@ -624,45 +618,6 @@ mod x86 {
         a2: &mut [f32],
     ) {
         blocks(s, p, g, c1, c2, a1, a2)
-    }
-
-    /// Full blocks through the AVX-512 intrinsics loop, a partial last block through the
-    /// portable loop compiled for AVX-512.
-    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-    pub unsafe fn blocks_avx512(
-        s: &Blockwise8Scalars,
-        p: &mut [f32],
-        g: &[f32],
-        c1: &mut [u8],
-        c2: &mut [u8],
-        a1: &mut [f32],
-        a2: &mut [f32],
-    ) {
-        let (q1, q2) = (Quantizer::signed(), Quantizer::unsigned());
-        for ((((p, g), c1), c2), (a1, a2)) in p
-            .chunks_mut(BLOCK)
-            .zip(g.chunks(BLOCK))
-            .zip(c1.chunks_mut(BLOCK))
-            .zip(c2.chunks_mut(BLOCK))
-            .zip(a1.iter_mut().zip(a2.iter_mut()))
-        {
-            match (
-                <&mut [f32; BLOCK]>::try_from(&mut *p),
-                <&[f32; BLOCK]>::try_from(g),
-                <&mut [u8; BLOCK]>::try_from(&mut *c1),
-                <&mut [u8; BLOCK]>::try_from(&mut *c2),
-            ) {
-                (Ok(pb), Ok(gb), Ok(c1b), Ok(c2b)) => {
-                    // SAFETY: this function's target features are the callee's.
-                    (*a1, *a2) = unsafe {
-                        crate::cpu::blockwise8_avx512::full_block(
-                            s, q1, q2, pb, gb, c1b, c2b, *a1, *a2,
-                        )
-                    };
-                }
-                _ => one_block(s, q1, q2, p, g, c1, c2, a1, a2),
-            }
-        }
     }
 
     #[target_feature(enable = "avx2,fma")]

@@ -1,8 +1,6 @@
 //! CPU implementations: the f64 reference and the fast multi-threaded f32 path.
 
 pub mod blockwise8;
-#[cfg(target_arch = "x86_64")]
-mod blockwise8_avx512;
 pub mod fast;
 pub mod q8_checkpoint;
 pub mod reference;
