@@ -15,13 +15,14 @@
 use std::io::{BufRead, Write};
 use std::time::Instant;
 
+use fused_optim::cpu::staggered::StaggeredVec;
 use fused_optim::roofline::benchmark_suite;
 use fused_optim::{CpuOptimizer, StateFormat};
 
 struct Run {
     opt: CpuOptimizer,
-    params: Vec<f32>,
-    grads: Vec<f32>,
+    params: StaggeredVec,
+    grads: StaggeredVec,
 }
 
 fn setup(name: &str, log2: u32, format: &str) -> Result<Run, String> {
@@ -44,13 +45,19 @@ fn setup(name: &str, log2: u32, format: &str) -> Result<Run, String> {
         .state_format(format)
         .build()
         .map_err(|e| e.to_string())?;
-    // Parameters of order 1 and gradients of order 1e-2, as the PyTorch side draws them.
-    let params = (0..n)
+    // Parameters of order 1 and gradients of order 1e-2, as the PyTorch side draws them; in
+    // huge pages at staggered addresses (`StaggeredVec`, as the throughput example holds
+    // them), as PyTorch's tensors are under THP_MEM_ALLOC_ENABLE=1.
+    let params: Vec<f32> = (0..n)
         .map(|i| ((i as f32 * 0.754_877_7).fract() - 0.5) * 2.0)
         .collect();
-    let grads = (0..n)
+    let grads: Vec<f32> = (0..n)
         .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 2e-2)
         .collect();
+    let (params, grads) = (
+        StaggeredVec::from_slice(&params, 0),
+        StaggeredVec::from_slice(&grads, 4),
+    );
     let mut run = Run { opt, params, grads };
     for _ in 0..2 {
         run.opt
