@@ -11,6 +11,7 @@ mod adamax;
 pub mod blockwise8;
 mod lion;
 mod nadam;
+pub mod newton_schulz;
 mod radam;
 mod rmsprop;
 mod schedule_free;
