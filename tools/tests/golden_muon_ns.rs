@@ -47,8 +47,11 @@ fn ns_of(c: &Case2) -> NewtonSchulz {
     ns
 }
 
-/// (tensor name, rows, cols, input, torch's bf16 output) of every capture of both runs.
-fn captures(c: &Case2) -> Vec<(String, usize, usize, Vec<f64>, Vec<f64>)> {
+/// One `ns_step1` capture: tensor name, rows, cols, input, torch's bf16 output.
+type Capture = (String, usize, usize, Vec<f64>, Vec<f64>);
+
+/// Every capture of both runs (float32 and float64).
+fn captures(c: &Case2) -> Vec<Capture> {
     let mut out = Vec::new();
     for dtype in [Dtype::F32, Dtype::F64] {
         let run = c.run(dtype).unwrap();
