@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{gpu, Rng};
 use fused_optim::cpu::newton_schulz::{NewtonSchulz, NsWorkspace};
 use fused_optim::cpu::reference::newton_schulz::{newton_schulz_reference, NsPrecision};
 use fused_optim::Error;
@@ -127,6 +127,58 @@ fn an_all_zero_matrix_stays_zero_and_bad_shapes_are_refused() {
     );
     assert!(matches!(
         newton_schulz_reference(&ns, &[1.0; 6], 2, 2, NsPrecision::Bf16),
+        Err(Error::LengthMismatch { .. })
+    ));
+}
+
+/// The device's batched Newton–Schulz (`gpu::newton_schulz`, tiled WGSL matmuls) against the
+/// f64 oracle: every shape above in one batch (so tiles of different matrices share
+/// dispatches), and a second batch whose shapes cross the 32 x 32 tiles and the 16-wide
+/// inner steps unevenly. f32 accumulation in another order than sgemm's: same bound.
+#[test]
+fn gpu_batch_equals_the_f64_oracle_within_f32_rounding() {
+    use fused_optim::gpu::newton_schulz::GpuNewtonSchulz;
+    let Some(ctx) = gpu() else { return };
+    let ns = NewtonSchulz::default();
+    let mut rng = Rng::new(9);
+    for shapes in [
+        SHAPES.to_vec(),
+        vec![(31, 33), (64, 64), (17, 96), (96, 17), (2, 2)],
+    ] {
+        let inputs: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|&(r, c)| random(&mut rng, r * c))
+            .collect();
+        let batch = GpuNewtonSchulz::new(&ctx, &shapes, &ns).unwrap();
+        let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+        let outs = batch.run(&refs).unwrap();
+        for ((&(rows, cols), u), got) in shapes.iter().zip(&inputs).zip(&outs) {
+            let u64: Vec<f64> = u.iter().map(|&v| f64::from(v)).collect();
+            let want = newton_schulz_reference(&ns, &u64, rows, cols, NsPrecision::F64).unwrap();
+            let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(&g, &w)| (f64::from(g) - w).abs())
+                .fold(0.0, f64::max);
+            eprintln!("gpu {rows}x{cols}: max |f32 - f64| {worst:.2e} of max|O| {scale:.3}");
+            assert!(
+                worst <= 2e-5 * scale,
+                "gpu {rows}x{cols}: {worst} vs {scale}"
+            );
+        }
+    }
+    assert!(matches!(
+        GpuNewtonSchulz::new(&ctx, &[], &ns),
+        Err(Error::Empty { .. })
+    ));
+    assert!(matches!(
+        GpuNewtonSchulz::new(&ctx, &[(3, 0)], &ns),
+        Err(Error::Empty { .. })
+    ));
+    let batch = GpuNewtonSchulz::new(&ctx, &[(3, 4)], &ns).unwrap();
+    assert!(matches!(
+        batch.run(&[&[1.0; 11]]),
         Err(Error::LengthMismatch { .. })
     ));
 }
