@@ -144,6 +144,15 @@ impl GpuNewtonSchulz {
             });
         }
         u32_of("Newton-Schulz workspace", end)?;
+        // One binding holds the whole batch: split larger batches (`Self::split`).
+        let bytes = (end as u64).saturating_mul(4);
+        if bytes > ctx.max_binding_bytes() {
+            return Err(Error::BufferTooLarge {
+                what: "Newton-Schulz batch (matrices and workspace)",
+                bytes,
+                limit: ctx.max_binding_bytes(),
+            });
+        }
         let device = ctx.device();
         let mats = create_flat(ctx, "Newton-Schulz matrices", end)?;
         let module = ctx.scoped("Newton-Schulz shader", || {
@@ -356,6 +365,40 @@ impl GpuNewtonSchulz {
             dispatches,
             _tables: vec![problem_buf, tile_buf, prep_buf, fin_buf],
         })
+    }
+
+    /// Bytes of device memory a batch of `shapes` takes: each matrix (r x c, r = min) with
+    /// its workspace, 3 r·c + 2 r² f32.
+    pub fn batch_bytes(shapes: &[(usize, usize)]) -> u64 {
+        shapes
+            .iter()
+            .map(|&(rows, cols)| {
+                let (r, c) = (rows.min(cols) as u64, rows.max(cols) as u64);
+                4 * (3 * r * c + 2 * r * r)
+            })
+            .sum()
+    }
+
+    /// Split `shapes` (in order) into consecutive batches of at most `max_bytes` each
+    /// ([`Self::batch_bytes`]); a matrix larger than `max_bytes` gets a batch of its own
+    /// (which [`Self::new`] then refuses with [`Error::BufferTooLarge`]).
+    pub fn split(shapes: &[(usize, usize)], max_bytes: u64) -> Vec<Vec<(usize, usize)>> {
+        let mut out: Vec<Vec<(usize, usize)>> = Vec::new();
+        let mut used = 0u64;
+        for &s in shapes {
+            let b = Self::batch_bytes(&[s]);
+            match out.last_mut() {
+                Some(last) if used + b <= max_bytes => {
+                    last.push(s);
+                    used += b;
+                }
+                _ => {
+                    out.push(vec![s]);
+                    used = b;
+                }
+            }
+        }
+        out
     }
 
     /// The buffer holding every matrix (and the workspace).
