@@ -150,6 +150,12 @@ impl Quantizer {
         &self.map
     }
 
+    /// The 65536-entry lookup table: `LUT[idx]` is the code of grid point `idx` (what the
+    /// GPU kernel uploads and indexes, `src/gpu/blockwise8.rs`).
+    pub fn lut(&self) -> &[u8] {
+        &self.lut
+    }
+
     /// `q[code] * absmax`.
     #[inline(always)]
     pub fn dequantize(&self, code: u8, absmax: f32) -> f32 {
