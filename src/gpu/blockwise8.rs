@@ -209,6 +209,18 @@ impl Blockwise8Device {
         min_size: usize,
         control: &wgpu::Buffer,
     ) -> Result<Self> {
+        Self::with_source(params, tensors, min_size, control, SOURCE)
+    }
+
+    /// [`Self::new`] with another kernel over the same bindings (the roofline kernel
+    /// `roof8.wgsl`, [`crate::roofline::GpuRoof8`]).
+    pub(crate) fn with_source(
+        params: &FlatParams,
+        tensors: &[(usize, usize, u32)],
+        min_size: usize,
+        control: &wgpu::Buffer,
+        source: &str,
+    ) -> Result<Self> {
         let ctx = params.context().clone();
         let (tensors, qblocks, fblocks) = Self::plan(tensors, min_size);
         let nblocks = qblocks + fblocks;
@@ -330,7 +342,7 @@ impl Blockwise8Device {
         });
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("blockwise8.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(with_grad_control(SOURCE).into()),
+            source: wgpu::ShaderSource::Wgsl(with_grad_control(source).into()),
         });
         let grid = crate::dispatch::grid(nblocks as u64, max_dim);
         let mut me = Self {
@@ -402,6 +414,11 @@ impl Blockwise8Device {
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &self.bind_group, &[offset as u32]);
         pass.dispatch_workgroups(self.grid.0, self.grid.1, 1);
+    }
+
+    /// The context.
+    pub(crate) fn context(&self) -> &GpuContext {
+        &self.ctx
     }
 
     /// bitsandbytes' `min_8bit_size` of this state.
