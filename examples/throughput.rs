@@ -432,10 +432,17 @@ fn main() -> Result<()> {
             );
             drop(fast);
             drop(fast32);
-            vs_f32.push((name.clone(), n, t8 / t32, c8 / c32, GpuRoof8::BYTES_PER_PARAM));
-            for (imp, seconds, roof_seconds) in
-                [("gpu_step", gpu_step, gpu_roof), ("cpu_fast", cpu_fast, cpu_r)]
-            {
+            vs_f32.push((
+                name.clone(),
+                n,
+                t8 / t32,
+                c8 / c32,
+                GpuRoof8::BYTES_PER_PARAM,
+            ));
+            for (imp, seconds, roof_seconds) in [
+                ("gpu_step", gpu_step, gpu_roof),
+                ("cpu_fast", cpu_fast, cpu_r),
+            ] {
                 records.push(Record {
                     optimizer: name.clone(),
                     imp,
@@ -468,7 +475,10 @@ fn main() -> Result<()> {
     if !vs_f32.is_empty() {
         println!("8-bit state (bitsandbytes-style block-wise, min_size 4096): step time / fp32 step time");
         println!("(interleaved batches, median of pair ratios; target on the GPU <= 0.70)");
-        println!("{:<26} {:>5}  {:>9} {:>9} {:>11}", "optimizer", "n", "GPU", "CPU fast", "bytes/param");
+        println!(
+            "{:<26} {:>5}  {:>9} {:>9} {:>11}",
+            "optimizer", "n", "GPU", "CPU fast", "bytes/param"
+        );
         for (name, n, gpu, cpu, bytes) in &vs_f32 {
             println!(
                 "{:<26} {:>5}  {:>8.2}x {:>8.2}x {:>11.4}",

@@ -188,7 +188,13 @@ pub fn cpu_roof(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec]) {
 /// and both absmax read and written, over the fast 8-bit step's tasks (128 blocks) and
 /// threads; trivial arithmetic (no table look-up, no reduction). `codes1`, `codes2`: one byte
 /// per element; `absmax`: two f32 per block.
-pub fn cpu_roof8(p: &mut [f32], g: &[f32], codes1: &mut [u8], codes2: &mut [u8], absmax: &mut [f32]) {
+pub fn cpu_roof8(
+    p: &mut [f32],
+    g: &[f32],
+    codes1: &mut [u8],
+    codes2: &mut [u8],
+    absmax: &mut [f32],
+) {
     const TASK: usize = 256 * 128;
     p.par_chunks_mut(TASK)
         .zip(g.par_chunks(TASK))
@@ -203,7 +209,8 @@ pub fn cpu_roof8(p: &mut [f32], g: &[f32], codes1: &mut [u8], codes2: &mut [u8],
                 .zip(c2.chunks_mut(256))
                 .zip(a.chunks_mut(2))
             {
-                for (((p, &g), c1), c2) in p.iter_mut().zip(g).zip(c1.iter_mut()).zip(c2.iter_mut()) {
+                for (((p, &g), c1), c2) in p.iter_mut().zip(g).zip(c1.iter_mut()).zip(c2.iter_mut())
+                {
                     *p += 1e-6 * g;
                     *c1 ^= g.to_bits() as u8;
                     *c2 ^= (g.to_bits() >> 24) as u8;
