@@ -417,6 +417,7 @@ impl Blockwise8Device {
     }
 
     /// The context.
+    #[cfg(feature = "roofline")]
     pub(crate) fn context(&self) -> &GpuContext {
         &self.ctx
     }

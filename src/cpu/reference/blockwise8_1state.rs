@@ -99,11 +99,11 @@ pub fn oracle_step_8bit_1state(
             }
         }
     }
-    for b in 0..n.div_ceil(256) {
+    for (b, absmax) in absmax1.iter_mut().enumerate().take(n.div_ceil(256)) {
         let r = b * 256..n.min(b * 256 + 256);
         let (codes, a) = oracle_quantize_block(qmap1, &m[r.clone()]);
         state1[r].copy_from_slice(&codes);
-        absmax1[b] = a;
+        *absmax = a;
     }
 }
 
