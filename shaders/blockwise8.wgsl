@@ -31,6 +31,9 @@
 //                            512 + idx / 4 (byte idx % 4), LUT2 at 512 + 16384 + idx / 4
 
 override GRAD_PIPELINE: bool = false;
+// 0: Adam / AdamW (two states); 1: Lion (bitsandbytes' Lion8bit), 2: SGD with momentum
+// (SGD8bit): one state (state1, absmax1 only), rules in src/cpu/reference/blockwise8_1state.rs.
+override ALGO: u32 = 0u;
 const MAX_GROUPS: u32 = 8u;
 const LUT1: u32 = 512u;
 const LUT2: u32 = 16896u;
@@ -49,10 +52,12 @@ struct Q8Uniform {
     decays: u32,
     // Always 0 (the host writes it): the operand of `o`, opaque to the compiler.
     zero: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // One-state optimizers: beta1 = Lion's beta1 or the momentum, beta2 = Lion's beta2,
+    // step_size = -lr, decay_factor = 1 - lr * wd (Lion).
+    weight_decay: f32,
+    first: u32,
+    wd_positive: u32,
     _pad3: u32,
-    _pad4: u32,
 }
 
 @group(0) @binding(0) var<uniform> hps: array<Q8Uniform, MAX_GROUPS>;
@@ -214,18 +219,46 @@ fn main(
     }
     m = o(m);
     v = o(v);
-    m = fma_rn(vec4<f32>(hp.one_minus_beta1), g, o(hp.beta1 * m));
-    v = fma_rn(o(hp.one_minus_beta2 * g), g, o(hp.beta2 * v));
-    var pd = p;
-    if (hp.decays != 0u) {
-        pd = o(p * hp.decay_factor);
-    }
     var pn: vec4<f32>;
-    if (is_full) {
-        pn = o(pd + o(hp.step_size_32 * o(m / o(o(sqrt(v)) + hp.eps_32))));
+    if (ALGO == 0u) {
+        m = fma_rn(vec4<f32>(hp.one_minus_beta1), g, o(hp.beta1 * m));
+        v = fma_rn(o(hp.one_minus_beta2 * g), g, o(hp.beta2 * v));
+        var pd = p;
+        if (hp.decays != 0u) {
+            pd = o(p * hp.decay_factor);
+        }
+        if (is_full) {
+            pn = o(pd + o(hp.step_size_32 * o(m / o(o(sqrt(v)) + hp.eps_32))));
+        } else {
+            let denom = o(o(o(sqrt(v)) / hp.c2) + hp.eps);
+            pn = o(pd + o(o(hp.step_size * m) / denom));
+        }
+    } else if (ALGO == 1u) {
+        var pd = p;
+        if (hp.decays != 0u) {
+            pd = o(p * hp.decay_factor);
+        }
+        var u: vec4<f32>;
+        if (is_full) {
+            u = fma_rn(vec4<f32>(hp.one_minus_beta1), g, o(hp.beta1 * m));
+        } else {
+            u = o(o(hp.beta1 * m) + o(hp.one_minus_beta1 * g));
+        }
+        // torch.sign keeps a zero's sign (select(...) of 0 gives u itself).
+        let dir = select(select(u, vec4<f32>(-1.0), u < vec4<f32>(0.0)), vec4<f32>(1.0), u > vec4<f32>(0.0));
+        pn = o(pd + o(hp.step_size * dir));
+        m = fma_rn(vec4<f32>(hp.one_minus_beta2), g, o(hp.beta2 * m));
     } else {
-        let denom = o(o(o(sqrt(v)) / hp.c2) + hp.eps);
-        pn = o(pd + o(o(hp.step_size * m) / denom));
+        var gi = g;
+        if (!is_full || hp.wd_positive != 0u) {
+            gi = fma_rn(vec4<f32>(hp.weight_decay), p, g);
+        }
+        if (hp.first != 0u) {
+            m = gi;
+        } else {
+            m = o(o(hp.beta1 * m) + gi);
+        }
+        pn = fma_rn(vec4<f32>(hp.step_size), m, p);
     }
     for (var k = 0u; k < 4u; k = k + 1u) {
         if (live[k]) {
@@ -252,9 +285,11 @@ fn main(
     let a = red[0];
     if (!is_full) {
         codes[128u * ordinal + l] = quantize4(m, a.x, LUT1);
-        codes[128u * ordinal + 64u + l] = quantize4(v, a.y, LUT2);
+        if (ALGO == 0u) {
+            codes[128u * ordinal + 64u + l] = quantize4(v, a.y, LUT2);
+        }
         if (l == 0u) {
-            absmax[ordinal] = a;
+            absmax[ordinal] = select(vec2<f32>(a.x, 0.0), a, ALGO == 0u);
         }
     }
 }

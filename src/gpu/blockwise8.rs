@@ -17,7 +17,9 @@ use super::buffer::{read_bytes, FlatParams, FLAT_USAGE};
 use super::context::GpuContext;
 use super::kernel::{compute_pipeline, MAX_GROUPS, UNIFORM_RING};
 use super::shaders::with_grad_control;
-use crate::cpu::blockwise8::{Blockwise8Scalars, Blockwise8State, Quantizer, SegmentState, BLOCK};
+use crate::cpu::blockwise8::{
+    Blockwise8Scalars, Blockwise8State, OneStateScalars, Quantizer, SegmentState, BLOCK,
+};
 use crate::error::{Error, Result};
 
 const SOURCE: &str = include_str!("../../shaders/blockwise8.wgsl");
@@ -54,8 +56,14 @@ pub struct Q8Uniform {
     /// Always 0: the kernel XORs every intermediate result with it, so that the shader
     /// compiler can neither contract nor reassociate the f32 operations (exact CPU bits).
     pub zero: u32,
+    /// One-state SGD: f32(wd) (L2 decay added to the gradient).
+    pub weight_decay: f32,
+    /// One-state SGD: 1 at step 1 (the momentum buffer starts as the gradient).
+    pub first: u32,
+    /// One-state SGD: 1 when wd > 0.
+    pub wd_positive: u32,
     /// Padding to 64 bytes.
-    pub _pad: [u32; 4],
+    pub _pad: u32,
 }
 
 impl Q8Uniform {
@@ -74,7 +82,28 @@ impl Q8Uniform {
             eps_32: s.eps_32,
             decays: u32::from(s.decays),
             zero: 0,
-            _pad: [0; 4],
+            weight_decay: 0.0,
+            first: 0,
+            wd_positive: 0,
+            _pad: 0,
+        }
+    }
+
+    /// The uniform of a one-state optimizer (Lion, SGD with momentum): beta1, beta2, their
+    /// complements, `step_size` = -lr, the decay factor and flags.
+    pub fn one_state(s: &OneStateScalars) -> Self {
+        Self {
+            beta1: s.beta1,
+            one_minus_beta1: s.one_minus_beta1,
+            beta2: s.beta2,
+            one_minus_beta2: s.one_minus_beta2,
+            step_size: s.neg_lr,
+            decay_factor: s.decay_factor,
+            decays: u32::from(s.decays),
+            weight_decay: s.weight_decay,
+            first: u32::from(s.first),
+            wd_positive: u32::from(s.wd_positive),
+            ..Self::default()
         }
     }
 }
@@ -118,6 +147,8 @@ pub(crate) struct Blockwise8Device {
     /// Plain gradients, and the gradient pipeline (built when first asked for).
     pipelines: [Option<wgpu::ComputePipeline>; 2],
     grad_pipeline: bool,
+    /// `ALGO` of the kernel (0 for the roof, which has none).
+    algo: u32,
     bind_group: wgpu::BindGroup,
     grid: (u32, u32),
 }
@@ -203,13 +234,19 @@ impl Blockwise8Device {
 
     /// Allocate and initialise (zero state) the 8-bit state of `tensors` over `params`, and
     /// build the kernel. `control`: the gradient control block. Call inside an error scope.
+    /// `algo`: 0 Adam/AdamW, 1 Lion, 2 SGD with momentum (`ALGO` in the kernel).
     pub(crate) fn new(
         params: &FlatParams,
         tensors: &[(usize, usize, u32)],
         min_size: usize,
         control: &wgpu::Buffer,
+        algo: u32,
     ) -> Result<Self> {
-        Self::with_source(params, tensors, min_size, control, SOURCE)
+        let mut me = Self::with_source(params, tensors, min_size, control, SOURCE)?;
+        me.algo = algo;
+        me.pipelines = [None, None];
+        me.set_grad_pipeline(false)?;
+        Ok(me)
     }
 
     /// [`Self::new`] with another kernel over the same bindings (the roofline kernel
@@ -363,6 +400,7 @@ impl Blockwise8Device {
             layout,
             pipelines: [None, None],
             grad_pipeline: false,
+            algo: 0,
             bind_group,
             grid,
         };
@@ -390,13 +428,22 @@ impl Blockwise8Device {
                 &self.module,
                 Some(&self.layout),
                 "main",
-                &[("GRAD_PIPELINE", f64::from(u8::from(on)))],
+                &self.constants(on),
                 false,
             );
             self.ctx.pop_scope(scope, "pipeline creation")?;
             self.pipelines[k] = Some(pipeline);
         }
         Ok(())
+    }
+
+    /// The override constants of a pipeline variant (the roof has no `ALGO`).
+    fn constants(&self, grad_pipeline: bool) -> Vec<(&'static str, f64)> {
+        let mut c = vec![("GRAD_PIPELINE", f64::from(u8::from(grad_pipeline)))];
+        if self.algo != 0 {
+            c.push(("ALGO", f64::from(self.algo)));
+        }
+        c
     }
 
     /// Record one step: `uniforms` (one [`Q8Uniform`] per group, group 0 first) in ring slot

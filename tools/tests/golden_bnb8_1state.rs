@@ -6,14 +6,19 @@
 //! params, codes, absmax), since bitsandbytes' CPU step is plain f32 arithmetic that the
 //! library reproduces operation by operation.
 
+mod common;
+
 use std::io::Read;
 use std::path::PathBuf;
 
-use fused_optim::cpu::blockwise8::{dynamic_map, BLOCK, DEFAULT_MIN_8BIT_SIZE};
+use fused_optim::cpu::blockwise8::{dynamic_map, SegmentState, BLOCK, DEFAULT_MIN_8BIT_SIZE};
 use fused_optim::cpu::reference::blockwise8_1state::{
     oracle_step_32bit_1state, oracle_step_8bit_1state, OneState,
 };
-use fused_optim::{LionConfig, OptimizerConfig, SgdConfig};
+use fused_optim::{
+    CpuOptimizer, FlatParams, GpuOptimizer, LionConfig, Optimizer, OptimizerConfig, SgdConfig,
+    StateFormat,
+};
 use serde_json::Value;
 
 const CASES: [&str; 4] = [
@@ -44,6 +49,9 @@ fn f32s(v: &Value) -> Vec<f32> {
         .collect()
 }
 
+/// One step: lr, grads and params after the step, per tensor.
+type Step = (f64, Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 struct Case {
     optimizer: String,
     args: Value,
@@ -51,7 +59,7 @@ struct Case {
     min_size: usize,
     params0: Vec<Vec<f32>>,
     /// Per step: lr, grads and params after the step, per tensor.
-    steps: Vec<(f64, Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+    steps: Vec<Step>,
     final_state: Value,
 }
 
@@ -245,5 +253,87 @@ fn the_oracle_reproduces_bitsandbytes_bit_for_bit() {
         eprintln!("oracle {name}: params differ 0 of every step; codes equal {eq} differ {ne}");
         assert!(eq > 0);
         assert_eq!((ne, param_diffs), (0, 0), "{name}");
+    }
+}
+/// The final state of a library optimizer with 8-bit state in the [`St`] form.
+fn lib_state(segments: &[SegmentState]) -> Vec<St> {
+    segments
+        .iter()
+        .map(|s| match s {
+            SegmentState::Quantized {
+                state1, absmax1, ..
+            } => St::Q(state1.clone(), absmax1.clone()),
+            SegmentState::Full { state1, .. } => St::F(state1.clone()),
+        })
+        .collect()
+}
+
+#[test]
+fn the_fast_path_and_the_gpu_reproduce_bitsandbytes_bit_for_bit() {
+    let ctx = common::gpu();
+    for name in CASES {
+        let c = case(name);
+        let lens: Vec<usize> = c.tensors.iter().map(|t| t.1).collect();
+        let format = StateFormat::Blockwise8 {
+            min_size: c.min_size,
+        };
+        let mut fast = CpuOptimizer::builder(c.config(), lens.iter().sum())
+            .segments(&lens)
+            .state_format(format)
+            .build()
+            .unwrap();
+        let mut p: Vec<f32> = c.params0.concat();
+        let gpu = ctx.as_ref().map(|ctx| {
+            let mut b = FlatParams::builder();
+            for ((n, _), p0) in c.tensors.iter().zip(&c.params0) {
+                b = b.slice(n, p0);
+            }
+            let flat = b.build(ctx).unwrap();
+            let opt = GpuOptimizer::builder(&flat)
+                .config(c.config())
+                .state_format(format)
+                .build()
+                .unwrap();
+            (flat, opt)
+        });
+        let mut gpu = gpu;
+        for (k, (lr, g, want)) in c.steps.iter().enumerate() {
+            let g = g.concat();
+            let want = want.concat();
+            fast.set_lr(*lr).unwrap();
+            fast.step(&mut p, &g).unwrap();
+            let (d, ulps) = diff(&p, &want);
+            assert_eq!(
+                d,
+                0,
+                "{name} fast step {}: {d} params differ (<= {ulps} ulp)",
+                k + 1
+            );
+            if let Some((flat, opt)) = &mut gpu {
+                flat.write_grads(&g).unwrap();
+                opt.set_lr(*lr).unwrap();
+                opt.step().unwrap();
+                let (d, ulps) = diff(&flat.read_params().unwrap(), &want);
+                assert_eq!(
+                    d,
+                    0,
+                    "{name} gpu step {}: {d} params differ (<= {ulps} ulp)",
+                    k + 1
+                );
+            }
+        }
+        let (eq, ne) = compare_state(
+            &c,
+            name,
+            &lib_state(fast.blockwise8_state().unwrap().segments()),
+        );
+        eprintln!("fast {name}: codes equal {eq} differ {ne}");
+        assert_eq!(ne, 0, "{name} fast");
+        if let Some((_, opt)) = &gpu {
+            let st = opt.blockwise8_state().unwrap().unwrap();
+            let (eq, ne) = compare_state(&c, name, &lib_state(st.segments()));
+            eprintln!("gpu {name}: codes equal {eq} differ {ne}");
+            assert_eq!(ne, 0, "{name} gpu");
+        }
     }
 }

@@ -280,13 +280,8 @@ impl<'a> GpuOptimizerBuilder<'a> {
             for g in &groups {
                 match g.config {
                     OptimizerConfig::Adam(c) => crate::cpu::blockwise8::check_config(&c)?,
-                    other => {
-                        return Err(refuse(
-                            other.name(),
-                            "8-bit state (StateFormat::Blockwise8) is implemented for \
-                             Adam/AdamW only",
-                        ))
-                    }
+                    // bitsandbytes' Lion8bit / SGD8bit (one state).
+                    other => crate::cpu::blockwise8::check_config_1state(&other)?,
                 }
             }
             if self.low.is_some() {
@@ -384,11 +379,17 @@ impl<'a> GpuOptimizerBuilder<'a> {
                 q8_tensors.is_some(),
             )?;
             if let (Some(tensors), Some(min_size)) = (q8_tensors, q8_min_size) {
+                let algo = match opt.groups[0].config {
+                    OptimizerConfig::Lion(_) => 1,
+                    OptimizerConfig::Sgd(_) => 2,
+                    _ => 0,
+                };
                 opt.q8 = Some(Blockwise8Device::new(
                     params,
                     &tensors,
                     min_size,
                     &opt.control,
+                    algo,
                 )?);
             }
             Ok(opt)

@@ -2,7 +2,7 @@
 //! Schedule-Free train/eval switch (one kernel pass over the params).
 
 use super::GpuOptimizer;
-use crate::cpu::blockwise8::Blockwise8Scalars;
+use crate::cpu::blockwise8::{Blockwise8Scalars, OneStateScalars};
 use crate::error::{Error, Result};
 use crate::gpu::blockwise8::Q8Uniform;
 use crate::grads::GradOptions;
@@ -55,11 +55,17 @@ impl GpuOptimizer {
             // as the CPU step computes them); `device` is None (skip_nonfinite is refused).
             for group in &mut self.groups {
                 let _ = group.config.begin_step(&mut group.host);
-                if let OptimizerConfig::Adam(c) = &group.config {
-                    let s = Blockwise8Scalars::new(c, group.host.step, group.host.lr);
-                    self.hyper_bytes
-                        .extend_from_slice(bytemuck::bytes_of(&Q8Uniform::new(&s)));
-                }
+                let u = match &group.config {
+                    OptimizerConfig::Adam(c) => {
+                        Q8Uniform::new(&Blockwise8Scalars::new(c, group.host.step, group.host.lr))
+                    }
+                    other => Q8Uniform::one_state(&OneStateScalars::new(
+                        other,
+                        group.host.step,
+                        group.host.lr,
+                    )),
+                };
+                self.hyper_bytes.extend_from_slice(bytemuck::bytes_of(&u));
             }
             q8.encode(encoder, slot, &self.hyper_bytes);
             for group in &mut self.groups {
