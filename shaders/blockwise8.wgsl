@@ -196,7 +196,9 @@ fn main(
     var am = vec2<f32>(0.0);
     if (!is_full) {
         c1w = codes[128u * ordinal + l];
-        c2w = codes[128u * ordinal + 64u + l];
+        if (ALGO == 0u) {
+            c2w = codes[128u * ordinal + 64u + l];
+        }
         am = absmax[ordinal];
     }
     for (var k = 0u; k < 4u; k = k + 1u) {

@@ -1,4 +1,5 @@
-// roof8.wgsl: the roofline kernel of the 8-bit state (StateFormat::Blockwise8). The bindings,
+// roof8.wgsl: the roofline kernel of the 8-bit state (StateFormat::Blockwise8). ALGO != 0:
+// the one-state pattern (one code word, the absmax pair still read and written). The bindings,
 // launch geometry (one workgroup of 64 invocations per block of 256 elements, 4 scalar
 // elements per invocation), block table and buffers of blockwise8.wgsl, with trivial
 // arithmetic: it reads p, g, both code words, the absmax pair and the block entry, and writes
@@ -18,6 +19,8 @@ struct Q8Uniform {
 
 const MAX_GROUPS: u32 = 8u;
 override GRAD_PIPELINE: bool = false;
+// 2: Adam's two code bytes per element; 1: one (Lion, SGD with momentum; the kernel's ALGO).
+override ALGO: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> hps: array<Q8Uniform, MAX_GROUPS>;
 @group(0) @binding(1) var<storage, read> blocks: array<vec4<u32>>;
@@ -43,7 +46,10 @@ fn main(
     let s = hps[0].scale;
     let j0 = 4u * l;
     let c1 = codes[128u * blk.z + l];
-    let c2 = codes[128u * blk.z + 64u + l];
+    var c2 = 0u;
+    if (ALGO == 0u) {
+        c2 = codes[128u * blk.z + 64u + l];
+    }
     let am = absmax[blk.z];
     var acc = 0.0;
     for (var k = 0u; k < 4u; k = k + 1u) {
@@ -56,7 +62,9 @@ fn main(
     }
     // Every store changes the word (the codes and absmax depend on the data read).
     codes[128u * blk.z + l] = c1 ^ (bitcast<u32>(acc) & 0xffu);
-    codes[128u * blk.z + 64u + l] = c2 ^ (bitcast<u32>(acc) >> 24u);
+    if (ALGO == 0u) {
+        codes[128u * blk.z + 64u + l] = c2 ^ (bitcast<u32>(acc) >> 24u);
+    }
     if (l == 0u) {
         absmax[blk.z] = am + vec2<f32>(s * acc);
     }

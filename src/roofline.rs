@@ -103,7 +103,7 @@ impl GpuRoof {
 /// buffers, bindings, launch geometry and block table of the 8-bit kernel
 /// (`shaders/roof8.wgsl`), reading p, g, both code bytes and the absmax pair, writing p, the
 /// codes and the absmax, with trivial arithmetic (no reduction, no table look-up).
-/// [`Self::BYTES_PER_PARAM`] per element.
+/// [`Self::bytes_per_param`] per element.
 pub struct GpuRoof8 {
     dev: crate::gpu::blockwise8::Blockwise8Device,
     _control: wgpu::Buffer,
@@ -111,13 +111,17 @@ pub struct GpuRoof8 {
 }
 
 impl GpuRoof8 {
-    /// Minimal traffic per parameter of an 8-bit Adam step: p read and written (8), g read
-    /// (4), two code bytes read and written (4), two f32 absmax per 256 elements read and
-    /// written (16 / 256).
-    pub const BYTES_PER_PARAM: f64 = 16.0 + 16.0 / 256.0;
+    /// Minimal traffic per parameter of an 8-bit step with `states` (1 or 2) quantised
+    /// state tensors: p read and written (8), g read (4), per state one code byte read and
+    /// written (2) and one f32 absmax per 256 elements read and written (8 / 256). Adam:
+    /// 16.0625; Lion, SGD with momentum: 14.03125.
+    pub fn bytes_per_param(states: usize) -> f64 {
+        12.0 + states as f64 * (2.0 + 8.0 / 256.0)
+    }
 
-    /// The roof over all of `params`, as one 8-bit tensor.
-    pub fn new(params: &FlatParams) -> Result<Self> {
+    /// The roof over all of `params`, as one 8-bit tensor with `states` (1 or 2) code
+    /// bytes per element.
+    pub fn new(params: &FlatParams, states: usize) -> Result<Self> {
         let control = control_buffer(params.context(), &GradOptions::default());
         let dev = params.context().scoped("8-bit roof", || {
             crate::gpu::blockwise8::Blockwise8Device::with_source(
@@ -126,6 +130,7 @@ impl GpuRoof8 {
                 0,
                 &control,
                 ROOF8,
+                u32::from(states < 2),
             )
         })?;
         Ok(Self {

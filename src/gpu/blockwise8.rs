@@ -147,7 +147,7 @@ pub(crate) struct Blockwise8Device {
     /// Plain gradients, and the gradient pipeline (built when first asked for).
     pipelines: [Option<wgpu::ComputePipeline>; 2],
     grad_pipeline: bool,
-    /// `ALGO` of the kernel (0 for the roof, which has none).
+    /// `ALGO` of the kernel (0: Adam, 1: Lion, 2: SGD with momentum).
     algo: u32,
     bind_group: wgpu::BindGroup,
     grid: (u32, u32),
@@ -242,11 +242,7 @@ impl Blockwise8Device {
         control: &wgpu::Buffer,
         algo: u32,
     ) -> Result<Self> {
-        let mut me = Self::with_source(params, tensors, min_size, control, SOURCE)?;
-        me.algo = algo;
-        me.pipelines = [None, None];
-        me.set_grad_pipeline(false)?;
-        Ok(me)
+        Self::with_source(params, tensors, min_size, control, SOURCE, algo)
     }
 
     /// [`Self::new`] with another kernel over the same bindings (the roofline kernel
@@ -257,6 +253,7 @@ impl Blockwise8Device {
         min_size: usize,
         control: &wgpu::Buffer,
         source: &str,
+        algo: u32,
     ) -> Result<Self> {
         let ctx = params.context().clone();
         let (tensors, qblocks, fblocks) = Self::plan(tensors, min_size);
@@ -400,7 +397,7 @@ impl Blockwise8Device {
             layout,
             pipelines: [None, None],
             grad_pipeline: false,
-            algo: 0,
+            algo,
             bind_group,
             grid,
         };
@@ -437,7 +434,7 @@ impl Blockwise8Device {
         Ok(())
     }
 
-    /// The override constants of a pipeline variant (the roof has no `ALGO`).
+    /// The override constants of a pipeline variant.
     fn constants(&self, grad_pipeline: bool) -> Vec<(&'static str, f64)> {
         let mut c = vec![("GRAD_PIPELINE", f64::from(u8::from(grad_pipeline)))];
         if self.algo != 0 {
