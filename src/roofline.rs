@@ -192,7 +192,8 @@ pub fn cpu_roof(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec]) {
 /// The CPU roof of the 8-bit state: per block of 256 elements p += s * g, both code bytes
 /// and both absmax read and written, over the fast 8-bit step's tasks (128 blocks) and
 /// threads; trivial arithmetic (no table look-up, no reduction). `codes1`, `codes2`: one byte
-/// per element; `absmax`: two f32 per block.
+/// per element (`codes2` empty: the one-state pattern of Lion and SGD, `codes1` only);
+/// `absmax`: two f32 per block.
 pub fn cpu_roof8(
     p: &mut [f32],
     g: &[f32],
@@ -201,6 +202,28 @@ pub fn cpu_roof8(
     absmax: &mut [f32],
 ) {
     const TASK: usize = 256 * 128;
+    if codes2.is_empty() {
+        // The one-state pattern (Lion, SGD with momentum).
+        p.par_chunks_mut(TASK)
+            .zip(g.par_chunks(TASK))
+            .zip(codes1.par_chunks_mut(TASK))
+            .zip(absmax.par_chunks_mut(2 * 128))
+            .for_each(|(((p, g), c1), a)| {
+                for (((p, g), c1), a) in p
+                    .chunks_mut(256)
+                    .zip(g.chunks(256))
+                    .zip(c1.chunks_mut(256))
+                    .zip(a.chunks_mut(2))
+                {
+                    for ((p, &g), c1) in p.iter_mut().zip(g).zip(c1.iter_mut()) {
+                        *p += 1e-6 * g;
+                        *c1 ^= g.to_bits() as u8;
+                    }
+                    a[0] += 1e-6;
+                }
+            });
+        return;
+    }
     p.par_chunks_mut(TASK)
         .zip(g.par_chunks(TASK))
         .zip(codes1.par_chunks_mut(TASK))

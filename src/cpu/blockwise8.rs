@@ -848,18 +848,27 @@ impl Blockwise8State {
                 SegmentState::Quantized {
                     state1, absmax1, ..
                 } => {
-                    p.par_chunks_mut(BLOCK)
-                        .zip(g.par_chunks(BLOCK))
-                        .zip(state1.par_chunks_mut(BLOCK))
-                        .zip(absmax1.par_iter_mut())
+                    // Tasks of BLOCKS_PER_TASK blocks, as the two-state step.
+                    let task = BLOCK * BLOCKS_PER_TASK;
+                    p.par_chunks_mut(task)
+                        .zip(g.par_chunks(task))
+                        .zip(state1.par_chunks_mut(task))
+                        .zip(absmax1.par_chunks_mut(BLOCKS_PER_TASK))
                         .for_each(|(((p, g), c), a)| {
                             let mut m = [0.0f32; BLOCK];
-                            let n = p.len();
-                            for i in 0..n {
-                                let m0 = q1.dequantize(c[i], *a);
-                                m[i] = one_state_element(s, true, &mut p[i], g[i], m0);
+                            for (((p, g), c), a) in p
+                                .chunks_mut(BLOCK)
+                                .zip(g.chunks(BLOCK))
+                                .zip(c.chunks_mut(BLOCK))
+                                .zip(a.iter_mut())
+                            {
+                                let n = p.len();
+                                for i in 0..n {
+                                    let m0 = q1.dequantize(c[i], *a);
+                                    m[i] = one_state_element(s, true, &mut p[i], g[i], m0);
+                                }
+                                *a = q1.quantize_block(&m[..n], c);
                             }
-                            *a = q1.quantize_block(&m[..n], c);
                         });
                 }
                 SegmentState::Full { state1, .. } => {
