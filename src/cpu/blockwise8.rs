@@ -713,7 +713,7 @@ fn full(s: &Blockwise8Scalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut 
 /// The f32 scalars of one step of a one-state 8-bit optimizer (bitsandbytes' `Lion8bit`,
 /// `SGD8bit`), computed once on the host from f64 values; the update rules are in
 /// [`crate::cpu::reference::blockwise8_1state`] (the oracle), which the fast step
-/// ([`Blockwise8State::step_1state`]) and the GPU kernel reproduce bit for bit.
+/// (`Blockwise8State::step_1state`) and the GPU kernel reproduce bit for bit.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OneStateScalars {
     /// Lion (true) or SGD with momentum (false).
