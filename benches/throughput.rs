@@ -7,6 +7,10 @@
 //! memcpy). Throughput is in minimal bytes (12 + 8 per state tensor per parameter; 8 for a
 //! copy). GPU time comes from timestamp queries where the adapter has them.
 //!
+//! Optimizers that can keep bitsandbytes-style 8-bit state also get a group `<name>_8bit`
+//! (`gpu_roof` and `cpu_roof` there are the 8-bit access pattern's roofs, throughput in
+//! 12 + 2.03125 bytes per state tensor per parameter).
+//!
 //! `FUSED_OPTIM_BENCH_SIZES=16,20` (log2) narrows the sizes; criterion's filter narrows ids.
 
 use std::time::{Duration, Instant};
@@ -15,7 +19,9 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use fused_optim::cpu::staggered::StaggeredVec;
-use fused_optim::roofline::{benchmark_suite, cpu_copy, cpu_roof, gpu_buffer_copy, GpuRoof};
+use fused_optim::roofline::{
+    benchmark_suite, cpu_copy, cpu_roof, cpu_roof8, gpu_buffer_copy, GpuRoof, GpuRoof8,
+};
 use fused_optim::*;
 
 fn sizes() -> Vec<usize> {
@@ -143,6 +149,61 @@ fn benches(c: &mut Criterion) {
             let mut reference = ReferenceOptimizer::new(config, n).unwrap();
             group.bench_function(BenchmarkId::new("cpu_reference", n), |b| {
                 b.iter_custom(|iters| wall(iters, || reference.step(&mut p64, &g64).unwrap()))
+            });
+            group.finish();
+
+            // The 8-bit variant (`<name>_8bit`, StateFormat::Blockwise8), where the algorithm
+            // has one: GPU step against its own roof (GpuRoof8), the fast CPU path against
+            // cpu_roof8.
+            let eight_bit = match config {
+                OptimizerConfig::Adam(a) => fused_optim::cpu::blockwise8::check_config(&a).is_ok(),
+                other => fused_optim::cpu::blockwise8::check_config_1state(&other).is_ok(),
+            };
+            if !eight_bit {
+                continue;
+            }
+            let q8 = StateFormat::Blockwise8 {
+                min_size: fused_optim::cpu::blockwise8::DEFAULT_MIN_8BIT_SIZE,
+            };
+            let name8 = format!("{name}_8bit");
+            let mut group = c.benchmark_group(name8.as_str());
+            group.sample_size(10).sampling_mode(SamplingMode::Flat);
+            group.warm_up_time(Duration::from_millis(300));
+            group.measurement_time(Duration::from_secs(2));
+            group.throughput(Throughput::Bytes(
+                (GpuRoof8::bytes_per_param(states) * n as f64) as u64,
+            ));
+            flat.write_params(&p0).unwrap();
+            let mut roof = GpuRoof8::new(&flat, states).unwrap();
+            group.bench_function(BenchmarkId::new("gpu_roof", n), |b| {
+                b.iter_custom(|iters| gpu_time(iters, &mut || roof.step()))
+            });
+            drop(roof);
+            flat.write_params(&p0).unwrap();
+            let mut opt = GpuOptimizer::builder(&flat)
+                .config(config)
+                .state_format(q8)
+                .build()
+                .unwrap();
+            group.bench_function(BenchmarkId::new("gpu_step", n), |b| {
+                b.iter_custom(|iters| gpu_time(iters, &mut || opt.step().unwrap()))
+            });
+            drop(opt);
+            let mut p = StaggeredVec::from_slice(&p0, 0);
+            let (mut c1, mut c2) = (vec![0u8; n], vec![0u8; if states == 2 { n } else { 0 }]);
+            let mut am = vec![0.0f32; 2 * n.div_ceil(256)];
+            group.bench_function(BenchmarkId::new("cpu_roof", n), |b| {
+                b.iter_custom(|iters| {
+                    wall(iters, || cpu_roof8(&mut p, &g, &mut c1, &mut c2, &mut am))
+                })
+            });
+            let mut p = StaggeredVec::from_slice(&p0, 0);
+            let mut fast = CpuOptimizer::builder(config, n)
+                .state_format(q8)
+                .build()
+                .unwrap();
+            group.bench_function(BenchmarkId::new("cpu_fast", n), |b| {
+                b.iter_custom(|iters| wall(iters, || fast.step(&mut p, &g).unwrap()))
             });
             group.finish();
         }

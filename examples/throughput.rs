@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use fused_optim::cpu::staggered::StaggeredVec;
-use fused_optim::roofline::{benchmark_suite, cpu_copy, cpu_roof, gpu_buffer_copy, GpuRoof};
+use fused_optim::roofline::{
+    benchmark_suite, cpu_copy, cpu_roof, cpu_roof8, gpu_buffer_copy, GpuRoof, GpuRoof8,
+};
 use fused_optim::*;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -144,16 +146,16 @@ struct Record {
     imp: &'static str,
     n: usize,
     seconds: f64,
-    bytes_per_param: u64,
+    bytes_per_param: f64,
     roof_seconds: f64,
 }
 
 impl Record {
     fn gbps(&self) -> f64 {
-        self.n as f64 * self.bytes_per_param as f64 / self.seconds / 1e9
+        self.n as f64 * self.bytes_per_param / self.seconds / 1e9
     }
     fn roof_gbps(&self) -> f64 {
-        self.n as f64 * self.bytes_per_param as f64 / self.roof_seconds / 1e9
+        self.n as f64 * self.bytes_per_param / self.roof_seconds / 1e9
     }
     fn json(&self) -> String {
         format!(
@@ -241,7 +243,17 @@ fn main() -> Result<()> {
         ctx.options().tuning
     ));
 
-    let per_size = suite.len() + usize::from(copies_wanted);
+    // The 8-bit variants (`<name>_8bit`) of the suite's optimizers that can keep 8-bit state.
+    let suite8: Vec<(String, OptimizerConfig)> = suite
+        .iter()
+        .filter(|(_, c)| match c {
+            OptimizerConfig::Adam(a) => fused_optim::cpu::blockwise8::check_config(a).is_ok(),
+            other => fused_optim::cpu::blockwise8::check_config_1state(other).is_ok(),
+        })
+        .map(|(name, c)| (format!("{name}_8bit"), *c))
+        .collect();
+    let per_size = suite.len() + suite8.len() + usize::from(copies_wanted);
+    let mut vs_f32: Vec<(String, usize, f64, f64, f64)> = Vec::new();
     let bar = ProgressBar::new((sizes.len() * per_size) as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed}]")
@@ -348,7 +360,90 @@ fn main() -> Result<()> {
                     imp,
                     n,
                     seconds,
-                    bytes_per_param: bytes,
+                    bytes_per_param: bytes as f64,
+                    roof_seconds,
+                });
+            }
+            bar.inc(1);
+        }
+
+        for (name, config) in &suite8 {
+            bar.set_message(format!("{name} n = {n}"));
+            let q8 = StateFormat::Blockwise8 {
+                min_size: fused_optim::cpu::blockwise8::DEFAULT_MIN_8BIT_SIZE,
+            };
+            flat.write_params(&p0)?;
+            flat.write_grads(&g)?;
+            let roof_params = FlatParams::from_slice(&ctx, &p0)?;
+            roof_params.write_grads(&g)?;
+            let states8 = config.state_names().len();
+            let bytes8 = GpuRoof8::bytes_per_param(states8);
+            let mut roof = GpuRoof8::new(&roof_params, states8)?;
+            let mut opt = GpuOptimizer::builder(&flat)
+                .config(*config)
+                .state_format(q8)
+                .build()?;
+            let (gpu_step, gpu_roof) = measure_against_roof(
+                target,
+                |k| {
+                    (0..k).for_each(|_| opt.step().unwrap());
+                    ctx.wait().unwrap();
+                },
+                |k| {
+                    (0..k).for_each(|_| roof.step());
+                    ctx.wait().unwrap();
+                },
+            );
+            drop(roof);
+            // The target: the 8-bit step against the fp32 fused step of the same config,
+            // interleaved the same way (the f32 optimizer on its own params).
+            let mut opt32 = GpuOptimizer::new(&roof_params, *config)?;
+            let (t8, t32) = measure_against_roof(
+                target,
+                |k| {
+                    (0..k).for_each(|_| opt.step().unwrap());
+                    ctx.wait().unwrap();
+                },
+                |k| {
+                    (0..k).for_each(|_| opt32.step().unwrap());
+                    ctx.wait().unwrap();
+                },
+            );
+            drop(opt32);
+            drop(roof_params);
+            drop(opt);
+
+            let mut p = StaggeredVec::from_slice(&p0, 0);
+            let mut p_roof = StaggeredVec::from_slice(&p0, 0);
+            let mut c1 = vec![0u8; n];
+            let mut c2 = vec![0u8; if states8 == 2 { n } else { 0 }];
+            let mut am = vec![0.0f32; 2 * n.div_ceil(256)];
+            let mut fast = CpuOptimizer::builder(*config, n).state_format(q8).build()?;
+            let (cpu_fast, cpu_r) = measure_against_roof(
+                target,
+                |k| (0..k).for_each(|_| fast.step(&mut p, &g).unwrap()),
+                |k| (0..k).for_each(|_| cpu_roof8(&mut p_roof, &g, &mut c1, &mut c2, &mut am)),
+            );
+            let mut fast32 = CpuOptimizer::new(*config, n)?;
+            let mut p32 = StaggeredVec::from_slice(&p0, 0);
+            let (c8, c32) = measure_against_roof(
+                target,
+                |k| (0..k).for_each(|_| fast.step(&mut p, &g).unwrap()),
+                |k| (0..k).for_each(|_| fast32.step(&mut p32, &g).unwrap()),
+            );
+            drop(fast);
+            drop(fast32);
+            vs_f32.push((name.clone(), n, t8 / t32, c8 / c32, bytes8));
+            for (imp, seconds, roof_seconds) in [
+                ("gpu_step", gpu_step, gpu_roof),
+                ("cpu_fast", cpu_fast, cpu_r),
+            ] {
+                records.push(Record {
+                    optimizer: name.clone(),
+                    imp,
+                    n,
+                    seconds,
+                    bytes_per_param: bytes8,
                     roof_seconds,
                 });
             }
@@ -358,7 +453,12 @@ fn main() -> Result<()> {
     bar.finish_and_clear();
 
     if args.json {
-        let body: Vec<String> = records.iter().map(Record::json).collect();
+        let mut body: Vec<String> = records.iter().map(Record::json).collect();
+        body.extend(vs_f32.iter().map(|(name, n, gpu, cpu, _)| {
+            format!(
+                "{{\"optimizer\":\"{name}\",\"impl\":\"step_time_vs_f32\",\"n\":{n},\"gpu\":{gpu:.4},\"cpu_fast\":{cpu:.4}}}"
+            )
+        }));
         println!("[{}]", body.join(",\n"));
         return Ok(());
     }
@@ -366,6 +466,25 @@ fn main() -> Result<()> {
         full_tables(&copies, &records);
     } else {
         compact_table(&records);
+    }
+    if !vs_f32.is_empty() {
+        println!("8-bit state (bitsandbytes-style block-wise, min_size 4096): step time / fp32 step time");
+        println!("(interleaved batches, median of pair ratios; target on the GPU <= 0.70)");
+        println!(
+            "{:<26} {:>5}  {:>9} {:>9} {:>11}",
+            "optimizer", "n", "GPU", "CPU fast", "bytes/param"
+        );
+        for (name, n, gpu, cpu, bytes) in &vs_f32 {
+            println!(
+                "{:<26} {:>5}  {:>8.2}x {:>8.2}x {:>11.4}",
+                name,
+                format!("2^{}", n.trailing_zeros()),
+                gpu,
+                cpu,
+                bytes
+            );
+        }
+        println!();
     }
     println!(
         "of roof = roof time / time, the median of roof/kernel batch pairs timed alternately:"
@@ -455,6 +574,8 @@ fn full_tables(copies: &[(usize, f64, f64, f64)], records: &[Record]) {
         );
     }
     println!(
-        "\nbytes per parameter = minimal traffic: 12 (p, g read; p written) + 8 per state tensor"
+        "\nbytes per parameter = minimal traffic: 12 (p, g read; p written) + 8 per state tensor; \
+         8-bit state (`_8bit`): 12 + per state 2 code bytes + 8/256 of absmax (Adam 16.0625, \
+         Lion and SGD 14.03125)"
     );
 }

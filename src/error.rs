@@ -292,6 +292,15 @@ pub enum Error {
     /// Reload the last checkpoint into a new optimizer.
     #[error("the sharded optimizer is unusable after a collective timed out")]
     Poisoned,
+    /// Optimizer state given to load is invalid (e.g. a NaN absmax of 8-bit state); nothing
+    /// was changed.
+    #[error("invalid optimizer state: {what}: {reason}")]
+    InvalidState {
+        /// Which part of the state.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// `Result` with [`Error`](enum@Error).

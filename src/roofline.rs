@@ -18,6 +18,7 @@ use crate::gpu::kernel::{KernelRunner, KernelSpec, Specialization};
 
 const ROOF: &str = include_str!("../shaders/roof.wgsl");
 const COPY: &str = include_str!("../shaders/copy.wgsl");
+const ROOF8: &str = include_str!("../shaders/roof8.wgsl");
 const SLOTS: &[&str] = &["s0", "s1", "s2"];
 
 /// A roofline kernel on the device over a [`FlatParams`].
@@ -98,6 +99,64 @@ impl GpuRoof {
     }
 }
 
+/// The roof of the 8-bit state ([`StateFormat::Blockwise8`](crate::StateFormat)): the
+/// buffers, bindings, launch geometry and block table of the 8-bit kernel
+/// (`shaders/roof8.wgsl`), reading p, g, both code bytes and the absmax pair, writing p, the
+/// codes and the absmax, with trivial arithmetic (no reduction, no table look-up).
+/// [`Self::bytes_per_param`] per element.
+pub struct GpuRoof8 {
+    dev: crate::gpu::blockwise8::Blockwise8Device,
+    _control: wgpu::Buffer,
+    launches: u64,
+}
+
+impl GpuRoof8 {
+    /// Minimal traffic per parameter of an 8-bit step with `states` (1 or 2) quantised
+    /// state tensors: p read and written (8), g read (4), per state one code byte read and
+    /// written (2) and one f32 absmax per 256 elements read and written (8 / 256). Adam:
+    /// 16.0625; Lion, SGD with momentum: 14.03125.
+    pub fn bytes_per_param(states: usize) -> f64 {
+        12.0 + states as f64 * (2.0 + 8.0 / 256.0)
+    }
+
+    /// The roof over all of `params`, as one 8-bit tensor with `states` (1 or 2) code
+    /// bytes per element.
+    pub fn new(params: &FlatParams, states: usize) -> Result<Self> {
+        let control = control_buffer(params.context(), &GradOptions::default());
+        let dev = params.context().scoped("8-bit roof", || {
+            crate::gpu::blockwise8::Blockwise8Device::with_source(
+                params,
+                &[(0, params.len(), 0)],
+                0,
+                &control,
+                ROOF8,
+                u32::from(states < 2),
+            )
+        })?;
+        Ok(Self {
+            dev,
+            _control: control,
+            launches: 0,
+        })
+    }
+
+    /// One launch (one submission, no wait).
+    pub fn step(&mut self) {
+        let ctx = self.dev.context();
+        let mut encoder = ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("8-bit roof"),
+            });
+        let mut u = [0f32; 16 * crate::gpu::kernel::MAX_GROUPS];
+        u[0] = 1e-6;
+        self.dev
+            .encode(&mut encoder, self.launches, bytemuck::cast_slice(&u));
+        ctx.queue().submit([encoder.finish()]);
+        self.launches += 1;
+    }
+}
+
 /// `copy_buffer_to_buffer` of the grads into the params buffer (one submission, no wait).
 pub fn gpu_buffer_copy(params: &FlatParams) {
     let ctx = params.context();
@@ -128,6 +187,66 @@ pub fn scratch_buffer(params: &FlatParams) -> Result<wgpu::Buffer> {
 pub fn cpu_roof(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec]) {
     // As the GPU roof: every store changes p.
     crate::cpu::fast::roof_step(p, g, states, 1e-6)
+}
+
+/// The CPU roof of the 8-bit state: per block of 256 elements p += s * g, both code bytes
+/// and both absmax read and written, over the fast 8-bit step's tasks (128 blocks) and
+/// threads; trivial arithmetic (no table look-up, no reduction). `codes1`, `codes2`: one byte
+/// per element (`codes2` empty: the one-state pattern of Lion and SGD, `codes1` only);
+/// `absmax`: two f32 per block.
+pub fn cpu_roof8(
+    p: &mut [f32],
+    g: &[f32],
+    codes1: &mut [u8],
+    codes2: &mut [u8],
+    absmax: &mut [f32],
+) {
+    const TASK: usize = 256 * 128;
+    if codes2.is_empty() {
+        // The one-state pattern (Lion, SGD with momentum).
+        p.par_chunks_mut(TASK)
+            .zip(g.par_chunks(TASK))
+            .zip(codes1.par_chunks_mut(TASK))
+            .zip(absmax.par_chunks_mut(2 * 128))
+            .for_each(|(((p, g), c1), a)| {
+                for (((p, g), c1), a) in p
+                    .chunks_mut(256)
+                    .zip(g.chunks(256))
+                    .zip(c1.chunks_mut(256))
+                    .zip(a.chunks_mut(2))
+                {
+                    for ((p, &g), c1) in p.iter_mut().zip(g).zip(c1.iter_mut()) {
+                        *p += 1e-6 * g;
+                        *c1 ^= g.to_bits() as u8;
+                    }
+                    a[0] += 1e-6;
+                }
+            });
+        return;
+    }
+    p.par_chunks_mut(TASK)
+        .zip(g.par_chunks(TASK))
+        .zip(codes1.par_chunks_mut(TASK))
+        .zip(codes2.par_chunks_mut(TASK))
+        .zip(absmax.par_chunks_mut(2 * 128))
+        .for_each(|((((p, g), c1), c2), a)| {
+            for ((((p, g), c1), c2), a) in p
+                .chunks_mut(256)
+                .zip(g.chunks(256))
+                .zip(c1.chunks_mut(256))
+                .zip(c2.chunks_mut(256))
+                .zip(a.chunks_mut(2))
+            {
+                for (((p, &g), c1), c2) in p.iter_mut().zip(g).zip(c1.iter_mut()).zip(c2.iter_mut())
+                {
+                    *p += 1e-6 * g;
+                    *c1 ^= g.to_bits() as u8;
+                    *c2 ^= (g.to_bits() >> 24) as u8;
+                }
+                a[0] += 1e-6;
+                a[1] += 1e-6;
+            }
+        });
 }
 
 /// A parallel memcpy.

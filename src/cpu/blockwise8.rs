@@ -151,6 +151,12 @@ impl Quantizer {
         &self.map
     }
 
+    /// The 65536-entry lookup table: `LUT[idx]` is the code of grid point `idx` (what the
+    /// GPU kernel uploads and indexes, `src/gpu/blockwise8.rs`).
+    pub fn lut(&self) -> &[u8] {
+        &self.lut[..]
+    }
+
     /// `q[code] * absmax`.
     #[inline(always)]
     pub fn dequantize(&self, code: u8, absmax: f32) -> f32 {
@@ -844,5 +850,183 @@ fn full(s: &Blockwise8Scalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut 
             p[i]
         };
         p[i] = pi + s.step_size_32 * (mi / (vi.sqrt() + s.eps_32));
+    }
+}
+
+// ---- One-state optimizers: bitsandbytes' Lion8bit and SGD8bit (momentum) ----------------
+
+/// The f32 scalars of one step of a one-state 8-bit optimizer (bitsandbytes' `Lion8bit`,
+/// `SGD8bit`), computed once on the host from f64 values; the update rules are in
+/// [`crate::cpu::reference::blockwise8_1state`] (the oracle), which the fast step
+/// (`Blockwise8State::step_1state`) and the GPU kernel reproduce bit for bit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OneStateScalars {
+    /// Lion (true) or SGD with momentum (false).
+    pub lion: bool,
+    /// Lion: f32(beta1); momentum: f32(momentum).
+    pub beta1: f32,
+    /// Lion: f32(1 - beta1).
+    pub one_minus_beta1: f32,
+    /// Lion: f32(beta2).
+    pub beta2: f32,
+    /// Lion: f32(1 - beta2).
+    pub one_minus_beta2: f32,
+    /// f32(-lr).
+    pub neg_lr: f32,
+    /// Lion: decoupled decay applies (wd > 0).
+    pub decays: bool,
+    /// Lion: f32(1 - lr * wd).
+    pub decay_factor: f32,
+    /// Momentum: f32(wd) (L2, added to the gradient).
+    pub weight_decay: f32,
+    /// Momentum: wd > 0 (the 32-bit path adds the decay only then; the 8-bit path always).
+    pub wd_positive: bool,
+    /// Step 1 (momentum: the buffer starts as the gradient).
+    pub first: bool,
+}
+
+impl OneStateScalars {
+    /// The scalars of step `t` (1-based) at learning rate `lr` for `config` (Lion or SGD;
+    /// checked by [`check_config_1state`]).
+    pub fn new(config: &crate::optim::OptimizerConfig, t: u64, lr: f64) -> Self {
+        use crate::optim::OptimizerConfig as C;
+        let (lion, b1, b2, wd) = match config {
+            C::Lion(c) => (true, c.betas.0, c.betas.1, c.weight_decay),
+            C::Sgd(c) => (false, c.momentum, 0.0, c.weight_decay),
+            _ => (false, 0.0, 0.0, 0.0),
+        };
+        Self {
+            lion,
+            beta1: b1 as f32,
+            one_minus_beta1: (1.0 - b1) as f32,
+            beta2: b2 as f32,
+            one_minus_beta2: (1.0 - b2) as f32,
+            neg_lr: (-lr) as f32,
+            decays: wd > 0.0,
+            decay_factor: (1.0 - lr * wd) as f32,
+            weight_decay: wd as f32,
+            wd_positive: wd > 0.0,
+            first: t == 1,
+        }
+    }
+}
+
+/// Checks that `config` can keep 8-bit state as a one-state optimizer of bitsandbytes:
+/// Lion without `decoupled_weight_decay` (bitsandbytes decays by lr · wd), SGD with
+/// momentum > 0, no dampening, no Nesterov, no `maximize` (`SGD8bit`'s only form).
+pub fn check_config_1state(config: &crate::optim::OptimizerConfig) -> Result<()> {
+    use crate::optim::OptimizerConfig as C;
+    let refuse = |reason| {
+        Err(Error::InvalidCombination {
+            optimizer: config.name(),
+            reason,
+        })
+    };
+    match config {
+        C::Lion(c) if c.decoupled_weight_decay => refuse(
+            "8-bit state (StateFormat::Blockwise8): bitsandbytes' Lion8bit decays by lr * wd; \
+             decoupled_weight_decay (lr / lr0 scaling) is not implemented",
+        ),
+        C::Lion(_) => Ok(()),
+        C::Sgd(c) if c.momentum <= 0.0 => {
+            refuse("8-bit state (StateFormat::Blockwise8) needs momentum > 0 (as SGD8bit)")
+        }
+        C::Sgd(c) if c.dampening != 0.0 || c.nesterov || c.maximize => refuse(
+            "8-bit state (StateFormat::Blockwise8): SGD8bit has no dampening, Nesterov or \
+             maximize",
+        ),
+        C::Sgd(_) => Ok(()),
+        _ => refuse(
+            "8-bit state (StateFormat::Blockwise8) is implemented for Adam/AdamW, Lion and \
+             SGD with momentum only",
+        ),
+    }
+}
+
+#[inline(always)]
+fn sign_1state(x: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        x
+    }
+}
+
+/// The one-state update of one element (8-bit tensors: `quantized`): the new momentum
+/// (returned) and the new parameter.
+#[inline(always)]
+fn one_state_element(s: &OneStateScalars, quantized: bool, p: &mut f32, g: f32, m0: f32) -> f32 {
+    if s.lion {
+        if s.decays {
+            *p *= s.decay_factor;
+        }
+        let u = if quantized {
+            s.beta1 * m0 + s.one_minus_beta1 * g
+        } else {
+            s.one_minus_beta1.mul_add(g, s.beta1 * m0)
+        };
+        *p = s.neg_lr.mul_add(sign_1state(u), *p);
+        s.one_minus_beta2.mul_add(g, s.beta2 * m0)
+    } else {
+        let gi = if quantized || s.wd_positive {
+            s.weight_decay.mul_add(*p, g)
+        } else {
+            g
+        };
+        let m = if s.first { gi } else { s.beta1 * m0 + gi };
+        *p = s.neg_lr.mul_add(m, *p);
+        m
+    }
+}
+
+impl Blockwise8State {
+    /// One fast step of a one-state optimizer (Lion, SGD with momentum) with scalars `s`
+    /// over the flat `params` and `grads` ([`Self::len`] elements; the caller checks).
+    /// Only `state1`/`absmax1` are used (`state2`/`absmax2` stay zero).
+    pub(crate) fn step_1state(&mut self, s: &OneStateScalars, params: &mut [f32], grads: &[f32]) {
+        let q1 = Quantizer::signed();
+        for (r, seg) in self.ranges.iter().zip(self.segments.iter_mut()) {
+            let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
+            match seg {
+                SegmentState::Quantized {
+                    state1, absmax1, ..
+                } => {
+                    // Tasks of BLOCKS_PER_TASK blocks, as the two-state step.
+                    let task = BLOCK * BLOCKS_PER_TASK;
+                    p.par_chunks_mut(task)
+                        .zip(g.par_chunks(task))
+                        .zip(state1.par_chunks_mut(task))
+                        .zip(absmax1.par_chunks_mut(BLOCKS_PER_TASK))
+                        .for_each(|(((p, g), c), a)| {
+                            let mut m = [0.0f32; BLOCK];
+                            for (((p, g), c), a) in p
+                                .chunks_mut(BLOCK)
+                                .zip(g.chunks(BLOCK))
+                                .zip(c.chunks_mut(BLOCK))
+                                .zip(a.iter_mut())
+                            {
+                                let n = p.len();
+                                for i in 0..n {
+                                    let m0 = q1.dequantize(c[i], *a);
+                                    m[i] = one_state_element(s, true, &mut p[i], g[i], m0);
+                                }
+                                *a = q1.quantize_block(&m[..n], c);
+                            }
+                        });
+                }
+                SegmentState::Full { state1, .. } => {
+                    p.par_chunks_mut(BLOCK * BLOCKS_PER_TASK)
+                        .zip(g.par_chunks(BLOCK * BLOCKS_PER_TASK))
+                        .zip(state1.par_chunks_mut(BLOCK * BLOCKS_PER_TASK))
+                        .for_each(|((p, g), m)| {
+                            for ((p, &g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
+                                *m = one_state_element(s, false, p, g, *m);
+                            }
+                        });
+                }
+            }
+        }
     }
 }

@@ -177,13 +177,11 @@ impl CpuOptimizerBuilder {
                 })
             }
             StateFormat::Blockwise8 { min_size } => {
-                let OptimizerConfig::Adam(adam) = self.config else {
-                    return Err(Error::InvalidCombination {
-                        optimizer: self.config.name(),
-                        reason: "8-bit state (StateFormat::Blockwise8) is implemented for Adam/AdamW only",
-                    });
-                };
-                super::blockwise8::check_config(&adam)?;
+                match self.config {
+                    OptimizerConfig::Adam(adam) => super::blockwise8::check_config(&adam)?,
+                    // bitsandbytes' Lion8bit / SGD8bit (one state).
+                    other => super::blockwise8::check_config_1state(&other)?,
+                }
                 let state = Blockwise8State::new(&lens, min_size)?;
                 Ok(CpuOptimizer {
                     host: self.config.initial_host_state(),
@@ -298,6 +296,16 @@ impl CpuOptimizer {
             &self.scratch[..]
         };
         match (&mut self.storage, &self.config) {
+            (Storage::Blockwise8(state), OptimizerConfig::Lion(_) | OptimizerConfig::Sgd(_)) => {
+                self.host.step += 1;
+                let s = super::blockwise8::OneStateScalars::new(
+                    &self.config,
+                    self.host.step,
+                    self.host.lr,
+                );
+                state.step_1state(&s, params, grads);
+                self.host.state_written = true;
+            }
             (Storage::Blockwise8(state), OptimizerConfig::Adam(c)) => {
                 self.host.step += 1;
                 state.step(c, self.host.step, self.host.lr, params, grads, simd_level());

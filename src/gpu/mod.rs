@@ -1,5 +1,6 @@
 //! The wgpu side: context, flat buffers, kernels, the optimizer runner.
 
+pub(crate) mod blockwise8;
 pub mod buffer;
 pub mod context;
 pub mod device_step;

@@ -7,7 +7,7 @@
 /// |---|---|---|
 /// | [`F32`](Self::F32) | every algorithm | every algorithm |
 /// | [`Bf16`](Self::Bf16) | Adam/AdamW | Adam/AdamW |
-/// | [`Blockwise8`](Self::Blockwise8) | refused ([`Error::InvalidCombination`](crate::Error::InvalidCombination)) | Adam/AdamW (bitsandbytes' `Adam8bit`/`AdamW8bit`) |
+/// | [`Blockwise8`](Self::Blockwise8) | Adam/AdamW, Lion, SGD with momentum | Adam/AdamW, Lion, SGD with momentum (bitsandbytes' `Adam8bit`/`AdamW8bit`/`Lion8bit`/`SGD8bit`) |
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StateFormat {
     /// f32 (the default).
@@ -24,7 +24,8 @@ pub enum StateFormat {
     /// dynamic map (signed for `exp_avg`, unsigned for `exp_avg_sq`) times one f32 absmax per
     /// block of [`BLOCK`](crate::cpu::blockwise8::BLOCK) = 256 elements; smaller tensors keep
     /// f32 state and bitsandbytes' 32-bit update. Adam/AdamW with decoupled (or no) weight
-    /// decay, on the fast CPU path only for now.
+    /// decay; Lion and SGD with momentum keep one state (`state1` into the signed map),
+    /// as bitsandbytes' `Lion8bit` / `SGD8bit`. On the fast CPU path and the GPU.
     Blockwise8 {
         /// Tensors with fewer elements keep f32 state (bitsandbytes' `min_8bit_size`,
         /// default [`DEFAULT_MIN_8BIT_SIZE`](crate::cpu::blockwise8::DEFAULT_MIN_8BIT_SIZE)

@@ -54,8 +54,7 @@ fn replay_v2(case: &golden::v2::Case2, ctx: &GpuContext) -> Option<(bool, String
     ] {
         match replay(case, which, Some(ctx)) {
             Ok(None) if parts.is_empty() => return None,
-            // 8-bit state (bnb8bit cases) is CPU-only for now.
-            Ok(None) => parts.push(format!("{label} n/a (CPU-only)")),
+            Ok(None) => parts.push(format!("{label} n/a")),
             Ok(Some(r)) => {
                 ok &= r.passed();
                 let worst = r.worst().map_or(0.0, |c| c.worst.ratio);

@@ -7,7 +7,10 @@
 //! bitsandbytes (the README measured 0 differing codes for such a kernel; this test
 //! requires 0), the same absmax within the state metric, and for the 32-bit tensors of
 //! `adam8bit_min_size_default` bitsandbytes' f32 `state1`/`state2`. A 1% change of the lr
-//! fails every case, and the drift from fp32 Adam stays within the README's 0.5·k·lr.
+//! fails every case, and the drift from fp32 Adam stays within the README's 0.5·k·lr. The
+//! GPU's 8-bit kernel replays every case too, with the fast path's bits.
+
+mod common;
 
 use std::path::PathBuf;
 
@@ -87,7 +90,7 @@ fn oracle_and_fast_path_replay_every_case() {
             assert!(codes.equal > 0, "{name}: no codes compared");
             assert_eq!(codes.differ, 0, "{name} {which:?}");
         }
-        // Through the replay2 entry point the golden example uses, the GPU reports n/a.
+        // Through the replay2 entry point the golden example uses.
         assert!(replay(&c, Implementation::Reference, None)
             .unwrap()
             .unwrap()
@@ -96,7 +99,41 @@ fn oracle_and_fast_path_replay_every_case() {
             .unwrap()
             .unwrap()
             .passed());
-        assert!(replay(&c, Implementation::Gpu, None).unwrap().is_none());
+        // The GPU needs a context: a typed error without one, never a silent n/a.
+        assert!(replay(&c, Implementation::Gpu, None).is_err());
+    }
+}
+
+#[test]
+fn gpu_replays_every_case_with_no_differing_code() {
+    let Some(ctx) = common::gpu() else { return };
+    for name in CASES {
+        let c = case(name);
+        let (report, codes) = bnb8::replay_gpu(&c, &ctx).unwrap();
+        eprintln!(
+            "gpu {name} {report} | codes equal {} differ {}",
+            codes.equal, codes.differ
+        );
+        assert!(report.passed(), "gpu {name}: {report}");
+        assert!(codes.equal > 0, "{name}: no codes compared");
+        assert_eq!(codes.differ, 0, "{name} gpu");
+        // The GPU's final state is the fast CPU path's, bit for bit (params too).
+        let (fast, fast_codes) = bnb8::replay(&c, Which::Fast).unwrap();
+        assert_eq!(fast_codes, codes, "{name}");
+        assert_eq!(fast.checks.len(), report.checks.len(), "{name}");
+        for (a, b) in fast.checks.iter().zip(&report.checks) {
+            assert_eq!(a.quantity, b.quantity);
+            assert_eq!(
+                a.worst.ratio.to_bits(),
+                b.worst.ratio.to_bits(),
+                "{name} {}",
+                a.quantity
+            );
+        }
+        assert!(replay(&c, Implementation::Gpu, Some(&ctx))
+            .unwrap()
+            .unwrap()
+            .passed());
     }
 }
 

@@ -50,8 +50,8 @@ async fn replay_v2(case: &golden::v2::Case2, ctx: &GpuContext) -> Option<Vec<Val
         ("gpu(f32)", Implementation::Gpu),
     ] {
         parts.push(match replay_async(case, which, Some(ctx)).await {
-            // 8-bit state has CPU paths only (no WGSL kernels yet): as natively, the GPU
-            // column is left out, the CPU ones count.
+            // The 8-bit GPU replay reads back blocking and is native-only: the GPU column
+            // is left out here, the CPU ones count.
             Ok(None) if which == Implementation::Gpu && !parts.is_empty() => continue,
             Ok(None) => return None,
             Ok(Some(r)) => {

@@ -9,6 +9,7 @@ mod adagrad;
 mod adam;
 mod adamax;
 pub mod blockwise8;
+pub mod blockwise8_1state;
 mod lion;
 mod nadam;
 pub mod newton_schulz;

@@ -8,6 +8,7 @@ use super::groups;
 use super::{GpuOptimizer, LowSetup, MAX_GROUPS};
 use crate::dispatch::padded_len;
 use crate::error::{Error, Result};
+use crate::gpu::blockwise8::Blockwise8Device;
 use crate::gpu::buffer::{create_flat, fill, FlatParams, FLAT_USAGE};
 use crate::gpu::gradients::{control_buffer, GradOptions};
 use crate::gpu::groups::{Group, ParamGroup};
@@ -271,12 +272,32 @@ impl<'a> GpuOptimizerBuilder<'a> {
             }
         };
         let config = groups[0].config;
-        if let StateFormat::Blockwise8 { .. } = self.state_format {
-            return Err(refuse(
-                config.name(),
-                "8-bit block-wise state (StateFormat::Blockwise8) is CPU-only for now \
-                 (CpuOptimizer::builder); the GPU kernels do not exist yet",
-            ));
+        let q8_min_size = match self.state_format {
+            StateFormat::Blockwise8 { min_size } => Some(min_size),
+            _ => None,
+        };
+        if q8_min_size.is_some() {
+            for g in &groups {
+                match g.config {
+                    OptimizerConfig::Adam(c) => crate::cpu::blockwise8::check_config(&c)?,
+                    // bitsandbytes' Lion8bit / SGD8bit (one state).
+                    other => crate::cpu::blockwise8::check_config_1state(&other)?,
+                }
+            }
+            if self.low.is_some() {
+                return Err(refuse(
+                    config.name(),
+                    "8-bit state (StateFormat::Blockwise8) with 16-bit params is not implemented",
+                ));
+            }
+            if self.param_rounding == Rounding::Stochastic
+                || self.state_rounding == Rounding::Stochastic
+            {
+                return Err(refuse(
+                    config.name(),
+                    "stochastic rounding with 8-bit state: nothing is stored in bf16",
+                ));
+            }
         }
         let bf16_state = self.state_format == StateFormat::Bf16;
         if bf16_state && !matches!(config, OptimizerConfig::Adam(_)) {
@@ -315,7 +336,11 @@ impl<'a> GpuOptimizerBuilder<'a> {
             }
         }
         let explicit_groups = matches!(source, Source::Groups(_));
-        let lane_table = if explicit_groups {
+        let q8_tensors = match q8_min_size {
+            Some(_) => Some(q8_tensors(params, explicit_groups.then_some(&groups[..]))?),
+            None => None,
+        };
+        let lane_table = if explicit_groups && q8_tensors.is_none() {
             Some(groups::lane_table(params, &groups)?)
         } else {
             None
@@ -345,13 +370,29 @@ impl<'a> GpuOptimizerBuilder<'a> {
         // error, and everything made so far is dropped with the half-built optimizer.
         let ctx = params.context().clone();
         ctx.scoped("optimizer build", || {
-            build(
+            let mut opt = build(
                 params,
                 groups,
                 lane_table,
                 low,
                 bf16_state.then_some(state_stochastic),
-            )
+                q8_tensors.is_some(),
+            )?;
+            if let (Some(tensors), Some(min_size)) = (q8_tensors, q8_min_size) {
+                let algo = match opt.groups[0].config {
+                    OptimizerConfig::Lion(_) => 1,
+                    OptimizerConfig::Sgd(_) => 2,
+                    _ => 0,
+                };
+                opt.q8 = Some(Blockwise8Device::new(
+                    params,
+                    &tensors,
+                    min_size,
+                    &opt.control,
+                    algo,
+                )?);
+            }
+            Ok(opt)
         })
     }
 }
@@ -364,6 +405,7 @@ fn build(
     lane_groups: Option<wgpu::Buffer>,
     low: Option<LowSetup>,
     bf16_state: Option<bool>,
+    blockwise8: bool,
 ) -> Result<GpuOptimizer> {
     let config = groups[0].config;
     let ctx = params.context().clone();
@@ -371,7 +413,7 @@ fn build(
 
     let state_names = config.state_names();
     let mut states = Vec::with_capacity(state_names.len());
-    for name in &state_names {
+    for name in state_names.iter().filter(|_| !blockwise8) {
         let buffer = match bf16_state {
             None => {
                 let b = create_flat(&ctx, "fused-optim state", n)?;
@@ -402,7 +444,7 @@ fn build(
             file,
             source,
             slots,
-            active: if bf16_state.is_some() {
+            active: if bf16_state.is_some() || blockwise8 {
                 Vec::new()
             } else {
                 bound.clone()
@@ -446,5 +488,48 @@ fn build(
         hyper_bytes: Vec::with_capacity(MAX_GROUPS * 48),
         low,
         native_f16,
+        q8: None,
     })
+}
+
+/// The tensors of 8-bit state: every segment of `params` in offset order, as (first
+/// element, length, group); with explicit `groups`, every segment must be in exactly one.
+fn q8_tensors(
+    params: &FlatParams,
+    groups: Option<&[ParamGroup]>,
+) -> Result<Vec<(usize, usize, u32)>> {
+    let mut segs: Vec<&crate::gpu::buffer::Segment> = params.segments().iter().collect();
+    segs.sort_by_key(|s| s.offset);
+    let mut out = Vec::with_capacity(segs.len());
+    for seg in segs {
+        let group = match groups {
+            None => 0,
+            Some(gs) => {
+                let mut found = gs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, g)| g.segments.contains(&seg.name));
+                let (k, _) = found.next().ok_or_else(|| Error::Segment {
+                    name: seg.name.clone(),
+                    reason: "is in no parameter group",
+                })?;
+                if found.next().is_some() {
+                    return Err(Error::Segment {
+                        name: seg.name.clone(),
+                        reason: "is in more than one parameter group",
+                    });
+                }
+                k as u32
+            }
+        };
+        out.push((seg.offset, seg.len(), group));
+    }
+    if let Some(gs) = groups {
+        for g in gs {
+            for name in &g.segments {
+                params.segment(name)?;
+            }
+        }
+    }
+    Ok(out)
 }

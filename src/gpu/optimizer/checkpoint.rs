@@ -14,6 +14,18 @@ impl GpuOptimizer {
     /// back from the device, the host state at the true step count, the groups.
     pub(super) fn save(&self, path: &Path) -> Result<()> {
         self.ctx.check_alive("save_checkpoint")?;
+        if let Some(q8) = &self.q8 {
+            // The 8-bit layout of `cpu::q8_checkpoint` (bitsandbytes' names), the same file
+            // a CpuOptimizer with 8-bit state writes.
+            self.one_group_for_8bit_checkpoints(path)?;
+            let state = q8.read()?;
+            return crate::cpu::q8_checkpoint::save(
+                path,
+                &self.groups[0].config,
+                &self.groups[0].host,
+                &state,
+            );
+        }
         let tensors = self
             .state_names
             .iter()
@@ -41,6 +53,18 @@ impl GpuOptimizer {
     /// (file, kind, groups, the kernel for its options) before anything changes.
     pub(super) fn load(&mut self, path: &Path) -> Result<()> {
         self.ctx.check_alive("load_checkpoint")?;
+        if let Some(q8) = &self.q8 {
+            self.one_group_for_8bit_checkpoints(path)?;
+            // Validated completely (format, checksums, maps, blocksize, segment lengths,
+            // min_8bit_size, absmax) before anything changes.
+            let (config, host, state) =
+                crate::cpu::q8_checkpoint::load(path, &q8.host_template()?)?;
+            crate::gpu::blockwise8::check_like(&state, &q8.host_template()?)?;
+            q8.write(&state);
+            self.groups[0].config = config;
+            self.groups[0].host = host;
+            return Ok(());
+        }
         let state = crate::checkpoint::load(path)?;
         crate::checkpoint::check_fits(path, &state, &self.groups[0].config, self.params.len())?;
         let ours = self.group_states(&self.group_hosts());
@@ -82,6 +106,20 @@ impl GpuOptimizer {
         let hosts = self.group_hosts();
         if let Some(d) = &mut self.device {
             d.reset(&hosts)?; // cannot fail: checked above
+        }
+        Ok(())
+    }
+
+    /// 8-bit checkpoints hold one configuration (bitsandbytes' `param_groups` are not
+    /// written): refused with several parameter groups.
+    fn one_group_for_8bit_checkpoints(&self, path: &Path) -> Result<()> {
+        if self.groups.len() > 1 {
+            return Err(Error::Checkpoint {
+                file: path.display().to_string(),
+                reason: "8-bit state checkpoints (fused-optim-blockwise8/1) of an optimizer \
+                         with several parameter groups are not implemented"
+                    .into(),
+            });
         }
         Ok(())
     }

@@ -22,6 +22,17 @@ impl GpuOptimizer {
                          first (set_device_loss_scaler(None))",
             });
         }
+        if self.q8.is_some() && options.skip_nonfinite {
+            return Err(Error::InvalidCombination {
+                optimizer: "gradient options",
+                reason: "skip_nonfinite (and the device loss scaler) with 8-bit state \
+                         (StateFormat::Blockwise8) is not implemented: the 8-bit kernel takes \
+                         its step count from the host",
+            });
+        }
+        if let Some(q8) = &mut self.q8 {
+            q8.prepare(options != GradOptions::default())?;
+        }
         // Fallible parts first; on error nothing changes (the previous variant is built, so
         // switching back cannot fail).
         let mut new_device = None;
@@ -69,6 +80,10 @@ impl GpuOptimizer {
             skip as u64,
             &bytemuck::bytes_of(&options.control())[skip..],
         );
+        if let Some(q8) = &mut self.q8 {
+            // Compiled above: cannot fail.
+            q8.set_grad_pipeline(options != GradOptions::default())?;
+        }
         self.grad_options = options;
         Ok(())
     }

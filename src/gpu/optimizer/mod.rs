@@ -12,6 +12,7 @@
 //! | `state` | state tensors on the device, and the [`Optimizer`](crate::Optimizer) trait |
 //! | `checkpoint` | saving and loading checkpoints |
 
+use super::blockwise8::Blockwise8Device;
 use super::buffer::FlatParams;
 use super::context::GpuContext;
 use super::device_step::DeviceSteps;
@@ -79,6 +80,9 @@ pub struct GpuOptimizer {
     low: Option<LowSetup>,
     /// f16 params converted with native f16 (`shader-f16`).
     native_f16: bool,
+    /// With [`StateFormat::Blockwise8`]: the 8-bit state and its kernel, which then runs
+    /// each step instead of `runner` (`states` is empty).
+    q8: Option<Blockwise8Device>,
 }
 
 /// The 16-bit buffers of a low-precision optimizer.

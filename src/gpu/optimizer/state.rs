@@ -4,11 +4,12 @@
 use std::path::Path;
 
 use super::GpuOptimizer;
+use crate::cpu::blockwise8::Blockwise8State;
 use crate::error::{Error, Result};
 use crate::gpu::buffer::{flat_bytes, read_bytes_async, read_f32_async};
 use crate::gpu::low_precision::LowFormat;
 use crate::grads::GradOptions;
-use crate::optim::{HostState, OptimizerConfig};
+use crate::optim::{HostState, OptimizerConfig, StateFormat};
 use crate::optimizer::Optimizer;
 
 impl GpuOptimizer {
@@ -23,6 +24,10 @@ impl GpuOptimizer {
     /// [`GpuOptimizer::read_state_f32`] without blocking (the read-back to await on the web).
     pub async fn read_state_f32_async(&self, name: &str) -> Result<Vec<f32>> {
         let k = self.groups[0].config.state_index(name)?;
+        if let Some(q8) = &self.q8 {
+            // Dequantised (`qmap[code] * absmax`); 0 outside every segment.
+            return q8.read_moments(k);
+        }
         if self.bf16_state {
             let n = self.params.len();
             let bytes =
@@ -48,6 +53,13 @@ impl GpuOptimizer {
                 got: values.len(),
             });
         }
+        if let Some(q8) = &self.q8 {
+            // Quantised per block as a step stores them (32-bit segments: as given).
+            let mut state = q8.read()?;
+            state.load_moments(k, &q8.gather(values))?;
+            q8.write(&state);
+            return Ok(());
+        }
         if name == "momentum_buffer" {
             let mut hosts = self.true_hosts()?;
             for h in &mut hosts {
@@ -63,8 +75,71 @@ impl GpuOptimizer {
     }
 
     /// The device buffer of one state tensor.
+    /// [`Error::Unsupported`] with 8-bit state (its codes, absmax and 32-bit state are not
+    /// one buffer per tensor: see [`GpuOptimizer::blockwise8_state`]).
     pub fn state_buffer(&self, name: &str) -> Result<&wgpu::Buffer> {
-        Ok(&self.states[self.groups[0].config.state_index(name)?])
+        let k = self.groups[0].config.state_index(name)?;
+        if self.q8.is_some() {
+            return Err(Error::Unsupported {
+                optimizer: self.groups[0].config.name(),
+                feature: "state_buffer with 8-bit state (StateFormat::Blockwise8)",
+            });
+        }
+        Ok(&self.states[k])
+    }
+
+    /// How the state is stored ([`StateFormat`]).
+    pub fn state_format(&self) -> StateFormat {
+        match &self.q8 {
+            Some(q8) => StateFormat::Blockwise8 {
+                min_size: q8.min_size(),
+            },
+            None if self.bf16_state => StateFormat::Bf16,
+            None => StateFormat::F32,
+        }
+    }
+
+    /// Device bytes of the optimizer state, exactly: f32 `4 * round_up(n, 4)` per state
+    /// tensor; bf16 `2 * round_up(n, 4)` per state tensor; 8-bit per tensor of at least
+    /// `min_size` elements 2 code bytes per element slot of its blocks (`512 * ceil(len /
+    /// 256)`) and 8 bytes of absmax per block, per smaller tensor `2048 * ceil(len / 256)`
+    /// (f32 m and v), plus 132 096 bytes of tables (two maps, two 65536-entry lookup
+    /// tables) and 16 bytes of block table per block.
+    pub fn state_bytes(&self) -> u64 {
+        match &self.q8 {
+            Some(q8) => q8.state_bytes(),
+            None => self.states.iter().map(|b| b.size()).sum(),
+        }
+    }
+
+    /// With 8-bit state: the whole state read back in bitsandbytes' layout (codes,
+    /// absmax, 32-bit state per segment; waits). `None` for other formats.
+    pub fn blockwise8_state(&self) -> Result<Option<Blockwise8State>> {
+        self.q8.as_ref().map(|q| q.read()).transpose()
+    }
+
+    /// With 8-bit state: install `state` (codes, absmax and 32-bit state per segment, e.g.
+    /// from a CPU optimizer's [`CpuOptimizer::blockwise8_state`](crate::CpuOptimizer::blockwise8_state)); takes effect at the next
+    /// submission. Checked before anything changes: [`Error::Unsupported`] without 8-bit
+    /// state, [`Error::LengthMismatch`] for other segment lengths, `min_size`, code or absmax
+    /// lengths, [`Error::InvalidState`] for an absmax that is NaN, infinite or negative or a
+    /// non-finite 32-bit value.
+    pub fn load_blockwise8_state(&mut self, state: &Blockwise8State) -> Result<()> {
+        self.ctx.check_alive("load_blockwise8_state")?;
+        let Some(q8) = &self.q8 else {
+            return Err(Error::Unsupported {
+                optimizer: self.groups[0].config.name(),
+                feature: "load_blockwise8_state without StateFormat::Blockwise8",
+            });
+        };
+        crate::gpu::blockwise8::check_like(state, &q8.host_template()?)?;
+        q8.write(state);
+        let mut hosts = self.group_hosts();
+        for h in &mut hosts {
+            h.state_written = true;
+        }
+        self.set_group_hosts(&hosts);
+        Ok(())
     }
 
     /// Write state tensor `k` (rounded to bf16, nearest even, when the state is bf16).

@@ -2,8 +2,11 @@
 //! Schedule-Free train/eval switch (one kernel pass over the params).
 
 use super::GpuOptimizer;
+use crate::cpu::blockwise8::{Blockwise8Scalars, OneStateScalars};
 use crate::error::{Error, Result};
+use crate::gpu::blockwise8::Q8Uniform;
 use crate::grads::GradOptions;
+use crate::optim::OptimizerConfig;
 
 impl GpuOptimizer {
     /// One optimizer step on the gradients currently in the grads buffer: one uniform write,
@@ -47,6 +50,30 @@ impl GpuOptimizer {
         }
         let slot = self.groups[0].host.step;
         self.hyper_bytes.clear();
+        if let Some(q8) = &self.q8 {
+            // 8-bit state: bitsandbytes' scalars of each group's next step (f64 -> f32 once,
+            // as the CPU step computes them); `device` is None (skip_nonfinite is refused).
+            for group in &mut self.groups {
+                let _ = group.config.begin_step(&mut group.host);
+                let u = match &group.config {
+                    OptimizerConfig::Adam(c) => {
+                        Q8Uniform::new(&Blockwise8Scalars::new(c, group.host.step, group.host.lr))
+                    }
+                    other => Q8Uniform::one_state(&OneStateScalars::new(
+                        other,
+                        group.host.step,
+                        group.host.lr,
+                    )),
+                };
+                self.hyper_bytes.extend_from_slice(bytemuck::bytes_of(&u));
+            }
+            q8.encode(encoder, slot, &self.hyper_bytes);
+            for group in &mut self.groups {
+                group.config.end_step(&mut group.host);
+                group.host.state_written = true;
+            }
+            return Ok(());
+        }
         for group in &mut self.groups {
             let hyper = group.config.begin_step(&mut group.host);
             match &self.device {

@@ -2,8 +2,9 @@
 //! `AdamW8bit` of bitsandbytes 0.50.2's CPU backend) through the library's block-wise 8-bit
 //! state ([`fused_optim::cpu::blockwise8`]): the oracle
 //! ([`fused_optim::cpu::reference::blockwise8`], with the file's own `qmap1`/`qmap2`) and the
-//! fast CPU path ([`CpuOptimizer`] with [`StateFormat::Blockwise8`]), both against the float32
-//! run (there is no float64 run). Checked: the parameters after every step (M1, 1e-5: the
+//! fast CPU path ([`CpuOptimizer`] with [`StateFormat::Blockwise8`]) and the GPU
+//! ([`GpuOptimizer`] with [`StateFormat::Blockwise8`], [`replay_gpu`]), all against the
+//! float32 run (there is no float64 run). Checked: the parameters after every step (M1, 1e-5: the
 //! README's tolerance for a LUT-faithful kernel), the final state under bitsandbytes' names
 //! (`step`; `state1`/`state2` codes exactly, `absmax1`/`absmax2`, `qmap1`/`qmap2` with the
 //! state metric; f32 `state1`/`state2` of the 32-bit tensors), and the quantiser alone on
@@ -15,7 +16,9 @@ use super::v2::{Case2, Check, Dtype, Metric, Report2, StateValue, Worst};
 use crate::error::{Error, Result};
 use fused_optim::cpu::blockwise8::{Quantizer, SegmentState, BLOCK, DEFAULT_MIN_8BIT_SIZE};
 use fused_optim::cpu::reference::blockwise8::{oracle_step_32bit, oracle_step_8bit, OracleHparams};
-use fused_optim::{AdamConfig, CpuOptimizer, Optimizer, StateFormat};
+use fused_optim::{
+    AdamConfig, CpuOptimizer, FlatParams, GpuContext, GpuOptimizer, Optimizer, StateFormat,
+};
 
 /// The tolerance of the parameter and final-state checks (README: M1 1e-5 for a
 /// LUT-faithful kernel).
@@ -230,6 +233,7 @@ pub enum Which {
 enum Runner {
     Oracle(Box<Oracle>),
     Fast(Box<CpuOptimizer>),
+    Gpu(Box<GpuOptimizer>, Box<FlatParams>),
 }
 
 /// The number of final codes (`state1`, `state2` of every quantised tensor) of a replay
@@ -245,11 +249,54 @@ pub struct CodeAgreement {
 /// Replay a `bnb8bit` case through `which` against the float32 run; also returns the code
 /// agreement of the final state.
 pub fn replay(case: &Case2, which: Which) -> Result<(Report2, CodeAgreement)> {
+    replay_through(case, Some(which), None)
+}
+
+/// Replay a `bnb8bit` case on the GPU of `ctx` (8-bit state, one segment per tensor, the
+/// same checks and tolerance as [`replay`]); reads back after every step (waits: native
+/// only).
+pub fn replay_gpu(case: &Case2, ctx: &GpuContext) -> Result<(Report2, CodeAgreement)> {
+    replay_through(case, None, Some(ctx))
+}
+
+fn replay_through(
+    case: &Case2,
+    which: Option<Which>,
+    ctx: Option<&GpuContext>,
+) -> Result<(Report2, CodeAgreement)> {
     let (config, min_size) = config_of(case)?;
-    let run = case.run(Dtype::F32)?;
     let offsets = case.offsets();
     let lens: Vec<usize> = case.tensors.iter().map(|t| t.numel).collect();
-    let mut runner = match which {
+    let which = match (which, ctx) {
+        (Some(w), _) => w,
+        (None, Some(ctx)) => {
+            // Segments back to back, one per tensor, at the case's offsets.
+            let p0: Vec<f32> = case.flat_params0().iter().map(|&x| x as f32).collect();
+            let mut b = FlatParams::builder();
+            for (t, r) in case.tensors.iter().zip(&offsets) {
+                b = b.slice(&t.name, &p0[r.clone()]);
+            }
+            let flat = b.build(ctx)?;
+            if flat
+                .segments()
+                .iter()
+                .zip(&offsets)
+                .any(|(s, r)| s.offset != r.start)
+            {
+                return Err(golden_err(
+                    case,
+                    "tensor offsets differ from the flat params'",
+                ));
+            }
+            let opt = GpuOptimizer::builder(&flat)
+                .config(config)
+                .state_format(StateFormat::Blockwise8 { min_size })
+                .build()?;
+            return finish(case, Runner::Gpu(Box::new(opt), Box::new(flat)));
+        }
+        (None, None) => return Err(golden_err(case, "no implementation to replay")),
+    };
+    let runner = match which {
         Which::Oracle => {
             let q1 = golden_map(case, "qmap1")?;
             let q2 = golden_map(case, "qmap2")?;
@@ -298,6 +345,13 @@ pub fn replay(case: &Case2, which: Which) -> Result<(Report2, CodeAgreement)> {
                 .build()?,
         )),
     };
+    finish(case, runner)
+}
+
+/// Run the trajectory and the final-state checks through `runner`.
+fn finish(case: &Case2, mut runner: Runner) -> Result<(Report2, CodeAgreement)> {
+    let run = case.run(Dtype::F32)?;
+    let offsets = case.offsets();
     let mut report =
         super::v2::replay_trajectory(case, Dtype::F32, &Metric::M1, TOL, |_, lr, p, g| {
             let mut p32: Vec<f32> = p.iter().map(|&x| x as f32).collect();
@@ -307,6 +361,13 @@ pub fn replay(case: &Case2, which: Which) -> Result<(Report2, CodeAgreement)> {
                 Runner::Fast(o) => {
                     o.set_lr(lr)?;
                     o.step(&mut p32, &g32)?;
+                }
+                Runner::Gpu(o, flat) => {
+                    flat.write_params(&p32)?;
+                    flat.write_grads(&g32)?;
+                    o.set_lr(lr)?;
+                    o.step()?;
+                    p32 = flat.read_params()?;
                 }
             }
             p.iter_mut().zip(&p32).for_each(|(d, &s)| *d = f64::from(s));
@@ -319,6 +380,10 @@ pub fn replay(case: &Case2, which: Which) -> Result<(Report2, CodeAgreement)> {
             Runner::Oracle(o) => o.state(t, key),
             Runner::Fast(o) => {
                 let st = o.blockwise8_state()?;
+                fast_state(&st.segments()[t], o.step_count(), key)
+            }
+            Runner::Gpu(o, _) => {
+                let st = o.blockwise8_state().ok()??;
                 fast_state(&st.segments()[t], o.step_count(), key)
             }
         }?;

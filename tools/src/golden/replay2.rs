@@ -8,7 +8,7 @@
 //! [`super::bnb8`]: [`Implementation::Reference`] is then the serial f32 oracle of the 8-bit
 //! step and [`Implementation::CpuFast`] the fast path with
 //! [`StateFormat::Blockwise8`](fused_optim::StateFormat), both against the float32 run; the
-//! GPU has no 8-bit state yet (`Ok(None)`).
+//! GPU replays them with 8-bit state too ([`super::bnb8::replay_gpu`]).
 
 use serde_json::Value;
 
@@ -202,7 +202,8 @@ fn scalar_check(name: &str, got: f64, want: f64, tol: f64) -> Check {
 }
 
 /// Replay `case` through `which`; `Ok(None)` when the registry has no such class (the
-/// caller reports a SKIP), or for a `bnb8bit` case on the GPU (no 8-bit kernels yet).
+/// caller reports a SKIP). A `bnb8bit` case on the GPU reads back after every step and
+/// waits (native only).
 /// Waits for the device ([`replay_async`], waited for): on the web the GPU replay must be
 /// awaited with [`replay_async`].
 pub fn replay(
@@ -228,7 +229,15 @@ pub async fn replay_async(
             Implementation::CpuFast => {
                 super::bnb8::replay(case, super::bnb8::Which::Fast).map(|(r, _)| Some(r))
             }
-            Implementation::Gpu => Ok(None),
+            // The 8-bit GPU replay reads back blocking: on the web it is left out (`None`).
+            Implementation::Gpu if cfg!(target_arch = "wasm32") => Ok(None),
+            Implementation::Gpu => match ctx {
+                Some(ctx) => super::bnb8::replay_gpu(case, ctx).map(|(r, _)| Some(r)),
+                None => Err(fused_optim::Error::NoAdapter {
+                    reason: "the GPU replay needs a context".into(),
+                }
+                .into()),
+            },
         };
     }
     let Some(config) = config_of(case)? else {
