@@ -4,4 +4,5 @@ pub mod blockwise8;
 pub mod fast;
 pub mod q8_checkpoint;
 pub mod reference;
+mod segmented;
 pub mod staggered;

@@ -201,6 +201,14 @@ macro_rules! registry {
                 }
             }
 
+            /// The per-tensor scalars the algorithm reports for the last step
+            /// ([`Algorithm::SEGMENT_SCALARS`]; empty for elementwise algorithms).
+            pub fn segment_scalar_names(&self) -> &'static [&'static str] {
+                match self {
+                    $(Self::$variant(_) => <$config as Algorithm>::SEGMENT_SCALARS,)*
+                }
+            }
+
             /// Whether the algorithm is elementwise ([`Algorithm::ELEMENTWISE`]).
             pub fn is_elementwise(&self) -> bool {
                 match self {
@@ -288,4 +296,5 @@ registry! {
     Radam(RadamConfig),
     Lion(LionConfig),
     ScheduleFree(ScheduleFreeConfig),
+    Lamb(LambConfig),
 }

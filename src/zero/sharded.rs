@@ -823,6 +823,7 @@ impl ShardedOptimizer {
             n: self.shard().len(),
             tensors,
             groups: Vec::new(),
+            shapes: Vec::new(),
         })
     }
 

@@ -271,6 +271,13 @@ impl<'a> GpuOptimizerBuilder<'a> {
             }
         };
         let config = groups[0].config;
+        if let Some(c) = groups.iter().find(|g| !g.config.is_elementwise()) {
+            return Err(Error::Unsupported {
+                optimizer: c.config.name(),
+                feature: "per-tensor algorithms on the GPU (their two-pass dispatch is not \
+                          written yet; CpuOptimizer and ReferenceOptimizer step them)",
+            });
+        }
         if let StateFormat::Blockwise8 { .. } = self.state_format {
             return Err(refuse(
                 config.name(),

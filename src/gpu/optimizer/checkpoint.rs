@@ -33,6 +33,7 @@ impl GpuOptimizer {
                 n: self.params.len(),
                 tensors,
                 groups: self.group_states(&hosts),
+                shapes: self.params.segment_table().shapes(),
             },
         )
     }
@@ -42,7 +43,13 @@ impl GpuOptimizer {
     pub(super) fn load(&mut self, path: &Path) -> Result<()> {
         self.ctx.check_alive("load_checkpoint")?;
         let state = crate::checkpoint::load(path)?;
-        crate::checkpoint::check_fits(path, &state, &self.groups[0].config, self.params.len())?;
+        crate::checkpoint::check_fits(
+            path,
+            &state,
+            &self.groups[0].config,
+            self.params.len(),
+            &self.params.segment_table().shapes(),
+        )?;
         let ours = self.group_states(&self.group_hosts());
         if self.device.is_some() {
             DeviceSteps::check_countable(state.host.step)?;
