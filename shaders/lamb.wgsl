@@ -1,20 +1,20 @@
-// lamb.wgsl: LAMB (You et al. 2019; pytorch_optimizer.Lamb 4.1.0), the second pass of the
-// per-tensor step. Mirror of src/optim/lamb.rs (LambUniform, cpu_chunk) and
-// src/cpu/reference/lamb.rs.
+// lamb.wgsl: LAMB (You et al. 2019; pytorch_optimizer.Lamb 4.1.0) in the elementwise kernel
+// shape: the second pass of the per-tensor step with the trust ratio taken from the uniform.
+// Mirror of src/optim/lamb.rs (LambUniform, cpu_chunk) and src/cpu/reference/lamb.rs.
 //
-//   pd = p * decay_factor                      (1 - lr * wd with decoupled decay, else 1)
-//   r  = m / (sqrt(v) + eps) + l2_weight_decay * pd
-//   p  = pd - step_size * trust * r            trust: the segment's applied trust ratio
+//   decoupled (flags & 1): pd = p * decay, r = m / (sqrt(v) + eps)
+//   else:                  pd = p,         r = m / (sqrt(v) + eps) + decay * p
+//   p = pd - step_size * trust * r
 //
-// m and v (slots 0 exp_avg, 1 exp_avg_sq at bindings 4, 5) were updated by the first pass,
-// which also summed ||pd||^2 and ||r||^2 per tensor. Status: the GPU has no per-tensor
-// dispatch yet (GpuOptimizer refuses ELEMENTWISE = false algorithms with a typed error);
-// this pass is validated by the shader tests and mirrors the CPU's second pass.
+// The GPU steps LAMB with lamb_segmented.wgsl (both passes, the trust ratio per segment
+// from the device's reduction); this file is the registry's elementwise kernel of the
+// algorithm (the shader tests validate it, the mirror check pins StepUniform), which the
+// per-tensor GPU path does not dispatch.
 
 struct StepUniform {
     grad_sign: f32,
-    decay_factor: f32,
-    l2_weight_decay: f32,
+    decay: f32,
+    flags: f32,
     beta1: f32,
     beta3: f32,
     beta2: f32,
@@ -22,8 +22,8 @@ struct StepUniform {
     eps: f32,
     step_size: f32,
     trust: f32,
-    _pad0: f32,
-    _pad1: f32,
+    clamp: f32,
+    max_grad_norm: f32,
 }
 
 @group(0) @binding(0) var<uniform> hps: array<StepUniform, MAX_GROUPS>;
@@ -34,7 +34,12 @@ fn update(i: u32, live: vec4<bool>) {
     let p0 = unpack_lane(param[i]);
     let m = load_exp_avg(i);
     let v = load_exp_avg_sq(i);
-    let pd = p0 * hp.decay_factor;
-    let r = m / (sqrt(v) + hp.eps) + hp.l2_weight_decay * pd;
+    var pd = p0;
+    var r = m / (sqrt(v) + hp.eps);
+    if ((u32(hp.flags) & 1u) != 0u) {
+        pd = p0 * hp.decay;
+    } else {
+        r = r + hp.decay * p0;
+    }
     store_param(i, select(p0, pd - hp.step_size * hp.trust * r, live));
 }

@@ -8,6 +8,7 @@ pub mod groups;
 pub(crate) mod kernel;
 pub mod low_precision;
 pub mod optimizer;
+pub(crate) mod segmented;
 pub mod shaders;
 pub mod timer;
 pub mod wait;

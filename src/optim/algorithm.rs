@@ -301,6 +301,11 @@ pub trait Algorithm: Copy + std::fmt::Debug + PartialEq + Default + Send + Sync 
     // The defaults describe an elementwise algorithm (no first pass); the implementations
     // (`cpu::fast`, `cpu::reference`) take this path exactly when `ELEMENTWISE` is false.
 
+    /// The GPU module of a per-tensor algorithm (`None`: the GPU refuses it, typed): WGSL
+    /// with entry points `gnorm`, `gfinish` (the global gradient clip), `reduce`, `finish`
+    /// and `apply`, and the bindings `src/gpu/segmented.rs` describes; `slots` are the state
+    /// tensors from binding 3.
+    const SEGMENTED_KERNEL: Option<KernelSource> = None;
     /// Partial sums per segment the first pass produces (0: no first pass).
     const SEGMENT_SUMS: usize = 0;
     /// Names of the per-segment scalars [`Self::finish_segment`] reports for the last step

@@ -83,17 +83,27 @@ impl LambConfig {
     const NAME: &'static str = "Lamb";
 }
 
-/// Per-step uniform of `shaders/lamb.wgsl` (`struct StepUniform`); `trust` is the segment's
-/// applied trust ratio, set between the passes.
+/// [`LambUniform::flags`] bit: decoupled decay (`decay` is the factor; else the L2 rate).
+pub const LAMB_DECOUPLED: u32 = 1;
+/// [`LambUniform::flags`] bit: apply a trust ratio of 1 (`adam`).
+pub const LAMB_ADAM: u32 = 2;
+/// [`LambUniform::flags`] bit: the global gradient-norm scaling (`pre_norm`).
+pub const LAMB_PRE_NORM: u32 = 4;
+
+/// Per-step uniform of `shaders/lamb.wgsl` and `shaders/lamb_segmented.wgsl`
+/// (`struct StepUniform`); `trust` is the segment's applied trust ratio, set between the
+/// passes on the CPU (the GPU keeps it in its work buffer).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct LambUniform {
-    /// -1 when maximizing, else 1.
+    /// -1 when maximizing, else 1 (times the global gradient scale on the CPU with
+    /// `pre_norm`).
     pub grad_sign: f32,
-    /// 1 - lr * wd (1 - wd with fixed_decay; 1 without decoupled decay).
-    pub decay_factor: f32,
-    /// wd without decoupled decay (added to r), else 0.
-    pub l2_weight_decay: f32,
+    /// With [`LAMB_DECOUPLED`]: the decay factor 1 - lr * wd (1 - wd with fixed_decay);
+    /// without: the L2 rate wd added to r.
+    pub decay: f32,
+    /// [`LAMB_DECOUPLED`] | [`LAMB_ADAM`] | [`LAMB_PRE_NORM`], as an exact f32 integer.
+    pub flags: f32,
     /// beta1.
     pub beta1: f32,
     /// beta3: 1 - beta1 or 1.
@@ -108,8 +118,18 @@ pub struct LambUniform {
     pub step_size: f32,
     /// The applied trust ratio of the segment (1 in the first pass).
     pub trust: f32,
-    /// Padding to 16 bytes.
-    pub _pad: [f32; 2],
+    /// The weight norm's upper bound.
+    pub clamp: f32,
+    /// `pre_norm`'s bound on the global gradient norm.
+    pub max_grad_norm: f32,
+}
+
+impl LambUniform {
+    /// Whether the decay is decoupled (`decay` is a factor).
+    #[inline(always)]
+    pub fn decoupled(&self) -> bool {
+        (self.flags as u32) & LAMB_DECOUPLED != 0
+    }
 }
 
 /// First-pass sums: ||p||^2 (after decoupled decay) and ||r||^2.
@@ -127,6 +147,11 @@ impl Algorithm for LambConfig {
     const CLASS_NAMES: &'static [&'static str] = &["Lamb"];
     // The trust ratio comes from a reduction, not from t: no device step counter.
     const WORD_CLASSES: Option<&'static [WordClass]> = None;
+    const SEGMENTED_KERNEL: Option<KernelSource> = Some(KernelSource {
+        file: "lamb_segmented.wgsl",
+        source: include_str!("../../shaders/lamb_segmented.wgsl"),
+        slots: &["exp_avg", "exp_avg_sq"],
+    });
     const SEGMENT_SUMS: usize = SUMS;
     const SEGMENT_SCALARS: &'static [&'static str] = &["weight_norm", "adam_norm", "trust_ratio"];
 
@@ -177,19 +202,18 @@ impl Algorithm for LambConfig {
     fn begin_step(&self, host: &mut HostState) -> LambUniform {
         let (b1, b2) = self.betas;
         let t = host.step as i32;
-        let decay_factor = match (self.weight_decouple, self.fixed_decay) {
-            (false, _) => 1.0,
+        let decay = match (self.weight_decouple, self.fixed_decay) {
+            (false, _) => self.weight_decay,
             (true, false) => 1.0 - host.lr * self.weight_decay,
             (true, true) => 1.0 - self.weight_decay,
         };
+        let flags = u32::from(self.weight_decouple) * LAMB_DECOUPLED
+            + u32::from(self.adam) * LAMB_ADAM
+            + u32::from(self.global_grad_clip().is_some()) * LAMB_PRE_NORM;
         LambUniform {
             grad_sign: super::algorithm::sign(self.maximize),
-            decay_factor: decay_factor as f32,
-            l2_weight_decay: if self.weight_decouple {
-                0.0
-            } else {
-                self.weight_decay as f32
-            },
+            decay: decay as f32,
+            flags: flags as f32,
             beta1: b1 as f32,
             beta3: if self.grad_averaging { 1.0 - b1 } else { 1.0 } as f32,
             beta2: b2 as f32,
@@ -197,7 +221,8 @@ impl Algorithm for LambConfig {
             eps: self.eps as f32,
             step_size: (host.lr / (1.0 - b1.powi(t))) as f32,
             trust: 1.0,
-            _pad: [0.0; 2],
+            clamp: self.clamp as f32,
+            max_grad_norm: self.max_grad_norm as f32,
         }
     }
 
@@ -268,12 +293,12 @@ impl Algorithm for LambConfig {
         };
         let (m, v) = (&mut m[..n], &mut v[..n]);
         let (mut pp, mut rr) = (0.0f64, 0.0f64);
+        let decoupled = u.decoupled();
         for i in 0..n {
             let gi = g[i] * u.grad_sign;
-            let pd = p[i] * u.decay_factor;
             m[i] = u.beta1 * m[i] + u.beta3 * gi;
             v[i] = u.beta2 * v[i] + u.one_minus_beta2 * gi * gi;
-            let r = m[i] / (v[i].sqrt() + u.eps) + u.l2_weight_decay * pd;
+            let (pd, r) = lamb_update(u, decoupled, p[i], m[i], v[i]);
             pp += f64::from(pd) * f64::from(pd);
             rr += f64::from(r) * f64::from(r);
         }
@@ -311,10 +336,21 @@ impl Algorithm for LambConfig {
         };
         let (m, v) = (&m[..n], &v[..n]);
         let scale = u.step_size * u.trust;
+        let decoupled = u.decoupled();
         for i in 0..n {
-            let pd = p[i] * u.decay_factor;
-            let r = m[i] / (v[i].sqrt() + u.eps) + u.l2_weight_decay * pd;
+            let (pd, r) = lamb_update(u, decoupled, p[i], m[i], v[i]);
             p[i] = pd - scale * r;
         }
+    }
+}
+
+/// The decayed param and the update r of one element (both passes compute the same bits).
+#[inline(always)]
+fn lamb_update(u: &LambUniform, decoupled: bool, p: f32, m: f32, v: f32) -> (f32, f32) {
+    let r = m / (v.sqrt() + u.eps);
+    if decoupled {
+        (p * u.decay, r)
+    } else {
+        (p, r + u.decay * p)
     }
 }

@@ -271,12 +271,28 @@ impl<'a> GpuOptimizerBuilder<'a> {
             }
         };
         let config = groups[0].config;
-        if let Some(c) = groups.iter().find(|g| !g.config.is_elementwise()) {
-            return Err(Error::Unsupported {
-                optimizer: c.config.name(),
-                feature: "per-tensor algorithms on the GPU (their two-pass dispatch is not \
-                          written yet; CpuOptimizer and ReferenceOptimizer step them)",
-            });
+        let per_tensor = !config.is_elementwise();
+        if per_tensor {
+            if groups.len() > 1 || matches!(source, Source::Groups(_)) {
+                return Err(Error::Unsupported {
+                    optimizer: config.name(),
+                    feature: "parameter groups with a per-tensor algorithm on the GPU",
+                });
+            }
+            if config.segmented_kernel().is_none() {
+                return Err(Error::Unsupported {
+                    optimizer: config.name(),
+                    feature: "this per-tensor algorithm on the GPU (no segmented kernel)",
+                });
+            }
+            if self.low.is_some() || self.state_format != StateFormat::F32 {
+                return Err(Error::Unsupported {
+                    optimizer: config.name(),
+                    feature: "low-precision params or compact state with a per-tensor \
+                              algorithm on the GPU",
+                });
+            }
+            config.check_segments(params.segment_table())?;
         }
         if let StateFormat::Blockwise8 { .. } = self.state_format {
             return Err(refuse(
@@ -430,6 +446,12 @@ fn build(
     )?;
 
     let native_f16 = runner.variant().uses_native_f16();
+    let segmented = match config.segmented_kernel() {
+        Some(k) if !config.is_elementwise() => Some(crate::gpu::segmented::SegmentedKernel::new(
+            params, k.file, k.source, &states,
+        )?),
+        _ => None,
+    };
     Ok(GpuOptimizer {
         ctx,
         params: params.clone(),
@@ -453,5 +475,6 @@ fn build(
         hyper_bytes: Vec::with_capacity(MAX_GROUPS * 48),
         low,
         native_f16,
+        segmented,
     })
 }
