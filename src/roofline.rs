@@ -178,18 +178,22 @@ impl GpuSegmentedRoof {
 
     /// One step (one submission, no wait).
     pub fn step(&mut self) {
-        let mut encoder = self
-            .ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("segmented roof"),
-            });
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("segmented roof"),
+                });
         // grad_sign 1, step_size 1e-3 (words 0 and 8); the rest 0.
         let mut words = [0.0f32; 12];
         words[0] = 1.0;
         words[8] = 1e-3;
-        self.kernel
-            .encode(&mut encoder, self.launches, bytemuck::cast_slice(&words), false);
+        self.kernel.encode(
+            &mut encoder,
+            self.launches,
+            bytemuck::cast_slice(&words),
+            false,
+        );
         self.ctx.queue().submit([encoder.finish()]);
         self.launches += 1;
     }
