@@ -81,6 +81,10 @@ pub struct OptimizerState {
     /// Parameter groups (empty for an optimizer without groups; otherwise every group,
     /// group 0 repeating `config` and `host`).
     pub groups: Vec<GroupState>,
+    /// The shapes of the tensors the flat vector holds, in order (metadata `shapes`); empty
+    /// when not recorded (older files, ZeRO shards). Loading into an optimizer whose
+    /// segments have other shapes fails.
+    pub shapes: Vec<Vec<usize>>,
 }
 
 /// The values of one state tensor, in the precision the optimizer keeps them.
@@ -315,6 +319,12 @@ pub fn save_with_metadata(
     if !state.groups.is_empty() {
         meta.insert("groups".to_string(), groups_json(&state.groups));
     }
+    if !state.shapes.is_empty() {
+        meta.insert(
+            "shapes".to_string(),
+            serde_json::json!(state.shapes).to_string(),
+        );
+    }
     let mut views = Vec::new();
     for (name, values) in &state.tensors {
         let bytes = values.bytes();
@@ -514,6 +524,10 @@ pub fn load_with_metadata(path: &Path) -> Result<(OptimizerState, BTreeMap<Strin
         Some(text) => parse_groups(path, text)?,
         None => Vec::new(),
     };
+    let shapes = match meta.get("shapes") {
+        Some(text) => parse_shapes(path, text, n)?,
+        None => Vec::new(),
+    };
     let extra = meta
         .iter()
         .filter(|(k, _)| k.starts_with(EXTRA_PREFIX))
@@ -526,20 +540,53 @@ pub fn load_with_metadata(path: &Path) -> Result<(OptimizerState, BTreeMap<Strin
             n,
             tensors: out,
             groups,
+            shapes,
         },
         extra,
     ))
 }
 
-/// Check that a loaded checkpoint fits an optimizer of `config` over `n` parameters: same
-/// kind and the same state tensors (the structural options); hyper-parameters may differ and
-/// are taken from the checkpoint, as PyTorch's `load_state_dict` does.
+/// The `shapes` metadata: a JSON array of shapes, each non-empty in elements, together at
+/// most `n` elements.
+fn parse_shapes(path: &Path, text: &str, n: usize) -> Result<Vec<Vec<usize>>> {
+    let shapes: Vec<Vec<usize>> =
+        serde_json::from_str(text).map_err(|e| err(path, format!("shapes: {e}")))?;
+    let mut total = 0usize;
+    for shape in &shapes {
+        match crate::segments::shape_product(shape) {
+            Some(k) if k > 0 => total = total.saturating_add(k),
+            _ => return Err(err(path, format!("shapes: {shape:?} holds no elements"))),
+        }
+    }
+    if total > n {
+        return Err(err(
+            path,
+            format!("shapes hold {total} elements, the file covers {n}"),
+        ));
+    }
+    Ok(shapes)
+}
+
+/// Check that a loaded checkpoint fits an optimizer of `config` over `n` parameters whose
+/// tensors have `shapes`: same kind and the same state tensors (the structural options), and
+/// the same shapes when the file records them; hyper-parameters may differ and are taken
+/// from the checkpoint, as PyTorch's `load_state_dict` does.
 pub(crate) fn check_fits(
     path: &Path,
     state: &OptimizerState,
     config: &OptimizerConfig,
     n: usize,
+    shapes: &[Vec<usize>],
 ) -> Result<()> {
+    if !state.shapes.is_empty() && state.shapes != shapes {
+        return Err(err(
+            path,
+            format!(
+                "holds tensors of shapes {:?}, this optimizer's are {shapes:?}",
+                state.shapes
+            ),
+        ));
+    }
     if state.config.name() != config.name() {
         return Err(err(
             path,

@@ -113,6 +113,40 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A tensor shape whose element count is not the segment's length.
+    #[error("segment `{segment}`: shape {shape:?} has {product} elements, the segment has {len}")]
+    ShapeMismatch {
+        /// The segment (its name, or its index).
+        segment: String,
+        /// The shape given.
+        shape: Vec<usize>,
+        /// The shape's element count (`usize::MAX` when it overflows).
+        product: usize,
+        /// The segment's length.
+        len: usize,
+    },
+    /// A segment table that does not describe the flat buffer: segments out of order,
+    /// overlapping, past its end, or leaving elements (other than lane padding) uncovered.
+    #[error("segment table over {len} elements: {reason}")]
+    SegmentTable {
+        /// The flat buffer's length.
+        len: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An algorithm that needs a tensor of a certain rank got another one (Muon on a
+    /// non-2-D segment, Adafactor's factored state on a 1-D tensor).
+    #[error("{optimizer}: segment `{segment}` has shape {shape:?}: {requirement}")]
+    WrongRank {
+        /// Optimizer name.
+        optimizer: &'static str,
+        /// The segment.
+        segment: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// What the algorithm needs.
+        requirement: &'static str,
+    },
     /// A kernel variant needs more bindings of one kind than the device allows (e.g.
     /// WebGPU's default of 8 storage buffers per shader stage). Refused before any pipeline
     /// or layout is created, so nothing is left half-built.

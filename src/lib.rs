@@ -38,6 +38,7 @@ pub mod optimizer;
 pub mod roofline;
 pub mod scaler;
 pub mod schedule;
+pub mod segments;
 pub mod zero;
 
 pub use auto::{AutoOptimizer, Backend, BackendChoice};
@@ -59,9 +60,10 @@ pub use half;
 #[cfg(feature = "mpi")]
 pub use mpi;
 pub use optim::{
-    AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, Algorithm, HostState, LionConfig,
-    NadamConfig, OptimizerConfig, RadamConfig, RmspropConfig, ScheduleFreeBase, ScheduleFreeConfig,
-    SgdConfig,
+    AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, Algorithm, HostState, LambConfig,
+    LionConfig, NadamConfig, OptimizerConfig, RadamConfig, RmspropConfig, ScheduleFreeBase,
+    ScheduleFreeConfig, SgdConfig,
 };
 pub use optimizer::Optimizer;
 pub use scaler::LossScaler;
+pub use segments::{DeviceSegment, SegmentShape, SegmentTable};

@@ -263,3 +263,101 @@ pub fn cpu_copy(dst: &mut [f32], src: &[f32]) {
 pub fn benchmark_suite() -> Vec<(&'static str, crate::OptimizerConfig)> {
     crate::OptimizerConfig::benchmark_suite()
 }
+
+/// The roof of a two-pass per-tensor step with LAMB's access pattern on the device
+/// (`shaders/segmented_roof.wgsl`): the segmented kernel's bindings, chunk and segment grids
+/// and passes (first pass: read p, g, m, v, write m, v and one slot per chunk; finish per
+/// segment; second pass: read p, m, v, write p), trivial arithmetic.
+pub struct GpuSegmentedRoof {
+    kernel: crate::gpu::segmented::SegmentedKernel,
+    ctx: crate::GpuContext,
+    _states: Vec<wgpu::Buffer>,
+    launches: u64,
+}
+
+impl GpuSegmentedRoof {
+    /// Over `params` and its segment table, with two state tensors of its own.
+    pub fn new(params: &FlatParams) -> Result<Self> {
+        let states: Vec<wgpu::Buffer> = (0..2)
+            .map(|_| create_flat(params.context(), "segmented roof state", params.len()))
+            .collect::<Result<_>>()?;
+        let kernel = crate::gpu::segmented::SegmentedKernel::new(
+            params,
+            "segmented_roof.wgsl",
+            include_str!("../shaders/segmented_roof.wgsl"),
+            &states,
+        )?;
+        Ok(Self {
+            kernel,
+            ctx: params.context().clone(),
+            _states: states,
+            launches: 0,
+        })
+    }
+
+    /// One step (one submission, no wait).
+    pub fn step(&mut self) {
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("segmented roof"),
+                });
+        // grad_sign 1, step_size 1e-3 (words 0 and 8); the rest 0.
+        let mut words = [0.0f32; 12];
+        words[0] = 1.0;
+        words[8] = 1e-3;
+        self.kernel.encode(
+            &mut encoder,
+            self.launches,
+            bytemuck::cast_slice(&words),
+            false,
+        );
+        self.ctx.queue().submit([encoder.finish()]);
+        self.launches += 1;
+    }
+}
+
+/// The CPU roof of a two-pass per-tensor step with LAMB's access pattern, over the same
+/// segments, chunks and threads as the fast path's per-tensor step: per segment, pass 1 reads
+/// p, g, m, v, writes m, v and sums one value per chunk; pass 2 reads p, m, v and writes p.
+pub fn cpu_segmented_roof(
+    table: &crate::SegmentTable,
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) -> f64 {
+    use crate::cpu::fast::CHUNK;
+    let mut total = 0.0;
+    for seg in table.segments() {
+        let r = seg.start..seg.end();
+        let sums: Vec<f64> = p[r.clone()]
+            .par_chunks(CHUNK)
+            .zip(g[r.clone()].par_chunks(CHUNK))
+            .zip(m[r.clone()].par_chunks_mut(CHUNK))
+            .zip(v[r.clone()].par_chunks_mut(CHUNK))
+            .map(|(((p, g), m), v)| {
+                let mut acc = 0.0f64;
+                for i in 0..p.len() {
+                    m[i] += g[i];
+                    v[i] += g[i];
+                    acc += f64::from(p[i]) * f64::from(m[i]);
+                }
+                acc
+            })
+            .collect();
+        let scale = 1e-3 / (1.0 + sums.iter().sum::<f64>().abs()) as f32;
+        total += f64::from(scale);
+        p[r.clone()]
+            .par_chunks_mut(CHUNK)
+            .zip(m[r.clone()].par_chunks(CHUNK))
+            .zip(v[r].par_chunks(CHUNK))
+            .for_each(|((p, m), v)| {
+                for i in 0..p.len() {
+                    p[i] += scale * (m[i] + v[i]);
+                }
+            });
+    }
+    total
+}

@@ -61,6 +61,10 @@ fn other_instance(config: OptimizerConfig) -> OptimizerConfig {
             x.lr *= 3.0;
             (x.weight_decay, x.maximize) = (0.0, false);
         }
+        OptimizerConfig::Lamb(x) => {
+            x.betas = (0.5, 0.9);
+            (x.weight_decay, x.maximize, x.pre_norm) = (0.0, false, false);
+        }
     }
     c
 }

@@ -1100,6 +1100,41 @@ fn fields(config: OptimizerConfig) -> Vec<Field> {
                 unchecked,
             ),
         ],
+        OptimizerConfig::Lamb(c) => vec![
+            // pytorch_optimizer 4.1.0 validates lr, betas, weight_decay and eps (a negative
+            // value raises); clamp and max_grad_norm are not checked there.
+            field(c, "lr", |x, v| x.lr = v, finite_ge0, torch_lt_0_raises),
+            field(
+                c,
+                "betas[0]",
+                |x, v| x.betas.0 = v,
+                in_0_1_open_right,
+                torch_beta,
+            ),
+            field(
+                c,
+                "betas[1]",
+                |x, v| x.betas.1 = v,
+                in_0_1_open_right,
+                torch_beta,
+            ),
+            field(
+                c,
+                "weight_decay",
+                |x, v| x.weight_decay = v,
+                finite_ge0,
+                torch_lt_0_raises,
+            ),
+            field(c, "eps", |x, v| x.eps = v, finite_ge0, torch_lt_0_raises),
+            field(
+                c,
+                "max_grad_norm",
+                |x, v| x.max_grad_norm = v,
+                finite_ge0,
+                unchecked,
+            ),
+            field(c, "clamp", |x, v| x.clamp = v, finite_gt0, unchecked),
+        ],
         OptimizerConfig::ScheduleFree(c) => {
             // AdamWScheduleFree checks nothing; SGDScheduleFree checks lr, weight_decay and
             // momentum.

@@ -100,6 +100,18 @@ fn run_all_sizes(ctx: &GpuContext, sizes: &[usize]) {
     let mut failures = Vec::new();
     for (desc, config) in cases::all() {
         for &n in sizes {
+            if !config.is_elementwise() && flat_bytes(n) > ctx.max_binding_bytes() {
+                // Per-tensor kernels bind the params whole (no binding windows): past the
+                // binding limit the GPU refuses them with a typed error, checked here.
+                let flat = FlatParams::zeros(ctx, n).unwrap();
+                match GpuOptimizer::new(&flat, config) {
+                    Err(Error::BufferTooLarge { .. }) => continue,
+                    other => {
+                        failures.push(format!("[{desc}, n = {n}] not refused: {other:?}"));
+                        continue;
+                    }
+                }
+            }
             if let Err(e) = gpu_vs_reference(ctx, config, config, n, 1000 + n as u64) {
                 failures.push(format!("[{desc}, n = {n}] {e}\n    config: {config:?}"));
             }
@@ -180,6 +192,7 @@ fn comparator_catches_one_percent_hyper_parameter_change() {
             OptimizerConfig::Radam(c) => c.lr *= 1.01,
             OptimizerConfig::Lion(c) => c.betas.0 = 1.0 - (1.0 - c.betas.0) * 1.01,
             OptimizerConfig::ScheduleFree(c) => c.lr *= 1.01,
+            OptimizerConfig::Lamb(c) => c.lr *= 1.01,
         }
         let result = gpu_vs_reference(&ctx, perturbed, config, 257, 7);
         assert!(result.is_err(), "[{desc}] a 1% change went unnoticed");

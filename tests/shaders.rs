@@ -258,6 +258,24 @@ fn uniform_structs_match_rust_mirrors() {
         ]
     ));
     checked.push(check_mirror!(
+        "lamb.wgsl",
+        LambUniform,
+        [
+            grad_sign,
+            decay,
+            flags,
+            beta1,
+            beta3,
+            beta2,
+            one_minus_beta2,
+            eps,
+            step_size,
+            trust,
+            clamp,
+            max_grad_norm
+        ]
+    ));
+    checked.push(check_mirror!(
         "lion.wgsl",
         LionUniform,
         [

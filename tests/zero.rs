@@ -314,6 +314,11 @@ fn plain(
 
 fn identical(comm: &impl Communicator, world: usize, report: &mut Report) {
     for (name, config) in cases::all() {
+        if !config.is_elementwise() {
+            // Per-tensor algorithms (LAMB) are refused by ShardedOptimizer::new with a typed
+            // error (ZeRO does not shard them yet); not replayed here.
+            continue;
+        }
         for (layout, transport) in [
             (ShardLayout::Segments, Transport::SharedMemory),
             (ShardLayout::Segments, Transport::Messages),

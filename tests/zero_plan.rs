@@ -217,6 +217,7 @@ fn trained(config: OptimizerConfig, n: usize) -> (CpuOptimizer, OptimizerState) 
         n,
         tensors,
         groups: Vec::new(),
+        shapes: Vec::new(),
     };
     (opt, state)
 }
@@ -224,6 +225,7 @@ fn trained(config: OptimizerConfig, n: usize) -> (CpuOptimizer, OptimizerState) 
 fn cut(state: &OptimizerState, r: std::ops::Range<usize>) -> OptimizerState {
     OptimizerState {
         n: r.len(),
+        shapes: Vec::new(),
         tensors: state
             .tensors
             .iter()

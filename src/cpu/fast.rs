@@ -7,6 +7,7 @@ use ndarray::{ArrayBase, Data, DataMut, Dimension};
 use rayon::prelude::*;
 
 use super::blockwise8::Blockwise8State;
+use super::segmented::SegmentedScratch;
 use super::simd::{simd_level, SimdLevel};
 use super::staggered::StaggeredVec;
 use std::path::Path;
@@ -16,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::grads::GradOptions;
 use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig, StateFormat};
 use crate::optimizer::Optimizer;
+use crate::segments::SegmentTable;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
 pub const CHUNK: usize = 1 << 15;
@@ -53,6 +55,11 @@ pub struct CpuOptimizer {
     scratch: Vec<f32>,
     last_grad_norm: Option<f64>,
     last_skipped: bool,
+    /// The tensors' starts and shapes (per-tensor algorithms step by them).
+    table: SegmentTable,
+    /// Per segment, the last step's `SEGMENT_SCALARS` (per-tensor algorithms).
+    segment_scalars: Vec<Vec<f64>>,
+    segmented: SegmentedScratch,
 }
 
 /// Where the state tensors live: `states` (f32), or a compact format.
@@ -99,6 +106,7 @@ pub struct CpuOptimizerBuilder {
     config: OptimizerConfig,
     n: usize,
     segments: Option<Vec<usize>>,
+    shapes: Option<Vec<Vec<usize>>>,
     format: StateFormat,
 }
 
@@ -108,6 +116,15 @@ impl CpuOptimizerBuilder {
     /// [`StateFormat::Blockwise8`] uses them (per-tensor blocks and `min_size`).
     pub fn segments(mut self, lens: &[usize]) -> Self {
         self.segments = Some(lens.to_vec());
+        self
+    }
+
+    /// The shapes of the tensors the flat parameter vector is the concatenation of (in
+    /// order, back to back; their element counts must sum to `n`). Per-tensor algorithms
+    /// (LAMB) step each tensor on its own; checkpoints record the shapes. Replaces
+    /// [`Self::segments`] (whose lengths are 1-D shapes).
+    pub fn shapes(mut self, shapes: &[Vec<usize>]) -> Self {
+        self.shapes = Some(shapes.to_vec());
         self
     }
 
@@ -139,6 +156,25 @@ impl CpuOptimizerBuilder {
                 got: total.unwrap_or(usize::MAX),
             });
         }
+        let shapes = match &self.shapes {
+            Some(s) => s.clone(),
+            None => lens.iter().map(|&l| vec![l]).collect(),
+        };
+        let table = SegmentTable::contiguous(&shapes)?;
+        if table.len() != self.n {
+            return Err(Error::SegmentTable {
+                len: self.n,
+                reason: format!("the shapes hold {} elements", table.len()),
+            });
+        }
+        with_algorithm!(&self.config, c => c.check_segments(&table))?;
+        let mut opt = self.build_storage(&lens)?;
+        opt.segment_scalars = vec![Vec::new(); table.segments().len()];
+        opt.table = table;
+        Ok(opt)
+    }
+
+    fn build_storage(self, lens: &[usize]) -> Result<CpuOptimizer> {
         match self.format {
             StateFormat::F32 => CpuOptimizer::new(self.config, self.n),
             StateFormat::Bf16 => {
@@ -174,6 +210,9 @@ impl CpuOptimizerBuilder {
                     scratch: Vec::new(),
                     last_grad_norm: None,
                     last_skipped: false,
+                    table: SegmentTable::single(self.n)?,
+                    segment_scalars: vec![Vec::new()],
+                    segmented: SegmentedScratch::default(),
                 })
             }
             StateFormat::Blockwise8 { min_size } => {
@@ -182,7 +221,7 @@ impl CpuOptimizerBuilder {
                     // bitsandbytes' Lion8bit / SGD8bit (one state).
                     other => super::blockwise8::check_config_1state(&other)?,
                 }
-                let state = Blockwise8State::new(&lens, min_size)?;
+                let state = Blockwise8State::new(lens, min_size)?;
                 Ok(CpuOptimizer {
                     host: self.config.initial_host_state(),
                     config: self.config,
@@ -194,6 +233,9 @@ impl CpuOptimizerBuilder {
                     scratch: Vec::new(),
                     last_grad_norm: None,
                     last_skipped: false,
+                    table: SegmentTable::single(self.n)?,
+                    segment_scalars: vec![Vec::new()],
+                    segmented: SegmentedScratch::default(),
                 })
             }
         }
@@ -210,6 +252,8 @@ impl CpuOptimizer {
                 what: "parameter set",
             });
         }
+        let table = SegmentTable::single(n)?;
+        with_algorithm!(&config, c => c.check_segments(&table))?;
         let names = config.state_names();
         // Slots 1, 2, 3: params and grads usually sit at slot 0 (see `StaggeredVec`).
         // Fallible allocation: a state that cannot be allocated is Error::OutOfMemory, not
@@ -232,6 +276,9 @@ impl CpuOptimizer {
             scratch: Vec::new(),
             last_grad_norm: None,
             last_skipped: false,
+            table,
+            segment_scalars: vec![Vec::new()],
+            segmented: SegmentedScratch::default(),
         })
     }
 
@@ -242,6 +289,7 @@ impl CpuOptimizer {
             config: config.into(),
             n,
             segments: None,
+            shapes: None,
             format: StateFormat::F32,
         }
     }
@@ -317,11 +365,41 @@ impl CpuOptimizer {
                 bf16_apply(&Step(c, &u), params, grads, states);
                 self.host.state_written = true;
             }
+            _ if !self.config.is_elementwise() => {
+                self.host.step += 1;
+                with_algorithm!(&self.config, c => super::segmented::segmented_step(
+                    c,
+                    &mut self.host,
+                    &self.table,
+                    params,
+                    grads,
+                    &mut self.states,
+                    &mut self.segmented,
+                    &mut self.segment_scalars,
+                ));
+                self.host.state_written = true;
+            }
             _ => self
                 .config
                 .cpu_step(&mut self.host, params, grads, &mut self.states),
         }
         Ok(())
+    }
+
+    /// The segment table the optimizer steps by.
+    pub fn segment_table(&self) -> &SegmentTable {
+        &self.table
+    }
+
+    /// Per segment, the last step's value of the per-tensor scalar `name` (LAMB's
+    /// `weight_norm`, `adam_norm`, `trust_ratio`); `None` for a name the algorithm does not
+    /// report, or before the first step.
+    pub fn segment_scalar(&self, name: &str) -> Option<Vec<f64>> {
+        let k = with_algorithm!(&self.config, c => scalar_index(c, name))?;
+        self.segment_scalars
+            .iter()
+            .map(|s| s.get(k).copied())
+            .collect()
     }
 
     /// One step over ndarray views (any shape, standard layout).
@@ -574,6 +652,7 @@ impl Optimizer for CpuOptimizer {
                 n: self.n,
                 tensors,
                 groups: Vec::new(),
+                shapes: self.table.shapes(),
             },
         )
     }
@@ -587,7 +666,7 @@ impl Optimizer for CpuOptimizer {
             return Ok(());
         }
         let state = crate::checkpoint::load(path)?;
-        crate::checkpoint::check_fits(path, &state, &self.config, self.n)?;
+        crate::checkpoint::check_fits(path, &state, &self.config, self.n, &self.table.shapes())?;
         if !state.groups.is_empty() {
             return Err(Error::Checkpoint {
                 file: path.display().to_string(),
@@ -703,6 +782,23 @@ impl OptimizerConfig {
         });
         Ok(())
     }
+}
+
+/// The index of a per-tensor scalar of `A`.
+fn scalar_index<A: Algorithm>(_: &A, name: &str) -> Option<usize> {
+    A::SEGMENT_SCALARS.iter().position(|n| *n == name)
+}
+
+/// One chunk of algorithm `c`'s loop with uniform `u`, in the build of the fast path's SIMD
+/// level (the per-tensor step's second pass).
+pub(crate) fn run_chunk<A: Algorithm>(
+    c: &A,
+    u: &A::Uniform,
+    p: &mut [f32],
+    g: &[f32],
+    s: &mut [&mut [f32]],
+) {
+    run_at(simd_level(), &Step(c, u), p, g, s)
 }
 
 /// One step of algorithm `config` with uniform `u` over every chunk, in parallel.

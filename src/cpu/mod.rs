@@ -5,5 +5,6 @@ pub mod fast;
 pub mod newton_schulz;
 pub mod q8_checkpoint;
 pub mod reference;
+mod segmented;
 pub mod simd;
 pub mod staggered;

@@ -6,6 +6,7 @@ use ndarray::{ArrayBase, ArrayD, Data, Dimension, IxDyn};
 use super::context::GpuContext;
 use crate::dispatch::padded_len;
 use crate::error::{Error, Result};
+use crate::segments::{SegmentShape, SegmentTable};
 
 /// Usages of every flat buffer fused-optim allocates.
 pub(crate) const FLAT_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -252,6 +253,26 @@ pub struct FlatParams {
     grads: wgpu::Buffer,
     len: usize,
     segments: Vec<Segment>,
+    /// The segments' starts and shapes, checked, and their device copy (one
+    /// [`DeviceSegment`](crate::DeviceSegment) each), uploaded once when built.
+    table: SegmentTable,
+    table_buffer: wgpu::Buffer,
+}
+
+/// The device copy of a segment table: a storage buffer of `DeviceSegment`s.
+fn upload_table(ctx: &GpuContext, table: &SegmentTable) -> Result<wgpu::Buffer> {
+    let entries = table.device_entries()?;
+    let bytes: &[u8] = bytemuck::cast_slice(&entries);
+    ctx.scoped("fused-optim segment table", || {
+        let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("fused-optim segment table"),
+            size: bytes.len() as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.queue().write_buffer(&buffer, 0, bytes);
+        Ok(buffer)
+    })
 }
 
 /// Where the builder starts a segment after `end` elements: `end`, or the next multiple of 4
@@ -295,6 +316,9 @@ pub struct FlatParamsBuilder {
     /// Elements asked for when a segment was refused for its size (or its allocation
     /// failed): `build` reports it.
     refused: Option<u64>,
+    /// A segment whose explicit shape does not match its values (name, shape, values):
+    /// `build` reports it.
+    misshaped: Option<(String, Vec<usize>, usize)>,
 }
 
 impl FlatParamsBuilder {
@@ -309,6 +333,21 @@ impl FlatParamsBuilder {
     /// Append a 1-D tensor.
     pub fn slice(mut self, name: &str, values: &[f32]) -> Self {
         self.push(name, vec![values.len()], values.iter().copied());
+        self
+    }
+
+    /// Append a tensor of an explicit `shape` (row-major) from its flat `values`; `build`
+    /// fails with [`Error::ShapeMismatch`] when the shape's element count is not
+    /// `values.len()`.
+    pub fn shaped(mut self, name: &str, shape: &[usize], values: &[f32]) -> Self {
+        let product = crate::segments::shape_product(shape);
+        if product != Some(values.len()) {
+            if self.misshaped.is_none() {
+                self.misshaped = Some((name.to_string(), shape.to_vec(), values.len()));
+            }
+            return self;
+        }
+        self.push(name, shape.to_vec(), values.iter().copied());
         self
     }
 
@@ -362,6 +401,14 @@ impl FlatParamsBuilder {
                 limit: MAX_BUILDER_ELEMENTS as u64 * 4,
             });
         }
+        if let Some((segment, shape, len)) = self.misshaped {
+            return Err(Error::ShapeMismatch {
+                product: crate::segments::shape_product(&shape).unwrap_or(usize::MAX),
+                segment,
+                shape,
+                len,
+            });
+        }
         if self.data.is_empty() {
             return Err(Error::Empty {
                 what: "parameter set",
@@ -384,8 +431,20 @@ impl FlatParamsBuilder {
                 });
             }
         }
+        let table = SegmentTable::new(
+            self.data.len(),
+            self.segments
+                .iter()
+                .map(|s| SegmentShape {
+                    start: s.offset,
+                    shape: s.shape.clone(),
+                })
+                .collect(),
+        )?;
         let mut flat = FlatParams::zeros(ctx, self.data.len())?;
         flat.write_params(&self.data)?;
+        flat.table_buffer = upload_table(ctx, &table)?;
+        flat.table = table;
         flat.segments = self.segments;
         Ok(flat)
     }
@@ -411,6 +470,7 @@ impl FlatParams {
         }
         let params = create_flat(ctx, "fused-optim params", len)?;
         let grads = create_flat(ctx, "fused-optim grads", len)?;
+        let table = SegmentTable::single(len)?;
         Ok(Self {
             ctx: ctx.clone(),
             params,
@@ -421,6 +481,8 @@ impl FlatParams {
                 offset: 0,
                 shape: vec![len],
             }],
+            table_buffer: upload_table(ctx, &table)?,
+            table,
         })
     }
 
@@ -453,6 +515,7 @@ impl FlatParams {
                 });
             }
         }
+        let table = SegmentTable::single(len)?;
         Ok(Self {
             ctx: ctx.clone(),
             params,
@@ -463,6 +526,8 @@ impl FlatParams {
                 offset: 0,
                 shape: vec![len],
             }],
+            table_buffer: upload_table(ctx, &table)?,
+            table,
         })
     }
 
@@ -479,6 +544,18 @@ impl FlatParams {
     /// The named tensors, in order.
     pub fn segments(&self) -> &[Segment] {
         &self.segments
+    }
+
+    /// The segment table: every segment's start and shape (checked when built).
+    pub fn segment_table(&self) -> &SegmentTable {
+        &self.table
+    }
+
+    /// The device copy of [`Self::segment_table`]: one
+    /// [`DeviceSegment`](crate::DeviceSegment) (start, length, rows, cols; u32) per segment,
+    /// uploaded when the params were built.
+    pub fn segment_table_buffer(&self) -> &wgpu::Buffer {
+        &self.table_buffer
     }
 
     /// One segment by name.

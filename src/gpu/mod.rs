@@ -10,6 +10,7 @@ pub(crate) mod kernel;
 pub mod low_precision;
 pub mod newton_schulz;
 pub mod optimizer;
+pub(crate) mod segmented;
 pub mod shaders;
 pub mod timer;
 pub mod wait;

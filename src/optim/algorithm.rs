@@ -290,6 +290,78 @@ pub trait Algorithm: Copy + std::fmt::Debug + PartialEq + Default + Send + Sync 
         let _ = host;
         true
     }
+
+    // ---- The per-tensor extension (algorithms with `ELEMENTWISE = false`) ----
+    //
+    // A per-tensor algorithm steps one segment (tensor) at a time in two passes: a first
+    // pass over the segment's chunks that may update state and adds `SEGMENT_SUMS` partial
+    // sums per chunk (kept per chunk, in fixed slots, summed in chunk order: deterministic,
+    // no atomics), then `finish_segment` turns the segment's sums into the uniform of the
+    // second pass (e.g. LAMB's trust ratio), which `cpu_chunk` runs over the same chunks.
+    // The defaults describe an elementwise algorithm (no first pass); the implementations
+    // (`cpu::fast`, `cpu::reference`) take this path exactly when `ELEMENTWISE` is false.
+
+    /// The GPU module of a per-tensor algorithm (`None`: the GPU refuses it, typed): WGSL
+    /// with entry points `gnorm`, `gfinish` (the global gradient clip), `reduce`, `finish`
+    /// and `apply`, and the bindings `src/gpu/segmented.rs` describes; `slots` are the state
+    /// tensors from binding 3.
+    const SEGMENTED_KERNEL: Option<KernelSource> = None;
+    /// Partial sums per segment the first pass produces (0: no first pass).
+    const SEGMENT_SUMS: usize = 0;
+    /// Names of the per-segment scalars [`Self::finish_segment`] reports for the last step
+    /// (LAMB: `weight_norm`, `adam_norm`, `trust_ratio`), readable from the optimizers.
+    const SEGMENT_SCALARS: &'static [&'static str] = &[];
+
+    /// Checks that the algorithm accepts tensors of these shapes (a typed error naming the
+    /// segment otherwise; default: any shape).
+    fn check_segments(&self, table: &crate::segments::SegmentTable) -> Result<()> {
+        let _ = table;
+        Ok(())
+    }
+
+    /// Whether the step first scales every gradient by `min(1, max / (||g|| + eps))` over
+    /// all segments together, as `(max, eps)` (LAMB's `pre_norm`); default none.
+    fn global_grad_clip(&self) -> Option<(f64, f64)> {
+        None
+    }
+
+    /// The first pass over one chunk of one segment: may update the state chunks `s`
+    /// (in [`Self::state_names`] order) and adds its partial sums to `sums`
+    /// (`SEGMENT_SUMS` of them, zero on entry; f64 accumulators on the CPU). Must be `#[inline(always)]`, as
+    /// [`Self::cpu_chunk`]. Default: nothing.
+    #[inline(always)]
+    fn cpu_reduce_chunk(
+        &self,
+        u: &Self::Uniform,
+        p: &[f32],
+        g: &[f32],
+        s: &mut [&mut [f32]],
+        sums: &mut [f64],
+    ) {
+        let _ = (u, p, g, s, sums);
+    }
+
+    /// The step's uniform with every gradient scaled by `scale` (the factor of
+    /// [`Self::global_grad_clip`], rounded to f32 as the reference package does); default:
+    /// unchanged (an algorithm without global clipping).
+    fn with_grad_scale(&self, u: &Self::Uniform, scale: f32) -> Self::Uniform {
+        let _ = scale;
+        *u
+    }
+
+    /// Between the passes: the uniform of the second pass over `segment`, from the step's
+    /// uniform and the segment's finished sums (f64, summed in chunk order); writes the
+    /// values of [`Self::SEGMENT_SCALARS`] into `scalars`. Default: the step's uniform.
+    fn finish_segment(
+        &self,
+        u: &Self::Uniform,
+        segment: &crate::segments::SegmentShape,
+        sums: &[f64],
+        scalars: &mut [f64],
+    ) -> Self::Uniform {
+        let _ = (segment, sums, scalars);
+        *u
+    }
 }
 
 /// PyTorch's sign of the gradient: -1 when maximizing, else 1.

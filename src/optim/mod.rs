@@ -9,6 +9,7 @@ mod adam;
 mod adamax;
 pub mod algorithm;
 pub(crate) mod chunk;
+mod lamb;
 mod lion;
 mod nadam;
 mod radam;
@@ -26,6 +27,7 @@ pub use adamax::{AdamaxConfig, AdamaxUniform};
 pub use algorithm::{
     Algorithm, HostState, HparamReader, KernelSource, LaneOptions, WordClass, MAX_HOST_SCALARS,
 };
+pub use lamb::{LambConfig, LambUniform, LAMB_ADAM, LAMB_DECOUPLED, LAMB_PRE_NORM};
 pub use lion::{LionConfig, LionUniform};
 pub use nadam::{NadamConfig, NadamUniform};
 pub use radam::{RadamConfig, RadamUniform};

@@ -201,6 +201,37 @@ macro_rules! registry {
                 }
             }
 
+            /// The GPU module of a per-tensor algorithm ([`Algorithm::SEGMENTED_KERNEL`]).
+            pub fn segmented_kernel(&self) -> Option<KernelSource> {
+                match self {
+                    $(Self::$variant(_) => <$config as Algorithm>::SEGMENTED_KERNEL,)*
+                }
+            }
+
+            /// Whether a step starts with the global gradient clip
+            /// ([`Algorithm::global_grad_clip`]).
+            pub fn has_global_grad_clip(&self) -> bool {
+                match self {
+                    $(Self::$variant(c) => c.global_grad_clip().is_some(),)*
+                }
+            }
+
+            /// Checks that the algorithm accepts tensors of these shapes
+            /// ([`Algorithm::check_segments`]).
+            pub fn check_segments(&self, table: &crate::segments::SegmentTable) -> Result<()> {
+                match self {
+                    $(Self::$variant(c) => c.check_segments(table),)*
+                }
+            }
+
+            /// The per-tensor scalars the algorithm reports for the last step
+            /// ([`Algorithm::SEGMENT_SCALARS`]; empty for elementwise algorithms).
+            pub fn segment_scalar_names(&self) -> &'static [&'static str] {
+                match self {
+                    $(Self::$variant(_) => <$config as Algorithm>::SEGMENT_SCALARS,)*
+                }
+            }
+
             /// Whether the algorithm is elementwise ([`Algorithm::ELEMENTWISE`]).
             pub fn is_elementwise(&self) -> bool {
                 match self {
@@ -288,4 +319,5 @@ registry! {
     Radam(RadamConfig),
     Lion(LionConfig),
     ScheduleFree(ScheduleFreeConfig),
+    Lamb(LambConfig),
 }

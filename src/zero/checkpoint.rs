@@ -227,6 +227,8 @@ fn check_same(path: &Path, first: &OptimizerState, other: &OptimizerState) -> Re
 fn concatenate(pieces: Vec<OptimizerState>) -> OptimizerState {
     let mut pieces = pieces.into_iter();
     let mut whole = pieces.next().expect("at least one piece");
+    // A piece's shapes describe a range, not the whole: not recorded.
+    whole.shapes = Vec::new();
     for piece in pieces {
         whole.n += piece.n;
         for ((_, acc), (_, part)) in whole.tensors.iter_mut().zip(piece.tensors) {
@@ -247,6 +249,7 @@ fn concatenate(pieces: Vec<OptimizerState>) -> OptimizerState {
 fn slice(state: OptimizerState, within: Range<usize>) -> OptimizerState {
     OptimizerState {
         n: within.len(),
+        shapes: Vec::new(),
         tensors: state
             .tensors
             .into_iter()

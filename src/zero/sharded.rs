@@ -302,6 +302,14 @@ impl ShardedOptimizer {
             if zero.bucket == 0 {
                 return Err(shard_error("a bucket of 0 elements"));
             }
+            if !config.is_elementwise() {
+                // A shard's optimizer does not know the tensors' shapes yet: refused rather
+                // than a trust ratio over a shard.
+                return Err(shard_error(format!(
+                    "{} is a per-tensor algorithm: ZeRO does not shard those yet",
+                    config.name()
+                )));
+            }
             if matches!(zero.layout, ShardLayout::Aligned { .. }) && !config.is_elementwise() {
                 return Err(shard_error(format!(
                     "{} is not elementwise: shard it by whole segments (ShardLayout::Segments)",
@@ -823,6 +831,7 @@ impl ShardedOptimizer {
             n: self.shard().len(),
             tensors,
             groups: Vec::new(),
+            shapes: Vec::new(),
         })
     }
 

@@ -20,7 +20,48 @@ pub fn all() -> Vec<(&'static str, OptimizerConfig)> {
     let lion = LionConfig::default();
     let sf_adamw = ScheduleFreeConfig::adamw();
     let sf_sgd = ScheduleFreeConfig::sgd();
+    let lamb = LambConfig::default();
     vec![
+        ("lamb default", lamb.into()),
+        (
+            "lamb decoupled wd clamp",
+            LambConfig {
+                weight_decay: 0.01,
+                clamp: 0.5,
+                ..lamb
+            }
+            .into(),
+        ),
+        (
+            "lamb l2 wd maximize",
+            LambConfig {
+                weight_decay: 0.01,
+                weight_decouple: false,
+                maximize: true,
+                ..lamb
+            }
+            .into(),
+        ),
+        (
+            "lamb adam fixed decay no averaging",
+            LambConfig {
+                adam: true,
+                weight_decay: 0.05,
+                fixed_decay: true,
+                grad_averaging: false,
+                ..lamb
+            }
+            .into(),
+        ),
+        (
+            "lamb pre_norm",
+            LambConfig {
+                pre_norm: true,
+                max_grad_norm: 0.5,
+                ..lamb
+            }
+            .into(),
+        ),
         ("sgd plain", sgd.into()),
         (
             "sgd momentum",

@@ -38,9 +38,9 @@ fn lion_and_schedule_free_cases_pass_on_every_path() {
     let mut failures = Vec::new();
     for case in cases() {
         let known = config_of(&case).unwrap().is_some();
-        let expected_known = matches!(case.algorithm.as_str(), "lion" | "schedulefree");
+        let expected_known = matches!(case.algorithm.as_str(), "lion" | "schedulefree" | "lamb");
         assert_eq!(known, expected_known, "{}: registry lookup", case.name);
-        if !known {
+        if !known || case.algorithm == "lamb" {
             continue;
         }
         for which in implementations() {
@@ -101,4 +101,34 @@ fn a_one_percent_change_fails() {
             );
         }
     }
+}
+
+/// LAMB (pytorch_optimizer 4.1.0) on every path: the f64 reference against the float64 run
+/// (M1 1e-12; `pre_norm` 1e-6, the README's bound for the package's float32 global scale),
+/// the fast CPU path and the GPU's two-pass kernel against the float32 run (M1 1e-5), the
+/// final state (`exp_avg`, `exp_avg_sq` and the last step's `weight_norm`, `adam_norm`,
+/// `trust_ratio` per tensor, read from the device on the GPU) and the group's `step`.
+#[test]
+fn lamb_cases_pass_on_every_path() {
+    let ctx = common::gpu();
+    let mut count = 0;
+    let mut failures = Vec::new();
+    for case in cases().into_iter().filter(|c| c.algorithm == "lamb") {
+        for which in implementations() {
+            let report = replay(&case, which, ctx.as_ref()).unwrap().unwrap();
+            // params per tensor, exp_avg / exp_avg_sq / 3 scalars per tensor, group.step.
+            assert_eq!(
+                report.checks.len(),
+                6 * case.tensors.len() + 1,
+                "{}",
+                case.name
+            );
+            if !report.passed() {
+                failures.push(format!("{which:?}: {report}"));
+            }
+            count += 1;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(count, 4 * implementations().len());
 }

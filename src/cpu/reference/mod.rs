@@ -10,6 +10,7 @@ mod adam;
 mod adamax;
 pub mod blockwise8;
 pub mod blockwise8_1state;
+mod lamb;
 mod lion;
 mod nadam;
 pub mod newton_schulz;
@@ -25,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::grads::GradOptions;
 use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig, MAX_HOST_SCALARS};
 use crate::optimizer::Optimizer;
+use crate::segments::{SegmentShape, SegmentTable};
 
 impl OptimizerConfig {
     /// One step of the f64 reference.
@@ -36,6 +38,20 @@ impl OptimizerConfig {
         states: &mut [Vec<f64>],
     ) {
         with_algorithm!(self, c => ReferenceStep::reference_step(c, r, params, grads, states))
+    }
+
+    /// One per-tensor reference step over one segment (algorithms with
+    /// `ELEMENTWISE = false`).
+    fn reference_segment_step(
+        &self,
+        r: &ReferenceScalars,
+        segment: &SegmentShape,
+        params: &mut [f64],
+        grads: &[f64],
+        states: &mut [&mut [f64]],
+        scalars: &mut [f64],
+    ) -> Result<()> {
+        with_algorithm!(self, c => ReferenceStep::reference_segment_step(c, r, segment, params, grads, states, scalars))
     }
 
     /// The reference's train/eval switch.
@@ -79,6 +95,26 @@ pub trait ReferenceStep: Algorithm {
         states: &mut [Vec<f64>],
     );
 
+    /// Per-tensor algorithms (`ELEMENTWISE = false`): one step over one segment of shape
+    /// `segment.shape`; `params`, `grads` and `states` are that segment's elements. Writes
+    /// the algorithm's `SEGMENT_SCALARS` into `scalars`. Elementwise algorithms are stepped
+    /// by [`Self::reference_step`]; the default refuses ([`Error::Unsupported`]).
+    fn reference_segment_step(
+        &self,
+        r: &ReferenceScalars,
+        segment: &SegmentShape,
+        params: &mut [f64],
+        grads: &[f64],
+        states: &mut [&mut [f64]],
+        scalars: &mut [f64],
+    ) -> Result<()> {
+        let _ = (r, segment, params, grads, states, scalars);
+        Err(Error::Unsupported {
+            optimizer: self.class_name(),
+            feature: "per-tensor reference step",
+        })
+    }
+
     /// The train/eval mode switch of algorithms that have modes (to training when
     /// `train`); [`Error::Unsupported`] (the default) for the others.
     fn reference_mode_switch(
@@ -111,9 +147,40 @@ pub struct ReferenceOptimizer {
     grad_options: GradOptions,
     last_grad_norm: Option<f64>,
     last_skipped: bool,
+    table: SegmentTable,
+    /// Per segment, the last step's `SEGMENT_SCALARS` (per-tensor algorithms).
+    segment_scalars: Vec<Vec<f64>>,
 }
 
 impl ReferenceOptimizer {
+    /// A fresh optimizer over tensors of `shapes`, back to back (per-tensor algorithms step
+    /// each one as a tensor; [`Error::ShapeMismatch`]-style typed errors for empty or
+    /// overflowing shapes, the algorithm's own for shapes it refuses).
+    pub fn with_shapes(config: impl Into<OptimizerConfig>, shapes: &[Vec<usize>]) -> Result<Self> {
+        let table = SegmentTable::contiguous(shapes)?;
+        let mut opt = Self::new(config, table.len())?;
+        with_algorithm!(&opt.config, c => c.check_segments(&table))?;
+        opt.segment_scalars = vec![Vec::new(); table.segments().len()];
+        opt.table = table;
+        Ok(opt)
+    }
+
+    /// The segment table the optimizer steps by.
+    pub fn segment_table(&self) -> &SegmentTable {
+        &self.table
+    }
+
+    /// Per segment, the last step's value of the per-tensor scalar `name` (LAMB's
+    /// `weight_norm`, `adam_norm`, `trust_ratio`); `None` for a name the algorithm does not
+    /// report or before the first step.
+    pub fn segment_scalar(&self, name: &str) -> Option<Vec<f64>> {
+        let k = with_algorithm!(&self.config, c => segment_scalar_index(c, name))?;
+        self.segment_scalars
+            .iter()
+            .map(|s| s.get(k).copied())
+            .collect()
+    }
+
     /// A fresh optimizer over `n` parameters, state initialised as PyTorch does.
     pub fn new(config: impl Into<OptimizerConfig>, n: usize) -> Result<Self> {
         let config = config.into();
@@ -141,7 +208,11 @@ impl ReferenceOptimizer {
         for (slot, (_, initial)) in own.iter_mut().zip(config.host_scalars()) {
             *slot = *initial;
         }
+        let table = SegmentTable::single(n)?;
+        with_algorithm!(&config, c => c.check_segments(&table))?;
         Ok(Self {
+            table,
+            segment_scalars: vec![Vec::new()],
             lr: config.lr(),
             config,
             n,
@@ -239,9 +310,46 @@ impl ReferenceOptimizer {
         let grads = &processed[..];
         self.scalars.t += 1;
         self.scalars.lr = self.lr;
-        self.config
-            .reference_step(&mut self.scalars, params, grads, &mut self.states);
+        if self.config.is_elementwise() {
+            self.config
+                .reference_step(&mut self.scalars, params, grads, &mut self.states);
+        } else {
+            self.segmented_step(params, grads)?;
+        }
         self.scalars.state_written = true;
+        Ok(())
+    }
+
+    /// A per-tensor step: the global gradient scaling if the algorithm has one, then each
+    /// segment on its own.
+    fn segmented_step(&mut self, params: &mut [f64], grads: &[f64]) -> Result<()> {
+        let clip = with_algorithm!(&self.config, c => c.global_grad_clip());
+        let scaled: Vec<f64>;
+        let grads = match clip {
+            Some((max_norm, eps)) => {
+                let norm = grads.iter().map(|g| g * g).sum::<f64>().sqrt();
+                let s = (max_norm / (norm + eps)).min(1.0);
+                scaled = grads.iter().map(|g| g * s).collect();
+                &scaled[..]
+            }
+            None => grads,
+        };
+        let names = with_algorithm!(&self.config, c => segment_scalar_names(c));
+        for (k, seg) in self.table.segments().iter().enumerate() {
+            let r = seg.start..seg.end();
+            let mut views: Vec<&mut [f64]> =
+                self.states.iter_mut().map(|s| &mut s[r.clone()]).collect();
+            let mut scalars = vec![0.0; names.len()];
+            self.config.reference_segment_step(
+                &self.scalars,
+                seg,
+                &mut params[r.clone()],
+                &grads[r],
+                &mut views,
+                &mut scalars,
+            )?;
+            self.segment_scalars[k] = scalars;
+        }
         Ok(())
     }
 }
@@ -336,6 +444,7 @@ impl Optimizer for ReferenceOptimizer {
                 n: self.n,
                 tensors,
                 groups: Vec::new(),
+                shapes: self.table.shapes(),
             },
         )
     }
@@ -343,7 +452,7 @@ impl Optimizer for ReferenceOptimizer {
     /// Loads F64 tensors as they are and F32 ones widened exactly.
     fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
         let state = crate::checkpoint::load(path)?;
-        crate::checkpoint::check_fits(path, &state, &self.config, self.n)?;
+        crate::checkpoint::check_fits(path, &state, &self.config, self.n, &self.table.shapes())?;
         if !state.groups.is_empty() {
             return Err(Error::Checkpoint {
                 file: path.display().to_string(),
@@ -357,4 +466,14 @@ impl Optimizer for ReferenceOptimizer {
         self.set_host_state(&state.host);
         Ok(())
     }
+}
+
+/// The names of an algorithm's per-tensor scalars.
+fn segment_scalar_names<A: Algorithm>(_: &A) -> &'static [&'static str] {
+    A::SEGMENT_SCALARS
+}
+
+/// The index of one of them.
+fn segment_scalar_index<A: Algorithm>(_: &A, name: &str) -> Option<usize> {
+    A::SEGMENT_SCALARS.iter().position(|n| *n == name)
 }

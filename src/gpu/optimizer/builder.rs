@@ -272,6 +272,29 @@ impl<'a> GpuOptimizerBuilder<'a> {
             }
         };
         let config = groups[0].config;
+        let per_tensor = !config.is_elementwise();
+        if per_tensor {
+            if groups.len() > 1 || matches!(source, Source::Groups(_)) {
+                return Err(Error::Unsupported {
+                    optimizer: config.name(),
+                    feature: "parameter groups with a per-tensor algorithm on the GPU",
+                });
+            }
+            if config.segmented_kernel().is_none() {
+                return Err(Error::Unsupported {
+                    optimizer: config.name(),
+                    feature: "this per-tensor algorithm on the GPU (no segmented kernel)",
+                });
+            }
+            if self.low.is_some() || self.state_format != StateFormat::F32 {
+                return Err(Error::Unsupported {
+                    optimizer: config.name(),
+                    feature: "low-precision params or compact state with a per-tensor \
+                              algorithm on the GPU",
+                });
+            }
+            config.check_segments(params.segment_table())?;
+        }
         let q8_min_size = match self.state_format {
             StateFormat::Blockwise8 { min_size } => Some(min_size),
             _ => None,
@@ -465,6 +488,12 @@ fn build(
     )?;
 
     let native_f16 = runner.variant().uses_native_f16();
+    let segmented = match config.segmented_kernel() {
+        Some(k) if !config.is_elementwise() => Some(crate::gpu::segmented::SegmentedKernel::new(
+            params, k.file, k.source, &states,
+        )?),
+        _ => None,
+    };
     Ok(GpuOptimizer {
         ctx,
         params: params.clone(),
@@ -489,6 +518,7 @@ fn build(
         low,
         native_f16,
         q8: None,
+        segmented,
     })
 }
 

@@ -45,6 +45,7 @@ impl GpuOptimizer {
                 n: self.params.len(),
                 tensors,
                 groups: self.group_states(&hosts),
+                shapes: self.params.segment_table().shapes(),
             },
         )
     }
@@ -66,7 +67,13 @@ impl GpuOptimizer {
             return Ok(());
         }
         let state = crate::checkpoint::load(path)?;
-        crate::checkpoint::check_fits(path, &state, &self.groups[0].config, self.params.len())?;
+        crate::checkpoint::check_fits(
+            path,
+            &state,
+            &self.groups[0].config,
+            self.params.len(),
+            &self.params.segment_table().shapes(),
+        )?;
         let ours = self.group_states(&self.group_hosts());
         if self.device.is_some() {
             DeviceSteps::check_countable(state.host.step)?;

@@ -13,6 +13,13 @@ impl GpuOptimizer {
     /// norm clipper, the device step counter for `skip_nonfinite`.
     pub(super) fn apply_grad_options(&mut self, options: GradOptions) -> Result<()> {
         self.ctx.check_alive("set_grad_options")?;
+        if self.segmented.is_some() && options != GradOptions::default() {
+            return Err(crate::Error::Unsupported {
+                optimizer: self.groups[0].config.name(),
+                feature: "gradient options (clipping, unscaling, skipping) with a per-tensor \
+                          algorithm on the GPU (the CPU paths have them)",
+            });
+        }
         options.validate()?;
         let scaler_on = self.device.as_ref().is_some_and(|d| d.scaler_on());
         if scaler_on && !options.skip_nonfinite {

@@ -18,6 +18,7 @@ use super::context::GpuContext;
 use super::device_step::DeviceSteps;
 use super::gradients::{GradOptions, NormClipper};
 use super::kernel::KernelRunner;
+use super::segmented::SegmentedKernel;
 
 mod builder;
 mod checkpoint;
@@ -83,6 +84,9 @@ pub struct GpuOptimizer {
     /// With [`StateFormat::Blockwise8`]: the 8-bit state and its kernel, which then runs
     /// each step instead of `runner` (`states` is empty).
     q8: Option<Blockwise8Device>,
+    /// Per-tensor algorithms: the two-pass kernel over the segment table, dispatched
+    /// instead of `runner`.
+    segmented: Option<SegmentedKernel>,
 }
 
 /// The 16-bit buffers of a low-precision optimizer.
@@ -109,6 +113,37 @@ impl GpuOptimizer {
     /// The parameters this optimizer updates.
     pub fn params(&self) -> &FlatParams {
         &self.params
+    }
+
+    /// Per segment, the last step's value of the per-tensor scalar `name` (LAMB's
+    /// `weight_norm`, `adam_norm`, `trust_ratio`), or `"nonfinite"` (1 when a norm of that
+    /// segment was not finite: the step is flagged); `Ok(None)` for a name the algorithm
+    /// does not report or an elementwise algorithm. Reads back (waits; on the web use
+    /// [`Self::segment_scalar_async`]).
+    pub fn segment_scalar(&self, name: &str) -> crate::Result<Option<Vec<f64>>> {
+        super::wait::block_on("segment_scalar", self.segment_scalar_async(name))?
+    }
+
+    /// [`Self::segment_scalar`] without blocking.
+    pub async fn segment_scalar_async(&self, name: &str) -> crate::Result<Option<Vec<f64>>> {
+        let Some(kernel) = &self.segmented else {
+            return Ok(None);
+        };
+        let names = self.groups[0].config.segment_scalar_names();
+        let word = match name {
+            "nonfinite" => super::segmented::SEGMENT_WORDS - 1,
+            _ => match names.iter().position(|n| *n == name) {
+                Some(k) => 1 + k,
+                None => return Ok(None),
+            },
+        };
+        let words = kernel.segment_words_async().await?;
+        Ok(Some(
+            words
+                .chunks(super::segmented::SEGMENT_WORDS)
+                .map(|w| f64::from(w[word]))
+                .collect(),
+        ))
     }
 
     /// Number of binding windows (dispatches per step).

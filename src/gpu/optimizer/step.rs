@@ -84,7 +84,15 @@ impl GpuOptimizer {
         if let Some(device) = &self.device {
             device.encode_resolve(encoder, self.runner.slot_offset(slot));
         }
-        self.runner.encode(encoder, slot, &self.hyper_bytes);
+        match &self.segmented {
+            Some(kernel) => kernel.encode(
+                encoder,
+                slot,
+                &self.hyper_bytes,
+                self.groups[0].config.has_global_grad_clip(),
+            ),
+            None => self.runner.encode(encoder, slot, &self.hyper_bytes),
+        }
         if let Some(device) = &self.device {
             device.encode_update_scale(encoder);
         }

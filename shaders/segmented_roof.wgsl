@@ -1,0 +1,203 @@
+// segmented_roof.wgsl: the roof of a two-pass per-tensor step with LAMB's access pattern
+// (src/roofline.rs GpuSegmentedRoof, run by src/gpu/segmented.rs exactly as
+// lamb_segmented.wgsl): the same bindings, chunk and segment grids, passes and reads and
+// writes (reduce: read p, g, m, v, write m, v and the chunk's slots; finish: the segment's
+// slots; apply: read p, m, v, write p), with trivial arithmetic.
+
+struct StepUniform {
+    grad_sign: f32,
+    decay: f32,
+    flags: f32,
+    beta1: f32,
+    beta3: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+    step_size: f32,
+    trust: f32,
+    clamp: f32,
+    max_grad_norm: f32,
+}
+
+struct Segment {
+    start: u32,
+    len: u32,
+    rows: u32,
+    cols: u32,
+}
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> hp: StepUniform;
+@group(0) @binding(1) var<storage, read_write> param: array<f32>;
+@group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(3) var<storage, read_write> exp_avg: array<f32>;
+@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<f32>;
+@group(0) @binding(5) var<storage, read> segments: array<Segment>;
+@group(0) @binding(6) var<storage, read> chunks: array<vec4<u32>>;
+@group(0) @binding(7) var<storage, read_write> work: array<f32>;
+
+var<workgroup> red: array<vec2<f32>, WG>;
+
+fn segment_count() -> u32 {
+    return arrayLength(&segments);
+}
+
+fn chunk_count() -> u32 {
+    return arrayLength(&chunks) - segment_count();
+}
+
+fn globals() -> u32 {
+    return 8u * segment_count();
+}
+
+fn slot(c: u32) -> u32 {
+    return globals() + 4u + 4u * c;
+}
+
+fn decoupled() -> bool {
+    return (u32(hp.flags) & 1u) != 0u;
+}
+
+fn pre_norm() -> bool {
+    return (u32(hp.flags) & 4u) != 0u;
+}
+
+fn finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+// The decayed param and the update r of element i (m, v already updated).
+fn pd_r(i: u32) -> vec2<f32> {
+    let p = param[i];
+    var r = exp_avg[i] / (sqrt(exp_avg_sq[i]) + hp.eps);
+    var pd = p;
+    if (decoupled()) {
+        pd = p * hp.decay;
+    } else {
+        r = r + hp.decay * p;
+    }
+    return vec2<f32>(pd, r);
+}
+
+// Tree sum of red[0..WG) (called by every invocation of the workgroup).
+fn tree(lid: u32) -> vec2<f32> {
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            red[lid] = red[lid] + red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    return red[0];
+}
+
+@compute @workgroup_size(WG)
+fn gnorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x + wid.y * nwg.x;
+    if (c >= chunk_count()) {
+        return;
+    }
+    let e = chunks[segment_count() + c];
+    var acc = 0.0;
+    for (var i = e.y + lid; i < e.z; i = i + WG) {
+        acc = acc + grad[i] * grad[i];
+    }
+    red[lid] = vec2<f32>(acc, 0.0);
+    let total = tree(lid);
+    if (lid == 0u) {
+        work[slot(c) + 2u] = total.x;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn gfinish(@builtin(local_invocation_index) lid: u32) {
+    var acc = 0.0;
+    for (var c = lid; c < chunk_count(); c = c + WG) {
+        acc = acc + work[slot(c) + 2u];
+    }
+    red[lid] = vec2<f32>(acc, 0.0);
+    let total = tree(lid);
+    if (lid == 0u) {
+        work[globals()] = min(1.0, hp.max_grad_norm / (sqrt(total.x) + hp.eps));
+    }
+}
+
+@compute @workgroup_size(WG)
+fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x + wid.y * nwg.x;
+    if (c >= chunk_count()) {
+        return;
+    }
+    let e = chunks[segment_count() + c];
+    var sign = hp.grad_sign;
+    if (pre_norm()) {
+        sign = sign * work[globals()];
+    }
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var i = e.y + lid; i < e.z; i = i + WG) {
+        let g = grad[i] * sign;
+        let m = exp_avg[i] + g;
+        let v = exp_avg_sq[i] + g;
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
+        acc = acc + vec2<f32>(param[i], m);
+    }
+    red[lid] = acc;
+    let total = tree(lid);
+    if (lid == 0u) {
+        work[slot(c)] = total.x;
+        work[slot(c) + 1u] = total.y;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let k = wid.x + wid.y * nwg.x;
+    if (k >= segment_count()) {
+        return;
+    }
+    let head = chunks[k];
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var j = lid; j < head.y; j = j + WG) {
+        let s = slot(head.x + j);
+        acc = acc + vec2<f32>(work[s], work[s + 1u]);
+    }
+    red[lid] = acc;
+    let total = tree(lid);
+    if (lid == 0u) {
+        let weight_norm = min(sqrt(total.x), hp.clamp);
+        let adam_norm = sqrt(total.y);
+        var trust = 1.0;
+        if (weight_norm != 0.0 && adam_norm != 0.0) {
+            trust = weight_norm / (adam_norm + hp.eps);
+        }
+        var applied = trust;
+        if ((u32(hp.flags) & 2u) != 0u) {
+            applied = 1.0;
+        }
+        let o = 8u * k;
+        work[o] = applied;
+        work[o + 1u] = weight_norm;
+        work[o + 2u] = adam_norm;
+        work[o + 3u] = trust;
+        work[o + 7u] = select(1.0, 0.0, finite(total.x) && finite(total.y));
+    }
+}
+
+@compute @workgroup_size(WG)
+fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x + wid.y * nwg.x;
+    if (c >= chunk_count()) {
+        return;
+    }
+    let e = chunks[segment_count() + c];
+    let scale = hp.step_size * work[8u * e.x];
+    for (var i = e.y + lid; i < e.z; i = i + WG) {
+        param[i] = param[i] + scale * (exp_avg[i] + exp_avg_sq[i]);
+    }
+}
