@@ -374,6 +374,11 @@ impl CpuOptimizer {
                     &mut self.states,
                     &mut self.segmented,
                     &mut self.segment_scalars,
+                    &super::segmented::FastChunks {
+                        chunk: CHUNK,
+                        avx2: avx2_in_use(),
+                        run: run_chunk,
+                    },
                 ));
                 self.host.state_written = true;
             }
