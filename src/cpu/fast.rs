@@ -376,6 +376,11 @@ impl CpuOptimizer {
                     &mut self.states,
                     &mut self.segmented,
                     &mut self.segment_scalars,
+                    &super::segmented::FastChunks {
+                        chunk: CHUNK,
+                        avx2: simd_level() >= SimdLevel::Avx2,
+                        run: run_chunk,
+                    },
                 ));
                 self.host.state_written = true;
             }

@@ -3,11 +3,11 @@
 //! `SEGMENT_SUMS` values per chunk (f64 accumulators, one fixed slot per chunk, added in
 //! chunk order: the result does not depend on the thread count), `finish_segment` between
 //! the passes, and the second pass (`cpu_chunk`) over the same chunks. Both passes run the
-//! AVX2 + FMA build where the fast path does ([`super::fast::set_avx2`]).
+//! AVX2 + FMA build where the fast path does: the fast path passes in its chunk length, its
+//! AVX2 switch and its chunk runner (no import of `cpu::fast` here: no module cycle).
 
 use rayon::prelude::*;
 
-use super::fast::{run_chunk, CHUNK};
 use super::staggered::StaggeredVec;
 use crate::optim::{Algorithm, HostState};
 use crate::segments::SegmentTable;
@@ -17,6 +17,18 @@ use crate::segments::SegmentTable;
 pub(crate) struct SegmentedScratch {
     /// Per chunk of the current segment, its partial sums.
     partials: Vec<f64>,
+}
+
+/// The fast path's loop over one chunk (its AVX2 dispatch included).
+pub(crate) type ChunkRunner<A> =
+    fn(&A, &<A as Algorithm>::Uniform, &mut [f32], &[f32], &mut [&mut [f32]]);
+
+/// How the fast path runs chunks: their length, whether AVX2 + FMA code is in use, and its
+/// chunk runner.
+pub(crate) struct FastChunks<A: Algorithm> {
+    pub chunk: usize,
+    pub avx2: bool,
+    pub run: ChunkRunner<A>,
 }
 
 /// One step of `c` over every segment of `table`; `host.step` has been incremented. The
@@ -31,10 +43,12 @@ pub(crate) fn segmented_step<A: Algorithm>(
     states: &mut [StaggeredVec],
     scratch: &mut SegmentedScratch,
     scalars: &mut [Vec<f64>],
+    fast: &FastChunks<A>,
 ) {
+    let chunk = fast.chunk;
     let mut u = c.begin_step(host);
     if let Some((max_norm, eps)) = c.global_grad_clip() {
-        let norm = sum_squares(grads).sqrt();
+        let norm = sum_squares(grads, chunk).sqrt();
         let scale = (max_norm / (norm + eps)).min(1.0) as f32;
         u = c.with_grad_scale(&u, scale);
     }
@@ -45,13 +59,19 @@ pub(crate) fn segmented_step<A: Algorithm>(
         let mut s: Vec<&mut [f32]> = Vec::new();
         s.extend(states.iter_mut().map(|v| &mut v[r.clone()]));
         // Pass 1: state update and partial sums, one slot per chunk.
-        let chunks = seg.len().div_ceil(CHUNK);
+        let chunks = seg.len().div_ceil(chunk);
         scratch.partials.clear();
         scratch.partials.resize(chunks * sums, 0.0);
         if sums > 0 {
-            for_chunks(p, g, &mut s, &mut scratch.partials, sums, |p, g, s, out| {
-                reduce_chunk(c, &u, p, g, s, out)
-            });
+            for_chunks(
+                p,
+                g,
+                &mut s,
+                &mut scratch.partials,
+                sums,
+                chunk,
+                |p, g, s, out| reduce_chunk(c, &u, p, g, s, out, fast.avx2),
+            );
         }
         let mut total = vec![0.0f64; sums];
         for part in scratch.partials.chunks(sums.max(1)) {
@@ -64,22 +84,22 @@ pub(crate) fn segmented_step<A: Algorithm>(
         scalars[k] = out;
         // Pass 2: the update with the segment's uniform.
         let mut none: Vec<f64> = Vec::new();
-        for_chunks(p, g, &mut s, &mut none, 0, |p, g, s, _| {
-            run_chunk(c, &u2, p, g, s)
+        for_chunks(p, g, &mut s, &mut none, 0, chunk, |p, g, s, _| {
+            (fast.run)(c, &u2, p, g, s)
         });
     }
 }
 
 /// Σ g², f64, over fixed chunks in chunk order (deterministic).
-fn sum_squares(g: &[f32]) -> f64 {
+fn sum_squares(g: &[f32], chunk: usize) -> f64 {
     let partials: Vec<f64> = g
-        .par_chunks(CHUNK)
+        .par_chunks(chunk)
         .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
         .collect();
     partials.iter().sum()
 }
 
-/// `f(p, g, states, sums)` over the `CHUNK`-element chunks of one segment, in parallel; chunk
+/// `f(p, g, states, sums)` over the `chunk`-element chunks of one segment, in parallel; chunk
 /// i gets `sums[i * width..(i + 1) * width]` (empty when `width` is 0).
 fn for_chunks<F>(
     p: &mut [f32],
@@ -87,11 +107,12 @@ fn for_chunks<F>(
     states: &mut [&mut [f32]],
     sums: &mut [f64],
     width: usize,
+    chunk: usize,
     f: F,
 ) where
     F: Fn(&mut [f32], &[f32], &mut [&mut [f32]], &mut [f64]) + Sync + Send,
 {
-    let n = p.len().div_ceil(CHUNK);
+    let n = p.len().div_ceil(chunk);
     let mut empty: Vec<&mut [f64]> = Vec::new();
     let sum_chunks: Vec<&mut [f64]> = if width == 0 {
         empty.extend((0..n).map(|_| &mut [][..]));
@@ -100,22 +121,22 @@ fn for_chunks<F>(
         sums.chunks_mut(width).collect()
     };
     let pg = p
-        .par_chunks_mut(CHUNK)
-        .zip(g.par_chunks(CHUNK))
+        .par_chunks_mut(chunk)
+        .zip(g.par_chunks(chunk))
         .zip(sum_chunks.into_par_iter());
     match states {
         [] => pg.for_each(|((p, g), o)| f(p, g, &mut [], o)),
         [a] => pg
-            .zip(a.par_chunks_mut(CHUNK))
+            .zip(a.par_chunks_mut(chunk))
             .for_each(|(((p, g), o), a)| f(p, g, &mut [a], o)),
         [a, b] => pg
-            .zip(a.par_chunks_mut(CHUNK))
-            .zip(b.par_chunks_mut(CHUNK))
+            .zip(a.par_chunks_mut(chunk))
+            .zip(b.par_chunks_mut(chunk))
             .for_each(|((((p, g), o), a), b)| f(p, g, &mut [a, b], o)),
         [a, b, c] => pg
-            .zip(a.par_chunks_mut(CHUNK))
-            .zip(b.par_chunks_mut(CHUNK))
-            .zip(c.par_chunks_mut(CHUNK))
+            .zip(a.par_chunks_mut(chunk))
+            .zip(b.par_chunks_mut(chunk))
+            .zip(c.par_chunks_mut(chunk))
             .for_each(|(((((p, g), o), a), b), c)| f(p, g, &mut [a, b, c], o)),
         _ => unreachable!("no optimizer has more than 3 state tensors"),
     }
@@ -130,15 +151,15 @@ fn reduce_chunk<A: Algorithm>(
     g: &[f32],
     s: &mut [&mut [f32]],
     sums: &mut [f64],
+    avx2: bool,
 ) {
-    match super::simd::simd_level() {
-        // SAFETY: `simd_level` is never above what the CPU has (AVX2 and FMA at least).
-        #[cfg(target_arch = "x86_64")]
-        super::simd::SimdLevel::Avx2 | super::simd::SimdLevel::Avx512 => unsafe {
-            reduce_avx2(c, u, p, g, s, sums)
-        },
-        _ => c.cpu_reduce_chunk(u, p, g, s, sums),
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (the fast path passes `simd_level() >= Avx2`).
+        return unsafe { reduce_avx2(c, u, p, g, s, sums) };
     }
+    let _ = avx2;
+    c.cpu_reduce_chunk(u, p, g, s, sums)
 }
 
 #[cfg(target_arch = "x86_64")]
