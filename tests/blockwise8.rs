@@ -436,14 +436,20 @@ fn checkpoints_round_trip_to_the_bit_identical_next_step() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The baseline (SSE2) build of the 8-bit loops gives the same bits as the oracle too
-/// (process-wide switch; the other tests here give the same bits with either build).
+/// Every build of the 8-bit loops (baseline SSE2, AVX2, AVX-512: those this CPU has) gives
+/// the same bits as the oracle (process-wide switch; the other tests here give the same bits
+/// with any build).
 #[test]
-fn baseline_build_equals_the_oracle() {
-    assert!(!fused_optim::cpu::fast::set_avx2(false));
-    fast_matches_oracle(AdamConfig::adamw(), &[300, 5000, 11], 256, 12);
-    // Back to the default (AVX2 where available, unless the environment turned it off).
-    fused_optim::cpu::fast::set_avx2(
-        std::env::var("FUSED_OPTIM_CPU_SIMD").as_deref() != Ok("sse2"),
-    );
+fn every_simd_build_equals_the_oracle() {
+    use fused_optim::cpu::simd::{set_simd_level, SimdLevel};
+    let before = fused_optim::cpu::simd::simd_level();
+    for level in SimdLevel::ALL {
+        if set_simd_level(level) != level {
+            eprintln!("NOT TESTED here: this CPU has no {} code", level.name());
+            continue;
+        }
+        fast_matches_oracle(AdamConfig::adamw(), &[300, 5000, 11], 256, 12);
+        fast_matches_oracle(AdamConfig::default(), &[70_001, 257], 4096, 3);
+    }
+    set_simd_level(before);
 }

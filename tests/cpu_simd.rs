@@ -1,18 +1,30 @@
-//! The fast CPU path's AVX2 code (picked at run time) gives the same bits as its SSE2 code,
-//! for every optimizer and option: both compile the same loops, and Rust never contracts
-//! `a * b + c` into an FMA. Own test binary: the switch is process-wide.
+//! The fast CPU path's AVX2 and AVX-512 code (picked at run time) give the same bits as its
+//! SSE2 code, for every optimizer and option, on f32 and on bf16 state: all compile the same
+//! loops, and Rust never contracts `a * b + c` into an FMA. Own test binary: the switch is
+//! process-wide.
 
 mod cases;
 mod common;
 
 use common::*;
-use fused_optim::cpu::fast::set_avx2;
+use fused_optim::cpu::simd::{set_simd_level, SimdLevel};
 use fused_optim::*;
 
-fn run(config: OptimizerConfig, n: usize) -> (Vec<u32>, Vec<Vec<u32>>) {
+/// Whether the fast path keeps bf16 state for `config` (Adam, AdamW, AMSGrad).
+fn bf16_capable(config: OptimizerConfig) -> bool {
+    CpuOptimizer::builder(config, 8)
+        .state_format(StateFormat::Bf16)
+        .build()
+        .is_ok()
+}
+
+fn run(config: OptimizerConfig, n: usize, format: StateFormat) -> (Vec<u32>, Vec<Vec<u32>>) {
     let mut rng = Rng::new(77);
     let mut p = params0(&mut rng, n);
-    let mut opt = CpuOptimizer::new(config, n).unwrap();
+    let mut opt = CpuOptimizer::builder(config, n)
+        .state_format(format)
+        .build()
+        .unwrap();
     for _ in 0..5 {
         opt.step(&mut p, &grads(&mut rng, n)).unwrap();
     }
@@ -20,26 +32,56 @@ fn run(config: OptimizerConfig, n: usize) -> (Vec<u32>, Vec<Vec<u32>>) {
     let states = config
         .state_names()
         .iter()
-        .map(|name| bits(opt.state(name).unwrap()))
+        .map(|name| {
+            let v: Vec<f32> = opt
+                .read_state(name)
+                .unwrap()
+                .iter()
+                .map(|&x| x as f32)
+                .collect();
+            bits(&v)
+        })
         .collect();
     (bits(&p), states)
 }
 
 #[test]
-fn avx2_and_sse2_loops_give_the_same_bits() {
-    // Several 32K-element chunks and an odd tail (not a multiple of 4, 8 or 64).
+fn every_simd_level_gives_the_same_bits() {
+    // Several 32K-element chunks and an odd tail (not a multiple of 4, 8, 16 or 64).
     let n = 100_003;
-    if !set_avx2(true) {
-        eprintln!("NOT TESTED: this CPU has no AVX2 + FMA, only the SSE2 loops exist here");
-        return;
-    }
+    let levels: Vec<SimdLevel> = SimdLevel::ALL
+        .into_iter()
+        .filter(|&l| {
+            let ok = set_simd_level(l) == l;
+            if !ok {
+                eprintln!("NOT TESTED here: this CPU has no {} code", l.name());
+            }
+            ok
+        })
+        .collect();
+    assert!(levels.len() >= 2 || SimdLevel::detected() == SimdLevel::Baseline);
     for (desc, config) in cases::all() {
-        assert!(set_avx2(true));
-        let avx2 = run(config, n);
-        set_avx2(false);
-        let sse2 = run(config, n);
-        assert!(avx2.0 == sse2.0, "{desc}: params differ");
-        assert!(avx2.1 == sse2.1, "{desc}: state differs");
+        set_simd_level(SimdLevel::Baseline);
+        let baseline = run(config, n, StateFormat::F32);
+        let baseline_bf16 = bf16_capable(config).then(|| run(config, n, StateFormat::Bf16));
+        for &level in &levels[1..] {
+            assert_eq!(set_simd_level(level), level);
+            let got = run(config, n, StateFormat::F32);
+            assert!(
+                got.0 == baseline.0,
+                "{desc}: params differ at {}",
+                level.name()
+            );
+            assert!(
+                got.1 == baseline.1,
+                "{desc}: state differs at {}",
+                level.name()
+            );
+            if let Some(b) = &baseline_bf16 {
+                let got = run(config, n, StateFormat::Bf16);
+                assert!(got == *b, "{desc}: bf16 run differs at {}", level.name());
+            }
+        }
     }
-    set_avx2(true);
+    set_simd_level(SimdLevel::detected());
 }

@@ -41,6 +41,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use crate::cpu::simd::SimdLevel;
 use crate::error::{Error, Result};
 use crate::optim::AdamConfig;
 
@@ -107,7 +108,8 @@ pub fn dynamic_map(signed: bool) -> [f32; 256] {
 #[derive(Clone)]
 pub struct Quantizer {
     map: [f32; 256],
-    lut: Box<[u8]>,
+    /// Indexed by a `u16` grid index: the fixed size makes every look-up provably in bounds.
+    lut: Box<[u8; GRID]>,
 }
 
 impl std::fmt::Debug for Quantizer {
@@ -124,12 +126,11 @@ impl Quantizer {
     /// `(q_j + q_{j+1}) / 2` (f32) strictly below the grid value `f32(-1 + f32(2i) / 65535)`.
     pub fn new(map: [f32; 256]) -> Self {
         let mids: Vec<f32> = map.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
-        let lut = (0..GRID)
-            .map(|i| {
-                let x = -1.0f32 + (2 * i) as f32 / 65535.0f32;
-                mids.partition_point(|&m| m < x) as u8
-            })
-            .collect();
+        let mut lut = Box::new([0u8; GRID]);
+        for (i, code) in lut.iter_mut().enumerate() {
+            let x = -1.0f32 + (2 * i) as f32 / 65535.0f32;
+            *code = mids.partition_point(|&m| m < x) as u8;
+        }
         Self { map, lut }
     }
 
@@ -153,7 +154,7 @@ impl Quantizer {
     /// The 65536-entry lookup table: `LUT[idx]` is the code of grid point `idx` (what the
     /// GPU kernel uploads and indexes, `src/gpu/blockwise8.rs`).
     pub fn lut(&self) -> &[u8] {
-        &self.lut
+        &self.lut[..]
     }
 
     /// `q[code] * absmax`.
@@ -191,17 +192,15 @@ impl Quantizer {
             return 0.0;
         }
         let inv = 1.0f32 / absmax;
-        // Grid indices first (a vectorisable loop), then the table look-ups.
+        // Grid indices first (a loop the compiler vectorises), then the table look-ups.
         let mut idx = [0u16; BLOCK];
         for (chunk_c, chunk_x) in codes.chunks_mut(BLOCK).zip(x.chunks(BLOCK)) {
             let idx = &mut idx[..chunk_x.len()];
             for (d, &v) in idx.iter_mut().zip(chunk_x) {
-                let n = (v * inv).clamp(-1.0, 1.0);
-                // In [0.5, 65535.5]: truncates to 0..=65535 (NaN gives 0).
-                *d = (((n + 1.0) * 0.5) * 65535.0 + 0.5) as u16;
+                *d = grid_index(v * inv);
             }
             for (c, &i) in chunk_c.iter_mut().zip(idx.iter()) {
-                *c = self.lut[i as usize];
+                *c = self.lut[usize::from(i)];
             }
         }
         absmax
@@ -218,6 +217,23 @@ impl Quantizer {
             .for_each(|((x, c), a)| *a = self.quantize_block(x, c));
         Ok(())
     }
+}
+
+/// The grid index of a scaled value `x` (= value / absmax): `trunc(((clamp(x, -1, 1) + 1) *
+/// 0.5) * 65535 + 0.5)` in f32, 0 for NaN (as bitsandbytes' `(int)` of its clamped float).
+///
+/// Written so that it vectorises: the clamp as two selects (`x > -1 ? x : -1` sends NaN to
+/// -1, whose index is 0, the index NaN takes in the scalar formula too) and an unchecked
+/// conversion of a value known to lie in [0.5, 65535.5].
+#[inline(always)]
+fn grid_index(x: f32) -> u16 {
+    let x = if x > -1.0 { x } else { -1.0 };
+    let x = if x < 1.0 { x } else { 1.0 };
+    let t = ((x + 1.0) * 0.5) * 65535.0 + 0.5;
+    // SAFETY: x is in [-1, 1], so t is finite and in [0.5, 65535.5]: its truncation fits an
+    // i32 (and a u16).
+    let i: i32 = unsafe { t.to_int_unchecked() };
+    i as u16
 }
 
 fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
@@ -522,7 +538,7 @@ impl Blockwise8State {
         lr: f64,
         params: &mut [f32],
         grads: &[f32],
-        avx2: bool,
+        level: SimdLevel,
     ) {
         let s = Blockwise8Scalars::new(config, t, lr);
         for (r, seg) in self.ranges.iter().zip(self.segments.iter_mut()) {
@@ -533,8 +549,8 @@ impl Blockwise8State {
                     state2,
                     absmax1,
                     absmax2,
-                } => step_quantized(&s, p, g, state1, state2, absmax1, absmax2, avx2),
-                SegmentState::Full { state1, state2 } => step_full(&s, p, g, state1, state2, avx2),
+                } => step_quantized(&s, p, g, state1, state2, absmax1, absmax2, level),
+                SegmentState::Full { state1, state2 } => step_full(&s, p, g, state1, state2, level),
             }
         }
     }
@@ -551,7 +567,7 @@ fn step_quantized(
     state2: &mut [u8],
     absmax1: &mut [f32],
     absmax2: &mut [f32],
-    avx2: bool,
+    level: SimdLevel,
 ) {
     let task = BLOCK * BLOCKS_PER_TASK;
     p.par_chunks_mut(task)
@@ -561,13 +577,17 @@ fn step_quantized(
         .zip(absmax1.par_chunks_mut(BLOCKS_PER_TASK))
         .zip(absmax2.par_chunks_mut(BLOCKS_PER_TASK))
         .for_each(|(((((p, g), c1), c2), a1), a2)| {
-            run_blocks(s, p, g, c1, c2, a1, a2, avx2);
+            run_blocks(s, p, g, c1, c2, a1, a2, level);
         });
 }
 
-/// Dispatches [`blocks`] to the AVX2 + FMA build where the CPU has it and the fast path's
-/// switch allows it (`avx2`: `cpu::fast::set_avx2`); the same bits either way: the
-/// loop uses explicit `mul_add` (correctly rounded in both builds) and plain f32 operations.
+/// Dispatches [`blocks`] to the build of `level` (the fast path's [`SimdLevel`], never above
+/// what the CPU has); the same bits at every level: the loop uses explicit `mul_add`
+/// (correctly rounded in every build) and plain f32 operations. At the AVX-512 level the
+/// AVX2 build runs: on this project's machine (AMD EPYC, AVX-512 on 256-bit units) the
+/// AVX-512 builds of this loop were slower — 3.7–4.1 against 3.1–3.4 ns/param single-threaded
+/// (CPU time, `examples/state_formats.rs`), both for the compiler's AVX-512 code and for a
+/// hand-written version with hardware gathers for the map and table look-ups.
 #[allow(clippy::too_many_arguments)]
 fn run_blocks(
     s: &Blockwise8Scalars,
@@ -577,30 +597,56 @@ fn run_blocks(
     c2: &mut [u8],
     a1: &mut [f32],
     a2: &mut [f32],
-    avx2: bool,
+    level: SimdLevel,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is the fast path's run-time check that the CPU has AVX2 and FMA.
-        return unsafe { blocks_avx2(s, p, g, c1, c2, a1, a2) };
+    match level {
+        // SAFETY: `level` comes from `simd_level()`, never above `SimdLevel::detected()`.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 | SimdLevel::Avx2 => unsafe { x86::blocks_avx2(s, p, g, c1, c2, a1, a2) },
+        _ => blocks(s, p, g, c1, c2, a1, a2),
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = avx2;
-    blocks(s, p, g, c1, c2, a1, a2)
 }
 
+/// [`blocks`] compiled for AVX2, [`full`] for AVX2 and for AVX-512.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn blocks_avx2(
-    s: &Blockwise8Scalars,
-    p: &mut [f32],
-    g: &[f32],
-    c1: &mut [u8],
-    c2: &mut [u8],
-    a1: &mut [f32],
-    a2: &mut [f32],
-) {
-    blocks(s, p, g, c1, c2, a1, a2)
+#[allow(clippy::too_many_arguments)]
+mod x86 {
+    use super::{blocks, full, Blockwise8Scalars};
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn blocks_avx2(
+        s: &Blockwise8Scalars,
+        p: &mut [f32],
+        g: &[f32],
+        c1: &mut [u8],
+        c2: &mut [u8],
+        a1: &mut [f32],
+        a2: &mut [f32],
+    ) {
+        blocks(s, p, g, c1, c2, a1, a2)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn full_avx2(
+        s: &Blockwise8Scalars,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+    ) {
+        full(s, p, g, m, v)
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    pub unsafe fn full_avx512(
+        s: &Blockwise8Scalars,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+    ) {
+        full(s, p, g, m, v)
+    }
 }
 
 /// The step over consecutive blocks: dequantise, update m, v and p in f32, re-quantise.
@@ -615,8 +661,6 @@ fn blocks(
     a2: &mut [f32],
 ) {
     let (q1, q2) = (Quantizer::signed(), Quantizer::unsigned());
-    let mut m = [0.0f32; BLOCK];
-    let mut v = [0.0f32; BLOCK];
     for ((((p, g), c1), c2), (a1, a2)) in p
         .chunks_mut(BLOCK)
         .zip(g.chunks(BLOCK))
@@ -624,23 +668,48 @@ fn blocks(
         .zip(c2.chunks_mut(BLOCK))
         .zip(a1.iter_mut().zip(a2.iter_mut()))
     {
-        let n = p.len();
-        let (m, v, g, c1, c2) = (
-            &mut m[..n],
-            &mut v[..n],
-            &g[..n],
-            &mut c1[..n],
-            &mut c2[..n],
-        );
-        let (am1, am2) = (*a1, *a2);
-        for i in 0..n {
-            m[i] = q1.map[c1[i] as usize] * am1;
-            v[i] = q2.map[c2[i] as usize] * am2;
+        match (
+            <&mut [f32; BLOCK]>::try_from(&mut *p),
+            <&[f32; BLOCK]>::try_from(g),
+            <&mut [u8; BLOCK]>::try_from(&mut *c1),
+            <&mut [u8; BLOCK]>::try_from(&mut *c2),
+        ) {
+            (Ok(p), Ok(g), Ok(c1), Ok(c2)) => full_block(s, q1, q2, p, g, c1, c2, a1, a2),
+            _ => one_block(s, q1, q2, p, g, c1, c2, a1, a2),
         }
-        for i in 0..n {
+    }
+}
+
+/// [`one_block`] for a whole block, arranged for speed with the same operations: the
+/// absmax of the new moments is taken in the update loop (8 lanes each), and both
+/// moments' grid indices and table look-ups share loops (more independent loads in
+/// flight).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn full_block(
+    s: &Blockwise8Scalars,
+    q1: &Quantizer,
+    q2: &Quantizer,
+    p: &mut [f32; BLOCK],
+    g: &[f32; BLOCK],
+    c1: &mut [u8; BLOCK],
+    c2: &mut [u8; BLOCK],
+    a1: &mut f32,
+    a2: &mut f32,
+) {
+    const L: usize = 8;
+    let mut m = [0.0f32; BLOCK];
+    let mut v = [0.0f32; BLOCK];
+    let (am1, am2) = (*a1, *a2);
+    let (mut l1, mut l2) = ([0.0f32; L], [0.0f32; L]);
+    for k in (0..BLOCK).step_by(L) {
+        for j in 0..L {
+            let i = k + j;
             let gi = g[i];
-            let mi = s.one_minus_beta1.mul_add(gi, s.beta1 * m[i]);
-            let vi = (s.one_minus_beta2 * gi).mul_add(gi, s.beta2 * v[i]);
+            let m0 = q1.map[c1[i] as usize] * am1;
+            let v0 = q2.map[c2[i] as usize] * am2;
+            let mi = s.one_minus_beta1.mul_add(gi, s.beta1 * m0);
+            let vi = (s.one_minus_beta2 * gi).mul_add(gi, s.beta2 * v0);
             m[i] = mi;
             v[i] = vi;
             let denom = vi.sqrt() / s.c2 + s.eps;
@@ -650,10 +719,93 @@ fn blocks(
                 p[i]
             };
             p[i] = pi + (s.step_size * mi) / denom;
+            // `>` skips NaN, as the portable quantiser's absmax does.
+            if mi.abs() > l1[j] {
+                l1[j] = mi.abs();
+            }
+            if vi.abs() > l2[j] {
+                l2[j] = vi.abs();
+            }
         }
-        *a1 = q1.quantize_block(m, c1);
-        *a2 = q2.quantize_block(v, c2);
     }
+    let absmax1 = l1.iter().fold(0.0f32, |a, &b| a.max(b));
+    let absmax2 = l2.iter().fold(0.0f32, |a, &b| a.max(b));
+    let inv1 = if absmax1 == 0.0 {
+        0.0
+    } else {
+        1.0f32 / absmax1
+    };
+    let inv2 = if absmax2 == 0.0 {
+        0.0
+    } else {
+        1.0f32 / absmax2
+    };
+    let mut i1 = [0u16; BLOCK];
+    let mut i2 = [0u16; BLOCK];
+    for i in 0..BLOCK {
+        i1[i] = grid_index(m[i] * inv1);
+        i2[i] = grid_index(v[i] * inv2);
+    }
+    for i in 0..BLOCK {
+        c1[i] = q1.lut[usize::from(i1[i])];
+        c2[i] = q2.lut[usize::from(i2[i])];
+    }
+    // An all-zero block: every code 0 (the quantiser's rule), not LUT[grid index of 0].
+    if absmax1 == 0.0 {
+        c1.fill(0);
+    }
+    if absmax2 == 0.0 {
+        c2.fill(0);
+    }
+    *a1 = absmax1;
+    *a2 = absmax2;
+}
+
+/// The step over one block (at most [`BLOCK`] elements).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn one_block(
+    s: &Blockwise8Scalars,
+    q1: &Quantizer,
+    q2: &Quantizer,
+    p: &mut [f32],
+    g: &[f32],
+    c1: &mut [u8],
+    c2: &mut [u8],
+    a1: &mut f32,
+    a2: &mut f32,
+) {
+    let mut m = [0.0f32; BLOCK];
+    let mut v = [0.0f32; BLOCK];
+    let n = p.len();
+    let (m, v, g, c1, c2) = (
+        &mut m[..n],
+        &mut v[..n],
+        &g[..n],
+        &mut c1[..n],
+        &mut c2[..n],
+    );
+    let (am1, am2) = (*a1, *a2);
+    for i in 0..n {
+        m[i] = q1.map[c1[i] as usize] * am1;
+        v[i] = q2.map[c2[i] as usize] * am2;
+    }
+    for i in 0..n {
+        let gi = g[i];
+        let mi = s.one_minus_beta1.mul_add(gi, s.beta1 * m[i]);
+        let vi = (s.one_minus_beta2 * gi).mul_add(gi, s.beta2 * v[i]);
+        m[i] = mi;
+        v[i] = vi;
+        let denom = vi.sqrt() / s.c2 + s.eps;
+        let pi = if s.decays {
+            p[i] * s.decay_factor
+        } else {
+            p[i]
+        };
+        p[i] = pi + (s.step_size * mi) / denom;
+    }
+    *a1 = q1.quantize_block(m, c1);
+    *a2 = q2.quantize_block(v, c2);
 }
 
 /// bitsandbytes' 32-bit step over one small tensor (f32 state), in parallel chunks.
@@ -663,29 +815,22 @@ fn step_full(
     g: &[f32],
     m: &mut [f32],
     v: &mut [f32],
-    avx2: bool,
+    level: SimdLevel,
 ) {
     let task = BLOCK * BLOCKS_PER_TASK;
     p.par_chunks_mut(task)
         .zip(g.par_chunks(task))
         .zip(m.par_chunks_mut(task))
         .zip(v.par_chunks_mut(task))
-        .for_each(|(((p, g), m), v)| {
+        .for_each(|(((p, g), m), v)| match level {
+            // SAFETY: `level` comes from `simd_level()`, never above `SimdLevel::detected()`.
             #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: `avx2` is the fast path's run-time check that the CPU has AVX2 and FMA.
-                return unsafe { full_avx2(s, p, g, m, v) };
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = avx2;
-            full(s, p, g, m, v)
+            SimdLevel::Avx512 => unsafe { x86::full_avx512(s, p, g, m, v) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => unsafe { x86::full_avx2(s, p, g, m, v) },
+            _ => full(s, p, g, m, v),
         });
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn full_avx2(s: &Blockwise8Scalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-    full(s, p, g, m, v)
 }
 
 /// bitsandbytes' 32-bit update over one chunk.

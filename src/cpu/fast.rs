@@ -7,6 +7,7 @@ use ndarray::{ArrayBase, Data, DataMut, Dimension};
 use rayon::prelude::*;
 
 use super::blockwise8::Blockwise8State;
+use super::simd::{simd_level, SimdLevel};
 use super::staggered::StaggeredVec;
 use std::path::Path;
 
@@ -307,14 +308,7 @@ impl CpuOptimizer {
             }
             (Storage::Blockwise8(state), OptimizerConfig::Adam(c)) => {
                 self.host.step += 1;
-                state.step(
-                    c,
-                    self.host.step,
-                    self.host.lr,
-                    params,
-                    grads,
-                    avx2_in_use(),
-                );
+                state.step(c, self.host.step, self.host.lr, params, grads, simd_level());
                 self.host.state_written = true;
             }
             (Storage::Bf16(states), OptimizerConfig::Adam(c)) => {
@@ -740,59 +734,54 @@ pub(crate) fn roof_step(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], s
 /// One step over bf16 state: per chunk, the state is widened to f32 (exact) into per-thread
 /// buffers, the algorithm's f32 chunk loop runs unchanged (the GPU kernel's arithmetic),
 /// and the state is stored back rounded to bf16 (nearest even, as the GPU stores it). The
-/// params are updated with the unrounded f32 moments, as on the GPU.
+/// params are updated with the unrounded f32 moments, as on the GPU. The per-thread buffers
+/// are allocated once per thread for the life of the process (no per-step allocation).
 fn bf16_apply<K: ChunkLoop>(k: &K, p: &mut [f32], g: &[f32], states: &mut [Vec<u16>]) {
-    let slots = states.len();
-    let mut per_chunk: Vec<Vec<&mut [u16]>> = (0..chunk_count(p.len()))
-        .map(|_| Vec::with_capacity(slots))
-        .collect();
-    for s in states.iter_mut() {
-        for (i, c) in s.chunks_mut(CHUNK).enumerate() {
-            per_chunk[i].push(c);
-        }
+    let level = simd_level();
+    let run = move |p: &mut [f32], g: &[f32], s16: &mut [&mut [u16]]| {
+        BF16_SCRATCH.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let n = p.len();
+            let [b0, b1, b2] = &mut *buf;
+            let mut views: [&mut [f32]; 3] = [&mut b0[..n], &mut b1[..n], &mut b2[..n]];
+            let views = &mut views[..s16.len()];
+            for (b, s) in views.iter_mut().zip(s16.iter()) {
+                for (d, &h) in b.iter_mut().zip(s.iter()) {
+                    *d = bf16_to_f32(h);
+                }
+            }
+            run_at(level, k, p, g, views);
+            for (b, s) in views.iter().zip(s16.iter_mut()) {
+                for (d, &x) in s.iter_mut().zip(b.iter()) {
+                    *d = f32_to_bf16(x);
+                }
+            }
+        })
+    };
+    let pg = p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK));
+    match states {
+        [a, b] => pg
+            .zip(a.par_chunks_mut(CHUNK))
+            .zip(b.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), a), b)| run(p, g, &mut [a, b])),
+        [a, b, c] => pg
+            .zip(a.par_chunks_mut(CHUNK))
+            .zip(b.par_chunks_mut(CHUNK))
+            .zip(c.par_chunks_mut(CHUNK))
+            .for_each(|((((p, g), a), b), c)| run(p, g, &mut [a, b, c])),
+        _ => unreachable!("bf16 state is only kept for Adam (2 tensors) and AMSGrad (3)"),
     }
-    p.par_chunks_mut(CHUNK)
-        .zip(g.par_chunks(CHUNK))
-        .zip(per_chunk.into_par_iter())
-        .for_each_init(
-            || vec![vec![0.0f32; CHUNK]; slots],
-            |buf, ((p, g), mut s16)| {
-                let n = p.len();
-                for (b, s) in buf.iter_mut().zip(&s16) {
-                    for (d, &h) in b[..n].iter_mut().zip(s.iter()) {
-                        *d = bf16_to_f32(h);
-                    }
-                }
-                {
-                    let mut views: Vec<&mut [f32]> = buf.iter_mut().map(|b| &mut b[..n]).collect();
-                    #[cfg(target_arch = "x86_64")]
-                    if simd::avx2_enabled() {
-                        // SAFETY: the CPU has AVX2 and FMA (checked by `avx2_enabled`).
-                        unsafe { simd::avx2(k, p, g, &mut views) };
-                    } else {
-                        sse2(k, p, g, &mut views);
-                    }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    sse2(k, p, g, &mut views);
-                }
-                for (b, s) in buf.iter().zip(s16.iter_mut()) {
-                    for (d, &x) in s.iter_mut().zip(&b[..n]) {
-                        *d = f32_to_bf16(x);
-                    }
-                }
-            },
-        );
+}
+
+thread_local! {
+    /// Per thread: three chunks of f32 state widened from bf16 (see [`bf16_apply`]).
+    static BF16_SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> =
+        std::cell::RefCell::new([vec![0.0; CHUNK], vec![0.0; CHUNK], vec![0.0; CHUNK]]);
 }
 
 fn par_apply<K: ChunkLoop>(p: &mut [f32], g: &[f32], states: &mut [StaggeredVec], k: &K) {
-    #[cfg(target_arch = "x86_64")]
-    if simd::avx2_enabled() {
-        // SAFETY: the CPU has AVX2 and FMA (checked at run time by `avx2_enabled`).
-        return par_chunks(p, g, states, move |p, g, s| unsafe {
-            simd::avx2(k, p, g, s)
-        });
-    }
-    par_chunks(p, g, states, move |p, g, s| sse2(k, p, g, s))
+    let level = simd_level();
+    par_chunks(p, g, states, move |p, g, s| run_at(level, k, p, g, s))
 }
 
 /// Writes the gradients of a chunk at an offset (`fill(offset, out)`).
@@ -816,14 +805,8 @@ fn par_apply_produced<K: ChunkLoop>(
     states: &mut [&mut [f32]],
     k: &K,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if simd::avx2_enabled() {
-        // SAFETY: the CPU has AVX2 and FMA (checked at run time by `avx2_enabled`).
-        return par_chunks_produced(p, fill, states, move |p, g, s| unsafe {
-            simd::avx2(k, p, g, s)
-        });
-    }
-    par_chunks_produced(p, fill, states, move |p, g, s| sse2(k, p, g, s))
+    let level = simd_level();
+    par_chunks_produced(p, fill, states, move |p, g, s| run_at(level, k, p, g, s))
 }
 
 #[cfg(feature = "mpi")]
@@ -870,72 +853,40 @@ fn sse2<K: ChunkLoop>(k: &K, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
     k.run(p, g, s)
 }
 
-/// Runtime dispatch of the per-chunk loops to AVX2 code on CPUs that have it (the default
-/// x86_64 target only assumes SSE2). The loops are the same source compiled twice; Rust never
-/// contracts `a * b + c` into an FMA, so both versions give the same bits.
+/// One chunk's loop in the code of `level` (from [`simd_level`], so never above what the CPU
+/// has: see [`crate::cpu::simd`]).
+#[inline(always)]
+fn run_at<K: ChunkLoop>(level: SimdLevel, k: &K, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
+    match level {
+        // SAFETY: `simd_level` is never above `SimdLevel::detected()`, so the CPU has the
+        // features these entry points are compiled for.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { x86::avx512(k, p, g, s) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { x86::avx2(k, p, g, s) },
+        _ => sse2(k, p, g, s),
+    }
+}
+
+/// The per-chunk loops compiled for AVX2 and for AVX-512: the same source as [`sse2`].
 #[cfg(target_arch = "x86_64")]
-mod simd {
-    use std::sync::atomic::{AtomicU8, Ordering};
-
-    /// 0 = not checked yet, 1 = off, 2 = on.
-    static STATE: AtomicU8 = AtomicU8::new(0);
-
-    /// Whether the AVX2 loops are used: the CPU has AVX2 and FMA, and neither
-    /// `FUSED_OPTIM_CPU_SIMD=sse2` nor [`super::set_avx2`] turned them off.
-    pub fn avx2_enabled() -> bool {
-        match STATE.load(Ordering::Relaxed) {
-            2 => true,
-            1 => false,
-            _ => {
-                let on = std::is_x86_feature_detected!("avx2")
-                    && std::is_x86_feature_detected!("fma")
-                    && std::env::var("FUSED_OPTIM_CPU_SIMD").as_deref() != Ok("sse2");
-                STATE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-                on
-            }
-        }
-    }
-
-    pub fn set(on: bool) -> bool {
-        let available =
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-        STATE.store(if on && available { 2 } else { 1 }, Ordering::Relaxed);
-        on && available
-    }
-
+mod x86 {
     /// The kernel's loop compiled for AVX2 + FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn avx2<K: super::ChunkLoop>(k: &K, p: &mut [f32], g: &[f32], s: &mut [&mut [f32]]) {
         k.run(p, g, s)
     }
-}
 
-/// Whether the fast CPU path uses its AVX2 + FMA code now ([`set_avx2`],
-/// `FUSED_OPTIM_CPU_SIMD=sse2`); the 8-bit step follows the same switch.
-pub(crate) fn avx2_in_use() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        simd::avx2_enabled()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Use (`true`) or avoid the AVX2 code of the fast CPU path from now on, process-wide;
-/// returns whether AVX2 is in use (false on CPUs without AVX2 + FMA). For comparisons: both
-/// versions give the same bits. The environment variable `FUSED_OPTIM_CPU_SIMD=sse2` turns it
-/// off from the start.
-pub fn set_avx2(on: bool) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        simd::set(on)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = on;
-        false
+    /// The kernel's loop compiled for AVX-512 (F, VL, BW, DQ) with AVX2 + FMA.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    pub unsafe fn avx512<K: super::ChunkLoop>(
+        k: &K,
+        p: &mut [f32],
+        g: &[f32],
+        s: &mut [&mut [f32]],
+    ) {
+        k.run(p, g, s)
     }
 }
 

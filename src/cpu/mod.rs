@@ -2,6 +2,8 @@
 
 pub mod blockwise8;
 pub mod fast;
+pub mod newton_schulz;
 pub mod q8_checkpoint;
 pub mod reference;
+pub mod simd;
 pub mod staggered;

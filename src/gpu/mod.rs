@@ -8,6 +8,7 @@ pub mod gradients;
 pub mod groups;
 pub(crate) mod kernel;
 pub mod low_precision;
+pub mod newton_schulz;
 pub mod optimizer;
 pub mod shaders;
 pub mod timer;

@@ -12,6 +12,7 @@ pub mod blockwise8;
 pub mod blockwise8_1state;
 mod lion;
 mod nadam;
+pub mod newton_schulz;
 mod radam;
 mod rmsprop;
 mod schedule_free;

@@ -1,0 +1,215 @@
+//! Newton–Schulz orthogonalisation of a matrix, Muon's inner step (Jordan et al. 2024;
+//! `torch.optim.Muon`'s `_zeropower_via_newtonschulz`), in f32 on the CPU with a GEMM crate
+//! (`matrixmultiply`'s `sgemm`, blocked and vectorised).
+//!
+//! For a rows x cols matrix U (row-major):
+//! ```text
+//! X = U, or Uᵀ if rows > cols              (so X is r x c with r <= c)
+//! X = X / max(||X||_F, eps)
+//! repeat steps times:
+//!     A = X Xᵀ                              (r x r)
+//!     B = b A + c A A
+//!     X = a X + B X
+//! O = X, or Xᵀ if U was transposed
+//! ```
+//! with the quintic coefficients (a, b, c) = (3.4445, -4.7750, 2.0315) and 5 steps by
+//! default. The iteration pushes every singular value of X towards ~1 (into about
+//! [0.7, 1.2]: the coefficients trade exactness for speed), keeping the singular vectors:
+//! O ≈ U V ᵀ of U's SVD.
+//!
+//! torch runs the iteration in bfloat16 on the CPU (its float32 and float64 runs alike);
+//! this f32 version differs from torch's result by a few percent of max|O| (the golden
+//! README measured 3.8% for an f32 NS; `tools/tests/golden_muon_ns.rs` checks the bound).
+//! The f64 oracle, with an option that emulates torch's bf16 roundings, is
+//! [`crate::cpu::reference::newton_schulz`].
+
+use crate::error::{Error, Result};
+
+/// The Newton–Schulz iteration's parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NewtonSchulz {
+    /// Iterations (torch's `ns_steps`, default 5).
+    pub steps: u32,
+    /// (a, b, c) of `X = a X + (b A + c A²) X` (torch's `ns_coefficients`, default
+    /// (3.4445, -4.7750, 2.0315)).
+    pub coefficients: (f64, f64, f64),
+    /// The norm's floor (torch's `eps`, default 1e-7).
+    pub eps: f64,
+}
+
+impl Default for NewtonSchulz {
+    fn default() -> Self {
+        Self {
+            steps: 5,
+            coefficients: (3.4445, -4.7750, 2.0315),
+            eps: 1e-7,
+        }
+    }
+}
+
+/// Scratch matrices of [`NewtonSchulz::orthogonalize`], grown to the largest matrix seen
+/// and then reused: no allocation per call once warm.
+#[derive(Clone, Debug, Default)]
+pub struct NsWorkspace {
+    x: Vec<f32>,
+    y: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl NsWorkspace {
+    fn fit(&mut self, r: usize, c: usize) {
+        for (v, len) in [
+            (&mut self.x, r * c),
+            (&mut self.y, r * c),
+            (&mut self.a, r * r),
+            (&mut self.b, r * r),
+        ] {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+        }
+    }
+}
+
+/// Checks `len == rows * cols` and both non-zero; returns (r, c, transposed).
+pub(crate) fn ns_shape(len: usize, rows: usize, cols: usize) -> Result<(usize, usize, bool)> {
+    if rows == 0 || cols == 0 {
+        return Err(Error::Empty {
+            what: "Newton-Schulz matrix",
+        });
+    }
+    let want = rows.checked_mul(cols).ok_or(Error::LengthMismatch {
+        what: "Newton-Schulz matrix (rows x cols overflows)",
+        expected: usize::MAX,
+        got: len,
+    })?;
+    if want != len {
+        return Err(Error::LengthMismatch {
+            what: "Newton-Schulz matrix (rows x cols)",
+            expected: want,
+            got: len,
+        });
+    }
+    Ok(if rows > cols {
+        (cols, rows, true)
+    } else {
+        (rows, cols, false)
+    })
+}
+
+/// `C = alpha A B + beta C` for row-major A (m x k), B (k x n), C (m x n); `bt`: B is given
+/// as its transpose (n x k, row-major).
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    bt: bool,
+    beta: f32,
+    c: &mut [f32],
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    let (rsb, csb) = if bt { (1, k as isize) } else { (n as isize, 1) };
+    // SAFETY: the slices hold the m x k, k x n and m x n matrices the strides describe
+    // (checked above); C does not alias A or B (distinct borrows).
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            rsb,
+            csb,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+impl NewtonSchulz {
+    /// Orthogonalise the row-major `rows` x `cols` matrix `u` into `out` (same shape).
+    /// Errors: [`Error::Empty`] for a zero dimension, [`Error::LengthMismatch`] when `u` or
+    /// `out` does not hold rows x cols values; `out` is untouched then.
+    pub fn orthogonalize(
+        &self,
+        u: &[f32],
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+        ws: &mut NsWorkspace,
+    ) -> Result<()> {
+        let (r, c, transposed) = ns_shape(u.len(), rows, cols)?;
+        if out.len() != u.len() {
+            return Err(Error::LengthMismatch {
+                what: "Newton-Schulz output",
+                expected: u.len(),
+                got: out.len(),
+            });
+        }
+        ws.fit(r, c);
+        let NsWorkspace { x, y, a, b } = ws;
+        let (x, y, a, b) = (
+            &mut x[..r * c],
+            &mut y[..r * c],
+            &mut a[..r * r],
+            &mut b[..r * r],
+        );
+        if transposed {
+            for i in 0..rows {
+                for j in 0..cols {
+                    x[j * rows + i] = u[i * cols + j];
+                }
+            }
+        } else {
+            x.copy_from_slice(u);
+        }
+        let norm = x
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
+        let inv = (1.0 / norm.max(self.eps)) as f32;
+        x.iter_mut().for_each(|v| *v *= inv);
+        let (ca, cb, cc) = self.coefficients;
+        let (ca, cb, cc) = (ca as f32, cb as f32, cc as f32);
+        let (mut x, mut y) = (x, y);
+        for _ in 0..self.steps {
+            // A = X Xᵀ
+            gemm(r, c, r, 1.0, x, x, true, 0.0, a);
+            // B = b A + c A A
+            b.copy_from_slice(a);
+            gemm(r, r, r, cc, a, a, false, cb, b);
+            // X' = a X + B X
+            y.copy_from_slice(x);
+            gemm(r, r, c, 1.0, b, x, false, ca, y);
+            std::mem::swap(&mut x, &mut y);
+        }
+        if transposed {
+            for i in 0..rows {
+                for j in 0..cols {
+                    out[i * cols + j] = x[j * rows + i];
+                }
+            }
+        } else {
+            out.copy_from_slice(x);
+        }
+        Ok(())
+    }
+
+    /// Multiply-adds of one call on a rows x cols matrix (2 flops each): per step
+    /// r·r·c (A) + r·r·r (A A) + r·r·c (B X), with r = min(rows, cols), c = max.
+    pub fn flops(&self, rows: usize, cols: usize) -> f64 {
+        let (r, c) = (rows.min(cols) as f64, rows.max(cols) as f64);
+        2.0 * f64::from(self.steps) * (r * r * c + r * r * r + r * r * c)
+    }
+}
