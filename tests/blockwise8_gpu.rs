@@ -662,3 +662,34 @@ fn refused_combinations_are_typed_errors() {
             .build(),
     );
 }
+
+#[test]
+fn one_state_8bit_checkpoints_are_refused_before_anything_is_written() {
+    let Some(ctx) = gpu() else { return };
+    let dir = ckpt_dir("one-state");
+    let path = dir.join("lion.safetensors");
+    let flat = FlatParams::from_slice(&ctx, &[0.5f32; 600]).unwrap();
+    let q8 = StateFormat::Blockwise8 { min_size: 256 };
+    let lion = LionConfig::default();
+    let gpu_opt = GpuOptimizer::builder(&flat)
+        .config(lion)
+        .state_format(q8)
+        .build()
+        .unwrap();
+    let r = gpu_opt.save_checkpoint(&path);
+    assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
+    let cpu = CpuOptimizer::builder(
+        SgdConfig {
+            momentum: 0.9,
+            ..SgdConfig::default()
+        },
+        600,
+    )
+    .state_format(q8)
+    .build()
+    .unwrap();
+    let r = cpu.save_checkpoint(&path);
+    assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
+    assert!(!path.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -629,6 +629,14 @@ impl Optimizer for CpuOptimizer {
     /// (bitsandbytes' names per segment).
     fn save_checkpoint(&self, path: &Path) -> Result<()> {
         if let Storage::Blockwise8(state) = &self.storage {
+            if !matches!(self.config, OptimizerConfig::Adam(_)) {
+                // The 8-bit checkpoint format is Adam's (two states); refused before
+                // anything is written, rather than a file that cannot be loaded.
+                return Err(Error::Unsupported {
+                    optimizer: self.config.name(),
+                    feature: "checkpoints of one-state 8-bit state (Lion8bit, SGD8bit)",
+                });
+            }
             return super::q8_checkpoint::save(path, &self.config, &self.host, state);
         }
         let tensors = match &self.storage {

@@ -117,9 +117,15 @@ impl GpuOptimizer {
         Ok(())
     }
 
-    /// 8-bit checkpoints hold one configuration (bitsandbytes' `param_groups` are not
-    /// written): refused with several parameter groups.
+    /// 8-bit checkpoints hold one Adam/AdamW configuration (bitsandbytes' `param_groups` are
+    /// not written): refused with several parameter groups, and for Lion / SGD.
     fn one_group_for_8bit_checkpoints(&self, path: &Path) -> Result<()> {
+        if !matches!(self.groups[0].config, OptimizerConfig::Adam(_)) {
+            return Err(Error::Unsupported {
+                optimizer: self.groups[0].config.name(),
+                feature: "checkpoints of one-state 8-bit state (Lion8bit, SGD8bit)",
+            });
+        }
         if self.groups.len() > 1 {
             return Err(Error::Checkpoint {
                 file: path.display().to_string(),
