@@ -9,5 +9,6 @@ pub(crate) mod kernel;
 pub mod low_precision;
 pub mod optimizer;
 pub mod shaders;
+pub mod tensors;
 pub mod timer;
 pub mod wait;
