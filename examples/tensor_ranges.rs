@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use fused_optim::gpu::tensors::{BufferRange, TensorBinding, TensorOptimizer, TensorSpec};
-use fused_optim::{AdamConfig, FlatParams, GpuContext, GpuOptimizer, Result};
+use fused_optim::{
+    AdamConfig, ContextOptions, FlatParams, GpuContext, GpuOptimizer, LaneTransport, Result,
+};
 
 #[derive(Parser)]
 #[command(about = "Optimizer over caller ranges vs the flat kernel, same parameter count")]
@@ -31,6 +33,10 @@ struct Args {
     /// Print only a JSON array.
     #[arg(long)]
     json: bool,
+    /// Move the flat kernel's lanes as vec4<f32> too (the optimizer over ranges always does;
+    /// the flat kernel uses u64 lanes on a CPU adapter with shader-int64).
+    #[arg(long)]
+    f32_lanes: bool,
 }
 
 /// GPT-2's parameter tensors: 12 per layer, embeddings, final norm.
@@ -104,7 +110,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let ctx = GpuContext::new()?;
+    let ctx = if args.f32_lanes {
+        GpuContext::with_options(ContextOptions {
+            lane_transport: LaneTransport::F32x4,
+            ..ContextOptions::default()
+        })?
+    } else {
+        GpuContext::new()?
+    };
     let align = u64::from(ctx.device().limits().min_storage_buffer_offset_alignment).max(16);
     let models: Vec<(&str, Vec<usize>)> = [
         ("gpt2_small", gpt2(args.d, 12, 50257, 1024)),
@@ -176,6 +189,7 @@ fn main() -> Result<()> {
             "ranges_step_s": median(tr),
             "flat_step_s": median(tf),
             "flat_over_ranges": median(ratio),
+            "flat_lanes": if ctx.uses_u64_lanes() { "u64" } else { "vec4<f32>" },
         });
         if !args.json {
             eprintln!("{row}");

@@ -71,12 +71,13 @@ fn variants(slots: usize) -> Vec<Variant> {
             }
         }
     }
-    // Kernels over caller ranges (src/gpu/tensors/): f32 lanes, f32 params and state only.
-    for grouped in [false, true] {
+    // Kernels over caller ranges (src/gpu/tensors/): f32 params and state only.
+    for (grouped, u64_lanes) in [(false, false), (true, false), (false, true), (true, true)] {
         for grad_in_param in [false, true] {
             for state_slots in 0..(1u8 << slots) {
                 out.push(Variant {
                     grouped,
+                    u64_lanes,
                     state_slots,
                     external: true,
                     grad_in_param,

@@ -469,3 +469,28 @@ fn bad_ranges_are_refused_before_anything_is_written() {
         Err(Error::Empty { .. })
     ));
 }
+
+#[test]
+fn vec4_f32_lanes_store_only_the_live_elements() {
+    // The default transport on lavapipe is u64 lanes (whole-lane stores); this runs the
+    // element-wise stores of the vec4<f32> transport.
+    let Some(ctx) = gpu().map(|c| {
+        c.with_context_options(fused_optim::ContextOptions {
+            lane_transport: fused_optim::LaneTransport::F32x4,
+            ..fused_optim::ContextOptions::default()
+        })
+    }) else {
+        return;
+    };
+    assert!(!ctx.uses_u64_lanes());
+    run(
+        &ctx,
+        "adam f32 lanes",
+        AdamConfig::default().into(),
+        GradOptions::default(),
+        3,
+        Some(2),
+        None,
+    )
+    .unwrap();
+}

@@ -112,13 +112,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, lens) in models {
         let n: usize = lens.iter().sum();
         let lr = 1e-3;
+        // Parameters live on the autodiff device (as in training: Burn's ModuleOptimizer needs
+        // it), gradients on the inner device.
+        let ad = device.clone().autodiff();
         let mut burn_model: Model = lens
             .iter()
-            .map(|&len| Param::from_tensor(Tensor::<1>::full([len], 0.5, &device)))
+            .map(|&len| Param::from_tensor(Tensor::<1>::full([len], 0.5, &ad)))
             .collect();
         let mut our_model: Model = lens
             .iter()
-            .map(|&len| Param::from_tensor(Tensor::<1>::full([len], 0.5, &device)))
+            .map(|&len| Param::from_tensor(Tensor::<1>::full([len], 0.5, &ad)))
             .collect();
         let grads: Vec<Tensor<1>> = lens
             .iter()

@@ -117,8 +117,8 @@ pub struct Variant {
     pub state_slots: u8,
     /// Params and gradients are ranges of caller buffers, many tensors per bound window,
     /// found through a tensor table (binding 15, `tensors.wgsl`); the state is flat. With
-    /// `grouped`, each tensor's entry names its group (no lane table). Needs f32 lanes, no
-    /// low precision, f32 state ([`crate::gpu::tensors`]).
+    /// `grouped`, each tensor's entry names its group (no lane table). Needs f32 params and
+    /// gradients and f32 state ([`crate::gpu::tensors`]).
     pub external: bool,
     /// (`external`) The gradients live in the params' buffer and are read through the
     /// read-write param binding: binding 3 is absent (a buffer may not be bound read-only
@@ -331,12 +331,10 @@ pub fn check_fits(
     features: wgpu::Features,
 ) -> Result<()> {
     let name = || format!("{kernel} ({})", variant.describe());
-    if variant.external
-        && (variant.u64_lanes || variant.low_precision != LowPrecision::Off || variant.bf16_state)
-    {
+    if variant.external && (variant.low_precision != LowPrecision::Off || variant.bf16_state) {
         return Err(Error::InvalidCombination {
             optimizer: "kernel over caller ranges",
-            reason: "needs vec4<f32> lanes, f32 params and gradients and f32 state",
+            reason: "needs f32 params and gradients and f32 state",
         });
     }
     if variant.u64_lanes && !features.contains(wgpu::Features::SHADER_INT64) {
@@ -461,10 +459,23 @@ fn store_param_external(i: u32, p: vec4<f32>) {}
 fn external_accessors(variant: &Variant) -> String {
     let grad = if variant.grad_in_param {
         "// The gradients are in the params' buffer (GRAD_IN_PARAM): read through `param`.\n\
-         fn raw_grad(i: u32) -> vec4<f32> {\n    return param[i + ext_grad_delta];\n}\n"
+         fn raw_grad(i: u32) -> vec4<f32> {\n    return unpack_lane(param[i + ext_grad_delta]);\n}\n"
     } else {
         "@group(0) @binding(3) var<storage, read> grad: array<Lane>;\n\
-         fn raw_grad(i: u32) -> vec4<f32> {\n    return grad[i + ext_grad_delta];\n}\n"
+         fn raw_grad(i: u32) -> vec4<f32> {\n    return unpack_lane(grad[i + ext_grad_delta]);\n}\n"
+    };
+    // The params' store. vec4<f32> lanes: only the live elements of a tensor's last lane
+    // are written. u64 lanes (two elements per scalar) cannot store one element: the lane is
+    // written whole, its dead elements with the bits this invocation read from them (`p`
+    // keeps the old value where `live` is false); they are no tensor's (every range starts
+    // on a 16-byte boundary) and nothing else writes them during the dispatch.
+    let store = if variant.u64_lanes {
+        "fn store_param_external(i: u32, p: vec4<f32>) {\n    param[i] = pack_lane(p);\n}\n"
+    } else {
+        "fn store_param_external(i: u32, p: vec4<f32>) {\n    if (all(ext_live)) {\n        \
+         param[i] = p;\n        return;\n    }\n    if (ext_live.x) {\n        param[i].x = p.x;\n    }\n    \
+         if (ext_live.y) {\n        param[i].y = p.y;\n    }\n    if (ext_live.z) {\n        \
+         param[i].z = p.z;\n    }\n    if (ext_live.w) {\n        param[i].w = p.w;\n    }\n}\n"
     };
     let groups = if variant.grouped {
         "// Parameter groups: the group of the lane's tensor, from its table entry.\n\
@@ -473,7 +484,7 @@ fn external_accessors(variant: &Variant) -> String {
         "// One parameter group: group 0's scalars, read once per invocation.\n\
          fn hyper_of(i: u32) -> StepUniform {\n    return group0;\n}\n"
     };
-    format!("{grad}{groups}")
+    format!("{grad}{store}{groups}")
 }
 
 /// The declarations and accessors of a kernel's state slots in `variant`.

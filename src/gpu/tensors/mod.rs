@@ -20,7 +20,9 @@
 //! (and of 16); each tensor's last vec4 lane inside its buffer (the elements past a tensor's
 //! end in that lane are read but never written); params sharing no byte with another
 //! tensor's params or any gradients; buffers with `STORAGE` usage
-//! ([`Error::MissingUsage`]). 16-bit params, bf16 state and u64 lanes are not offered here.
+//! ([`Error::MissingUsage`]). 16-bit params and bf16 state are not offered here. With u64
+//! lanes (a CPU adapter with `shader-int64`) a tensor's last lane is written whole, the bytes
+//! past its end with their own bits (see `external_accessors` in `src/gpu/shaders.rs`).
 
 pub mod layout;
 mod norm;
@@ -301,6 +303,7 @@ impl TensorOptimizer {
                 external: true,
                 grad_in_param,
                 state_slots,
+                u64_lanes: self.ctx.uses_u64_lanes(),
                 ..Variant::default()
             };
             let device = self.ctx.device();

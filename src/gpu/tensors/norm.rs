@@ -50,7 +50,9 @@ impl TensorNorm {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("norm.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(crate::gpu::shaders::with_lanes(NORM, false).into()),
+            source: wgpu::ShaderSource::Wgsl(
+                crate::gpu::shaders::with_lanes(NORM, ctx.uses_u64_lanes()).into(),
+            ),
         });
         let constants = [("LOW_PRECISION", 0.0)];
         let pipeline =
