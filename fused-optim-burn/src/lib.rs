@@ -17,7 +17,7 @@
 //! ```
 //!
 //! How a step works ([`FusedOptimizer::step`]): the module's float parameters are walked in
-//! order (path, [`ParamId`](burn::module::ParamId)); each one with a gradient gets a state
+//! order (path, `ParamId`); each one with a gradient gets a state
 //! slot the first time (the set must not change later); each parameter's and gradient's
 //! storage is resolved to (wgpu buffer, byte offset) through Burn's backend primitives
 //! *every step* (Burn's pools relocate and reallocate); pending Burn work is flushed; then
