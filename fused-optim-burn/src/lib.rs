@@ -18,9 +18,11 @@
 //!
 //! How a step works ([`FusedOptimizer::step`]): the module's float parameters are walked in
 //! order (path, `ParamId`); each one with a gradient gets a state
-//! slot the first time (the set must not change later); each parameter's and gradient's
-//! storage is resolved to (wgpu buffer, byte offset) through Burn's backend primitives
-//! *every step* (Burn's pools relocate and reallocate); pending Burn work is flushed; then
+//! slot the first time (the set must not change later); each gradient's storage, and each
+//! parameter's whose tensor changed since the last step (a copy, a load), is resolved to
+//! (wgpu buffer, byte offset) through Burn's backend primitives (Burn's pools relocate and
+//! reallocate; a parameter's storage guard is held between steps, which pins it, so an
+//! unchanged parameter keeps its place); pending Burn work is flushed; then
 //! [`TensorOptimizer::step`] updates them all in one submission while the storage guards are
 //! held. Parameters are refused, with a typed [`Error`], when not f32 ([`Error::NotF32`]),
 //! not contiguous ([`Error::NotContiguous`]) or not on the wgpu backend.
@@ -130,6 +132,10 @@ pub struct FusedOptimizer {
     slots: Vec<Slot>,
     inner: Option<TensorOptimizer>,
     placements: Vec<Placement>,
+    /// Each parameter's storage from an earlier step, with the identity of the tensor value
+    /// it was resolved from: while held, Burn neither frees nor relocates the allocation, so
+    /// it is reused as long as the parameter is the same tensor (fusion only).
+    held: Vec<Option<(String, Storage)>>,
 }
 
 /// Where a parameter and its gradient were at the last step (a diagnostic: Burn's pools
@@ -216,6 +222,7 @@ impl FusedOptimizer {
             slots: Vec::new(),
             inner: None,
             placements: Vec::new(),
+            held: Vec::new(),
         }
     }
 
@@ -275,12 +282,26 @@ impl FusedOptimizer {
         }
         // Storage, resolved now (pools relocate between steps); the guards live until after
         // the submission.
-        let mut storages = Vec::with_capacity(pairs.len());
-        for (slot, _, tensor, grad) in &pairs {
-            let p = Storage::of(tensor.clone(), &slot.path, "the parameter")?;
-            let g = Storage::of(grad.clone(), &slot.path, "its gradient")?;
-            storages.push((p, g));
+        // A parameter that is still the same tensor keeps its held storage (pinned by the
+        // guard); any other is resolved now. Gradients are new tensors: always resolved.
+        self.held.resize_with(pairs.len(), || None);
+        let mut grads_storage = Vec::with_capacity(pairs.len());
+        for (k, (slot, _, tensor, grad)) in pairs.iter().enumerate() {
+            let id = resolve::identity(tensor);
+            let reuse = matches!((&id, &self.held[k]), (Some(a), Some((b, _))) if a == b);
+            if !reuse {
+                let p = Storage::of(tensor.clone(), &slot.path, "the parameter")?;
+                // Without an identity (no fusion) it is resolved again next step.
+                self.held[k] = Some((id.unwrap_or_default(), p));
+            }
+            grads_storage.push(Storage::of(grad.clone(), &slot.path, "its gradient")?);
         }
+        let storages: Vec<(&Storage, &Storage)> = self
+            .held
+            .iter()
+            .map(|h| &h.as_ref().expect("resolved above").1)
+            .zip(&grads_storage)
+            .collect();
         let bindings: Vec<TensorBinding<'_>> = storages
             .iter()
             .map(|(p, g)| TensorBinding {
@@ -316,6 +337,7 @@ impl FusedOptimizer {
             .collect();
         drop(bindings);
         drop(storages);
+        drop(grads_storage);
         Ok(module)
     }
 

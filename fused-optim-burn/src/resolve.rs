@@ -79,6 +79,24 @@ impl Storage {
     }
 }
 
+/// An identity of the tensor's current value without asking Burn's servers (fusion: the
+/// fusion tensor's id, which a new value — a copy, a load, any operation's output — does
+/// not share). `None` without fusion: there every step resolves.
+#[cfg(feature = "fusion")]
+pub(crate) fn identity(tensor: &Tensor<1>) -> Option<String> {
+    tensor
+        .clone()
+        .try_into_primitive::<Wgpu>()
+        .ok()
+        .map(|f| f.id.to_string())
+}
+
+/// Without fusion: no identity (every step resolves).
+#[cfg(not(feature = "fusion"))]
+pub(crate) fn identity(_tensor: &Tensor<1>) -> Option<String> {
+    None
+}
+
 #[cfg(feature = "fusion")]
 fn to_cube(tensor: Tensor<1>) -> std::result::Result<CubeTensor, String> {
     use burn::backend::wgpu::CubeBackend;
