@@ -30,6 +30,8 @@
 //                                   bf16_round.wgsl)          bf16 params or bf16 state
 //  12+ storage  packed state read_write array<vec2<u32>>, bf16 state tensors (BF16_STATE),
 //                                   instead of 4+
+//  15  storage  tensor_table read   array<u32>: the tensor table of a kernel over ranges of
+//                                   caller buffers (tensors.wgsl)                  EXTERNAL
 //
 // Written by the host at the top of the module (source-level choices of the variant):
 //   const GROUPED: bool          parameter groups: each vec4 lane reads its group's scalars;
@@ -38,6 +40,12 @@
 //                                params out, with f32 master weights (`param`) and f32 state.
 //   const BF16_STATE: bool       the state tensors live packed two per u32 at bindings 12+
 //                                instead of f32 at 4+, halving their traffic and memory.
+//   const EXTERNAL: bool         params and gradients are ranges of caller buffers (many
+//                                tensors per buffer) and the state is fused-optim's flat
+//                                buffers: each workgroup finds its tensor in a table
+//                                (tensors.wgsl, src/gpu/tensors/). Off: one flat buffer each.
+//   const GRAD_IN_PARAM: bool    (EXTERNAL) the gradients live in the params' buffer, read
+//                                through the read_write `param` binding (binding 3 absent).
 // Every binding-dependent function (raw_grad, store_low_param, hyper_of, the state accessors)
 // comes from the file of the variant that binds it, or is a stub that touches nothing.
 
@@ -56,9 +64,12 @@ override L2_DECAY: bool = true;
 override DECOUPLED_DECAY: bool = true;
 
 struct Window {
+    // Flat: elements of the window. EXTERNAL: workgroup blocks of this dispatch.
     n: u32,
+    // Flat: the window's first lane in the buffer. EXTERNAL: its first block in the table.
     first_lane: u32,
-    _pad1: u32,
+    // EXTERNAL: where this dispatch's tensor entries start in the table (in u32 words).
+    table_base: u32,
     _pad2: u32,
 }
 
@@ -77,6 +88,11 @@ fn unpack_bf16(w: vec2<u32>) -> vec4<f32> {
 
 // Write the updated master weights, and their low-precision copy when on.
 fn store_param(i: u32, p: vec4<f32>) {
+    if (EXTERNAL) {
+        // Only the tensor's own elements: the rest of its last lane is the caller's.
+        store_param_external(i, p);
+        return;
+    }
     param[i] = pack_lane(p);
     if (LOW_PRECISION != 0u) {
         store_low_param(window.first_lane + i, p, i);
@@ -102,6 +118,42 @@ fn load_grad(i: u32) -> vec4<f32> {
         return clamp(raw * grad_scalars.x, -limit, limit) * grad_scalars.z;
     }
     return raw;
+}
+
+// EXTERNAL: the current lane's offsets from its param lane to its gradient lane and to its
+// state lane (u32, wrapping), which elements are the tensor's, and the tensor's group. Set
+// by `main` before each `update`, read by the accessors of tensors.wgsl.
+var<private> ext_grad_delta: u32;
+var<private> ext_state_delta: u32;
+var<private> ext_live: vec4<bool>;
+var<private> ext_group: u32;
+
+// EXTERNAL: workgroup `group` of the dispatch is block `window.first_lane + group` of the
+// table; the block's tensor entry (8 words at `window.table_base + 8 * entry`: param lane,
+// gradient lane, state lane, elements, first block, group) says where its lanes are. Same
+// lane order inside a block as the flat path below.
+fn main_external(group: u32, local: u32) {
+    if (group >= window.n) {
+        return;
+    }
+    let block = window.first_lane + group;
+    let e = window.table_base + tensor_word(block) * 8u;
+    let param_lane = tensor_word(e);
+    ext_grad_delta = tensor_word(e + 1u) - param_lane;
+    ext_state_delta = tensor_word(e + 2u) - param_lane;
+    let n = tensor_word(e + 3u);
+    ext_group = tensor_word(e + 5u);
+    let lanes = (n + 3u) / 4u;
+    var j = (block - tensor_word(e + 4u)) * WORKGROUP_SIZE * VEC4_PER_INVOCATION + local;
+    for (var k = 0u; k < VEC4_PER_INVOCATION; k = k + 1u) {
+        if (j >= lanes) {
+            return;
+        }
+        let live = (vec4<u32>(j * 4u) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(n);
+        ext_live = live;
+        update(param_lane + j, live);
+        j = j + WORKGROUP_SIZE;
+    }
 }
 
 // The gradient times grad_sign (-1 when maximizing, else 1).
@@ -156,6 +208,10 @@ fn main(
         group0 = hps[0];
     }
     let group = group_id.x + group_id.y * groups.x;
+    if (EXTERNAL) {
+        main_external(group, local);
+        return;
+    }
     let lanes = (window.n + 3u) / 4u;
     var i = group * WORKGROUP_SIZE * VEC4_PER_INVOCATION + local;
     for (var k = 0u; k < VEC4_PER_INVOCATION; k = k + 1u) {

@@ -23,8 +23,10 @@ struct Pass {
     groups: u32,
     total_partials: u32,
     first_lane: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // partial_sums_external: where the dispatch's tensor entries start in the table, and
+    // the lanes of one block (the optimizer kernel's WORKGROUP_SIZE * VEC4_PER_INVOCATION).
+    table_base: u32,
+    block_lanes: u32,
     _pad2: u32,
 }
 
@@ -95,6 +97,51 @@ fn partial_sums(
     tree_sum(local);
     if (local == 0u) {
         partials[pass_info.first_partial + group] = scratch[0];
+    }
+}
+
+// Over ranges of caller buffers (src/gpu/tensors/): the same table as the optimizer kernel
+// (tensors.wgsl: block -> entry, then 8 words per entry), workgroup `group` sums block
+// `first_lane + group` of the table into partials[first_lane + group]. `grad` is the
+// dispatch's gradient window. The block order is fixed by the plan, so the sum is
+// deterministic for a given placement of the tensors.
+@group(0) @binding(6) var<storage, read> tensor_table: array<u32>;
+
+@compute @workgroup_size(256)
+fn partial_sums_external(
+    @builtin(workgroup_id) group_id: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let group = group_id.x + group_id.y * groups.x;
+    if (group >= pass_info.groups) {
+        return;
+    }
+    let block = pass_info.first_lane + group;
+    let e = pass_info.table_base + tensor_table[block] * 8u;
+    let grad_lane = tensor_table[e + 1u];
+    let n = tensor_table[e + 3u];
+    let lanes = (n + 3u) / 4u;
+    let start = (block - tensor_table[e + 4u]) * pass_info.block_lanes;
+    let limit = vec4<f32>(control.clip_value);
+    var acc = 0.0;
+    for (var k = local; k < pass_info.block_lanes; k = k + WG) {
+        let j = start + k;
+        if (j < lanes) {
+            let live = (vec4<u32>(j * 4u) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(n);
+            let raw = unpack_lane(grad[grad_lane + j]);
+            let exponent = bitcast<vec4<u32>>(raw) & vec4<u32>(0x7f800000u);
+            if (any((exponent == vec4<u32>(0x7f800000u)) & live)) {
+                atomicOr(&found_nonfinite, 1u);
+            }
+            let g = select(vec4<f32>(0.0), clamp(raw * control.inv_scale, -limit, limit), live);
+            acc = acc + dot(g, g);
+        }
+    }
+    scratch[local] = acc;
+    tree_sum(local);
+    if (local == 0u) {
+        partials[block] = scratch[0];
     }
 }
 

@@ -105,6 +105,17 @@ pub enum Error {
         /// The names it has.
         known: String,
     },
+    /// A tensor given as a range of a caller buffer that the kernels over caller ranges
+    /// cannot update as given (`crate::gpu::tensors`): a misaligned byte offset, a range
+    /// past its buffer's end, params overlapping another tensor's params or any gradients,
+    /// a group index out of range. Refused before anything is encoded: nothing is written.
+    #[error("tensor `{tensor}`: {reason}")]
+    TensorRange {
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A segment name that does not exist, or exists twice.
     #[error("segment `{name}`: {reason}")]
     Segment {

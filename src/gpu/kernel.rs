@@ -23,10 +23,10 @@ pub const UNIFORM_RING: u64 = 256;
 pub const MAX_GROUPS: usize = 8;
 
 /// Bytes of the per-step uniform: one StepUniform per group.
-const HYPER_BINDING_BYTES: u64 = MAX_GROUPS as u64 * MAX_UNIFORM_BYTES;
+pub(crate) const HYPER_BINDING_BYTES: u64 = MAX_GROUPS as u64 * MAX_UNIFORM_BYTES;
 
 /// Bytes of the per-step `StepInfo` (stochastic-rounding seed), right after the Hypers.
-const STEP_INFO_BYTES: u64 = 16;
+pub(crate) const STEP_INFO_BYTES: u64 = 16;
 
 /// Low-precision buffers of a kernel: f16/bf16 gradients in, params out (2 per u32).
 #[derive(Clone, Copy)]
@@ -83,7 +83,7 @@ impl Specialization {
         s
     }
 
-    fn constants(self) -> [(&'static str, f64); 3] {
+    pub(crate) fn constants(self) -> [(&'static str, f64); 3] {
         [
             ("MAXIMIZE", f64::from(u8::from(self.maximize))),
             ("L2_DECAY", f64::from(u8::from(self.l2_decay))),
@@ -264,6 +264,8 @@ impl KernelRunner {
                         uniform_binding(&hyper_buffer, HYPER_BINDING_BYTES, STEP_INFO_BYTES)
                     }
                     BindingRole::Bf16State(k) => entire(state_buffer(usize::from(k)))?,
+                    // Flat kernels are never external (the variant above).
+                    BindingRole::TensorTable => return Err(missing()),
                 };
                 entries.push(wgpu::BindGroupEntry { binding, resource });
             }
@@ -425,7 +427,11 @@ pub(crate) fn check_launch(ctx: &GpuContext) -> Result<()> {
     Ok(())
 }
 
-fn uniform_binding(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
+pub(crate) fn uniform_binding(
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    size: u64,
+) -> wgpu::BindingResource<'_> {
     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
         buffer,
         offset,
@@ -442,7 +448,10 @@ fn window_binding<'a>(buffer: &'a wgpu::Buffer, w: &Window) -> wgpu::BufferBindi
 }
 
 /// The layout of exactly `bindings` (a variant's [`required_bindings`]).
-fn bind_group_layout(device: &wgpu::Device, bindings: &[BindingRole]) -> wgpu::BindGroupLayout {
+pub(crate) fn bind_group_layout(
+    device: &wgpu::Device,
+    bindings: &[BindingRole],
+) -> wgpu::BindGroupLayout {
     let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
         .iter()
         .map(|&role| {
@@ -454,6 +463,7 @@ fn bind_group_layout(device: &wgpu::Device, bindings: &[BindingRole]) -> wgpu::B
                 BindingRole::Control => std::mem::size_of::<GradControl>() as u64,
                 BindingRole::LaneGroups => 4,
                 BindingRole::LowGrad | BindingRole::LowParam | BindingRole::Bf16State(_) => 8,
+                BindingRole::TensorTable => 4,
             };
             let ty = match role.kind() {
                 BindingKind::Uniform { .. } => wgpu::BufferBindingType::Uniform,
@@ -480,16 +490,16 @@ fn bind_group_layout(device: &wgpu::Device, bindings: &[BindingRole]) -> wgpu::B
     })
 }
 
-struct PipelineRecipe {
-    file: &'static str,
-    source: String,
-    constants: Vec<(&'static str, f64)>,
-    trusted: bool,
-    layout: wgpu::PipelineLayout,
+pub(crate) struct PipelineRecipe {
+    pub file: &'static str,
+    pub source: String,
+    pub constants: Vec<(&'static str, f64)>,
+    pub trusted: bool,
+    pub layout: wgpu::PipelineLayout,
 }
 
 impl PipelineRecipe {
-    fn build(
+    pub fn build(
         &self,
         ctx: &GpuContext,
         (grad_pipeline, specialization): (bool, Specialization),

@@ -12,5 +12,6 @@ pub mod newton_schulz;
 pub mod optimizer;
 pub(crate) mod segmented;
 pub mod shaders;
+pub mod tensors;
 pub mod timer;
 pub mod wait;

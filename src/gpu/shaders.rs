@@ -23,6 +23,7 @@ const GROUPS: &str = include_str!("../../shaders/groups.wgsl");
 const GROUPS_NONE: &str = include_str!("../../shaders/groups_none.wgsl");
 const LANE_F32: &str = include_str!("../../shaders/lane_f32.wgsl");
 const LANE_U64: &str = include_str!("../../shaders/lane_u64.wgsl");
+const TENSORS: &str = include_str!("../../shaders/tensors.wgsl");
 
 /// Every registered algorithm's kernel, in registry order.
 pub fn kernels() -> Vec<KernelSource> {
@@ -114,6 +115,15 @@ pub struct Variant {
     /// Which state slots are bound: bit k for slot k (binding 4 + k, or 12 + k with
     /// `bf16_state`). A slot not bound gets stub accessors (its option is off).
     pub state_slots: u8,
+    /// Params and gradients are ranges of caller buffers, many tensors per bound window,
+    /// found through a tensor table (binding 15, `tensors.wgsl`); the state is flat. With
+    /// `grouped`, each tensor's entry names its group (no lane table). Needs f32 params and
+    /// gradients and f32 state ([`crate::gpu::tensors`]).
+    pub external: bool,
+    /// (`external`) The gradients live in the params' buffer and are read through the
+    /// read-write param binding: binding 3 is absent (a buffer may not be bound read-only
+    /// and read-write in one dispatch).
+    pub grad_in_param: bool,
 }
 
 impl Variant {
@@ -160,6 +170,13 @@ impl Variant {
         if self.bf16_state {
             parts.push("bf16 state");
         }
+        if self.external {
+            parts.push(if self.grad_in_param {
+                "caller ranges (grads in the params' buffer)"
+            } else {
+                "caller ranges"
+            });
+        }
         let states = format!("{} state tensors", self.state_count());
         let mut s = parts.join(", ");
         s.push_str(", ");
@@ -193,6 +210,8 @@ pub enum BindingRole {
     StepInfo,
     /// 12 + k: bf16 state slot k, read-write storage.
     Bf16State(u8),
+    /// 15: the tensor table of a kernel over caller ranges, read-only storage (external).
+    TensorTable,
 }
 
 /// How a binding is declared.
@@ -225,6 +244,7 @@ impl BindingRole {
             Self::LowParam => 10,
             Self::StepInfo => 11,
             Self::Bf16State(k) => 12 + u32::from(k),
+            Self::TensorTable => 15,
         }
     }
 
@@ -233,7 +253,7 @@ impl BindingRole {
         match self {
             Self::Hyper | Self::StepInfo => BindingKind::Uniform { dynamic: true },
             Self::Window => BindingKind::Uniform { dynamic: false },
-            Self::Grad | Self::Control | Self::LaneGroups | Self::LowGrad => {
+            Self::Grad | Self::Control | Self::LaneGroups | Self::LowGrad | Self::TensorTable => {
                 BindingKind::Storage { read_only: true }
             }
             Self::Param | Self::State(_) | Self::LowParam | Self::Bf16State(_) => {
@@ -247,7 +267,7 @@ impl BindingRole {
 /// order. Pure: depends on the variant only (no device).
 pub fn required_bindings(variant: &Variant) -> Vec<BindingRole> {
     let mut b = vec![BindingRole::Hyper, BindingRole::Window, BindingRole::Param];
-    if variant.low_precision == LowPrecision::Off {
+    if variant.low_precision == LowPrecision::Off && !(variant.external && variant.grad_in_param) {
         b.push(BindingRole::Grad);
     }
     let slots = (0..8u8).filter(|k| variant.state_slots & (1 << k) != 0);
@@ -255,8 +275,11 @@ pub fn required_bindings(variant: &Variant) -> Vec<BindingRole> {
         b.extend(slots.clone().map(BindingRole::State));
     }
     b.push(BindingRole::Control);
-    if variant.grouped {
+    if variant.grouped && !variant.external {
         b.push(BindingRole::LaneGroups);
+    }
+    if variant.external {
+        b.push(BindingRole::TensorTable);
     }
     if variant.low_precision != LowPrecision::Off {
         b.push(BindingRole::LowGrad);
@@ -308,6 +331,12 @@ pub fn check_fits(
     features: wgpu::Features,
 ) -> Result<()> {
     let name = || format!("{kernel} ({})", variant.describe());
+    if variant.external && (variant.low_precision != LowPrecision::Off || variant.bf16_state) {
+        return Err(Error::InvalidCombination {
+            optimizer: "kernel over caller ranges",
+            reason: "needs f32 params and gradients and f32 state",
+        });
+    }
     if variant.u64_lanes && !features.contains(wgpu::Features::SHADER_INT64) {
         return Err(Error::KernelNeedsFeature {
             kernel: name(),
@@ -382,22 +411,31 @@ pub fn assemble_with(kernel_source: &str, slots: &[&str], variant: Variant) -> S
     out.push_str(GRAD_CONTROL);
     out.push_str(&format!(
         "\n// Variant: {}.\nconst GROUPED: bool = {};\nconst LOW_PRECISION: u32 = {}u;\n\
-         const BF16_STATE: bool = {};\n\n",
+         const BF16_STATE: bool = {};\nconst EXTERNAL: bool = {};\n\
+         const GRAD_IN_PARAM: bool = {};\n\n",
         variant.describe(),
         variant.grouped,
         variant.low_precision.code(),
         variant.bf16_state,
+        variant.external,
+        variant.external && variant.grad_in_param,
     ));
     out.push_str(COMMON);
     out.push('\n');
-    out.push_str(match variant.low_precision {
-        LowPrecision::Off => GRAD_F32,
-        LowPrecision::F16 if variant.native_f16 => F16_NATIVE,
-        LowPrecision::F16 => F16_PACKED,
-        LowPrecision::Bf16 => BF16_PACKED,
-    });
-    out.push('\n');
-    out.push_str(if variant.grouped { GROUPS } else { GROUPS_NONE });
+    if variant.external {
+        out.push_str(TENSORS);
+        out.push_str(&external_accessors(&variant));
+    } else {
+        out.push_str(match variant.low_precision {
+            LowPrecision::Off => GRAD_F32,
+            LowPrecision::F16 if variant.native_f16 => F16_NATIVE,
+            LowPrecision::F16 => F16_PACKED,
+            LowPrecision::Bf16 => BF16_PACKED,
+        });
+        out.push_str(EXTERNAL_STUBS);
+        out.push('\n');
+        out.push_str(if variant.grouped { GROUPS } else { GROUPS_NONE });
+    }
     out.push('\n');
     if variant.stores_bf16() {
         out.push_str(BF16_ROUND);
@@ -406,6 +444,47 @@ pub fn assemble_with(kernel_source: &str, slots: &[&str], variant: Variant) -> S
     out.push_str(&state_accessors(slots, &variant));
     out.push_str(kernel_source);
     out
+}
+
+/// What the flat variants define in place of `tensors.wgsl` (never called: EXTERNAL is off).
+const EXTERNAL_STUBS: &str = "
+// Not a kernel over caller ranges (EXTERNAL is off): never called.
+fn tensor_word(k: u32) -> u32 {
+    return 0u;
+}
+fn store_param_external(i: u32, p: vec4<f32>) {}
+";
+
+/// The gradient load and the group lookup of an external variant (after `tensors.wgsl`).
+fn external_accessors(variant: &Variant) -> String {
+    let grad = if variant.grad_in_param {
+        "// The gradients are in the params' buffer (GRAD_IN_PARAM): read through `param`.\n\
+         fn raw_grad(i: u32) -> vec4<f32> {\n    return unpack_lane(param[i + ext_grad_delta]);\n}\n"
+    } else {
+        "@group(0) @binding(3) var<storage, read> grad: array<Lane>;\n\
+         fn raw_grad(i: u32) -> vec4<f32> {\n    return unpack_lane(grad[i + ext_grad_delta]);\n}\n"
+    };
+    // The params' store. vec4<f32> lanes: only the live elements of a tensor's last lane
+    // are written. u64 lanes (two elements per scalar) cannot store one element: the lane is
+    // written whole, its dead elements with the bits this invocation read from them (`p`
+    // keeps the old value where `live` is false); they are no tensor's (every range starts
+    // on a 16-byte boundary) and nothing else writes them during the dispatch.
+    let store = if variant.u64_lanes {
+        "fn store_param_external(i: u32, p: vec4<f32>) {\n    param[i] = pack_lane(p);\n}\n"
+    } else {
+        "fn store_param_external(i: u32, p: vec4<f32>) {\n    if (all(ext_live)) {\n        \
+         param[i] = p;\n        return;\n    }\n    if (ext_live.x) {\n        param[i].x = p.x;\n    }\n    \
+         if (ext_live.y) {\n        param[i].y = p.y;\n    }\n    if (ext_live.z) {\n        \
+         param[i].z = p.z;\n    }\n    if (ext_live.w) {\n        param[i].w = p.w;\n    }\n}\n"
+    };
+    let groups = if variant.grouped {
+        "// Parameter groups: the group of the lane's tensor, from its table entry.\n\
+         fn hyper_of(i: u32) -> StepUniform {\n    return hps[ext_group];\n}\n"
+    } else {
+        "// One parameter group: group 0's scalars, read once per invocation.\n\
+         fn hyper_of(i: u32) -> StepUniform {\n    return group0;\n}\n"
+    };
+    format!("{grad}{store}{groups}")
 }
 
 /// The declarations and accessors of a kernel's state slots in `variant`.
@@ -434,10 +513,16 @@ fn state_accessors(slots: &[&str], variant: &Variant) -> String {
             ));
         } else {
             let binding = BindingRole::State(k as u8).binding();
+            // External: the state lane is the param lane plus the tensor's offset.
+            let j = if variant.external {
+                "i + ext_state_delta"
+            } else {
+                "i"
+            };
             s.push_str(&format!(
                 "@group(0) @binding({binding}) var<storage, read_write> {name}: array<Lane>;\n\
-                 fn load_{name}(i: u32) -> vec4<f32> {{\n    return unpack_lane({name}[i]);\n}}\n\
-                 fn store_{name}(i: u32, x: vec4<f32>) {{\n    {name}[i] = pack_lane(x);\n}}\n"
+                 fn load_{name}(i: u32) -> vec4<f32> {{\n    return unpack_lane({name}[{j}]);\n}}\n\
+                 fn store_{name}(i: u32, x: vec4<f32>) {{\n    {name}[{j}] = pack_lane(x);\n}}\n"
             ));
         }
     }

@@ -11,7 +11,7 @@ use crate::optim::HostState;
 
 /// Check groups given to the builder: 1 to [`MAX_GROUPS`] of them, each valid, all of the
 /// same optimizer with the same structural options.
-pub(super) fn validate(groups: &[ParamGroup]) -> Result<()> {
+pub(crate) fn validate(groups: &[ParamGroup]) -> Result<()> {
     if groups.is_empty() || groups.len() > MAX_GROUPS {
         return Err(Error::GroupCount {
             got: groups.len(),

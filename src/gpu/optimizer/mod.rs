@@ -31,6 +31,7 @@ pub(crate) use super::groups::Group;
 pub use super::groups::ParamGroup;
 pub use super::kernel::{MAX_GROUPS, UNIFORM_RING};
 pub use builder::{GpuOptimizerBuilder, Rounding, StateFormat};
+pub(crate) use groups::validate as validate_groups;
 
 /// One optimizer running on the device over a [`FlatParams`]. Built with
 /// [`GpuOptimizer::builder`] (or the shorthands [`GpuOptimizer::new`],
