@@ -1,5 +1,6 @@
-//! Soak: 10^4 steps of every benchmarked configuration (`roofline::benchmark_suite()`, which
-//! covers every registered algorithm) on the GPU and on the fast CPU path against the f64
+//! Soak: 10^4 steps of every benchmarked configuration (`roofline::benchmark_suite()`) and of
+//! the per-tensor algorithms the suite leaves out (LAMB: its roof has two passes), together
+//! every registered algorithm ([`soak_configs`]), on the GPU and on the fast CPU path against the f64
 //! reference, on seeded gradients; the largest drift over all steps and elements is printed
 //! and bounded. Two runs of the same inputs are bitwise identical on each path (params and
 //! every state tensor). Figures and the argument for each bound: `docs/reliability/soak.md`.
@@ -302,11 +303,18 @@ fn cpu_path(config: OptimizerConfig, p0: &[f32]) -> Cpu {
     }
 }
 
+/// What the soak iterates: the benchmark suite, plus LAMB (default options; one tensor).
+fn soak_configs() -> Vec<(&'static str, OptimizerConfig)> {
+    let mut v = fused_optim::roofline::benchmark_suite();
+    v.push(("lamb", OptimizerConfig::Lamb(LambConfig::default())));
+    v
+}
+
 #[test]
 fn soak_gpu_drift_and_bitwise_repeatability() {
     let Some(ctx) = gpu() else { return };
     let mut rows = Vec::new();
-    for (name, config) in fused_optim::roofline::benchmark_suite() {
+    for (name, config) in soak_configs() {
         let p0 = p0_of(name);
         let (d, first) = soak_against_reference(name, config, gpu_path(&ctx, config, &p0), &p0);
         let second = soak_alone(name, config, gpu_path(&ctx, config, &p0));
@@ -319,7 +327,7 @@ fn soak_gpu_drift_and_bitwise_repeatability() {
 #[test]
 fn soak_cpu_drift_and_bitwise_repeatability() {
     let mut rows = Vec::new();
-    for (name, config) in fused_optim::roofline::benchmark_suite() {
+    for (name, config) in soak_configs() {
         let p0 = p0_of(name);
         let (d, first) = soak_against_reference(name, config, cpu_path(config, &p0), &p0);
         let second = soak_alone(name, config, cpu_path(config, &p0));
@@ -331,9 +339,9 @@ fn soak_cpu_drift_and_bitwise_repeatability() {
 
 #[test]
 fn soak_suite_covers_every_algorithm() {
-    // benchmark_suite is the list the soak iterates; it must hold every registered algorithm
+    // soak_configs is the list the soak iterates; it must hold every registered algorithm
     // (`defaults()` has one configuration per registry line).
-    let suite = fused_optim::roofline::benchmark_suite();
+    let suite = soak_configs();
     for d in OptimizerConfig::defaults() {
         assert!(
             suite
