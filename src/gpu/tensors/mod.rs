@@ -163,7 +163,9 @@ impl TensorOptimizer {
     /// An optimizer over `tensors` with one configuration per parameter group (`groups[k]`
     /// for the tensors whose `group` is `k`; at most [`MAX_GROUPS`], all of the same
     /// optimizer with the same structural options). Refused with a typed error: no tensors
-    /// or an empty one, a group index out of range, invalid or mismatched configurations.
+    /// or an empty one, a group index out of range, invalid or mismatched configurations, a
+    /// per-tensor algorithm such as LAMB ([`Error::Unsupported`]: this kernel is
+    /// elementwise; its trust ratio needs the segmented two-pass kernel).
     pub fn new(
         ctx: &GpuContext,
         tensors: &[TensorSpec],
@@ -187,6 +189,13 @@ impl TensorOptimizer {
             })
             .collect();
         crate::gpu::optimizer::validate_groups(&param_groups)?;
+        if let Some(c) = groups.iter().find(|c| !c.is_elementwise()) {
+            return Err(Error::Unsupported {
+                optimizer: c.name(),
+                feature: "a per-tensor algorithm over caller buffer ranges (TensorOptimizer \
+                          runs elementwise kernels only)",
+            });
+        }
         for t in tensors {
             if t.len == 0 {
                 return Err(Error::TensorRange {
