@@ -315,8 +315,15 @@ fn plain(
 fn identical(comm: &impl Communicator, world: usize, report: &mut Report) {
     for (name, config) in cases::all() {
         if !config.is_elementwise() {
-            // Per-tensor algorithms (LAMB) are refused by ShardedOptimizer::new with a typed
-            // error (ZeRO does not shard them yet); not replayed here.
+            // Per-tensor algorithms (LAMB): ZeRO does not shard them yet, so
+            // ShardedOptimizer::new must refuse them with a typed error on every rank.
+            let n: usize = SEGMENTS.iter().sum();
+            let got =
+                ShardedOptimizer::new(comm, config, vec![0.1; n], &SEGMENTS, ZeroConfig::default());
+            let refused = matches!(got, Err(Error::Shard { .. }));
+            report.check(&format!("{name}: refused"), refused, || {
+                format!("expected Error::Shard, got {:?}", got.err())
+            });
             continue;
         }
         for (layout, transport) in [
