@@ -286,6 +286,8 @@ impl GpuSegmentedRoof {
             "segmented_roof.wgsl",
             include_str!("../shaders/segmented_roof.wgsl"),
             &states,
+            None,
+            false,
         )?;
         Ok(Self {
             kernel,

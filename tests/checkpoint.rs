@@ -41,6 +41,10 @@ fn other_instance(config: OptimizerConfig) -> OptimizerConfig {
             x.betas = (0.5, 0.9);
             x.weight_decay = 0.0;
         }
+        OptimizerConfig::Muon(x) => {
+            (x.momentum, x.nesterov) = (0.5, !x.nesterov);
+            x.weight_decay = 0.0;
+        }
         OptimizerConfig::ScheduleFree(x) => {
             (x.beta, x.warmup_steps) = (0.5, 7);
             x.weight_decay = 0.0;

@@ -1135,6 +1135,34 @@ fn fields(config: OptimizerConfig) -> Vec<Field> {
             ),
             field(c, "clamp", |x, v| x.clamp = v, finite_gt0, unchecked),
         ],
+        OptimizerConfig::Muon(c) => vec![
+            // torch.optim.Muon checks `0.0 <= lr`, `0.0 <= momentum` and
+            // `0.0 <= weight_decay`; eps and the coefficients are not checked there (ours
+            // must be finite; a momentum above 1 is refused here as a diverging EMA).
+            field(c, "lr", |x, v| x.lr = v, finite_ge0, torch_not_0_le),
+            field(
+                c,
+                "weight_decay",
+                |x, v| x.weight_decay = v,
+                finite_ge0,
+                torch_not_0_le,
+            ),
+            field(
+                c,
+                "momentum",
+                |x, v| x.momentum = v,
+                in_0_1_closed,
+                torch_not_0_le,
+            ),
+            field(c, "eps", |x, v| x.ns.eps = v, finite_ge0, unchecked),
+            field(
+                c,
+                "ns_coefficients[0]",
+                |x, v| x.ns.coefficients.0 = v,
+                finite,
+                unchecked,
+            ),
+        ],
         OptimizerConfig::ScheduleFree(c) => {
             // AdamWScheduleFree checks nothing; SGDScheduleFree checks lr, weight_decay and
             // momentum.

@@ -193,6 +193,8 @@ fn comparator_catches_one_percent_hyper_parameter_change() {
             OptimizerConfig::Lion(c) => c.betas.0 = 1.0 - (1.0 - c.betas.0) * 1.01,
             OptimizerConfig::ScheduleFree(c) => c.lr *= 1.01,
             OptimizerConfig::Lamb(c) => c.lr *= 1.01,
+            // Muon needs 2-D tensors: its rows are in cases::matrix() (tests/muon.rs).
+            OptimizerConfig::Muon(c) => c.lr *= 1.01,
         }
         let result = gpu_vs_reference(&ctx, perturbed, config, 257, 7);
         assert!(result.is_err(), "[{desc}] a 1% change went unnoticed");

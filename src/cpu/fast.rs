@@ -176,7 +176,7 @@ impl CpuOptimizerBuilder {
 
     fn build_storage(self, lens: &[usize]) -> Result<CpuOptimizer> {
         match self.format {
-            StateFormat::F32 => CpuOptimizer::new(self.config, self.n),
+            StateFormat::F32 => CpuOptimizer::allocate(self.config, self.n),
             StateFormat::Bf16 => {
                 if !matches!(self.config, OptimizerConfig::Adam(_)) {
                     return Err(Error::InvalidCombination {
@@ -243,9 +243,19 @@ impl CpuOptimizerBuilder {
 }
 
 impl CpuOptimizer {
-    /// A fresh optimizer over `n` parameters.
+    /// A fresh optimizer over `n` parameters (one 1-D tensor: per-tensor algorithms that
+    /// need shapes are built with [`Self::builder`] and
+    /// [`CpuOptimizerBuilder::shapes`]).
     pub fn new(config: impl Into<OptimizerConfig>, n: usize) -> Result<Self> {
         let config = config.into();
+        config.validate()?;
+        let table = SegmentTable::single(n.max(1))?;
+        with_algorithm!(&config, c => c.check_segments(&table))?;
+        Self::allocate(config, n)
+    }
+
+    /// [`Self::new`] without the shape check (the builder checks its own table).
+    fn allocate(config: OptimizerConfig, n: usize) -> Result<Self> {
         config.validate()?;
         if n == 0 {
             return Err(Error::Empty {
@@ -253,7 +263,6 @@ impl CpuOptimizer {
             });
         }
         let table = SegmentTable::single(n)?;
-        with_algorithm!(&config, c => c.check_segments(&table))?;
         let names = config.state_names();
         // Slots 1, 2, 3: params and grads usually sit at slot 0 (see `StaggeredVec`).
         // Fallible allocation: a state that cannot be allocated is Error::OutOfMemory, not
@@ -381,7 +390,7 @@ impl CpuOptimizer {
                         avx2: simd_level() >= SimdLevel::Avx2,
                         run: run_chunk,
                     },
-                ));
+                ))?;
                 self.host.state_written = true;
             }
             _ => self

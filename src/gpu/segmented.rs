@@ -10,12 +10,21 @@
 //! Bindings: 0 the per-step uniform (a ring slot per step, dynamic offset), 1 params,
 //! 2 gradients, 3.. the state tensors in `state_names` order, then the segment table, the
 //! chunk table and the work buffer (layout: `shaders/lamb_segmented.wgsl`).
+//!
+//! An algorithm with a matrix transform (Muon) also binds a Newton–Schulz batch buffer
+//! ([`GpuNewtonSchulz`]) after the work buffer: `reduce` writes each segment's matrix into
+//! it, the batch is orthogonalised in place between `reduce` and `finish`, and `apply` reads
+//! the result. The segments are split into parts whose batch fits one binding; each part has
+//! its own chunk table (every chunk's 4th word: its offset in the part's batch buffer) and
+//! bind group, and all parts are recorded into the same compute pass.
 
 use std::num::NonZeroU64;
 
 use super::buffer::FlatParams;
 use super::context::GpuContext;
 use super::kernel::UNIFORM_RING;
+use super::newton_schulz::GpuNewtonSchulz;
+use crate::cpu::newton_schulz::NewtonSchulz;
 use crate::error::{Error, Result};
 use crate::optim::MAX_UNIFORM_BYTES;
 
@@ -29,47 +38,82 @@ pub(crate) const SEGMENT_WORDS: usize = 8;
 /// A per-tensor kernel bound to one optimizer's buffers.
 pub(crate) struct SegmentedKernel {
     ctx: GpuContext,
-    gnorm: (wgpu::ComputePipeline, wgpu::ComputePipeline),
+    gnorm: Option<(wgpu::ComputePipeline, wgpu::ComputePipeline)>,
     reduce: wgpu::ComputePipeline,
     finish: wgpu::ComputePipeline,
     apply: wgpu::ComputePipeline,
-    bind_group: wgpu::BindGroup,
+    parts: Vec<Part>,
     uniform: wgpu::Buffer,
     stride: u64,
     work: wgpu::Buffer,
-    _chunks: wgpu::Buffer,
-    chunk_grid: (u32, u32),
     segment_grid: (u32, u32),
     segments: usize,
 }
 
-/// The chunk table: per segment (first chunk, chunk count, 0, 0), then per chunk
-/// (segment, start, end, 0).
-fn chunk_table(params: &FlatParams) -> Result<(Vec<[u32; 4]>, usize)> {
-    let table = params.segment_table();
-    let segs = table.segments();
-    let mut heads = Vec::with_capacity(segs.len());
+/// Some of the segments (all of them without a matrix transform): their chunks, bind group
+/// and Newton–Schulz batch.
+struct Part {
+    bind_group: wgpu::BindGroup,
+    _chunks: wgpu::Buffer,
+    chunk_grid: (u32, u32),
+    transform: Option<GpuNewtonSchulz>,
+}
+
+fn word(x: usize) -> Result<u32> {
+    u32::try_from(x).map_err(|_| Error::TooManyElements {
+        what: "segmented kernel chunk table",
+        len: x as u64,
+        limit: u64::from(u32::MAX),
+    })
+}
+
+/// The chunk table of the segments `members` (indices into the params' segment table, in
+/// order): per segment of the whole table (first chunk, chunk count, 0, 0) (count 0 for a
+/// segment not in `members`), then per chunk (segment, start, end, offset), where `offset` is
+/// `offsets[j] + (start - segment start)` for the j-th member (0 without offsets).
+fn chunk_table(
+    params: &FlatParams,
+    members: &[usize],
+    offsets: Option<&[usize]>,
+) -> Result<(Vec<[u32; 4]>, usize)> {
+    let segs = params.segment_table().segments();
+    let mut heads = vec![[0u32; 4]; segs.len()];
     let mut chunks = Vec::new();
-    let word = |x: usize| {
-        u32::try_from(x).map_err(|_| Error::TooManyElements {
-            what: "segmented kernel chunk table",
-            len: x as u64,
-            limit: u64::from(u32::MAX),
-        })
-    };
-    for (k, s) in segs.iter().enumerate() {
+    for (j, &k) in members.iter().enumerate() {
+        let s = &segs[k];
         let first = chunks.len();
         let mut start = s.start;
         while start < s.end() {
             let end = (start + CHUNK_ELEMENTS).min(s.end());
-            chunks.push([word(k)?, word(start)?, word(end)?, 0]);
+            let offset = offsets.map_or(0, |o| o[j] + (start - s.start));
+            chunks.push([word(k)?, word(start)?, word(end)?, word(offset)?]);
             start = end;
         }
-        heads.push([word(first)?, word(chunks.len() - first)?, 0, 0]);
+        heads[k] = [word(first)?, word(chunks.len() - first)?, 0, 0];
     }
     let count = chunks.len();
     heads.extend(chunks);
     Ok((heads, count))
+}
+
+/// The parts of a transform: consecutive segments whose Newton–Schulz batch fits
+/// `max_bytes`, as (segment indices, (rows, cols) per segment).
+fn transform_parts(params: &FlatParams, max_bytes: u64) -> Vec<Vec<(usize, (usize, usize))>> {
+    let segs = params.segment_table().segments();
+    let shapes: Vec<(usize, usize)> = segs.iter().map(|s| (s.rows(), s.cols())).collect();
+    let mut k = 0;
+    GpuNewtonSchulz::split(&shapes, max_bytes)
+        .into_iter()
+        .map(|batch| {
+            let part: Vec<(usize, (usize, usize))> = batch
+                .into_iter()
+                .enumerate()
+                .map(|(j, s)| (k + j, s))
+                .collect();
+            k += part.len();
+            part
+        })
+        .collect()
 }
 
 /// A 2-D grid of at least `n` workgroups within the per-dimension limit.
@@ -82,16 +126,22 @@ fn grid(n: usize, limit: u32) -> (u32, u32) {
 impl SegmentedKernel {
     /// Builds the pipelines and binds `params`, its segment table and `states` (f32, in
     /// `state_names` order).
+    /// `transform`: the Newton–Schulz iteration of an algorithm with a matrix transform
+    /// (every segment must then be one matrix: rank 2, checked by the algorithm);
+    /// `global_clip`: the configuration's global gradient clip is on (its pipelines are
+    /// built only then).
     pub fn new(
         params: &FlatParams,
         file: &'static str,
         source: &'static str,
         states: &[wgpu::Buffer],
+        transform: Option<&NewtonSchulz>,
+        global_clip: bool,
     ) -> Result<Self> {
         let ctx = params.context().clone();
         let device = ctx.device();
         let limits = device.limits();
-        let storage = 5 + states.len() as u32;
+        let storage = 5 + states.len() as u32 + u32::from(transform.is_some());
         if storage > limits.max_storage_buffers_per_shader_stage {
             return Err(Error::KernelDoesNotFit {
                 kernel: file.to_string(),
@@ -110,8 +160,32 @@ impl SegmentedKernel {
                 limit,
             });
         }
-        let (table, chunk_count) = chunk_table(params)?;
         let segments = params.segment_table().segments().len();
+        if let Some(s) = params
+            .segment_table()
+            .segments()
+            .iter()
+            .find(|s| transform.is_some() && s.batch() != 1)
+        {
+            return Err(Error::WrongRank {
+                optimizer: "Muon",
+                segment: format!("elements {}..{}", s.start, s.end()),
+                shape: s.shape.clone(),
+                requirement: "a matrix transform takes one matrix per segment",
+            });
+        }
+        // (members, Newton-Schulz batch) per part.
+        let plans: Vec<(Vec<usize>, Option<GpuNewtonSchulz>)> = match transform {
+            None => vec![((0..segments).collect(), None)],
+            Some(ns) => transform_parts(params, limit)
+                .into_iter()
+                .map(|part| {
+                    let shapes: Vec<(usize, usize)> = part.iter().map(|&(_, s)| s).collect();
+                    let batch = GpuNewtonSchulz::new(&ctx, &shapes, ns)?;
+                    Ok((part.into_iter().map(|(k, _)| k).collect(), Some(batch)))
+                })
+                .collect::<Result<_>>()?,
+        };
         let stride = MAX_UNIFORM_BYTES
             .next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment));
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -121,15 +195,13 @@ impl SegmentedKernel {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let chunks = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("fused-optim chunk table"),
-            size: (table.len() * 16) as u64,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        ctx.queue()
-            .write_buffer(&chunks, 0, bytemuck::cast_slice(&table));
-        let work_words = SEGMENT_WORDS * segments + 4 + 4 * chunk_count;
+        let total_chunks: usize = params
+            .segment_table()
+            .segments()
+            .iter()
+            .map(|s| s.len().div_ceil(CHUNK_ELEMENTS))
+            .sum();
+        let work_words = SEGMENT_WORDS * segments + 4 + 4 * total_chunks;
         let work = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("fused-optim segmented work"),
             size: (work_words * 4) as u64,
@@ -167,6 +239,9 @@ impl SegmentedKernel {
             entry(first_table + 1, ro, false),
             entry(first_table + 2, rw, false),
         ]);
+        if transform.is_some() {
+            entries.push(entry(first_table + 3, rw, false));
+        }
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some(file),
             entries: &entries,
@@ -197,45 +272,69 @@ impl SegmentedKernel {
                 }),
             }
         }
-        let mut group_entries = vec![
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &uniform,
-                    offset: 0,
-                    size: NonZeroU64::new(MAX_UNIFORM_BYTES),
-                }),
-            },
-            whole(1, params.params_buffer()),
-            whole(2, params.grads_buffer()),
-        ];
-        group_entries.extend(
-            states
-                .iter()
-                .enumerate()
-                .map(|(k, b)| whole(3 + k as u32, b)),
-        );
-        group_entries.extend([
-            whole(first_table, params.segment_table_buffer()),
-            whole(first_table + 1, &chunks),
-            whole(first_table + 2, &work),
-        ]);
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(file),
-            layout: &layout,
-            entries: &group_entries,
-        });
+        let mut parts = Vec::with_capacity(plans.len());
+        for (members, batch) in plans {
+            let offsets: Option<Vec<usize>> = batch.as_ref().map(|b| {
+                (0..members.len())
+                    .map(|j| b.matrix_offset(j).unwrap_or(0))
+                    .collect()
+            });
+            let (table, chunk_count) = chunk_table(params, &members, offsets.as_deref())?;
+            let chunks = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("fused-optim chunk table"),
+                size: (table.len() * 16) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            ctx.queue()
+                .write_buffer(&chunks, 0, bytemuck::cast_slice(&table));
+            let mut group_entries = vec![
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &uniform,
+                        offset: 0,
+                        size: NonZeroU64::new(MAX_UNIFORM_BYTES),
+                    }),
+                },
+                whole(1, params.params_buffer()),
+                whole(2, params.grads_buffer()),
+            ];
+            group_entries.extend(
+                states
+                    .iter()
+                    .enumerate()
+                    .map(|(k, b)| whole(3 + k as u32, b)),
+            );
+            group_entries.extend([
+                whole(first_table, params.segment_table_buffer()),
+                whole(first_table + 1, &chunks),
+                whole(first_table + 2, &work),
+            ]);
+            if let Some(b) = &batch {
+                group_entries.push(whole(first_table + 3, b.buffer()));
+            }
+            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(file),
+                layout: &layout,
+                entries: &group_entries,
+            });
+            parts.push(Part {
+                bind_group,
+                _chunks: chunks,
+                chunk_grid: grid(chunk_count, limits.max_compute_workgroups_per_dimension),
+                transform: batch,
+            });
+        }
         let kernel = Self {
-            gnorm: (pipeline("gnorm"), pipeline("gfinish")),
+            gnorm: global_clip.then(|| (pipeline("gnorm"), pipeline("gfinish"))),
             reduce: pipeline("reduce"),
             finish: pipeline("finish"),
             apply: pipeline("apply"),
-            bind_group,
+            parts,
             uniform,
             stride,
             work,
-            _chunks: chunks,
-            chunk_grid: grid(chunk_count, limits.max_compute_workgroups_per_dimension),
             segment_grid: grid(segments, limits.max_compute_workgroups_per_dimension),
             segments,
             ctx: ctx.clone(),
@@ -260,22 +359,32 @@ impl SegmentedKernel {
             label: Some("fused-optim segmented step"),
             timestamp_writes: None,
         });
-        pass.set_bind_group(0, &self.bind_group, &[offset as u32]);
-        let (cx, cy) = self.chunk_grid;
-        if global_clip {
-            let (gnorm, gfinish) = &self.gnorm;
+        let dynamic = [offset as u32];
+        if let (true, Some((gnorm, gfinish)), [part]) = (global_clip, &self.gnorm, &self.parts[..])
+        {
+            // (A global clip comes with one part: no transform.)
+            let (cx, cy) = part.chunk_grid;
+            pass.set_bind_group(0, &part.bind_group, &dynamic);
             pass.set_pipeline(gnorm);
             pass.dispatch_workgroups(cx, cy, 1);
             pass.set_pipeline(gfinish);
             pass.dispatch_workgroups(1, 1, 1);
         }
-        pass.set_pipeline(&self.reduce);
-        pass.dispatch_workgroups(cx, cy, 1);
-        pass.set_pipeline(&self.finish);
-        let (sx, sy) = self.segment_grid;
-        pass.dispatch_workgroups(sx, sy, 1);
-        pass.set_pipeline(&self.apply);
-        pass.dispatch_workgroups(cx, cy, 1);
+        for part in &self.parts {
+            let (cx, cy) = part.chunk_grid;
+            pass.set_bind_group(0, &part.bind_group, &dynamic);
+            pass.set_pipeline(&self.reduce);
+            pass.dispatch_workgroups(cx, cy, 1);
+            if let Some(batch) = &part.transform {
+                batch.encode(&mut pass);
+                pass.set_bind_group(0, &part.bind_group, &dynamic);
+            }
+            pass.set_pipeline(&self.finish);
+            let (sx, sy) = self.segment_grid;
+            pass.dispatch_workgroups(sx, sy, 1);
+            pass.set_pipeline(&self.apply);
+            pass.dispatch_workgroups(cx, cy, 1);
+        }
     }
 
     /// The work buffer's per-segment words after the last step ([`SEGMENT_WORDS`] each),

@@ -171,6 +171,34 @@ impl<'a> HparamReader<'a> {
         }
     }
 
+    /// A string (`None` when absent or null).
+    pub fn text(&self, key: &str) -> std::result::Result<Option<String>, String> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(format!("`{key}` is not a string: {v}")),
+        }
+    }
+
+    /// A triple of numbers such as Muon's `ns_coefficients` (`default` when absent or null).
+    pub fn triple(
+        &self,
+        key: &str,
+        default: (f64, f64, f64),
+    ) -> std::result::Result<(f64, f64, f64), String> {
+        match self.take(key) {
+            None => Ok(default),
+            Some(Value::Array(a)) if a.len() == 3 => {
+                let x = |i: usize| {
+                    a[i].as_f64()
+                        .ok_or_else(|| format!("`{key}[{i}]` is not a number: {}", a[i]))
+                };
+                Ok((x(0)?, x(1)?, x(2)?))
+            }
+            Some(v) => Err(format!("`{key}` is not a triple of numbers: {v}")),
+        }
+    }
+
     /// Marks `keys` as understood without reading them (e.g. bookkeeping entries).
     pub fn accept(&self, keys: &[&str]) {
         self.used
@@ -298,6 +326,10 @@ pub trait Algorithm: Copy + std::fmt::Debug + PartialEq + Default + Send + Sync 
     // sums per chunk (kept per chunk, in fixed slots, summed in chunk order: deterministic,
     // no atomics), then `finish_segment` turns the segment's sums into the uniform of the
     // second pass (e.g. LAMB's trust ratio), which `cpu_chunk` runs over the same chunks.
+    // An algorithm with a matrix transform (Muon: `matrix_transform`) writes each element's
+    // transform input into a work buffer in the first pass; the implementations then
+    // orthogonalise every segment's work matrix (Newton–Schulz) and the second pass gets the
+    // result in place of the gradient.
     // The defaults describe an elementwise algorithm (no first pass); the implementations
     // (`cpu::fast`, `cpu::reference`) take this path exactly when `ELEMENTWISE` is false.
 
@@ -326,9 +358,11 @@ pub trait Algorithm: Copy + std::fmt::Debug + PartialEq + Default + Send + Sync 
     }
 
     /// The first pass over one chunk of one segment: may update the state chunks `s`
-    /// (in [`Self::state_names`] order) and adds its partial sums to `sums`
-    /// (`SEGMENT_SUMS` of them, zero on entry; f64 accumulators on the CPU). Must be `#[inline(always)]`, as
-    /// [`Self::cpu_chunk`]. Default: nothing.
+    /// (in [`Self::state_names`] order), adds its partial sums to `sums`
+    /// (`SEGMENT_SUMS` of them, zero on entry; f64 accumulators on the CPU) and, for an
+    /// algorithm with a [`Self::matrix_transform`], writes the transform's input for each
+    /// element into `work` (the chunk's part of the segment's matrix; empty otherwise).
+    /// Must be `#[inline(always)]`, as [`Self::cpu_chunk`]. Default: nothing.
     #[inline(always)]
     fn cpu_reduce_chunk(
         &self,
@@ -337,8 +371,17 @@ pub trait Algorithm: Copy + std::fmt::Debug + PartialEq + Default + Send + Sync 
         g: &[f32],
         s: &mut [&mut [f32]],
         sums: &mut [f64],
+        work: &mut [f32],
     ) {
-        let _ = (u, p, g, s, sums);
+        let _ = (u, p, g, s, sums, work);
+    }
+
+    /// The matrix function applied between the passes to every segment's work matrix (the
+    /// first pass's output, rows x cols of the segment's matrix view): Muon's Newton–Schulz
+    /// orthogonalisation. The second pass then receives the result as its `g`. `None` (the
+    /// default): no transform, the second pass gets the gradient.
+    fn matrix_transform(&self) -> Option<crate::cpu::newton_schulz::NewtonSchulz> {
+        None
     }
 
     /// The step's uniform with every gradient scaled by `scale` (the factor of

@@ -286,6 +286,7 @@ impl Algorithm for LambConfig {
         g: &[f32],
         s: &mut [&mut [f32]],
         sums: &mut [f64],
+        _work: &mut [f32],
     ) {
         let n = p.len();
         let (g, [m, v]) = (&g[..n], s) else {

@@ -11,6 +11,7 @@ pub mod algorithm;
 pub(crate) mod chunk;
 mod lamb;
 mod lion;
+mod muon;
 mod nadam;
 mod radam;
 mod registry;
@@ -29,6 +30,7 @@ pub use algorithm::{
 };
 pub use lamb::{LambConfig, LambUniform, LAMB_ADAM, LAMB_DECOUPLED, LAMB_PRE_NORM};
 pub use lion::{LionConfig, LionUniform};
+pub use muon::{MuonConfig, MuonLrAdjust, MuonUniform};
 pub use nadam::{NadamConfig, NadamUniform};
 pub use radam::{RadamConfig, RadamUniform};
 pub(crate) use registry::with_algorithm;

@@ -216,6 +216,14 @@ macro_rules! registry {
                 }
             }
 
+            /// The matrix transform between the passes ([`Algorithm::matrix_transform`]:
+            /// Muon's Newton–Schulz), or `None`.
+            pub fn matrix_transform(&self) -> Option<crate::cpu::newton_schulz::NewtonSchulz> {
+                match self {
+                    $(Self::$variant(c) => c.matrix_transform(),)*
+                }
+            }
+
             /// Checks that the algorithm accepts tensors of these shapes
             /// ([`Algorithm::check_segments`]).
             pub fn check_segments(&self, table: &crate::segments::SegmentTable) -> Result<()> {
@@ -320,4 +328,5 @@ registry! {
     Lion(LionConfig),
     ScheduleFree(ScheduleFreeConfig),
     Lamb(LambConfig),
+    Muon(MuonConfig),
 }

@@ -12,6 +12,7 @@ pub mod blockwise8;
 pub mod blockwise8_1state;
 mod lamb;
 mod lion;
+mod muon;
 mod nadam;
 pub mod newton_schulz;
 mod radam;
@@ -158,8 +159,9 @@ impl ReferenceOptimizer {
     /// overflowing shapes, the algorithm's own for shapes it refuses).
     pub fn with_shapes(config: impl Into<OptimizerConfig>, shapes: &[Vec<usize>]) -> Result<Self> {
         let table = SegmentTable::contiguous(shapes)?;
-        let mut opt = Self::new(config, table.len())?;
-        with_algorithm!(&opt.config, c => c.check_segments(&table))?;
+        let config = config.into();
+        with_algorithm!(&config, c => c.check_segments(&table))?;
+        let mut opt = Self::allocate(config, table.len())?;
         opt.segment_scalars = vec![Vec::new(); table.segments().len()];
         opt.table = table;
         Ok(opt)
@@ -181,9 +183,18 @@ impl ReferenceOptimizer {
             .collect()
     }
 
-    /// A fresh optimizer over `n` parameters, state initialised as PyTorch does.
+    /// A fresh optimizer over `n` parameters (one 1-D tensor; see [`Self::with_shapes`]),
+    /// state initialised as PyTorch does.
     pub fn new(config: impl Into<OptimizerConfig>, n: usize) -> Result<Self> {
         let config = config.into();
+        config.validate()?;
+        let table = SegmentTable::single(n.max(1))?;
+        with_algorithm!(&config, c => c.check_segments(&table))?;
+        Self::allocate(config, n)
+    }
+
+    /// [`Self::new`] without the shape check.
+    fn allocate(config: OptimizerConfig, n: usize) -> Result<Self> {
         config.validate()?;
         if n == 0 {
             return Err(Error::Empty {
@@ -209,7 +220,6 @@ impl ReferenceOptimizer {
             *slot = *initial;
         }
         let table = SegmentTable::single(n)?;
-        with_algorithm!(&config, c => c.check_segments(&table))?;
         Ok(Self {
             table,
             segment_scalars: vec![Vec::new()],

@@ -490,7 +490,12 @@ fn build(
     let native_f16 = runner.variant().uses_native_f16();
     let segmented = match config.segmented_kernel() {
         Some(k) if !config.is_elementwise() => Some(crate::gpu::segmented::SegmentedKernel::new(
-            params, k.file, k.source, &states,
+            params,
+            k.file,
+            k.source,
+            &states,
+            config.matrix_transform().as_ref(),
+            config.has_global_grad_clip(),
         )?),
         _ => None,
     };

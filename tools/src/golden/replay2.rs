@@ -12,7 +12,7 @@
 
 use serde_json::Value;
 
-use super::v2::{params_error, Case2, Check, Dtype, Metric, ParamsCheck, Report2, Worst};
+use super::v2::{params_error, Case2, Check, Dtype, LrUnit, Metric, ParamsCheck, Report2, Worst};
 use crate::error::{Error, Result};
 use fused_optim::FlatParams;
 use fused_optim::GpuContext;
@@ -56,6 +56,34 @@ impl Implementation {
             (Implementation::Reference, OptimizerConfig::Lamb(c)) if c.pre_norm => 1e-6,
             _ => self.tolerance(),
         }
+    }
+}
+
+/// The README's metric and tolerance of the parameter trajectory for `config`: M1 at `tol`,
+/// except Muon: M3 with c = 0.1 in units of the largest lr times each tensor's adjust ratio
+/// (torch's Newton–Schulz is bfloat16 in both runs, this crate's f32 or f64: a few percent
+/// of the update per step either way; the README measured 2.1e-2 for an f32 NS).
+pub fn trajectory_metric(case: &Case2, config: &OptimizerConfig, tol: f64) -> (Metric, f64) {
+    match config {
+        OptimizerConfig::Muon(c) => {
+            let units = case
+                .tensors
+                .iter()
+                .map(|t| {
+                    let (rows, cols) = match t.shape[..] {
+                        [.., r, c] => (r, c),
+                        [c] => (1, c),
+                        [] => (1, 1),
+                    };
+                    (
+                        t.name.clone(),
+                        case.lr_unit() * c.adjust_lr.ratio(rows, cols),
+                    )
+                })
+                .collect();
+            (Metric::M3(LrUnit::PerTensor(units)), 0.1)
+        }
+        _ => (Metric::M1, tol),
     }
 }
 
@@ -302,11 +330,12 @@ pub async fn replay_async(
         .map(|x| dtype.round(x))
         .collect();
     let mut runner = Runner::new(which, config, case, &p0, ctx)?;
+    let (metric, params_tol) = trajectory_metric(case, &config, tol);
     let mut report = super::v2::replay_trajectory_async(
         case,
         dtype,
-        &Metric::M1,
-        tol,
+        &metric,
+        params_tol,
         async |_, lr, p: &mut [f64], g: &[f64]| runner.step(lr, p, g).await,
     )
     .await?;
