@@ -325,11 +325,19 @@ fn infinite_params_stay_infinite_without_weight_decay() {
 /// without test rows fails here.
 #[test]
 fn every_registered_algorithm_has_test_rows() {
-    let rows = cases::all();
+    let mut rows = cases::all();
+    rows.extend(cases::matrix());
     for id in OptimizerConfig::IDS {
         assert!(
             rows.iter().any(|(_, c)| c.id() == *id),
             "algorithm `{id}` has no rows in tests/cases/mod.rs"
+        );
+    }
+    // `matrix()` is for algorithms that refuse 1-D vectors only.
+    for (desc, c) in cases::matrix() {
+        assert!(
+            CpuOptimizer::new(c, 12).is_err(),
+            "{desc} accepts a vector: put it in all()"
         );
     }
 }

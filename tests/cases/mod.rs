@@ -436,6 +436,56 @@ pub fn all() -> Vec<(&'static str, OptimizerConfig)> {
 
 /// Learning-rate multiplier before step k (1-based): warm, halved, zero (state still
 /// advances, params must not move), doubled, back.
+/// The rows of algorithms that take 2-D tensors only (Muon): every option, stepped over a
+/// model of matrices by tests/muon.rs (the suites over `all()` use 1-D vectors).
+pub fn matrix() -> Vec<(&'static str, OptimizerConfig)> {
+    let muon = MuonConfig::default();
+    vec![
+        ("muon default", muon.into()),
+        (
+            "muon no nesterov lr 0.02",
+            MuonConfig {
+                lr: 0.02,
+                nesterov: false,
+                ..muon
+            }
+            .into(),
+        ),
+        (
+            "muon match_rms_adamw wd 0.01",
+            MuonConfig {
+                lr: 0.01,
+                weight_decay: 0.01,
+                adjust_lr: MuonLrAdjust::MatchRmsAdamw,
+                ..muon
+            }
+            .into(),
+        ),
+        (
+            "muon spectral_unclamped no decay momentum 0.9",
+            MuonConfig {
+                weight_decay: 0.0,
+                momentum: 0.9,
+                adjust_lr: MuonLrAdjust::SpectralUnclamped,
+                ..muon
+            }
+            .into(),
+        ),
+        (
+            "muon 3 steps other coefficients eps",
+            MuonConfig {
+                ns: fused_optim::cpu::newton_schulz::NewtonSchulz {
+                    steps: 3,
+                    coefficients: (2.0, -1.5, 0.5),
+                    eps: 1e-3,
+                },
+                ..muon
+            }
+            .into(),
+        ),
+    ]
+}
+
 pub fn lr_factor(k: u64) -> f64 {
     match k {
         1..=7 => 1.0,
