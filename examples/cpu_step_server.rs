@@ -7,6 +7,9 @@
 //! - `setup NAME LOG2 FORMAT`: an optimizer of `benchmark_suite()` named `NAME` over 2^LOG2
 //!   parameters with state `f32`, `bf16` or `8bit` (bitsandbytes-style, min size 4096);
 //!   answers `ok` or `err MESSAGE`. Two warm-up steps run.
+//! - `setup muon MODEL f32`: `torch.optim.Muon`'s defaults over the 2-D tensors of `MODEL`:
+//!   `square_D` (one D x D matrix) or `transformer_L_D` (L layers of q, k, v, o D x D and
+//!   the MLP's D x 4D and 4D x D), each tensor a segment of its own.
 //! - `time K`: runs K steps, answers the wall seconds of all K.
 //! - `quit`.
 //!
@@ -23,6 +26,61 @@ struct Run {
     opt: CpuOptimizer,
     params: StaggeredVec,
     grads: StaggeredVec,
+}
+
+/// The (rows, cols) of a Muon model name (see the module docs); the same list as
+/// `scripts/pytorch_compare.py`'s `muon_shapes`.
+fn muon_shapes(model: &str) -> Result<Vec<(usize, usize)>, String> {
+    let bad = || format!("unknown Muon model {model}");
+    let words: Vec<&str> = model.split('_').collect();
+    let num = |w: &str| w.parse::<usize>().map_err(|_| bad());
+    match words.as_slice() {
+        ["square", d] => Ok(vec![(num(d)?, num(d)?)]),
+        ["transformer", l, d] => {
+            let (l, d) = (num(l)?, num(d)?);
+            let mut shapes = Vec::new();
+            for _ in 0..l {
+                shapes.extend([(d, d); 4]);
+                shapes.extend([(d, 4 * d), (4 * d, d)]);
+            }
+            Ok(shapes)
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn setup_muon(model: &str) -> Result<Run, String> {
+    let shapes: Vec<Vec<usize>> = muon_shapes(model)?
+        .into_iter()
+        .map(|(r, c)| vec![r, c])
+        .collect();
+    let n: usize = shapes.iter().map(|s| s[0] * s[1]).sum();
+    let opt = CpuOptimizer::builder(fused_optim::MuonConfig::default(), n)
+        .shapes(&shapes)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(warm(opt, n))
+}
+
+/// Params of order 1 and gradients of order 1e-2 in staggered huge pages, two warm-up
+/// steps.
+fn warm(opt: CpuOptimizer, n: usize) -> Run {
+    let params: Vec<f32> = (0..n)
+        .map(|i| ((i as f32 * 0.754_877_7).fract() - 0.5) * 2.0)
+        .collect();
+    let grads: Vec<f32> = (0..n)
+        .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 2e-2)
+        .collect();
+    let mut run = Run {
+        opt,
+        params: StaggeredVec::from_slice(&params, 0),
+        grads: StaggeredVec::from_slice(&grads, 4),
+    };
+    for _ in 0..2 {
+        // A warm-up step of a model that was built cannot fail.
+        let _ = run.opt.step(&mut run.params, &run.grads);
+    }
+    run
 }
 
 fn setup(name: &str, log2: u32, format: &str) -> Result<Run, String> {
@@ -75,6 +133,16 @@ fn main() {
         let Ok(line) = line else { break };
         let words: Vec<&str> = line.split_whitespace().collect();
         let answer = match words.as_slice() {
+            ["setup", "muon", model, "f32"] => {
+                run = None;
+                match setup_muon(model) {
+                    Ok(r) => {
+                        run = Some(r);
+                        "ok".to_string()
+                    }
+                    Err(e) => format!("err {e}"),
+                }
+            }
             ["setup", name, log2, format] => {
                 run = None;
                 match log2.parse::<u32>() {

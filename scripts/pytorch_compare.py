@@ -21,6 +21,12 @@ is compared the same way with PyTorch's best fp32 path and with bitsandbytes' ow
     cargo build --release --example cpu_step_server
     python3 scripts/pytorch_compare.py --log2 24     # pip install torch bitsandbytes
 
+With `--muon square_512,transformer_12_512` it compares Muon instead: `torch.optim.Muon`
+(defaults; PyTorch orthogonalises in bfloat16 on the CPU) against fused-optim's fast CPU Muon
+(Newton-Schulz in f32 on a GEMM crate) over the 2-D tensors of each model (`square_D`: one
+D x D matrix; `transformer_L_D`: L layers of q, k, v, o D x D and the MLP's D x 4D, 4D x D),
+interleaved the same way; rates are in parameters per second.
+
 Hyper-parameters are the suite's (src/roofline.rs `benchmark_suite`): PyTorch defaults, SGD
 momentum 0.9, RMSprop centered + momentum 0.9, AdamW = Adam with decoupled decay 1e-2,
 AMSGrad = Adam with amsgrad.
@@ -54,6 +60,18 @@ TORCH_PATHS = ("fused", "foreach", "single")
 
 
 # ---------------------------------------------------------------- the PyTorch server
+def muon_shapes(model):
+    """(rows, cols) of a Muon model name (the list of examples/cpu_step_server.rs)."""
+    words = model.split("_")
+    if words[0] == "square" and len(words) == 2:
+        d = int(words[1])
+        return [(d, d)]
+    if words[0] == "transformer" and len(words) == 3:
+        layers, d = int(words[1]), int(words[2])
+        return [s for _ in range(layers) for s in [(d, d)] * 4 + [(d, 4 * d), (4 * d, d)]]
+    raise ValueError(f"unknown Muon model {model}")
+
+
 def serve(threads):
     """Answer `setup NAME LOG2 PATH` / `time K` / `quit` on stdin (see the module doc)."""
     import torch
@@ -62,7 +80,19 @@ def serve(threads):
     for line in sys.stdin:
         words = line.split()
         try:
-            if words[0] == "setup":
+            if words[0] == "setup" and words[1] == "muon":
+                opt = None
+                gen = torch.Generator().manual_seed(0)
+                params = []
+                for rows, cols in muon_shapes(words[2]):
+                    p = torch.nn.Parameter(torch.randn(rows, cols, generator=gen))
+                    p.grad = torch.randn(rows, cols, generator=gen) * 0.01
+                    params.append(p)
+                opt = torch.optim.Muon(params)
+                opt.step()
+                opt.step()
+                answer = "ok " + torch.__version__
+            elif words[0] == "setup":
                 name, log2, path = words[1], int(words[2]), words[3]
                 opt = None
                 n = 1 << log2
@@ -176,6 +206,45 @@ def best_torch(servers, name, log2, seconds):
     return best, version
 
 
+def compare_muon(args):
+    """torch.optim.Muon against fused-optim's CPU Muon, interleaved, per model."""
+    me = [sys.executable, __file__, "--serve", "--threads", str(args.threads)]
+    peer = Server(me, dict(os.environ, THP_MEM_ALLOC_ENABLE="1"))
+    ours = Server([args.server], dict(os.environ, RAYON_NUM_THREADS=str(args.threads)))
+    rows = []
+    version = None
+    try:
+        for model in args.muon.split(","):
+            n = sum(r * c for r, c in muon_shapes(model))
+            version = peer.setup("muon", model, "-")
+            if version is None:
+                raise RuntimeError("torch.optim.Muon is not available")
+            if ours.setup("muon", model, "f32") is None:
+                raise RuntimeError(f"fused-optim refused the Muon model {model}")
+            tp, to, med, lo, hi = interleave(peer, ours, args.rounds, args.batch_seconds)
+            rows.append(dict(model=model, n=n, tensors=len(muon_shapes(model)),
+                             peer="torch.optim.Muon+thp", peer_seconds=tp, ours_seconds=to,
+                             ratio_median=med, ratio_min=lo, ratio_max=hi,
+                             rounds=args.rounds))
+            print(f"muon {model} vs torch: {med:.2f}x", file=sys.stderr)
+    finally:
+        peer.close()
+        ours.close()
+    if args.json:
+        print(json.dumps(dict(torch_version=version, threads=args.threads, rows=rows),
+                         indent=1))
+        return
+    print(f"Muon, PyTorch {version}, {args.threads} threads, {args.rounds} interleaved rounds "
+          f"of >= {args.batch_seconds} s batches\n")
+    print("| model | tensors | params | torch.optim.Muon ms/step | fused-optim ms/step "
+          "| median ratio (min-max) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['tensors']} | {r['n']} | {r['peer_seconds'] * 1e3:.1f} | "
+              f"{r['ours_seconds'] * 1e3:.1f} | {r['ratio_median']:.2f}x "
+              f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--log2", type=int, default=24)
@@ -186,10 +255,13 @@ def main():
     ap.add_argument("--no-8bit", action="store_true")
     ap.add_argument("--server", default="target/release/examples/cpu_step_server")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--muon", default="", help="compare Muon on these models instead")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         return serve(args.threads)
+    if args.muon:
+        return compare_muon(args)
     n = 1 << args.log2
     me = [sys.executable, __file__, "--serve", "--threads", str(args.threads)]
     torch_servers = {

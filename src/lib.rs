@@ -61,8 +61,8 @@ pub use half;
 pub use mpi;
 pub use optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, Algorithm, HostState, LambConfig,
-    LionConfig, MuonConfig, MuonLrAdjust, NadamConfig, OptimizerConfig, RadamConfig, RmspropConfig,
-    ScheduleFreeBase, ScheduleFreeConfig, SgdConfig,
+    LionConfig, MuonConfig, MuonLrAdjust, NadamConfig, NewtonSchulz, OptimizerConfig, RadamConfig,
+    RmspropConfig, ScheduleFreeBase, ScheduleFreeConfig, SgdConfig,
 };
 pub use optimizer::Optimizer;
 pub use scaler::LossScaler;

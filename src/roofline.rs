@@ -287,7 +287,6 @@ impl GpuSegmentedRoof {
             include_str!("../shaders/segmented_roof.wgsl"),
             &states,
             None,
-            false,
         )?;
         Ok(Self {
             kernel,

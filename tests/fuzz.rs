@@ -217,6 +217,27 @@ fn checkpoint_configs() -> Vec<OptimizerConfig> {
 
 const N: usize = 7;
 
+/// The N elements as one tensor: a 1 x N matrix for algorithms that take matrices only
+/// (Muon), else a vector.
+fn shape_of(config: OptimizerConfig) -> Vec<Vec<usize>> {
+    if CpuOptimizer::new(config, N).is_ok() {
+        vec![vec![N]]
+    } else {
+        vec![vec![1, N]]
+    }
+}
+
+fn cpu_opt(config: OptimizerConfig) -> CpuOptimizer {
+    CpuOptimizer::builder(config, N)
+        .shapes(&shape_of(config))
+        .build()
+        .unwrap()
+}
+
+fn ref_opt(config: OptimizerConfig) -> ReferenceOptimizer {
+    ReferenceOptimizer::with_shapes(config, &shape_of(config)).unwrap()
+}
+
 fn grads_f32(seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
     (0..N).map(|_| rng.normal() as f32).collect()
@@ -227,13 +248,13 @@ fn cpu_targets(dir: &Path) -> Vec<Target> {
     for (k, config) in checkpoint_configs().into_iter().enumerate() {
         let file = dir.join(format!("real-{k}.safetensors"));
         // The sibling: two steps; the target: one step with other gradients.
-        let mut sibling = CpuOptimizer::new(config, N).unwrap();
+        let mut sibling = cpu_opt(config);
         let mut p = vec![0.5f32; N];
         sibling.step(&mut p, &grads_f32(1)).unwrap();
         sibling.step(&mut p, &grads_f32(2)).unwrap();
         sibling.save_checkpoint(&file).unwrap();
         let f32_file = std::fs::read(&file).unwrap();
-        let mut cpu = CpuOptimizer::new(config, N).unwrap();
+        let mut cpu = cpu_opt(config);
         cpu.step(&mut [0.25f32; N], &grads_f32(3)).unwrap();
         out.push(Target {
             what: format!("CpuOptimizer {config:?}"),
@@ -242,7 +263,7 @@ fn cpu_targets(dir: &Path) -> Vec<Target> {
             measure: true,
             snap: None,
         });
-        let mut sibling = ReferenceOptimizer::new(config, N).unwrap();
+        let mut sibling = ref_opt(config);
         let mut p = vec![0.5f64; N];
         let g = |s| {
             grads_f32(s)
@@ -254,7 +275,7 @@ fn cpu_targets(dir: &Path) -> Vec<Target> {
         sibling.step(&mut p, &g(2)).unwrap();
         sibling.save_checkpoint(&file).unwrap();
         let f64_file = std::fs::read(&file).unwrap();
-        let mut reference = ReferenceOptimizer::new(config, N).unwrap();
+        let mut reference = ref_opt(config);
         reference.step(&mut [0.25f64; N], &g(3)).unwrap();
         out.push(Target {
             what: format!("ReferenceOptimizer {config:?}"),
@@ -1162,6 +1183,20 @@ fn fields(config: OptimizerConfig) -> Vec<Field> {
                 finite,
                 unchecked,
             ),
+            field(
+                c,
+                "ns_coefficients[1]",
+                |x, v| x.ns.coefficients.1 = v,
+                finite,
+                unchecked,
+            ),
+            field(
+                c,
+                "ns_coefficients[2]",
+                |x, v| x.ns.coefficients.2 = v,
+                finite,
+                unchecked,
+            ),
         ],
         OptimizerConfig::ScheduleFree(c) => {
             // AdamWScheduleFree checks nothing; SGDScheduleFree checks lr, weight_decay and
@@ -1420,15 +1455,15 @@ fn fuzz_hyperparameters_set_lr_on_every_path() {
         // references check nothing when param_groups[k]["lr"] is assigned).
         let lr_rule = finite_ge0;
         let mut opts: Vec<(&str, Box<dyn Optimizer>)> = vec![
-            ("cpu", Box::new(CpuOptimizer::new(base, N).unwrap())),
-            (
-                "reference",
-                Box::new(ReferenceOptimizer::new(base, N).unwrap()),
-            ),
+            ("cpu", Box::new(cpu_opt(base))),
+            ("reference", Box::new(ref_opt(base))),
         ];
-        let params = ctx
-            .as_ref()
-            .map(|c| FlatParams::from_slice(c, &[1.0; N]).unwrap());
+        let params = ctx.as_ref().map(|c| {
+            FlatParams::builder()
+                .shaped("t", &shape_of(base)[0], &[1.0; N])
+                .build(c)
+                .unwrap()
+        });
         if let Some(p) = &params {
             opts.push(("gpu", Box::new(GpuOptimizer::new(p, base).unwrap())));
         }

@@ -276,6 +276,20 @@ fn uniform_structs_match_rust_mirrors() {
         ]
     ));
     checked.push(check_mirror!(
+        "muon.wgsl",
+        MuonUniform,
+        [
+            lr,
+            decay,
+            momentum,
+            one_minus_momentum,
+            nesterov,
+            adjust,
+            adjusted_lr,
+            pad
+        ]
+    ));
+    checked.push(check_mirror!(
         "lion.wgsl",
         LionUniform,
         [

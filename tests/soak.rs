@@ -231,7 +231,7 @@ fn soak_alone(name: &str, config: OptimizerConfig, mut path: impl Path) -> Bits 
         let g = grads(&mut rng, N);
         path.step(&g);
     }
-    let names = ReferenceOptimizer::new(config, N).unwrap().state_names();
+    let names = config.state_names();
     (
         bits(&path.params()),
         names.iter().map(|s| bits(&path.state(s))).collect(),
@@ -291,7 +291,10 @@ fn judge(path: &str, name: &str, config: OptimizerConfig, d: Drift) -> String {
 }
 
 fn gpu_path(ctx: &GpuContext, config: OptimizerConfig, p0: &[f32]) -> Gpu {
-    let flat = FlatParams::from_slice(ctx, p0).unwrap();
+    let flat = FlatParams::builder()
+        .shaped("t", &one_tensor(config, N), p0)
+        .build(ctx)
+        .unwrap();
     let opt = GpuOptimizer::new(&flat, config).unwrap();
     Gpu { flat, opt }
 }
@@ -299,14 +302,19 @@ fn gpu_path(ctx: &GpuContext, config: OptimizerConfig, p0: &[f32]) -> Gpu {
 fn cpu_path(config: OptimizerConfig, p0: &[f32]) -> Cpu {
     Cpu {
         p: p0.to_vec(),
-        opt: CpuOptimizer::new(config, N).unwrap(),
+        opt: CpuOptimizer::builder(config, N)
+            .shapes(&[one_tensor(config, N)])
+            .build()
+            .unwrap(),
     }
 }
 
-/// What the soak iterates: the benchmark suite, plus LAMB (default options; one tensor).
+/// What the soak iterates: the benchmark suite, plus LAMB and Muon (default options; one
+/// tensor: Muon's a 1 x N matrix).
 fn soak_configs() -> Vec<(&'static str, OptimizerConfig)> {
     let mut v = fused_optim::roofline::benchmark_suite();
     v.push(("lamb", OptimizerConfig::Lamb(LambConfig::default())));
+    v.push(("muon", OptimizerConfig::Muon(MuonConfig::default())));
     v
 }
 

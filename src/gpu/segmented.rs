@@ -127,17 +127,17 @@ impl SegmentedKernel {
     /// Builds the pipelines and binds `params`, its segment table and `states` (f32, in
     /// `state_names` order).
     /// `transform`: the Newton–Schulz iteration of an algorithm with a matrix transform
-    /// (every segment must then be one matrix: rank 2, checked by the algorithm);
-    /// `global_clip`: the configuration's global gradient clip is on (its pipelines are
-    /// built only then).
+    /// (every segment must then be one matrix: rank 2, checked by the algorithm). The
+    /// global-clip pipelines are built when the module has them (`gnorm`, `gfinish`): a
+    /// checkpoint may switch the clip on later.
     pub fn new(
         params: &FlatParams,
         file: &'static str,
         source: &'static str,
         states: &[wgpu::Buffer],
         transform: Option<&NewtonSchulz>,
-        global_clip: bool,
     ) -> Result<Self> {
+        let clip_entries = source.contains("fn gnorm(") && source.contains("fn gfinish(");
         let ctx = params.context().clone();
         let device = ctx.device();
         let limits = device.limits();
@@ -327,7 +327,7 @@ impl SegmentedKernel {
             });
         }
         let kernel = Self {
-            gnorm: global_clip.then(|| (pipeline("gnorm"), pipeline("gfinish"))),
+            gnorm: clip_entries.then(|| (pipeline("gnorm"), pipeline("gfinish"))),
             reduce: pipeline("reduce"),
             finish: pipeline("finish"),
             apply: pipeline("apply"),
@@ -360,9 +360,12 @@ impl SegmentedKernel {
             timestamp_writes: None,
         });
         let dynamic = [offset as u32];
-        if let (true, Some((gnorm, gfinish)), [part]) = (global_clip, &self.gnorm, &self.parts[..])
-        {
-            // (A global clip comes with one part: no transform.)
+        if global_clip {
+            // The optimizer's builder refuses a clip the module lacks; a global clip comes
+            // with one part (no transform).
+            let (Some((gnorm, gfinish)), [part]) = (&self.gnorm, &self.parts[..]) else {
+                unreachable!("a global clip without gnorm entry points or with several parts")
+            };
             let (cx, cy) = part.chunk_grid;
             pass.set_bind_group(0, &part.bind_group, &dynamic);
             pass.set_pipeline(gnorm);

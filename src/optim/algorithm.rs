@@ -380,7 +380,7 @@ pub trait Algorithm: Copy + std::fmt::Debug + PartialEq + Default + Send + Sync 
     /// first pass's output, rows x cols of the segment's matrix view): Muon's Newton–Schulz
     /// orthogonalisation. The second pass then receives the result as its `g`. `None` (the
     /// default): no transform, the second pass gets the gradient.
-    fn matrix_transform(&self) -> Option<crate::cpu::newton_schulz::NewtonSchulz> {
+    fn matrix_transform(&self) -> Option<super::NewtonSchulz> {
         None
     }
 

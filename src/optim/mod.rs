@@ -13,6 +13,7 @@ mod lamb;
 mod lion;
 mod muon;
 mod nadam;
+mod newton_schulz;
 mod radam;
 mod registry;
 mod rmsprop;
@@ -32,6 +33,7 @@ pub use lamb::{LambConfig, LambUniform, LAMB_ADAM, LAMB_DECOUPLED, LAMB_PRE_NORM
 pub use lion::{LionConfig, LionUniform};
 pub use muon::{MuonConfig, MuonLrAdjust, MuonUniform};
 pub use nadam::{NadamConfig, NadamUniform};
+pub use newton_schulz::NewtonSchulz;
 pub use radam::{RadamConfig, RadamUniform};
 pub(crate) use registry::with_algorithm;
 pub use registry::{OptimizerConfig, StepUniform, MAX_UNIFORM_BYTES};

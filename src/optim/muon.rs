@@ -7,8 +7,8 @@
 
 use super::algorithm::{Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
 use super::validate::{non_negative, unit_interval};
+use super::NewtonSchulz;
 use super::WordClass;
-use crate::cpu::newton_schulz::NewtonSchulz;
 use crate::error::{Error, Result};
 use crate::segments::{SegmentShape, SegmentTable};
 

@@ -218,7 +218,7 @@ macro_rules! registry {
 
             /// The matrix transform between the passes ([`Algorithm::matrix_transform`]:
             /// Muon's Newton–Schulz), or `None`.
-            pub fn matrix_transform(&self) -> Option<crate::cpu::newton_schulz::NewtonSchulz> {
+            pub fn matrix_transform(&self) -> Option<super::NewtonSchulz> {
                 match self {
                     $(Self::$variant(c) => c.matrix_transform(),)*
                 }

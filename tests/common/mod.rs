@@ -247,9 +247,22 @@ pub struct ReferenceRun {
     pub steps: u64,
 }
 
+/// The shape of n elements as one tensor for `config`: a 1 x n matrix for algorithms that
+/// take matrices only (Muon), else a vector.
+pub fn one_tensor(config: fused_optim::OptimizerConfig, n: usize) -> Vec<usize> {
+    if fused_optim::CpuOptimizer::new(config, n).is_ok() {
+        vec![n]
+    } else {
+        vec![1, n]
+    }
+}
+
 impl ReferenceRun {
+    /// Over `p0` as one tensor ([`one_tensor`]).
     pub fn new(config: fused_optim::OptimizerConfig, p0: &[f32]) -> Self {
-        let reference = fused_optim::ReferenceOptimizer::new(config, p0.len()).unwrap();
+        let reference =
+            fused_optim::ReferenceOptimizer::with_shapes(config, &[one_tensor(config, p0.len())])
+                .unwrap();
         let p: Vec<f64> = p0.iter().map(|&x| f64::from(x)).collect();
         Self {
             state_peaks: StatePeaks::new(&reference),

@@ -495,7 +495,6 @@ fn build(
             k.source,
             &states,
             config.matrix_transform().as_ref(),
-            config.has_global_grad_clip(),
         )?),
         _ => None,
     };
