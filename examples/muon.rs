@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use fused_optim::cpu::newton_schulz::{NewtonSchulz, NsWorkspace};
 use fused_optim::gpu::newton_schulz::GpuNewtonSchulz;
-use fused_optim::{CpuOptimizer, FlatParams, GpuContext, GpuOptimizer, MuonConfig, Optimizer};
+use fused_optim::{CpuOptimizer, FlatParams, GpuContext, GpuOptimizer, MuonConfig};
 use rayon::prelude::*;
 
 fn median(v: &mut [f64]) -> f64 {
