@@ -7,9 +7,10 @@
 // Entry points, all batched over every matrix of the step:
 //   prepare: one workgroup per matrix: s = sum of squares of U (fixed-order workgroup
 //            reduction: deterministic), X = U (or Uᵀ if rows > cols) / max(sqrt(s), eps)
-//   matmul:  C = alpha * P * op(Q) + beta * D for a list of problems, one workgroup per 32 x 32
-//            tile of C: tiles of P (32 x 16) and Q (16 x 32) staged in workgroup memory, each
-//            of the 64 invocations accumulating a 4 x 4 block of C. op(Q) = Q or Qᵀ (flag bit 0).
+//   matmul:  C = alpha * P * op(Q) + beta * D for a list of problems, one workgroup per 64 x 64
+//            tile of C: tiles of P (64 x 16) and Q (16 x 64) staged in workgroup memory as
+//            vec4s, each of the 64 invocations accumulating an 8 x 8 block of C. op(Q) = Q or
+//            Qᵀ (flag bit 0).
 //            D may be C itself (each element is read, then written, by one invocation).
 //   finish:  one workgroup per matrix: U = X (or Xᵀ).
 // A Newton-Schulz step is three matmul dispatches: A = X Xᵀ; B = c A A + b A; Y = B X + a X.
@@ -50,14 +51,58 @@ struct Mat {
 @group(0) @binding(2) var<storage, read> tile_problem: array<u32>;
 @group(0) @binding(3) var<storage, read> matrices: array<Mat>;
 
-const TM: u32 = 32u;
-const TN: u32 = 32u;
+const TM: u32 = 64u;
+const TN: u32 = 64u;
 const TK: u32 = 16u;
 const NONE: u32 = 0xffffffffu;
 
-var<workgroup> ps: array<f32, 512>; // [TK][TM]
-var<workgroup> qs: array<f32, 512>; // [TK][TN]
+// Tiles as vec4s: ps4[kk * 16 + i] holds rows 4i..4i+3 of P's column kk, qs4[kk * 16 + j]
+// columns 4j..4j+3 of op(Q)'s row kk: per k, two vec4 loads of each feed 64 FMAs of an
+// invocation's 8 x 8 block.
+var<workgroup> ps4: array<vec4<f32>, 256>; // [TK][TM / 4]
+var<workgroup> qs4: array<vec4<f32>, 256>; // [TK][TN / 4]
 var<workgroup> partial: array<f32, 256>;
+
+// Element (row, col) of the m x k matrix at `off` (row-major), 0 outside.
+fn at_p(off: u32, m: u32, k: u32, row: u32, col: u32) -> f32 {
+    if (row < m && col < k) {
+        return mats[off + row * k + col];
+    }
+    return 0.0;
+}
+
+// Element (kq, col) of op(Q) (k x n): Q is k x n, or n x k when transposed; 0 outside.
+fn at_q(pr: Problem, kq: u32, col: u32, transposed: bool) -> f32 {
+    if (col < pr.n && kq < pr.k) {
+        if (transposed) {
+            return mats[pr.q_off + col * pr.k + kq];
+        }
+        return mats[pr.q_off + kq * pr.n + col];
+    }
+    return 0.0;
+}
+
+// C[row, col..col + 8] = alpha * (lo, hi) + beta * D[row, ...], inside the matrix.
+fn store_row(pr: Problem, row: u32, col: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if (row >= pr.m) {
+        return;
+    }
+    for (var j = 0u; j < 8u; j++) {
+        let c = col + j;
+        if (c < pr.n) {
+            var v = 0.0;
+            if (j < 4u) {
+                v = pr.alpha * lo[j];
+            } else {
+                v = pr.alpha * hi[j - 4u];
+            }
+            if (pr.beta != 0.0) {
+                v += pr.beta * mats[pr.d_off + row * pr.n + c];
+            }
+            mats[pr.c_off + row * pr.n + c] = v;
+        }
+    }
+}
 
 @compute @workgroup_size(64)
 fn matmul(
@@ -80,74 +125,80 @@ fn matmul(
     let tx = li % 8u;
     let ty = li / 8u;
     let q_transposed = (pr.flags & 1u) != 0u;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var a0l = vec4<f32>(0.0);
+    var a0h = vec4<f32>(0.0);
+    var a1l = vec4<f32>(0.0);
+    var a1h = vec4<f32>(0.0);
+    var a2l = vec4<f32>(0.0);
+    var a2h = vec4<f32>(0.0);
+    var a3l = vec4<f32>(0.0);
+    var a3h = vec4<f32>(0.0);
+    var a4l = vec4<f32>(0.0);
+    var a4h = vec4<f32>(0.0);
+    var a5l = vec4<f32>(0.0);
+    var a5h = vec4<f32>(0.0);
+    var a6l = vec4<f32>(0.0);
+    var a6h = vec4<f32>(0.0);
+    var a7l = vec4<f32>(0.0);
+    var a7h = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < pr.k; k0 += TK) {
-        for (var e = 0u; e < 8u; e++) {
-            let idx = li + e * 64u;
-            // P tile: row r, column kk.
-            let r = idx / TK;
-            let kk = idx % TK;
-            let gr = row0 + r;
+        // 256 vec4 of each tile, four per invocation.
+        for (var e = 0u; e < 4u; e++) {
+            let v = li + e * 64u;
+            // P: column kk = v % 16, rows 4 (v / 16) .. + 3.
+            let kk = v % TK;
+            let r = row0 + (v / TK) * 4u;
             let gk = k0 + kk;
-            var pv = 0.0;
-            if (gr < pr.m && gk < pr.k) {
-                pv = mats[pr.p_off + gr * pr.k + gk];
-            }
-            ps[kk * TM + r] = pv;
-            // Q tile: row kq, column c.
-            let kq = idx / TN;
-            let c = idx % TN;
-            let gc = col0 + c;
+            ps4[kk * 16u + v / TK] = vec4<f32>(
+                at_p(pr.p_off, pr.m, pr.k, r, gk),
+                at_p(pr.p_off, pr.m, pr.k, r + 1u, gk),
+                at_p(pr.p_off, pr.m, pr.k, r + 2u, gk),
+                at_p(pr.p_off, pr.m, pr.k, r + 3u, gk),
+            );
+            // op(Q): row kq = v / 16, columns 4 (v % 16) .. + 3.
+            let kq = v / 16u;
+            let c = col0 + (v % 16u) * 4u;
             let gq = k0 + kq;
-            var qv = 0.0;
-            if (gc < pr.n && gq < pr.k) {
-                if (q_transposed) {
-                    qv = mats[pr.q_off + gc * pr.k + gq];
-                } else {
-                    qv = mats[pr.q_off + gq * pr.n + gc];
-                }
-            }
-            qs[kq * TN + c] = qv;
+            qs4[v] = vec4<f32>(
+                at_q(pr, gq, c, q_transposed),
+                at_q(pr, gq, c + 1u, q_transposed),
+                at_q(pr, gq, c + 2u, q_transposed),
+                at_q(pr, gq, c + 3u, q_transposed),
+            );
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            let pa = kk * TM + ty * 4u;
-            let qa = kk * TN + tx * 4u;
-            let q = vec4<f32>(qs[qa], qs[qa + 1u], qs[qa + 2u], qs[qa + 3u]);
-            acc0 += ps[pa] * q;
-            acc1 += ps[pa + 1u] * q;
-            acc2 += ps[pa + 2u] * q;
-            acc3 += ps[pa + 3u] * q;
+            let pl = ps4[kk * 16u + 2u * ty];
+            let ph = ps4[kk * 16u + 2u * ty + 1u];
+            let ql = qs4[kk * 16u + 2u * tx];
+            let qh = qs4[kk * 16u + 2u * tx + 1u];
+            a0l += pl.x * ql;
+            a0h += pl.x * qh;
+            a1l += pl.y * ql;
+            a1h += pl.y * qh;
+            a2l += pl.z * ql;
+            a2h += pl.z * qh;
+            a3l += pl.w * ql;
+            a3h += pl.w * qh;
+            a4l += ph.x * ql;
+            a4h += ph.x * qh;
+            a5l += ph.y * ql;
+            a5h += ph.y * qh;
+            a6l += ph.z * ql;
+            a6h += ph.z * qh;
+            a7l += ph.w * ql;
+            a7h += ph.w * qh;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        var a = acc0;
-        if (i == 1u) {
-            a = acc1;
-        } else if (i == 2u) {
-            a = acc2;
-        } else if (i == 3u) {
-            a = acc3;
-        }
-        let r = row0 + ty * 4u + i;
-        if (r >= pr.m) {
-            continue;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let c = col0 + tx * 4u + j;
-            if (c < pr.n) {
-                var v = pr.alpha * a[j];
-                if (pr.beta != 0.0) {
-                    v += pr.beta * mats[pr.d_off + r * pr.n + c];
-                }
-                mats[pr.c_off + r * pr.n + c] = v;
-            }
-        }
-    }
+    store_row(pr, row0 + ty * 8u + 0u, col0 + tx * 8u, a0l, a0h);
+    store_row(pr, row0 + ty * 8u + 1u, col0 + tx * 8u, a1l, a1h);
+    store_row(pr, row0 + ty * 8u + 2u, col0 + tx * 8u, a2l, a2h);
+    store_row(pr, row0 + ty * 8u + 3u, col0 + tx * 8u, a3l, a3h);
+    store_row(pr, row0 + ty * 8u + 4u, col0 + tx * 8u, a4l, a4h);
+    store_row(pr, row0 + ty * 8u + 5u, col0 + tx * 8u, a5l, a5h);
+    store_row(pr, row0 + ty * 8u + 6u, col0 + tx * 8u, a6l, a6h);
+    store_row(pr, row0 + ty * 8u + 7u, col0 + tx * 8u, a7l, a7h);
 }
 
 @compute @workgroup_size(256)

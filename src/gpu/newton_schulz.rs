@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 
 const SHADER: &str = include_str!("../../shaders/newton_schulz.wgsl");
 /// Output tile of one matmul workgroup (`TM` x `TN` in the shader).
-const TILE: usize = 32;
+const TILE: usize = 64;
 /// Problems per bind-group range are padded to this many (64 bytes each: 256-byte offsets).
 const PROBLEM_ALIGN: usize = 4;
 /// Tile entries per range are padded to this many (4 bytes each: 256-byte offsets).
