@@ -28,29 +28,9 @@ struct Run {
     grads: StaggeredVec,
 }
 
-/// The (rows, cols) of a Muon model name (see the module docs); the same list as
-/// `scripts/pytorch_compare.py`'s `muon_shapes`.
-fn muon_shapes(model: &str) -> Result<Vec<(usize, usize)>, String> {
-    let bad = || format!("unknown Muon model {model}");
-    let words: Vec<&str> = model.split('_').collect();
-    let num = |w: &str| w.parse::<usize>().map_err(|_| bad());
-    match words.as_slice() {
-        ["square", d] => Ok(vec![(num(d)?, num(d)?)]),
-        ["transformer", l, d] => {
-            let (l, d) = (num(l)?, num(d)?);
-            let mut shapes = Vec::new();
-            for _ in 0..l {
-                shapes.extend([(d, d); 4]);
-                shapes.extend([(d, 4 * d), (4 * d, d)]);
-            }
-            Ok(shapes)
-        }
-        _ => Err(bad()),
-    }
-}
-
 fn setup_muon(model: &str) -> Result<Run, String> {
-    let shapes: Vec<Vec<usize>> = muon_shapes(model)?
+    let shapes: Vec<Vec<usize>> = fused_optim::roofline::muon_model_shapes(model)
+        .ok_or_else(|| format!("unknown Muon model {model}"))?
         .into_iter()
         .map(|(r, c)| vec![r, c])
         .collect();

@@ -26,27 +26,6 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// (rows, cols) of a model name (the list of `examples/cpu_step_server.rs`).
-fn shapes_of(model: &str) -> Option<Vec<(usize, usize)>> {
-    let words: Vec<&str> = model.split('_').collect();
-    match words.as_slice() {
-        ["square", d] => {
-            let d = d.parse().ok()?;
-            Some(vec![(d, d)])
-        }
-        ["transformer", l, d] => {
-            let (l, d): (usize, usize) = (l.parse().ok()?, d.parse().ok()?);
-            let mut s = Vec::new();
-            for _ in 0..l {
-                s.extend([(d, d); 4]);
-                s.extend([(d, 4 * d), (4 * d, d)]);
-            }
-            Some(s)
-        }
-        _ => None,
-    }
-}
-
 fn values(n: usize, scale: f32, step: f32) -> Vec<f32> {
     (0..n)
         .map(|i| ((i as f32 * step).fract() - 0.5) * scale)
@@ -208,7 +187,7 @@ fn main() -> fused_optim::Result<()> {
     let mut rows = Vec::new();
     for (path, models) in [("cpu", &cpu_models), ("gpu", &gpu_models)] {
         for model in models {
-            let Some(shapes) = shapes_of(model) else {
+            let Some(shapes) = fused_optim::roofline::muon_model_shapes(model) else {
                 eprintln!("unknown model {model} (square_D or transformer_L_D)");
                 std::process::exit(2);
             };

@@ -61,7 +61,7 @@ TORCH_PATHS = ("fused", "foreach", "single")
 
 # ---------------------------------------------------------------- the PyTorch server
 def muon_shapes(model):
-    """(rows, cols) of a Muon model name (the list of examples/cpu_step_server.rs)."""
+    """(rows, cols) of a Muon model name (the list of fused_optim::roofline::muon_model_shapes)."""
     words = model.split("_")
     if words[0] == "square" and len(words) == 2:
         d = int(words[1])

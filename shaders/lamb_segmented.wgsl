@@ -6,6 +6,7 @@
 //   finish  per segment: the norms from its chunks' slots (a fixed tree: deterministic, no
 //           atomics), the trust ratio; a non-finite sum flags the segment
 //   apply   per chunk: p = pd - step_size * trust[segment] * r, r recomputed from m, v
+// (Segment, WG, segment_count, chunk_count: segmented_common.wgsl.)
 // Mirror of src/optim/lamb.rs (LambUniform, cpu_reduce_chunk, finish_segment, cpu_chunk).
 //
 // A chunk lies inside one segment (the chunk table is built with the params' segment table).
@@ -29,15 +30,6 @@ struct StepUniform {
     max_grad_norm: f32,
 }
 
-struct Segment {
-    start: u32,
-    len: u32,
-    rows: u32,
-    cols: u32,
-}
-
-const WG: u32 = 256u;
-
 @group(0) @binding(0) var<uniform> hp: StepUniform;
 @group(0) @binding(1) var<storage, read_write> param: array<f32>;
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
@@ -48,14 +40,6 @@ const WG: u32 = 256u;
 @group(0) @binding(7) var<storage, read_write> work: array<f32>;
 
 var<workgroup> red: array<vec2<f32>, WG>;
-
-fn segment_count() -> u32 {
-    return arrayLength(&segments);
-}
-
-fn chunk_count() -> u32 {
-    return arrayLength(&chunks) - segment_count();
-}
 
 fn globals() -> u32 {
     return 8u * segment_count();

@@ -6,6 +6,7 @@
 //   (src/gpu/newton_schulz.rs then orthogonalises every matrix of the batch in place)
 //   finish  per segment: adjusted_lr = lr * ratio(rows, cols) into work[8k]
 //   apply   per chunk: p = p * (1 - lr * wd) - adjusted_lr * O
+// (Segment, WG, segment_count, chunk_count: segmented_common.wgsl.)
 // Mirror of src/optim/muon.rs (MuonUniform, cpu_reduce_chunk, finish_segment, cpu_chunk).
 //
 // chunks: per segment (first chunk, chunk count, -, -); then per chunk (segment, start, end,
@@ -22,15 +23,6 @@ struct StepUniform {
     pad: f32,
 }
 
-struct Segment {
-    start: u32,
-    len: u32,
-    rows: u32,
-    cols: u32,
-}
-
-const WG: u32 = 256u;
-
 @group(0) @binding(0) var<uniform> hp: StepUniform;
 @group(0) @binding(1) var<storage, read_write> param: array<f32>;
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
@@ -39,14 +31,6 @@ const WG: u32 = 256u;
 @group(0) @binding(5) var<storage, read> chunks: array<vec4<u32>>;
 @group(0) @binding(6) var<storage, read_write> work: array<f32>;
 @group(0) @binding(7) var<storage, read_write> ns: array<f32>;
-
-fn segment_count() -> u32 {
-    return arrayLength(&segments);
-}
-
-fn chunk_count() -> u32 {
-    return arrayLength(&chunks) - segment_count();
-}
 
 // torch's lerp: start + w (end - start) for w < 0.5, else end - (end - start)(1 - w).
 fn lerp_torch(start: f32, end: f32, w: f32) -> f32 {

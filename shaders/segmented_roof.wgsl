@@ -19,15 +19,6 @@ struct StepUniform {
     max_grad_norm: f32,
 }
 
-struct Segment {
-    start: u32,
-    len: u32,
-    rows: u32,
-    cols: u32,
-}
-
-const WG: u32 = 256u;
-
 @group(0) @binding(0) var<uniform> hp: StepUniform;
 @group(0) @binding(1) var<storage, read_write> param: array<f32>;
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
@@ -38,14 +29,6 @@ const WG: u32 = 256u;
 @group(0) @binding(7) var<storage, read_write> work: array<f32>;
 
 var<workgroup> red: array<vec2<f32>, WG>;
-
-fn segment_count() -> u32 {
-    return arrayLength(&segments);
-}
-
-fn chunk_count() -> u32 {
-    return arrayLength(&chunks) - segment_count();
-}
 
 fn globals() -> u32 {
     return 8u * segment_count();

@@ -362,3 +362,27 @@ pub fn cpu_segmented_roof(
     }
     total
 }
+
+/// The 2-D tensor shapes (rows, cols) of a Muon benchmark model, by name: `square_D` (one
+/// D x D matrix) or `transformer_L_D` (L layers of attention q, k, v, o of D x D and the MLP's
+/// D x 4D and 4D x D); `None` for another name. The Muon examples, the CPU timing server and
+/// `scripts/pytorch_compare.py` (its own copy, in Python) measure these.
+pub fn muon_model_shapes(model: &str) -> Option<Vec<(usize, usize)>> {
+    let words: Vec<&str> = model.split('_').collect();
+    match words.as_slice() {
+        ["square", d] => {
+            let d = d.parse().ok()?;
+            Some(vec![(d, d)])
+        }
+        ["transformer", l, d] => {
+            let (l, d): (usize, usize) = (l.parse().ok()?, d.parse().ok()?);
+            let mut shapes = Vec::with_capacity(6 * l);
+            for _ in 0..l {
+                shapes.extend([(d, d); 4]);
+                shapes.extend([(d, 4 * d), (4 * d, d)]);
+            }
+            Some(shapes)
+        }
+        _ => None,
+    }
+}

@@ -21,28 +21,6 @@ use fused_optim::cpu::newton_schulz::NewtonSchulz;
 use fused_optim::gpu::newton_schulz::GpuNewtonSchulz;
 use fused_optim_burn::init_device;
 
-/// (rows, cols) of a model name: `square_D`, or `transformer_L_D` (L layers of q, k, v, o
-/// D x D and the MLP's D x 4D, 4D x D).
-fn shapes_of(model: &str) -> Option<Vec<(usize, usize)>> {
-    let words: Vec<&str> = model.split('_').collect();
-    match words.as_slice() {
-        ["square", d] => {
-            let d = d.parse().ok()?;
-            Some(vec![(d, d)])
-        }
-        ["transformer", l, d] => {
-            let (l, d): (usize, usize) = (l.parse().ok()?, d.parse().ok()?);
-            let mut s = Vec::new();
-            for _ in 0..l {
-                s.extend([(d, d); 4]);
-                s.extend([(d, 4 * d), (4 * d, d)]);
-            }
-            Some(s)
-        }
-        _ => None,
-    }
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -89,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ns = NewtonSchulz::default();
     let mut rows = Vec::new();
     for model in &models {
-        let Some(shapes) = shapes_of(model) else {
+        let Some(shapes) = fused_optim::roofline::muon_model_shapes(model) else {
             eprintln!("unknown model {model}: square_D or transformer_L_D");
             std::process::exit(2);
         };

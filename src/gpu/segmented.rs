@@ -28,6 +28,9 @@ use crate::cpu::newton_schulz::NewtonSchulz;
 use crate::error::{Error, Result};
 use crate::optim::MAX_UNIFORM_BYTES;
 
+/// The WGSL every per-tensor module is compiled with, before its own source.
+const COMMON: &str = include_str!("../../shaders/segmented_common.wgsl");
+
 /// Elements per chunk (one workgroup of 256 invocations, 4 elements each).
 pub(crate) const CHUNK_ELEMENTS: usize = 1024;
 /// Floats of the work buffer per segment: the applied coefficient, the algorithm's
@@ -212,7 +215,7 @@ impl SegmentedKernel {
         });
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(file),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
+            source: wgpu::ShaderSource::Wgsl(format!("{COMMON}\n{source}").into()),
         });
         let entry =
             |binding: u32, ty: wgpu::BufferBindingType, dynamic: bool| wgpu::BindGroupLayoutEntry {
