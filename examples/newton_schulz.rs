@@ -39,12 +39,8 @@ fn main() -> fused_optim::Result<()> {
         .iter()
         .map(|&d| (format!("square_{d}"), vec![(d, d)]))
         .collect();
-    let mut mix = Vec::new();
-    for _ in 0..12 {
-        mix.extend([(512, 512); 4]);
-        mix.push((512, 2048));
-        mix.push((2048, 512));
-    }
+    let mix = fused_optim::roofline::muon_model_shapes("transformer_12_512")
+        .expect("a model name the library knows");
     if !args.iter().any(|a| a == "--no-mix") {
         cases.push(("transformer_12x512".into(), mix));
     }

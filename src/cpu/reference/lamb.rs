@@ -15,14 +15,9 @@ impl ReferenceStep for LambConfig {
         grads: &[f64],
         states: &mut [Vec<f64>],
     ) {
-        let segment = SegmentShape {
-            start: 0,
-            shape: vec![params.len()],
-        };
-        let mut views: Vec<&mut [f64]> = states.iter_mut().map(|s| &mut s[..]).collect();
-        let mut scalars = [0.0; 3];
         // LAMB accepts every shape: the segment step cannot fail.
-        let _ = self.reference_segment_step(r, &segment, params, grads, &mut views, &mut scalars);
+        let shape = vec![params.len()];
+        let _ = super::step_whole_as_one_segment(self, r, shape, params, grads, states);
     }
 
     fn reference_segment_step(

@@ -82,6 +82,23 @@ pub struct ReferenceScalars {
     pub own: [f64; MAX_HOST_SCALARS],
 }
 
+/// A per-tensor algorithm's flat reference step ([`ReferenceStep::reference_step`]): the
+/// whole vector as one tensor of `shape` (whose element count is the vector's), stepped by
+/// [`ReferenceStep::reference_segment_step`]; the optimizers step per segment instead.
+pub(crate) fn step_whole_as_one_segment<C: ReferenceStep>(
+    c: &C,
+    r: &ReferenceScalars,
+    shape: Vec<usize>,
+    params: &mut [f64],
+    grads: &[f64],
+    states: &mut [Vec<f64>],
+) -> Result<()> {
+    let segment = SegmentShape { start: 0, shape };
+    let mut views: Vec<&mut [f64]> = states.iter_mut().map(|s| &mut s[..]).collect();
+    let mut scalars = vec![0.0; C::SEGMENT_SCALARS.len()];
+    c.reference_segment_step(r, &segment, params, grads, &mut views, &mut scalars)
+}
+
 /// The f64 reference step of one algorithm, in `src/cpu/reference/<name>.rs`: written from
 /// the reference implementation's formulas, one element at a time, sharing no arithmetic
 /// with the uniform or the fast loops it checks. Every registered algorithm implements it

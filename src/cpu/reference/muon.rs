@@ -29,13 +29,9 @@ impl ReferenceStep for MuonConfig {
         grads: &[f64],
         states: &mut [Vec<f64>],
     ) {
-        let segment = SegmentShape {
-            start: 0,
-            shape: vec![1, params.len()],
-        };
-        let mut views: Vec<&mut [f64]> = states.iter_mut().map(|s| &mut s[..]).collect();
         // A 1 x n matrix with n > 0 is a valid Newton–Schulz input: cannot fail.
-        let _ = self.reference_segment_step(r, &segment, params, grads, &mut views, &mut []);
+        let shape = vec![1, params.len()];
+        let _ = super::step_whole_as_one_segment(self, r, shape, params, grads, states);
     }
 
     fn reference_segment_step(
