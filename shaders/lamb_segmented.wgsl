@@ -13,7 +13,7 @@
 // work: per segment 8 floats (applied trust, weight_norm, adam_norm, computed trust,
 // -, -, -, non-finite flag); then 4 globals (gradient scale, -, -, -); then 4 per chunk
 // (sum pd^2, sum r^2, sum g^2, -).
-// chunks: per segment (first chunk, chunk count, -, -); then per chunk (segment, start, end, -).
+// chunks: per segment (first chunk, chunk count, state shift, -); then per chunk (segment, start, end, -).
 
 struct StepUniform {
     grad_sign: f32,
@@ -61,10 +61,10 @@ fn finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }
 
-// The decayed param and the update r of element i (m, v already updated).
-fn pd_r(i: u32) -> vec2<f32> {
+// The decayed param and the update r of element i, its state at j (m, v already updated).
+fn pd_r(i: u32, j: u32) -> vec2<f32> {
     let p = param[i];
-    var r = exp_avg[i] / (sqrt(exp_avg_sq[i]) + hp.eps);
+    var r = exp_avg[j] / (sqrt(exp_avg_sq[j]) + hp.eps);
     var pd = p;
     if (decoupled()) {
         pd = p * hp.decay;
@@ -130,12 +130,14 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     if (pre_norm()) {
         sign = sign * work[globals()];
     }
+    let shift = state_shift(e);
     var acc = vec2<f32>(0.0, 0.0);
     for (var i = e.y + lid; i < e.z; i = i + WG) {
         let g = grad[i] * sign;
-        exp_avg[i] = hp.beta1 * exp_avg[i] + hp.beta3 * g;
-        exp_avg_sq[i] = hp.beta2 * exp_avg_sq[i] + hp.one_minus_beta2 * g * g;
-        let x = pd_r(i);
+        let j = i - shift;
+        exp_avg[j] = hp.beta1 * exp_avg[j] + hp.beta3 * g;
+        exp_avg_sq[j] = hp.beta2 * exp_avg_sq[j] + hp.one_minus_beta2 * g * g;
+        let x = pd_r(i, j);
         acc = acc + x * x;
     }
     red[lid] = acc;
@@ -190,8 +192,9 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     }
     let e = chunks[segment_count() + c];
     let scale = hp.step_size * work[8u * e.x];
+    let shift = state_shift(e);
     for (var i = e.y + lid; i < e.z; i = i + WG) {
-        let x = pd_r(i);
+        let x = pd_r(i, i - shift);
         param[i] = x.x - scale * x.y;
     }
 }

@@ -9,7 +9,7 @@
 // (Segment, WG, segment_count, chunk_count: segmented_common.wgsl.)
 // Mirror of src/optim/muon.rs (MuonUniform, cpu_reduce_chunk, finish_segment, cpu_chunk).
 //
-// chunks: per segment (first chunk, chunk count, -, -); then per chunk (segment, start, end,
+// chunks: per segment (first chunk, chunk count, state shift, -); then per chunk (segment, start, end,
 // offset of element `start` in `ns`). work: per segment 8 floats (adjusted lr, -, ..., -).
 
 struct StepUniform {
@@ -61,10 +61,11 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     let e = chunks[segment_count() + c];
     let nesterov = hp.nesterov != 0.0;
+    let shift = state_shift(e);
     for (var i = e.y + lid; i < e.z; i = i + WG) {
         let g = grad[i];
-        let b = lerp_torch(momentum_buffer[i], g, hp.one_minus_momentum);
-        momentum_buffer[i] = b;
+        let b = lerp_torch(momentum_buffer[i - shift], g, hp.one_minus_momentum);
+        momentum_buffer[i - shift] = b;
         var u = b;
         if (nesterov) {
             u = lerp_torch(g, b, hp.momentum);

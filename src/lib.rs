@@ -32,6 +32,7 @@ pub mod dispatch;
 pub mod error;
 pub mod gpu;
 pub mod grads;
+pub mod mixed;
 pub mod optim;
 pub mod optimizer;
 #[cfg(feature = "roofline")]

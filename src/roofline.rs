@@ -287,6 +287,7 @@ impl GpuSegmentedRoof {
             include_str!("../shaders/segmented_roof.wgsl"),
             &states,
             None,
+            &(0..params.segment_table().segments().len()).collect::<Vec<_>>(),
         )?;
         Ok(Self {
             kernel,

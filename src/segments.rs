@@ -30,6 +30,11 @@ impl SegmentShape {
         self.len() == 0
     }
 
+    /// Its elements in the flat vector.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.start..self.end()
+    }
+
     /// One past its last element.
     pub fn end(&self) -> usize {
         self.start.saturating_add(self.len())
@@ -83,10 +88,30 @@ pub struct DeviceSegment {
     pub cols: u32,
 }
 
+/// Elements of the largest alignment a segment start may be padded to: 64 f32 = 256 bytes,
+/// the largest `min_storage_buffer_offset_alignment` WebGPU allows, so a segment starting on
+/// it can be bound at its own offset on every device.
+pub const BINDING_ALIGN: usize = 64;
+
+/// Padding elements allowed before a segment starting at `start`: fewer than its alignment
+/// (4 or [`BINDING_ALIGN`]), none before an unaligned start.
+fn padding_allowed(start: usize) -> usize {
+    if start.is_multiple_of(BINDING_ALIGN) {
+        BINDING_ALIGN
+    } else if start.is_multiple_of(4) {
+        4
+    } else {
+        1
+    }
+}
+
 /// The segments of a flat vector of `len` elements, checked: in order, not overlapping,
-/// inside the vector, each non-empty, and covering it except for lane padding (fewer than 4
-/// elements before a segment or after the last one, as
-/// [`FlatParamsBuilder::lane_aligned`](crate::FlatParamsBuilder::lane_aligned) leaves).
+/// inside the vector, each non-empty, and covering it except for alignment padding: fewer
+/// than 4 elements after the last segment, and before a segment only the padding up to its
+/// start's alignment — fewer than 4 elements before a start on a multiple of 4 (as
+/// [`FlatParamsBuilder::lane_aligned`](crate::FlatParamsBuilder::lane_aligned) leaves), fewer
+/// than [`BINDING_ALIGN`] before a start on a multiple of [`BINDING_ALIGN`] (as
+/// [`FlatParamsBuilder::binding_aligned`](crate::FlatParamsBuilder::binding_aligned) leaves).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentTable {
     len: usize,
@@ -116,7 +141,7 @@ impl SegmentTable {
                     s.start
                 )));
             }
-            if s.start - end >= 4 {
+            if s.start - end >= padding_allowed(s.start) {
                 return Err(bad(format!(
                     "elements {end}..{} are in no segment",
                     s.start

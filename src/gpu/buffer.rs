@@ -6,7 +6,7 @@ use ndarray::{ArrayBase, ArrayD, Data, Dimension, IxDyn};
 use super::context::GpuContext;
 use crate::dispatch::padded_len;
 use crate::error::{Error, Result};
-use crate::segments::{SegmentShape, SegmentTable};
+use crate::segments::{SegmentShape, SegmentTable, BINDING_ALIGN};
 
 /// Usages of every flat buffer fused-optim allocates.
 pub(crate) const FLAT_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -312,7 +312,9 @@ pub const MAX_BUILDER_ELEMENTS: usize = (u32::MAX - 3) as usize;
 pub struct FlatParamsBuilder {
     segments: Vec<Segment>,
     data: Vec<f32>,
-    lane_aligned: bool,
+    /// Every segment starts on a multiple of this many elements (1, 4 or
+    /// [`BINDING_ALIGN`]); 0 for unaligned (the default).
+    align: usize,
     /// Elements asked for when a segment was refused for its size (or its allocation
     /// failed): `build` reports it.
     refused: Option<u64>,
@@ -326,7 +328,18 @@ impl FlatParamsBuilder {
     /// between segments, as parameter groups need. The padding is part of the flat buffer
     /// (`len()` counts it) and stays 0; address tensors by segment.
     pub fn lane_aligned(mut self) -> Self {
-        self.lane_aligned = true;
+        self.align = self.align.max(4);
+        self
+    }
+
+    /// Start every segment on a multiple of [`BINDING_ALIGN`] elements (256 bytes, the
+    /// largest storage-buffer offset alignment WebGPU allows), padding with zeros between
+    /// segments, so that each tensor can be bound at its own offset on every device, as
+    /// [`MixedGpuOptimizer`](crate::mixed::MixedGpuOptimizer) needs for its elementwise
+    /// groups. Implies [`Self::lane_aligned`]. At most 63 padding elements per segment; the
+    /// padding is part of the flat buffer (`len()` counts it) and stays 0.
+    pub fn binding_aligned(mut self) -> Self {
+        self.align = BINDING_ALIGN;
         self
     }
 
@@ -366,7 +379,7 @@ impl FlatParamsBuilder {
         if self.refused.is_some() {
             return;
         }
-        let start = segment_start(self.data.len(), self.lane_aligned);
+        let start = self.data.len().next_multiple_of(self.align.max(1));
         // The element count (checked: a shape's product may overflow), then the size check
         // and the reservation, before anything is copied: a refused segment allocates nothing.
         let len = shape

@@ -71,12 +71,16 @@ fn word(x: usize) -> Result<u32> {
 }
 
 /// The chunk table of the segments `members` (indices into the params' segment table, in
-/// order): per segment of the whole table (first chunk, chunk count, 0, 0) (count 0 for a
-/// segment not in `members`), then per chunk (segment, start, end, offset), where `offset` is
-/// `offsets[j] + (start - segment start)` for the j-th member (0 without offsets).
+/// order): per segment of the whole table (first chunk, chunk count, state shift, 0) (count 0
+/// for a segment not in `members`), then per chunk (segment, start, end, offset), where
+/// `offset` is `offsets[j] + (start - segment start)` for the j-th member (0 without
+/// offsets). The state shift is the segment's start minus its state's start (`state_starts`,
+/// a member's first element in the state buffers): element `i` of the params has its state
+/// at `i - shift` (segmented_common.wgsl's `state_index`).
 fn chunk_table(
     params: &FlatParams,
     members: &[usize],
+    state_starts: &[usize],
     offsets: Option<&[usize]>,
 ) -> Result<(Vec<[u32; 4]>, usize)> {
     let segs = params.segment_table().segments();
@@ -92,28 +96,69 @@ fn chunk_table(
             chunks.push([word(k)?, word(start)?, word(end)?, word(offset)?]);
             start = end;
         }
-        heads[k] = [word(first)?, word(chunks.len() - first)?, 0, 0];
+        heads[k] = [
+            word(first)?,
+            word(chunks.len() - first)?,
+            word(s.start - state_starts[j])?,
+            0,
+        ];
     }
     let count = chunks.len();
     heads.extend(chunks);
     Ok((heads, count))
 }
 
-/// The parts of a transform: consecutive segments whose Newton–Schulz batch fits
-/// `max_bytes`, as (segment indices, (rows, cols) per segment).
-fn transform_parts(params: &FlatParams, max_bytes: u64) -> Vec<Vec<(usize, (usize, usize))>> {
+/// Where each member's state starts in state buffers of [`state_len`] elements: the members
+/// back to back in order (compact), or at their own offsets when `members` is every segment.
+pub(crate) fn state_starts(params: &FlatParams, members: &[usize]) -> Vec<usize> {
     let segs = params.segment_table().segments();
-    let shapes: Vec<(usize, usize)> = segs.iter().map(|s| (s.rows(), s.cols())).collect();
-    let mut k = 0;
+    if members.len() == segs.len() {
+        return segs.iter().map(|s| s.start).collect();
+    }
+    let mut end = 0;
+    members
+        .iter()
+        .map(|&k| {
+            let start = end;
+            end += segs[k].len();
+            start
+        })
+        .collect()
+}
+
+/// Elements of each state buffer for `members`: the params' length when they are every
+/// segment, else their element count.
+pub(crate) fn state_len(params: &FlatParams, members: &[usize]) -> usize {
+    let segs = params.segment_table().segments();
+    if members.len() == segs.len() {
+        params.len()
+    } else {
+        members.iter().map(|&k| segs[k].len()).sum()
+    }
+}
+
+/// The parts of a transform: consecutive members whose Newton–Schulz batch fits
+/// `max_bytes`, as (index into `members`, (rows, cols)) per member.
+fn transform_parts(
+    params: &FlatParams,
+    members: &[usize],
+    max_bytes: u64,
+) -> Vec<Vec<(usize, (usize, usize))>> {
+    let segs = params.segment_table().segments();
+    let shapes: Vec<(usize, usize)> = members
+        .iter()
+        .map(|&k| (segs[k].rows(), segs[k].cols()))
+        .collect();
+    let mut j = 0;
     GpuNewtonSchulz::split(&shapes, max_bytes)
         .into_iter()
         .map(|batch| {
             let part: Vec<(usize, (usize, usize))> = batch
                 .into_iter()
                 .enumerate()
-                .map(|(j, s)| (k + j, s))
+                .map(|(i, s)| (j + i, s))
                 .collect();
-            k += part.len();
+            j += part.len();
             part
         })
         .collect()
@@ -128,7 +173,8 @@ fn grid(n: usize, limit: u32) -> (u32, u32) {
 
 impl SegmentedKernel {
     /// Builds the pipelines and binds `params`, its segment table and `states` (f32, in
-    /// `state_names` order).
+    /// `state_names` order, [`state_len`] elements each). `members`: the segments stepped
+    /// (indices into the segment table, increasing); the others are left as they are.
     /// `transform`: the Newton–Schulz iteration of an algorithm with a matrix transform
     /// (every segment must then be one matrix: rank 2, checked by the algorithm). The
     /// global-clip pipelines are built when the module has them (`gnorm`, `gfinish`): a
@@ -139,6 +185,7 @@ impl SegmentedKernel {
         source: &'static str,
         states: &[wgpu::Buffer],
         transform: Option<&NewtonSchulz>,
+        members: &[usize],
     ) -> Result<Self> {
         let clip_entries = source.contains("fn gnorm(") && source.contains("fn gfinish(");
         let ctx = params.context().clone();
@@ -164,10 +211,19 @@ impl SegmentedKernel {
             });
         }
         let segments = params.segment_table().segments().len();
-        if let Some(s) = params
-            .segment_table()
-            .segments()
+        let segs = params.segment_table().segments();
+        if members.is_empty()
+            || members.windows(2).any(|w| w[0] >= w[1])
+            || members[members.len() - 1] >= segs.len()
+        {
+            return Err(Error::InvalidCombination {
+                optimizer: "segmented kernel",
+                reason: "members must be increasing segment indices, at least one",
+            });
+        }
+        if let Some(s) = members
             .iter()
+            .map(|&k| &segs[k])
             .find(|s| transform.is_some() && s.batch() != 1)
         {
             return Err(Error::WrongRank {
@@ -177,15 +233,16 @@ impl SegmentedKernel {
                 requirement: "a matrix transform takes one matrix per segment",
             });
         }
-        // (members, Newton-Schulz batch) per part.
+        let starts = state_starts(params, members);
+        // (indices into `members`, Newton-Schulz batch) per part.
         let plans: Vec<(Vec<usize>, Option<GpuNewtonSchulz>)> = match transform {
-            None => vec![((0..segments).collect(), None)],
-            Some(ns) => transform_parts(params, limit)
+            None => vec![((0..members.len()).collect(), None)],
+            Some(ns) => transform_parts(params, members, limit)
                 .into_iter()
                 .map(|part| {
                     let shapes: Vec<(usize, usize)> = part.iter().map(|&(_, s)| s).collect();
                     let batch = GpuNewtonSchulz::new(&ctx, &shapes, ns)?;
-                    Ok((part.into_iter().map(|(k, _)| k).collect(), Some(batch)))
+                    Ok((part.into_iter().map(|(j, _)| j).collect(), Some(batch)))
                 })
                 .collect::<Result<_>>()?,
         };
@@ -198,12 +255,7 @@ impl SegmentedKernel {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let total_chunks: usize = params
-            .segment_table()
-            .segments()
-            .iter()
-            .map(|s| s.len().div_ceil(CHUNK_ELEMENTS))
-            .sum();
+        let total_chunks: usize = segs.iter().map(|s| s.len().div_ceil(CHUNK_ELEMENTS)).sum();
         let work_words = SEGMENT_WORDS * segments + 4 + 4 * total_chunks;
         let work = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("fused-optim segmented work"),
@@ -276,13 +328,16 @@ impl SegmentedKernel {
             }
         }
         let mut parts = Vec::with_capacity(plans.len());
-        for (members, batch) in plans {
+        for (picked, batch) in plans {
             let offsets: Option<Vec<usize>> = batch.as_ref().map(|b| {
-                (0..members.len())
+                (0..picked.len())
                     .map(|j| b.matrix_offset(j).unwrap_or(0))
                     .collect()
             });
-            let (table, chunk_count) = chunk_table(params, &members, offsets.as_deref())?;
+            let part_members: Vec<usize> = picked.iter().map(|&j| members[j]).collect();
+            let part_starts: Vec<usize> = picked.iter().map(|&j| starts[j]).collect();
+            let (table, chunk_count) =
+                chunk_table(params, &part_members, &part_starts, offsets.as_deref())?;
             let chunks = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("fused-optim chunk table"),
                 size: (table.len() * 16) as u64,

@@ -72,6 +72,7 @@ pub struct GpuOptimizerBuilder<'a> {
     state_format: StateFormat,
     param_rounding: Rounding,
     state_rounding: Rounding,
+    members: Option<Vec<usize>>,
 }
 
 impl GpuOptimizer {
@@ -85,6 +86,7 @@ impl GpuOptimizer {
             state_format: StateFormat::F32,
             param_rounding: Rounding::NearestEven,
             state_rounding: Rounding::NearestEven,
+            members: None,
         }
     }
 
@@ -246,6 +248,14 @@ impl<'a> GpuOptimizerBuilder<'a> {
         self
     }
 
+    /// Step only the segments `members` (increasing indices into the params' segment table),
+    /// with their state back to back: a per-tensor algorithm's group inside a
+    /// [`MixedGpuOptimizer`](crate::mixed::MixedGpuOptimizer). Per-tensor algorithms only.
+    pub(crate) fn members(mut self, members: Vec<usize>) -> Self {
+        self.members = Some(members);
+        self
+    }
+
     /// Check the combination, allocate and initialise the state, build the kernel. Every
     /// refusal happens before anything is allocated: [`Error::InvalidCombination`] for options
     /// that do not go together, the groups' own errors ([`Error::GroupCount`],
@@ -293,7 +303,34 @@ impl<'a> GpuOptimizerBuilder<'a> {
                               algorithm on the GPU",
                 });
             }
-            config.check_segments(params.segment_table())?;
+        }
+        let all_segments = params.segment_table().segments().len();
+        let members = match self.members.clone() {
+            None => (0..all_segments).collect::<Vec<usize>>(),
+            Some(m) => {
+                if !per_tensor {
+                    return Err(refuse(
+                        config.name(),
+                        "a subset of the segments is for per-tensor algorithms (elementwise \
+                         groups of a mixed optimizer run on the tensors path)",
+                    ));
+                }
+                if m.is_empty()
+                    || m.windows(2).any(|w| w[0] >= w[1])
+                    || m[m.len() - 1] >= all_segments
+                {
+                    return Err(refuse(
+                        config.name(),
+                        "members must be increasing segment indices, at least one",
+                    ));
+                }
+                m
+            }
+        };
+        if per_tensor {
+            let segs = params.segment_table().segments();
+            let shapes: Vec<Vec<usize>> = members.iter().map(|&k| segs[k].shape.clone()).collect();
+            config.check_segments(&crate::segments::SegmentTable::contiguous(&shapes)?)?;
         }
         let q8_min_size = match self.state_format {
             StateFormat::Blockwise8 { min_size } => Some(min_size),
@@ -400,6 +437,7 @@ impl<'a> GpuOptimizerBuilder<'a> {
                 low,
                 bf16_state.then_some(state_stochastic),
                 q8_tensors.is_some(),
+                members,
             )?;
             if let (Some(tensors), Some(min_size)) = (q8_tensors, q8_min_size) {
                 let algo = match opt.groups[0].config {
@@ -429,10 +467,11 @@ fn build(
     low: Option<LowSetup>,
     bf16_state: Option<bool>,
     blockwise8: bool,
+    members: Vec<usize>,
 ) -> Result<GpuOptimizer> {
     let config = groups[0].config;
     let ctx = params.context().clone();
-    let n = params.len();
+    let n = crate::gpu::segmented::state_len(params, &members);
 
     let state_names = config.state_names();
     let mut states = Vec::with_capacity(state_names.len());
@@ -467,7 +506,9 @@ fn build(
             file,
             source,
             slots,
-            active: if bf16_state.is_some() || blockwise8 {
+            // A per-tensor algorithm over some segments has compact state the elementwise
+            // kernel (never dispatched for it) cannot bind over the params' windows.
+            active: if bf16_state.is_some() || blockwise8 || n != params.len() {
                 Vec::new()
             } else {
                 bound.clone()
@@ -495,6 +536,7 @@ fn build(
             k.source,
             &states,
             config.matrix_transform().as_ref(),
+            &members,
         )?),
         _ => None,
     };
@@ -523,6 +565,8 @@ fn build(
         native_f16,
         q8: None,
         segmented,
+        members,
+        state_len: n,
     })
 }
 

@@ -42,10 +42,10 @@ impl GpuOptimizer {
             &crate::checkpoint::OptimizerState {
                 config: self.groups[0].config,
                 host: hosts[0],
-                n: self.params.len(),
+                n: self.state_len,
                 tensors,
                 groups: self.group_states(&hosts),
-                shapes: self.params.segment_table().shapes(),
+                shapes: self.member_shapes(),
             },
         )
     }
@@ -71,8 +71,8 @@ impl GpuOptimizer {
             path,
             &state,
             &self.groups[0].config,
-            self.params.len(),
-            &self.params.segment_table().shapes(),
+            self.state_len,
+            &self.member_shapes(),
         )?;
         let ours = self.group_states(&self.group_hosts());
         if self.device.is_some() {

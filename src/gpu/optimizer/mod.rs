@@ -88,6 +88,13 @@ pub struct GpuOptimizer {
     /// Per-tensor algorithms: the two-pass kernel over the segment table, dispatched
     /// instead of `runner`.
     segmented: Option<SegmentedKernel>,
+    /// The segments stepped (indices into the params' segment table): every segment, or
+    /// with a per-tensor algorithm inside a [`MixedGpuOptimizer`](crate::mixed::MixedGpuOptimizer)
+    /// its group's.
+    members: Vec<usize>,
+    /// Elements of each state tensor: the params' length, or the members' element count
+    /// (their state back to back).
+    state_len: usize,
 }
 
 /// The 16-bit buffers of a low-precision optimizer.
@@ -116,7 +123,7 @@ impl GpuOptimizer {
         &self.params
     }
 
-    /// Per segment, the last step's value of the per-tensor scalar `name` (LAMB's
+    /// Per segment stepped, the last step's value of the per-tensor scalar `name` (LAMB's
     /// `weight_norm`, `adam_norm`, `trust_ratio`), or `"nonfinite"` (1 when a norm of that
     /// segment was not finite: the step is flagged); `Ok(None)` for a name the algorithm
     /// does not report or an elementwise algorithm. Reads back (waits; on the web use
@@ -139,12 +146,22 @@ impl GpuOptimizer {
             },
         };
         let words = kernel.segment_words_async().await?;
+        let per_segment: Vec<&[f32]> = words.chunks(super::segmented::SEGMENT_WORDS).collect();
         Ok(Some(
-            words
-                .chunks(super::segmented::SEGMENT_WORDS)
-                .map(|w| f64::from(w[word]))
+            self.members
+                .iter()
+                .map(|&k| f64::from(per_segment[k][word]))
                 .collect(),
         ))
+    }
+
+    /// The shapes of the segments this optimizer steps (every segment's, or its members').
+    pub(crate) fn member_shapes(&self) -> Vec<Vec<usize>> {
+        let segs = self.params.segment_table().segments();
+        self.members
+            .iter()
+            .map(|&k| segs[k].shape.clone())
+            .collect()
     }
 
     /// Number of binding windows (dispatches per step).

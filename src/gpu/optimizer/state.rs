@@ -29,7 +29,7 @@ impl GpuOptimizer {
             return q8.read_moments(k);
         }
         if self.bf16_state {
-            let n = self.params.len();
+            let n = self.state_len;
             let bytes =
                 read_bytes_async(&self.ctx, &self.states[k], 0, n.div_ceil(2) as u64 * 4).await?;
             let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&bytes);
@@ -38,7 +38,7 @@ impl GpuOptimizer {
                 .map(|&b| LowFormat::Bf16.value(b))
                 .collect());
         }
-        read_f32_async(&self.ctx, &self.states[k], 0, self.params.len()).await
+        read_f32_async(&self.ctx, &self.states[k], 0, self.state_len).await
     }
 
     /// Overwrite one state tensor with f32 values (rounded to bf16, nearest even, when the
@@ -46,10 +46,10 @@ impl GpuOptimizer {
     pub fn load_state_f32(&mut self, name: &str, values: &[f32]) -> Result<()> {
         self.ctx.check_alive("load_state")?;
         let k = self.groups[0].config.state_index(name)?;
-        if values.len() != self.params.len() {
+        if values.len() != self.state_len {
             return Err(Error::LengthMismatch {
                 what: "state",
-                expected: self.params.len(),
+                expected: self.state_len,
                 got: values.len(),
             });
         }

@@ -1,0 +1,228 @@
+//! The mixed optimizer of the CPU paths: one sub-optimizer per algorithm group over the
+//! caller's flat params and gradients. A group whose tensors are consecutive segments back to
+//! back is stepped on its sub-slice in place; any other group is gathered into buffers
+//! allocated once (params and gradients of its tensors), stepped, and its params scattered
+//! back.
+
+use std::path::Path;
+
+use super::plan::{plan, PlannedGroup};
+use super::AlgorithmGroup;
+use crate::cpu::fast::CpuOptimizer;
+use crate::cpu::reference::ReferenceOptimizer;
+use crate::error::{Error, Result};
+use crate::optim::OptimizerConfig;
+use crate::optimizer::Optimizer;
+use crate::schedule::LrSchedule;
+use crate::segments::SegmentTable;
+
+/// An optimizer that steps caller slices of one element type: what [`MixedSlices`] is built
+/// from ([`CpuOptimizer`] on f32, [`ReferenceOptimizer`] on f64).
+pub trait SliceOptimizer: Optimizer + Sized {
+    /// The element type of params and gradients.
+    type Elem: Copy + Default;
+
+    /// The optimizer of `config` over tensors of `shapes` back to back.
+    fn over_shapes(config: OptimizerConfig, shapes: &[Vec<usize>]) -> Result<Self>;
+
+    /// One step of `params` with `grads` (both the optimizer's length).
+    fn step_slices(&mut self, params: &mut [Self::Elem], grads: &[Self::Elem]) -> Result<()>;
+}
+
+impl SliceOptimizer for CpuOptimizer {
+    type Elem = f32;
+
+    fn over_shapes(config: OptimizerConfig, shapes: &[Vec<usize>]) -> Result<Self> {
+        let n = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+        CpuOptimizer::builder(config, n).shapes(shapes).build()
+    }
+
+    fn step_slices(&mut self, params: &mut [f32], grads: &[f32]) -> Result<()> {
+        self.step(params, grads)
+    }
+}
+
+impl SliceOptimizer for ReferenceOptimizer {
+    type Elem = f64;
+
+    fn over_shapes(config: OptimizerConfig, shapes: &[Vec<usize>]) -> Result<Self> {
+        ReferenceOptimizer::with_shapes(config, shapes)
+    }
+
+    fn step_slices(&mut self, params: &mut [f64], grads: &[f64]) -> Result<()> {
+        self.step(params, grads)
+    }
+}
+
+/// Per-group algorithms over the caller's flat slices (see the [module
+/// documentation](super)): [`MixedCpuOptimizer`] (the fast CPU path) and
+/// [`MixedReference`] (the f64 oracle).
+pub struct MixedSlices<O: SliceOptimizer> {
+    table: SegmentTable,
+    groups: Vec<PlannedGroup>,
+    members: Vec<O>,
+    base_lrs: Vec<f64>,
+    /// Per group: its params and gradients gathered (empty for a contiguous group).
+    gathered: Vec<(Vec<O::Elem>, Vec<O::Elem>)>,
+}
+
+/// Per-group algorithms on the fast CPU path (f32).
+pub type MixedCpuOptimizer = MixedSlices<CpuOptimizer>;
+
+/// Per-group algorithms in the f64 reference.
+pub type MixedReference = MixedSlices<ReferenceOptimizer>;
+
+impl<O: SliceOptimizer> std::fmt::Debug for MixedSlices<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MixedSlices")
+            .field("len", &self.table.len())
+            .field(
+                "groups",
+                &self
+                    .groups
+                    .iter()
+                    .map(|g| (g.config.name(), g.members.len()))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl<O: SliceOptimizer> MixedSlices<O> {
+    /// The groups over the tensors of `table` (the layout of the flat params; padding
+    /// between segments is left untouched). Fails as the groups' plan does (every segment in
+    /// exactly one group, each algorithm accepting its tensors: [`Error::WrongRank`] for
+    /// Muon on a 1-D tensor) or as a group's optimizer does; nothing is kept then.
+    pub fn new(table: SegmentTable, groups: &[AlgorithmGroup]) -> Result<Self> {
+        let groups = plan(&table, groups)?;
+        let members = groups
+            .iter()
+            .map(|g| O::over_shapes(g.config, &g.shapes))
+            .collect::<Result<Vec<O>>>()?;
+        let gathered = groups
+            .iter()
+            .map(|g| match g.contiguous {
+                Some(_) => (Vec::new(), Vec::new()),
+                None => (
+                    vec![O::Elem::default(); g.len()],
+                    vec![O::Elem::default(); g.len()],
+                ),
+            })
+            .collect();
+        let base_lrs = members.iter().map(|m| m.lr()).collect();
+        Ok(Self {
+            table,
+            groups,
+            members,
+            base_lrs,
+            gathered,
+        })
+    }
+
+    /// One step of every group: `params` and `grads` are the whole flat vector (the table's
+    /// length). [`Error::LengthMismatch`] before anything changes when a length differs.
+    pub fn step(&mut self, params: &mut [O::Elem], grads: &[O::Elem]) -> Result<()> {
+        for (what, len) in [("params", params.len()), ("grads", grads.len())] {
+            if len != self.table.len() {
+                return Err(Error::LengthMismatch {
+                    what,
+                    expected: self.table.len(),
+                    got: len,
+                });
+            }
+        }
+        for ((group, member), (p_buf, g_buf)) in self
+            .groups
+            .iter()
+            .zip(&mut self.members)
+            .zip(&mut self.gathered)
+        {
+            if let Some(r) = &group.contiguous {
+                member.step_slices(&mut params[r.clone()], &grads[r.clone()])?;
+                continue;
+            }
+            let mut at = 0;
+            for r in &group.ranges {
+                p_buf[at..at + r.len()].copy_from_slice(&params[r.clone()]);
+                g_buf[at..at + r.len()].copy_from_slice(&grads[r.clone()]);
+                at += r.len();
+            }
+            member.step_slices(p_buf, g_buf)?;
+            let mut at = 0;
+            for r in &group.ranges {
+                params[r.clone()].copy_from_slice(&p_buf[at..at + r.len()]);
+                at += r.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// The segment table the groups cover.
+    pub fn segment_table(&self) -> &SegmentTable {
+        &self.table
+    }
+
+    /// Number of algorithm groups.
+    pub fn groups(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Group `g`'s optimizer: its lr, step count, host scalars and state (its tensors back
+    /// to back, in segment order). Panics when `g >= groups()`.
+    pub fn group(&self, g: usize) -> &O {
+        &self.members[g]
+    }
+
+    /// Group `g`'s optimizer, to set its lr or gradient options (see the [module
+    /// documentation](super)). Panics when `g >= groups()`.
+    pub fn group_mut(&mut self, g: usize) -> &mut O {
+        &mut self.members[g]
+    }
+
+    /// Group `g`'s segments (increasing indices into the segment table).
+    pub fn group_segments(&self, g: usize) -> &[usize] {
+        &self.groups[g].members
+    }
+
+    /// Steps taken (group 0's count; every group steps once per step).
+    pub fn step_count(&self) -> u64 {
+        self.members[0].step_count()
+    }
+
+    /// Every group's lr from `schedule` at `epoch`, each over the lr its configuration was
+    /// built with (`LrSchedule::lr_at(base, epoch)`). Checked for every group before any
+    /// changes: on error nothing changes.
+    pub fn set_schedule_epoch(&mut self, schedule: &LrSchedule, epoch: u64) -> Result<()> {
+        let lrs: Vec<f64> = self
+            .base_lrs
+            .iter()
+            .map(|&base| schedule.lr_at(base, epoch))
+            .collect();
+        for (group, &lr) in self.groups.iter().zip(&lrs) {
+            group.config.validate_lr(lr)?;
+        }
+        for (member, lr) in self.members.iter_mut().zip(lrs) {
+            member.set_lr(lr)?;
+        }
+        Ok(())
+    }
+
+    /// Save every group's state into the folder `dir` (see
+    /// [`MixedGpuOptimizer::save_checkpoint`](super::MixedGpuOptimizer::save_checkpoint) for
+    /// the layout; the files are interchangeable between the implementations).
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        super::checkpoint::save(dir, &self.groups, &|k, path| {
+            self.members[k].save_checkpoint(path)
+        })
+    }
+
+    /// Load a checkpoint folder written by any mixed optimizer with the same groups (same
+    /// algorithms, same segments, same shapes). Every group's file is validated before any
+    /// group changes; on error nothing changes.
+    pub fn load_checkpoint(&mut self, dir: &Path) -> Result<()> {
+        let members = &mut self.members;
+        super::checkpoint::load(dir, &self.groups, &mut |k, path| {
+            members[k].load_checkpoint(path)
+        })
+    }
+}
