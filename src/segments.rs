@@ -93,25 +93,23 @@ pub struct DeviceSegment {
 /// it can be bound at its own offset on every device.
 pub const BINDING_ALIGN: usize = 64;
 
-/// Padding elements allowed before a segment starting at `start`: fewer than its alignment
-/// (4 or [`BINDING_ALIGN`]), none before an unaligned start.
+/// Padding elements allowed before a segment starting at `start`: fewer than
+/// [`BINDING_ALIGN`] before a start on a multiple of it, else fewer than 4 (lane padding).
 fn padding_allowed(start: usize) -> usize {
     if start.is_multiple_of(BINDING_ALIGN) {
         BINDING_ALIGN
-    } else if start.is_multiple_of(4) {
-        4
     } else {
-        1
+        4
     }
 }
 
 /// The segments of a flat vector of `len` elements, checked: in order, not overlapping,
 /// inside the vector, each non-empty, and covering it except for alignment padding: fewer
-/// than 4 elements after the last segment, and before a segment only the padding up to its
-/// start's alignment — fewer than 4 elements before a start on a multiple of 4 (as
-/// [`FlatParamsBuilder::lane_aligned`](crate::FlatParamsBuilder::lane_aligned) leaves), fewer
-/// than [`BINDING_ALIGN`] before a start on a multiple of [`BINDING_ALIGN`] (as
-/// [`FlatParamsBuilder::binding_aligned`](crate::FlatParamsBuilder::binding_aligned) leaves).
+/// than 4 elements after the last segment or before a segment (lane padding, as
+/// [`FlatParamsBuilder::lane_aligned`](crate::FlatParamsBuilder::lane_aligned) leaves), and
+/// fewer than [`BINDING_ALIGN`] before a segment starting on a multiple of [`BINDING_ALIGN`]
+/// (as [`FlatParamsBuilder::binding_aligned`](crate::FlatParamsBuilder::binding_aligned)
+/// leaves).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentTable {
     len: usize,

@@ -281,6 +281,18 @@ fn segment_tables_that_do_not_describe_the_buffer_are_typed_errors() {
         SegmentTable::new(4, vec![]),
         Err(Error::Empty { .. })
     ));
+    // Binding padding: fewer than 64 elements before a start on a multiple of 64 is
+    // allowed, 64 or more is not, nor 4 or more before any other start.
+    let t = SegmentTable::new(130, vec![seg(0, &[2, 2]), seg(64, &[66])]).unwrap();
+    assert_eq!(t.segments()[1].start, 64);
+    for (segments, len) in [
+        (vec![seg(0, &[2, 2]), seg(68, &[62])], 130),
+        (vec![seg(0, &[2, 2]), seg(128, &[2])], 130),
+        (vec![seg(0, &[60]), seg(65, &[65])], 130),
+    ] {
+        let e = SegmentTable::new(len, segments.clone()).unwrap_err();
+        assert!(matches!(e, Error::SegmentTable { .. }), "{segments:?}: {e}");
+    }
     // Lane padding (fewer than 4 elements) is allowed.
     let t = SegmentTable::new(16, vec![seg(0, &[3]), seg(4, &[2, 5]), seg(15, &[1])]).unwrap();
     assert_eq!(t.shapes(), vec![vec![3], vec![2, 5], vec![1]]);

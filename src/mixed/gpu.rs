@@ -21,9 +21,9 @@ use crate::schedule::LrSchedule;
 /// How one group is stepped.
 enum Member {
     /// An elementwise algorithm over the group's ranges of the params' buffers.
-    Tensors(TensorOptimizer),
+    Tensors(Box<TensorOptimizer>),
     /// A per-tensor algorithm over the group's segments.
-    Segments(GpuOptimizer),
+    Segments(Box<GpuOptimizer>),
 }
 
 /// Per-group algorithms over one [`FlatParams`] (see the [module documentation](super)),
@@ -125,14 +125,18 @@ impl MixedGpuOptimizer {
                         group: 0,
                     })
                     .collect();
-                Member::Tensors(TensorOptimizer::new(&ctx, &specs, &[group.config])?)
+                Member::Tensors(Box::new(TensorOptimizer::new(
+                    &ctx,
+                    &specs,
+                    &[group.config],
+                )?))
             } else {
-                Member::Segments(
+                Member::Segments(Box::new(
                     GpuOptimizer::builder(params)
                         .config(group.config)
                         .members(group.members.clone())
                         .build()?,
-                )
+                ))
             };
             members.push(member);
         }

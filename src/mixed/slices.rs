@@ -63,8 +63,11 @@ pub struct MixedSlices<O: SliceOptimizer> {
     members: Vec<O>,
     base_lrs: Vec<f64>,
     /// Per group: its params and gradients gathered (empty for a contiguous group).
-    gathered: Vec<(Vec<O::Elem>, Vec<O::Elem>)>,
+    gathered: Vec<Gathered<O::Elem>>,
 }
+
+/// A group's params and gradients, gathered.
+type Gathered<T> = (Vec<T>, Vec<T>);
 
 /// Per-group algorithms on the fast CPU path (f32).
 pub type MixedCpuOptimizer = MixedSlices<CpuOptimizer>;
