@@ -339,15 +339,7 @@ pub fn cpu_segmented_roof(
             .zip(g[r.clone()].par_chunks(CHUNK))
             .zip(m[r.clone()].par_chunks_mut(CHUNK))
             .zip(v[r.clone()].par_chunks_mut(CHUNK))
-            .map(|(((p, g), m), v)| {
-                let mut acc = 0.0f64;
-                for i in 0..p.len() {
-                    m[i] += g[i];
-                    v[i] += g[i];
-                    acc += f64::from(p[i]) * f64::from(m[i]);
-                }
-                acc
-            })
+            .map(|(((p, g), m), v)| roof_first_pass(p, g, m, v))
             .collect();
         let scale = 1e-3 / (1.0 + sums.iter().sum::<f64>().abs()) as f32;
         total += f64::from(scale);
@@ -355,13 +347,95 @@ pub fn cpu_segmented_roof(
             .par_chunks_mut(CHUNK)
             .zip(m[r.clone()].par_chunks(CHUNK))
             .zip(v[r].par_chunks(CHUNK))
-            .for_each(|((p, m), v)| {
-                for i in 0..p.len() {
-                    p[i] += scale * (m[i] + v[i]);
-                }
-            });
+            .for_each(|((p, m), v)| roof_second_pass(p, m, v, scale));
     }
     total
+}
+
+/// The roof's first pass over one chunk: `m += g`, `v += g`, the sum of `p * m` in 16 f64
+/// lanes (as LAMB's first pass has: one serial f64 chain would make it latency-bound rather
+/// than a memory roof), at the fast path's SIMD level.
+fn roof_first_pass(p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::cpu::simd::{simd_level, SimdLevel};
+        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+        unsafe fn avx512(p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32]) -> f64 {
+            first_pass_body(p, g, m, v)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32]) -> f64 {
+            first_pass_body(p, g, m, v)
+        }
+        match simd_level() {
+            // SAFETY: the CPU has the features of the level it reports.
+            SimdLevel::Avx512 => return unsafe { avx512(p, g, m, v) },
+            SimdLevel::Avx2 => return unsafe { avx2(p, g, m, v) },
+            SimdLevel::Baseline => {}
+        }
+    }
+    first_pass_body(p, g, m, v)
+}
+
+#[inline(always)]
+fn first_pass_body(p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32]) -> f64 {
+    const L: usize = 16;
+    let mut acc = [0.0f64; L];
+    let whole = p.len() - p.len() % L;
+    let blocks = p[..whole]
+        .chunks_exact(L)
+        .zip(g[..whole].chunks_exact(L))
+        .zip(m[..whole].chunks_exact_mut(L))
+        .zip(v[..whole].chunks_exact_mut(L));
+    for (((p8, g8), m8), v8) in blocks {
+        let (mut mv, mut vv) = (
+            <[f32; L]>::try_from(&*m8).expect("L"),
+            <[f32; L]>::try_from(&*v8).expect("L"),
+        );
+        for lane in 0..L {
+            mv[lane] += g8[lane];
+            vv[lane] += g8[lane];
+            acc[lane] += f64::from(p8[lane]) * f64::from(mv[lane]);
+        }
+        m8.copy_from_slice(&mv);
+        v8.copy_from_slice(&vv);
+    }
+    for i in whole..p.len() {
+        m[i] += g[i];
+        v[i] += g[i];
+        acc[i % L] += f64::from(p[i]) * f64::from(m[i]);
+    }
+    acc.iter().sum::<f64>()
+}
+
+/// The roof's second pass over one chunk: `p += scale * (m + v)`, at the fast path's SIMD
+/// level.
+fn roof_second_pass(p: &mut [f32], m: &[f32], v: &[f32], scale: f32) {
+    #[inline(always)]
+    fn body(p: &mut [f32], m: &[f32], v: &[f32], scale: f32) {
+        for ((p, m), v) in p.iter_mut().zip(m).zip(v) {
+            *p += scale * (m + v);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::cpu::simd::{simd_level, SimdLevel};
+        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+        unsafe fn avx512(p: &mut [f32], m: &[f32], v: &[f32], scale: f32) {
+            body(p, m, v, scale)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(p: &mut [f32], m: &[f32], v: &[f32], scale: f32) {
+            body(p, m, v, scale)
+        }
+        match simd_level() {
+            // SAFETY: the CPU has the features of the level it reports.
+            SimdLevel::Avx512 => return unsafe { avx512(p, m, v, scale) },
+            SimdLevel::Avx2 => return unsafe { avx2(p, m, v, scale) },
+            SimdLevel::Baseline => {}
+        }
+    }
+    body(p, m, v, scale)
 }
 
 /// The 2-D tensor shapes (rows, cols) of a Muon benchmark model, by name: `square_D` (one

@@ -388,6 +388,7 @@ impl CpuOptimizer {
                     &super::segmented::FastChunks {
                         chunk: CHUNK,
                         avx2: simd_level() >= SimdLevel::Avx2,
+                        avx512: simd_level() >= SimdLevel::Avx512,
                         run: run_chunk,
                     },
                 ))?;

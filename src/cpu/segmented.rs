@@ -52,6 +52,8 @@ pub(crate) type ChunkRunner<A> =
 pub(crate) struct FastChunks<A: Algorithm> {
     pub chunk: usize,
     pub avx2: bool,
+    /// AVX-512 code is in use (the first pass then runs its AVX-512 build).
+    pub avx512: bool,
     pub run: ChunkRunner<A>,
 }
 
@@ -100,7 +102,7 @@ pub(crate) fn segmented_step<A: Algorithm>(
                 sums,
                 chunk,
                 &mut [],
-                |p, g, s, out, _| reduce_chunk(c, &u, p, g, s, out, &mut [], fast.avx2),
+                |p, g, s, out, _| reduce_chunk(c, &u, p, g, s, out, &mut [], fast),
             );
         }
         let mut total = vec![0.0f64; sums];
@@ -185,7 +187,7 @@ fn transform_step<A: Algorithm>(
             sums,
             chunk,
             &mut scratch.work[r],
-            |p, g, s, out, work| reduce_chunk(c, u, p, g, s, out, work, fast.avx2),
+            |p, g, s, out, work| reduce_chunk(c, u, p, g, s, out, work, fast),
         );
         for part in scratch.partials.chunks(sums.max(1)) {
             for (t, x) in totals[k * sums..(k + 1) * sums].iter_mut().zip(part) {
@@ -323,14 +325,35 @@ fn reduce_chunk<A: Algorithm>(
     s: &mut [&mut [f32]],
     sums: &mut [f64],
     work: &mut [f32],
-    avx2: bool,
+    fast: &FastChunks<A>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
+    if fast.avx512 {
+        // SAFETY: the CPU has AVX-512 F/VL/BW/DQ (the fast path passes
+        // `simd_level() >= Avx512`).
+        return unsafe { reduce_avx512(c, u, p, g, s, sums, work) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if fast.avx2 {
         // SAFETY: the CPU has AVX2 and FMA (the fast path passes `simd_level() >= Avx2`).
         return unsafe { reduce_avx2(c, u, p, g, s, sums, work) };
     }
-    let _ = avx2;
+    let _ = fast;
+    c.cpu_reduce_chunk(u, p, g, s, sums, work)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn reduce_avx512<A: Algorithm>(
+    c: &A,
+    u: &A::Uniform,
+    p: &[f32],
+    g: &[f32],
+    s: &mut [&mut [f32]],
+    sums: &mut [f64],
+    work: &mut [f32],
+) {
     c.cpu_reduce_chunk(u, p, g, s, sums, work)
 }
 

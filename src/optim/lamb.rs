@@ -293,22 +293,40 @@ impl Algorithm for LambConfig {
             unreachable!("LAMB has two state tensors")
         };
         let (m, v) = (&mut m[..n], &mut v[..n]);
-        // Eight independent f64 accumulators per sum (element i goes to lane i % 8), so that
-        // the loop vectorises: one serial f64 chain made the pass compute-bound. Added in lane
-        // order at the end: deterministic.
+        // L = 16 independent f64 accumulators per sum (element i goes to lane i % L), so that
+        // the loop vectorises: one serial f64 chain made the pass compute-bound (8 lanes were
+        // measured 7% slower). Added in lane order at the end: deterministic.
+        const L: usize = 16;
         let decoupled = u.decoupled();
-        let (mut pp, mut rr) = ([0.0f64; 8], [0.0f64; 8]);
-        let whole = n - n % 8;
+        let (mut pp, mut rr) = ([0.0f64; L], [0.0f64; L]);
+        let whole = n - n % L;
         let (p, m, v, g) = (&p[..n], &mut m[..n], &mut v[..n], &g[..n]);
-        for base in (0..whole).step_by(8) {
-            for lane in 0..8 {
-                let i = base + lane;
-                let gi = g[i] * u.grad_sign;
-                m[i] = u.beta1 * m[i] + u.beta3 * gi;
-                v[i] = u.beta2 * v[i] + u.one_minus_beta2 * gi * gi;
-                let (pd, r) = lamb_update(u, decoupled, p[i], m[i], v[i]);
-                pp[lane] += f64::from(pd) * f64::from(pd);
-                rr[lane] += f64::from(r) * f64::from(r);
+        // Fixed-size blocks (no bounds checks inside), so that the loop vectorises.
+        let blocks = p[..whole]
+            .chunks_exact(L)
+            .zip(g[..whole].chunks_exact(L))
+            .zip(m[..whole].chunks_exact_mut(L))
+            .zip(v[..whole].chunks_exact_mut(L));
+        for (((p8, g8), m8), v8) in blocks {
+            let (p8, g8): (&[f32; L], &[f32; L]) =
+                (p8.try_into().expect("L"), g8.try_into().expect("L"));
+            let (m8, v8): (&mut [f32; L], &mut [f32; L]) =
+                (m8.try_into().expect("L"), v8.try_into().expect("L"));
+            // Local copies (no aliasing between the state slices for the vectoriser to fear),
+            // one operation over all 8 lanes at a time: the same operations per element, in
+            // the same order, as the remainder loop below.
+            let (pv, gv, mut mv, mut vv) = (*p8, *g8, *m8, *v8);
+            let (mut pd, mut r) = ([0.0f32; L], [0.0f32; L]);
+            for lane in 0..L {
+                let gi = gv[lane] * u.grad_sign;
+                mv[lane] = u.beta1 * mv[lane] + u.beta3 * gi;
+                vv[lane] = u.beta2 * vv[lane] + u.one_minus_beta2 * gi * gi;
+                (pd[lane], r[lane]) = lamb_update(u, decoupled, pv[lane], mv[lane], vv[lane]);
+            }
+            (*m8, *v8) = (mv, vv);
+            for lane in 0..L {
+                pp[lane] += f64::from(pd[lane]) * f64::from(pd[lane]);
+                rr[lane] += f64::from(r[lane]) * f64::from(r[lane]);
             }
         }
         for i in whole..n {
@@ -316,8 +334,8 @@ impl Algorithm for LambConfig {
             m[i] = u.beta1 * m[i] + u.beta3 * gi;
             v[i] = u.beta2 * v[i] + u.one_minus_beta2 * gi * gi;
             let (pd, r) = lamb_update(u, decoupled, p[i], m[i], v[i]);
-            pp[i % 8] += f64::from(pd) * f64::from(pd);
-            rr[i % 8] += f64::from(r) * f64::from(r);
+            pp[i % L] += f64::from(pd) * f64::from(pd);
+            rr[i % L] += f64::from(r) * f64::from(r);
         }
         sums[0] += pp.iter().sum::<f64>();
         sums[1] += rr.iter().sum::<f64>();
