@@ -204,11 +204,76 @@ fn step_grads(rng: &mut Rng, table: &SegmentTable, k: u64) -> Vec<f32> {
 fn cpu_and_gpu_match_the_reference() {
     let ctx = gpu();
     for (name, groups) in pairs() {
-        match_reference(ctx.as_ref(), name, &groups);
+        match_reference(ctx.as_ref(), name, &groups, None);
     }
 }
 
-fn match_reference(ctx: Option<&GpuContext>, label: &str, groups: &[AlgorithmGroup]) {
+/// The global gradient-norm clip over both groups (max_norm far below the gradients' norm,
+/// so every step clips): the same comparisons, and each step's norm on the CPU and the GPU
+/// within 1e-5 (relative) of the reference's f64 norm of the f32 gradients.
+#[test]
+fn global_clip_matches_the_reference() {
+    let ctx = gpu();
+    // SGD's step is linear in the gradient: a clip computed but not applied fails it (Muon,
+    // AdamW, LAMB and Lion are nearly scale-invariant).
+    let sgd = SgdConfig {
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let mut rows = pairs();
+    rows.push(("muon+sgd", pair(muon().into(), sgd.into())));
+    for (name, groups) in rows {
+        match_reference(ctx.as_ref(), &format!("{name} clipped"), &groups, Some(0.5));
+    }
+}
+
+/// The clip changes the trajectory (so the test above can fail), and a max_norm above every
+/// norm changes nothing (coef 1: bit-identical to no clip).
+#[test]
+fn global_clip_is_active_and_exact_when_idle() {
+    let table = SegmentTable::contiguous(&shapes()).unwrap();
+    let mut rng = Rng::new(0xC11F);
+    let p0: Vec<f64> = values(&mut rng).iter().map(|&x| f64::from(x)).collect();
+    let run = |max_norm: Option<f64>| {
+        let mut opt = MixedReference::new(table.clone(), &groups()).unwrap();
+        opt.set_max_grad_norm(max_norm).unwrap();
+        let mut rng = Rng::new(7);
+        let mut p = p0.clone();
+        for k in 1..=3 {
+            let g: Vec<f64> = step_grads(&mut rng, &table, k)
+                .iter()
+                .map(|&x| f64::from(x))
+                .collect();
+            opt.step(&mut p, &g).unwrap();
+        }
+        (p, opt.last_grad_norm())
+    };
+    let (plain, none) = run(None);
+    assert_eq!(none, None);
+    let (idle, norm) = run(Some(1e30));
+    assert!(norm.unwrap() > 1.0, "{norm:?}");
+    assert_eq!(plain, idle);
+    let (clipped, _) = run(Some(0.5));
+    assert!(plain
+        .iter()
+        .zip(&clipped)
+        .any(|(a, b)| (a - b).abs() > 1e-4));
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let mut opt = MixedCpuOptimizer::new(table.clone(), &groups()).unwrap();
+        let e = opt.set_max_grad_norm(Some(bad)).unwrap_err();
+        assert!(matches!(e, Error::InvalidHyperParameter { .. }), "{e}");
+        assert_eq!(opt.max_grad_norm(), None);
+    }
+}
+
+fn match_reference(
+    ctx: Option<&GpuContext>,
+    label: &str,
+    groups: &[AlgorithmGroup],
+    max_norm: Option<f64>,
+) {
     let mut rng = Rng::new(0x000D_1CE5);
     let v = values(&mut rng);
     // The layout: the device's binding-aligned one, or (without an adapter) the same
@@ -237,9 +302,12 @@ fn match_reference(ctx: Option<&GpuContext>, label: &str, groups: &[AlgorithmGro
     let mut cpu = MixedCpuOptimizer::new(table.clone(), groups).unwrap();
     let mut gpu = ctx.map(|ctx| {
         let f = flat(ctx, &v);
-        let opt = MixedGpuOptimizer::new(&f, groups).unwrap();
+        let mut opt = MixedGpuOptimizer::new(&f, groups).unwrap();
+        opt.set_max_grad_norm(max_norm).unwrap();
         (f, opt)
     });
+    reference.set_max_grad_norm(max_norm).unwrap();
+    cpu.set_max_grad_norm(max_norm).unwrap();
     let mut p_ref: Vec<f64> = p0.iter().map(|&x| f64::from(x)).collect();
     let mut p_cpu = p0.clone();
     let mut peak: Vec<f64> = p_ref
@@ -261,6 +329,14 @@ fn match_reference(ctx: Option<&GpuContext>, label: &str, groups: &[AlgorithmGro
             track_peak(&mut peak[s.range()], &p_ref[s.range()]);
         }
         cpu.step(&mut p_cpu, &g).unwrap();
+        let norm_ref = reference.last_grad_norm();
+        assert_eq!(norm_ref.is_some(), max_norm.is_some());
+        let close = |got: Option<f64>, what: &str| {
+            if let (Some(a), Some(b)) = (got, norm_ref) {
+                assert!((a - b).abs() <= 1e-5 * b, "{label} {what} norm {a} vs {b}");
+            }
+        };
+        close(cpu.last_grad_norm(), "cpu");
         worst_cpu = worst_cpu.max(
             check(
                 &format!("{label} cpu"),
@@ -277,7 +353,36 @@ fn match_reference(ctx: Option<&GpuContext>, label: &str, groups: &[AlgorithmGro
             f.write_grads(&g).unwrap();
             opt.set_schedule_epoch(&schedule(), k).unwrap();
             opt.step().unwrap();
+            close(opt.last_grad_norm().unwrap(), "gpu");
             let p = f.read_params().unwrap();
+            if let Some(ctx) = ctx {
+                // The gradients' padding is never read into the norm nor written.
+                let gr =
+                    fused_optim::gpu::buffer::read_f32(ctx, f.grads_buffer(), 0, f.len()).unwrap();
+                for i in padding(&table) {
+                    assert_eq!(
+                        gr[i].to_bits(),
+                        POISON.to_bits(),
+                        "{label}: grad padding {i}"
+                    );
+                }
+                // In place, as torch scales p.grad: g * min(1, max_norm / (norm + 1e-6)).
+                if let (Some(m), Some(norm)) = (max_norm, norm_ref) {
+                    let coef = (m / (norm + 1e-6)).min(1.0);
+                    assert!(coef < 1.0, "{label}: the clip must be active");
+                    for s in table.segments() {
+                        for i in s.range() {
+                            let want = f64::from(g[i]) * coef;
+                            let err = (f64::from(gr[i]) - want).abs();
+                            assert!(
+                                err <= 1e-5 * want.abs() + 1e-30,
+                                "{label}: clipped grad {i}: {} vs {want}",
+                                gr[i]
+                            );
+                        }
+                    }
+                }
+            }
             worst_gpu = worst_gpu.max(
                 check(
                     &format!("{label} gpu"),

@@ -338,7 +338,8 @@ fn reduce_chunk<A: Algorithm>(
         // SAFETY: the CPU has AVX2 and FMA (the fast path passes `simd_level() >= Avx2`).
         return unsafe { reduce_avx2(c, u, p, g, s, sums, work) };
     }
-    let _ = fast;
+    // (Read on every target: elsewhere the switches have no other use.)
+    let _ = (fast.avx2, fast.avx512);
     c.cpu_reduce_chunk(u, p, g, s, sums, work)
 }
 

@@ -61,6 +61,8 @@ pub struct MixedGpuOptimizer {
     groups: Vec<PlannedGroup>,
     members: Vec<Member>,
     base_lrs: Vec<f64>,
+    /// The global gradient-norm clip, when set.
+    clip: Option<super::clip::GpuClip>,
 }
 
 impl std::fmt::Debug for MixedGpuOptimizer {
@@ -150,6 +152,7 @@ impl MixedGpuOptimizer {
             groups: planned,
             members,
             base_lrs,
+            clip: None,
         })
     }
 
@@ -175,6 +178,10 @@ impl MixedGpuOptimizer {
 
     /// [`Self::step`] recorded into the caller's encoder (the caller submits).
     pub fn encode_step(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        self.ctx.check_alive("encode_step")?;
+        if let Some(clip) = &self.clip {
+            clip.encode(encoder);
+        }
         let (pb, gb) = (self.params.params_buffer(), self.params.grads_buffer());
         for (group, member) in self.groups.iter().zip(&mut self.members) {
             match member {
@@ -197,6 +204,27 @@ impl MixedGpuOptimizer {
             }
         }
         Ok(())
+    }
+
+    /// Clip the gradients of every group together by their global L2 norm at the start of
+    /// each step (`torch.nn.utils.clip_grad_norm_(all params, max_norm)`: coef = min(1,
+    /// max_norm / (norm + 1e-6))), in place in the params' grads buffer as torch scales
+    /// `p.grad`, in the step's submission; `None` stops clipping. Builds its pipelines and
+    /// tables here, not per step. [`Error::InvalidHyperParameter`] for a max_norm that is not
+    /// finite and > 0; nothing changes then.
+    pub fn set_max_grad_norm(&mut self, max_norm: Option<f64>) -> Result<()> {
+        super::clip::check_max_norm(max_norm)?;
+        self.clip = match max_norm {
+            Some(m) => Some(super::clip::GpuClip::new(&self.params, m)?),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// The global gradient norm of the last step (before clipping; reads back, waits),
+    /// `None` without the global clip.
+    pub fn last_grad_norm(&self) -> Result<Option<f64>> {
+        self.clip.as_ref().map(|c| c.last_norm()).transpose()
     }
 
     /// The parameters.

@@ -17,13 +17,15 @@
 //! | `slices` | [`MixedCpuOptimizer`] and [`MixedReference`] over the caller's slices |
 //! | `gpu` | [`MixedGpuOptimizer`] over a [`FlatParams`](crate::FlatParams) |
 //! | `checkpoint` | a checkpoint folder: one standard checkpoint per group and a manifest |
+//! | `clip` | the global gradient-norm clip over every group (`set_max_grad_norm`) |
 //!
 //! Each group's learning rate, step count, state and host scalars are its own
 //! (`group(g)`, `group_mut(g)`); [`MixedCpuOptimizer::set_schedule_epoch`] (and the same on
 //! the other implementations) sets every group's lr from one [`LrSchedule`] over each group's
-//! base lr. Gradient options (unscaling, clipping, skipping non-finite steps) set on a group
-//! apply to that group's gradients only: a global norm clip over all groups is not
-//! implemented.
+//! base lr. `set_max_grad_norm` clips the gradients of all groups together by their global
+//! norm (`torch.nn.utils.clip_grad_norm_` over every parameter) before the groups step, on
+//! every implementation. Gradient options set on a group itself apply to that group's
+//! gradients only.
 //!
 //! ```no_run
 //! # fn main() -> fused_optim::Result<()> {
@@ -48,6 +50,7 @@
 //! [`LrSchedule`]: crate::schedule::LrSchedule
 
 mod checkpoint;
+mod clip;
 mod gpu;
 mod plan;
 mod slices;

@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use super::plan::{plan, PlannedGroup};
 use super::AlgorithmGroup;
 use crate::cpu::fast::CpuOptimizer;
@@ -20,7 +22,13 @@ use crate::segments::SegmentTable;
 /// from ([`CpuOptimizer`] on f32, [`ReferenceOptimizer`] on f64).
 pub trait SliceOptimizer: Optimizer + Sized {
     /// The element type of params and gradients.
-    type Elem: Copy + Default;
+    type Elem: Copy + Default + Send + Sync;
+
+    /// `x` squared, in f64 (the global clip's norm).
+    fn square(x: Self::Elem) -> f64;
+
+    /// `x * coef`, rounded to the element type (the global clip's scaling).
+    fn scaled(x: Self::Elem, coef: f64) -> Self::Elem;
 
     /// The optimizer of `config` over tensors of `shapes` back to back.
     fn over_shapes(config: OptimizerConfig, shapes: &[Vec<usize>]) -> Result<Self>;
@@ -31,6 +39,14 @@ pub trait SliceOptimizer: Optimizer + Sized {
 
 impl SliceOptimizer for CpuOptimizer {
     type Elem = f32;
+
+    fn square(x: f32) -> f64 {
+        f64::from(x) * f64::from(x)
+    }
+
+    fn scaled(x: f32, coef: f64) -> f32 {
+        x * coef as f32
+    }
 
     fn over_shapes(config: OptimizerConfig, shapes: &[Vec<usize>]) -> Result<Self> {
         let n = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
@@ -44,6 +60,14 @@ impl SliceOptimizer for CpuOptimizer {
 
 impl SliceOptimizer for ReferenceOptimizer {
     type Elem = f64;
+
+    fn square(x: f64) -> f64 {
+        x * x
+    }
+
+    fn scaled(x: f64, coef: f64) -> f64 {
+        x * coef
+    }
 
     fn over_shapes(config: OptimizerConfig, shapes: &[Vec<usize>]) -> Result<Self> {
         ReferenceOptimizer::with_shapes(config, shapes)
@@ -64,6 +88,11 @@ pub struct MixedSlices<O: SliceOptimizer> {
     base_lrs: Vec<f64>,
     /// Per group: its params and gradients gathered (empty for a contiguous group).
     gathered: Vec<Gathered<O::Elem>>,
+    /// The global gradient-norm clip: its max_norm, the clipped gradients (allocated when
+    /// set), the last step's norm.
+    max_norm: Option<f64>,
+    clipped: Vec<O::Elem>,
+    last_norm: Option<f64>,
 }
 
 /// A group's params and gradients, gathered.
@@ -119,6 +148,9 @@ impl<O: SliceOptimizer> MixedSlices<O> {
             members,
             base_lrs,
             gathered,
+            max_norm: None,
+            clipped: Vec::new(),
+            last_norm: None,
         })
     }
 
@@ -134,6 +166,26 @@ impl<O: SliceOptimizer> MixedSlices<O> {
                 });
             }
         }
+        let grads: &[O::Elem] = match self.max_norm {
+            None => grads,
+            Some(max_norm) => {
+                let chunks = super::clip::clip_chunks(&self.table);
+                let partials: Vec<f64> = chunks
+                    .par_iter()
+                    .map(|&(a, b)| grads[a..b].iter().map(|&x| O::square(x)).sum::<f64>())
+                    .collect();
+                let norm = partials.iter().sum::<f64>().sqrt();
+                let coef = super::clip::clip_coef(max_norm, norm);
+                let clipped = &mut self.clipped;
+                for s in self.table.segments() {
+                    for (c, &g) in clipped[s.range()].iter_mut().zip(&grads[s.range()]) {
+                        *c = O::scaled(g, coef);
+                    }
+                }
+                self.last_norm = Some(norm);
+                &self.clipped
+            }
+        };
         for ((group, member), (p_buf, g_buf)) in self
             .groups
             .iter()
@@ -158,6 +210,33 @@ impl<O: SliceOptimizer> MixedSlices<O> {
             }
         }
         Ok(())
+    }
+
+    /// Clip the gradients of every group together by their global L2 norm before each step
+    /// (`torch.nn.utils.clip_grad_norm_(all params, max_norm)`: coef = min(1, max_norm /
+    /// (norm + 1e-6)), see `clip.rs`), or stop clipping (`None`). The caller's gradients are
+    /// not changed (the clipped ones go to a buffer allocated here). [`Error::InvalidHyperParameter`]
+    /// for a max_norm that is not finite and > 0; nothing changes then.
+    pub fn set_max_grad_norm(&mut self, max_norm: Option<f64>) -> Result<()> {
+        super::clip::check_max_norm(max_norm)?;
+        self.clipped = match max_norm {
+            Some(_) => vec![O::Elem::default(); self.table.len()],
+            None => Vec::new(),
+        };
+        self.max_norm = max_norm;
+        self.last_norm = None;
+        Ok(())
+    }
+
+    /// The global clip's max_norm, if set.
+    pub fn max_grad_norm(&self) -> Option<f64> {
+        self.max_norm
+    }
+
+    /// The global gradient norm of the last step (before clipping), `None` without the
+    /// global clip or before a step.
+    pub fn last_grad_norm(&self) -> Option<f64> {
+        self.last_norm
     }
 
     /// The segment table the groups cover.
