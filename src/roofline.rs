@@ -288,6 +288,7 @@ impl GpuSegmentedRoof {
             &states,
             None,
             &(0..params.segment_table().segments().len()).collect::<Vec<_>>(),
+            false,
         )?;
         Ok(Self {
             kernel,

@@ -332,6 +332,11 @@ fn match_reference(
         let norm_ref = reference.last_grad_norm();
         assert_eq!(norm_ref.is_some(), max_norm.is_some());
         let close = |got: Option<f64>, what: &str| {
+            assert_eq!(
+                got.is_some(),
+                max_norm.is_some(),
+                "{label} {what}: norm reported"
+            );
             if let (Some(a), Some(b)) = (got, norm_ref) {
                 assert!((a - b).abs() <= 1e-5 * b, "{label} {what} norm {a} vs {b}");
             }
@@ -524,7 +529,6 @@ fn checkpoints_cross_paths_and_refuse_other_groups() {
     let _ = std::fs::remove_dir_all(&dir);
     let mut rng = Rng::new(0xC4EC);
     let table = SegmentTable::contiguous(&shapes()).unwrap();
-    let n = table.len();
     let mut p = values(&mut rng);
     let mut cpu = MixedCpuOptimizer::new(table.clone(), &groups()).unwrap();
     for k in 1..=3 {
@@ -645,7 +649,6 @@ fn checkpoints_cross_paths_and_refuse_other_groups() {
         }
         assert_eq!(back.step_count(), 3);
     }
-    let _ = n;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -727,4 +730,42 @@ fn bad_groups_are_typed_errors() {
         let e = MixedGpuOptimizer::new(&f, &muon_on(vec![2], vec![0, 1, 3, 4, 5, 6])).unwrap_err();
         assert!(matches!(e, Error::WrongRank { .. }), "{e}");
     }
+}
+
+/// One per-tensor group over every segment of padded (binding-aligned) params: its state is
+/// still its tensors back to back (no padding), and its checkpoint folder loads back on the
+/// GPU and on the CPU.
+#[test]
+fn one_group_over_every_segment_keeps_compact_state() {
+    let Some(ctx) = gpu() else { return };
+    let matrices = [vec![24usize, 17], vec![9, 23]];
+    let mut b = FlatParams::builder().binding_aligned();
+    for (k, s) in matrices.iter().enumerate() {
+        b = b.shaped(&format!("m{k}"), s, &vec![0.25; s.iter().product()]);
+    }
+    let f = b.build(&ctx).unwrap();
+    let groups = vec![AlgorithmGroup {
+        segments: vec![0, 1],
+        config: muon().into(),
+    }];
+    let mut opt = MixedGpuOptimizer::new(&f, &groups).unwrap();
+    f.write_grads(&vec![0.01; f.len()]).unwrap();
+    opt.step().unwrap();
+    let len = 24 * 17 + 9 * 23;
+    assert!(f.len() > len, "the params must be padded");
+    assert_eq!(opt.group_state(0, "momentum_buffer").unwrap().len(), len);
+    let dir = std::env::temp_dir().join(format!("fused-optim-mixed1-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    opt.save_checkpoint(&dir).unwrap();
+    let mut again = MixedGpuOptimizer::new(&f, &groups).unwrap();
+    again.load_checkpoint(&dir).unwrap();
+    assert_eq!(again.step_count(), 1);
+    let table = SegmentTable::contiguous(&matrices).unwrap();
+    let mut cpu = MixedCpuOptimizer::new(table, &groups).unwrap();
+    cpu.load_checkpoint(&dir).unwrap();
+    assert_eq!(
+        cpu.group(0).state("momentum_buffer").unwrap(),
+        &opt.group_state(0, "momentum_buffer").unwrap()[..]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -287,6 +287,28 @@ impl GpuContext {
         out
     }
 
+    /// One step's submission: checks the device is alive, records `encode` into a new
+    /// encoder labelled `label` inside error scopes, submits it only when `encode`
+    /// succeeded, and turns what the scopes caught into a typed error (`during`).
+    pub(crate) fn submit_step<T>(
+        &self,
+        during: &'static str,
+        label: &str,
+        encode: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<T>,
+    ) -> Result<T> {
+        self.check_alive(during)?;
+        let scopes = self.scopes();
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        let encoded = encode(&mut encoder);
+        if encoded.is_ok() {
+            self.queue.submit([encoder.finish()]);
+        }
+        scopes.finish(during)?;
+        encoded
+    }
+
     /// Push validation, out-of-memory and internal error scopes on this thread; pop them
     /// with [`Scopes::finish`].
     pub(crate) fn scopes(&self) -> Scopes {

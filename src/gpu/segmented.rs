@@ -76,7 +76,7 @@ fn word(x: usize) -> Result<u32> {
 /// `offset` is `offsets[j] + (start - segment start)` for the j-th member (0 without
 /// offsets). The state shift is the segment's start minus its state's start (`state_starts`,
 /// a member's first element in the state buffers): element `i` of the params has its state
-/// at `i - shift` (segmented_common.wgsl's `state_index`).
+/// at `i - shift` (segmented_common.wgsl's `state_shift`).
 fn chunk_table(
     params: &FlatParams,
     members: &[usize],
@@ -109,10 +109,10 @@ fn chunk_table(
 }
 
 /// Where each member's state starts in state buffers of [`state_len`] elements: the members
-/// back to back in order (compact), or at their own offsets when `members` is every segment.
-pub(crate) fn state_starts(params: &FlatParams, members: &[usize]) -> Vec<usize> {
+/// back to back in order (`compact`), or at their own offsets in the params.
+pub(crate) fn state_starts(params: &FlatParams, members: &[usize], compact: bool) -> Vec<usize> {
     let segs = params.segment_table().segments();
-    if members.len() == segs.len() {
+    if !compact {
         return segs.iter().map(|s| s.start).collect();
     }
     let mut end = 0;
@@ -126,11 +126,11 @@ pub(crate) fn state_starts(params: &FlatParams, members: &[usize]) -> Vec<usize>
         .collect()
 }
 
-/// Elements of each state buffer for `members`: the params' length when they are every
-/// segment, else their element count.
-pub(crate) fn state_len(params: &FlatParams, members: &[usize]) -> usize {
+/// Elements of each state buffer for `members`: their element count (`compact`), or the
+/// params' length.
+pub(crate) fn state_len(params: &FlatParams, members: &[usize], compact: bool) -> usize {
     let segs = params.segment_table().segments();
-    if members.len() == segs.len() {
+    if !compact {
         params.len()
     } else {
         members.iter().map(|&k| segs[k].len()).sum()
@@ -175,6 +175,7 @@ impl SegmentedKernel {
     /// Builds the pipelines and binds `params`, its segment table and `states` (f32, in
     /// `state_names` order, [`state_len`] elements each). `members`: the segments stepped
     /// (indices into the segment table, increasing); the others are left as they are.
+    /// `compact`: their state back to back (else at the params' offsets).
     /// `transform`: the Newton–Schulz iteration of an algorithm with a matrix transform
     /// (every segment must then be one matrix: rank 2, checked by the algorithm). The
     /// global-clip pipelines are built when the module has them (`gnorm`, `gfinish`): a
@@ -186,6 +187,7 @@ impl SegmentedKernel {
         states: &[wgpu::Buffer],
         transform: Option<&NewtonSchulz>,
         members: &[usize],
+        compact: bool,
     ) -> Result<Self> {
         let clip_entries = source.contains("fn gnorm(") && source.contains("fn gfinish(");
         let ctx = params.context().clone();
@@ -233,7 +235,7 @@ impl SegmentedKernel {
                 requirement: "a matrix transform takes one matrix per segment",
             });
         }
-        let starts = state_starts(params, members);
+        let starts = state_starts(params, members, compact);
         // (indices into `members`, Newton-Schulz batch) per part.
         let plans: Vec<(Vec<usize>, Option<GpuNewtonSchulz>)> = match transform {
             None => vec![((0..members.len()).collect(), None)],

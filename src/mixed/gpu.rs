@@ -69,14 +69,7 @@ impl std::fmt::Debug for MixedGpuOptimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MixedGpuOptimizer")
             .field("len", &self.params.len())
-            .field(
-                "groups",
-                &self
-                    .groups
-                    .iter()
-                    .map(|g| (g.config.name(), g.members.len()))
-                    .collect::<Vec<_>>(),
-            )
+            .field("groups", &super::plan::summary(&self.groups))
             .finish()
     }
 }
@@ -84,7 +77,7 @@ impl std::fmt::Debug for MixedGpuOptimizer {
 impl MixedGpuOptimizer {
     /// The groups over the segments of `params`. Fails as the groups' plan does (every
     /// segment in exactly one group, each algorithm accepting its tensors), with
-    /// [`Error::InvalidCombination`] when an elementwise group's tensor does not start on
+    /// [`Error::TensorRange`] when an elementwise group's tensor does not start on
     /// the device's storage offset alignment (build the params binding-aligned), or as a
     /// group's optimizer does (a per-tensor algorithm's kernel limits).
     pub fn new(params: &FlatParams, groups: &[AlgorithmGroup]) -> Result<Self> {
@@ -158,22 +151,12 @@ impl MixedGpuOptimizer {
 
     /// One step of every group on the gradients in the params' grads buffer: all recorded
     /// into one encoder, one submission, nothing read back. On an error nothing is
-    /// submitted.
+    /// submitted, but groups encoded before the failing one have advanced their step count
+    /// (an error past construction comes from a lost device or a Schedule-Free group in
+    /// eval mode).
     pub fn step(&mut self) -> Result<()> {
-        self.ctx.check_alive("step")?;
-        let scopes = self.ctx.scopes();
-        let mut encoder =
-            self.ctx
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("fused-optim mixed step"),
-                });
-        let encoded = self.encode_step(&mut encoder);
-        if encoded.is_ok() {
-            self.ctx.queue().submit([encoder.finish()]);
-        }
-        scopes.finish("step")?;
-        encoded
+        let ctx = self.ctx.clone();
+        ctx.submit_step("step", "fused-optim mixed step", |e| self.encode_step(e))
     }
 
     /// [`Self::step`] recorded into the caller's encoder (the caller submits).
@@ -269,14 +252,7 @@ impl MixedGpuOptimizer {
     /// Every group's lr from `schedule` at `epoch` over its configuration's lr, as
     /// [`MixedCpuOptimizer::set_schedule_epoch`](super::MixedCpuOptimizer::set_schedule_epoch).
     pub fn set_schedule_epoch(&mut self, schedule: &LrSchedule, epoch: u64) -> Result<()> {
-        let lrs: Vec<f64> = self
-            .base_lrs
-            .iter()
-            .map(|&base| schedule.lr_at(base, epoch))
-            .collect();
-        for (group, &lr) in self.groups.iter().zip(&lrs) {
-            group.config.validate_lr(lr)?;
-        }
+        let lrs = super::plan::scheduled_lrs(&self.groups, &self.base_lrs, schedule, epoch)?;
         for (g, lr) in lrs.into_iter().enumerate() {
             self.set_group_lr(g, lr)?;
         }

@@ -20,12 +20,12 @@
 //! | `clip` | the global gradient-norm clip over every group (`set_max_grad_norm`) |
 //!
 //! Each group's learning rate, step count, state and host scalars are its own
-//! (`group(g)`, `group_mut(g)`); [`MixedCpuOptimizer::set_schedule_epoch`] (and the same on
+//! (CPU paths: `group(g)`, `group_mut(g)`; GPU: `group_lr`, `set_group_lr`, `group_state`); [`MixedCpuOptimizer::set_schedule_epoch`] (and the same on
 //! the other implementations) sets every group's lr from one [`LrSchedule`] over each group's
 //! base lr. `set_max_grad_norm` clips the gradients of all groups together by their global
 //! norm (`torch.nn.utils.clip_grad_norm_` over every parameter) before the groups step, on
-//! every implementation. Gradient options set on a group itself apply to that group's
-//! gradients only.
+//! every implementation. On the CPU paths, gradient options set on a group itself
+//! (`group_mut(g)`) apply to that group's gradients only.
 //!
 //! ```no_run
 //! # fn main() -> fused_optim::Result<()> {

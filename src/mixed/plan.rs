@@ -99,3 +99,30 @@ pub(crate) fn plan(table: &SegmentTable, groups: &[AlgorithmGroup]) -> Result<Ve
         })
         .collect()
 }
+
+/// (algorithm, tensor count) per group, for `Debug`.
+pub(crate) fn summary(groups: &[PlannedGroup]) -> Vec<(&'static str, usize)> {
+    groups
+        .iter()
+        .map(|g| (g.config.name(), g.members.len()))
+        .collect()
+}
+
+/// Every group's lr from `schedule` at `epoch` over its base lr, each checked as its
+/// algorithm checks an lr (all before any is used).
+pub(crate) fn scheduled_lrs(
+    groups: &[PlannedGroup],
+    base_lrs: &[f64],
+    schedule: &crate::schedule::LrSchedule,
+    epoch: u64,
+) -> Result<Vec<f64>> {
+    groups
+        .iter()
+        .zip(base_lrs)
+        .map(|(group, &base)| {
+            let lr = schedule.lr_at(base, epoch);
+            group.config.validate_lr(lr)?;
+            Ok(lr)
+        })
+        .collect()
+}

@@ -108,14 +108,7 @@ impl<O: SliceOptimizer> std::fmt::Debug for MixedSlices<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MixedSlices")
             .field("len", &self.table.len())
-            .field(
-                "groups",
-                &self
-                    .groups
-                    .iter()
-                    .map(|g| (g.config.name(), g.members.len()))
-                    .collect::<Vec<_>>(),
-            )
+            .field("groups", &super::plan::summary(&self.groups))
             .finish()
     }
 }
@@ -275,14 +268,7 @@ impl<O: SliceOptimizer> MixedSlices<O> {
     /// built with (`LrSchedule::lr_at(base, epoch)`). Checked for every group before any
     /// changes: on error nothing changes.
     pub fn set_schedule_epoch(&mut self, schedule: &LrSchedule, epoch: u64) -> Result<()> {
-        let lrs: Vec<f64> = self
-            .base_lrs
-            .iter()
-            .map(|&base| schedule.lr_at(base, epoch))
-            .collect();
-        for (group, &lr) in self.groups.iter().zip(&lrs) {
-            group.config.validate_lr(lr)?;
-        }
+        let lrs = super::plan::scheduled_lrs(&self.groups, &self.base_lrs, schedule, epoch)?;
         for (member, lr) in self.members.iter_mut().zip(lrs) {
             member.set_lr(lr)?;
         }

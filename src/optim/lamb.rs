@@ -313,7 +313,7 @@ impl Algorithm for LambConfig {
             let (m8, v8): (&mut [f32; L], &mut [f32; L]) =
                 (m8.try_into().expect("L"), v8.try_into().expect("L"));
             // Local copies (no aliasing between the state slices for the vectoriser to fear),
-            // one operation over all 8 lanes at a time: the same operations per element, in
+            // one operation over all L lanes at a time: the same operations per element, in
             // the same order, as the remainder loop below.
             let (pv, gv, mut mv, mut vv) = (*p8, *g8, *m8, *v8);
             let (mut pd, mut r) = ([0.0f32; L], [0.0f32; L]);

@@ -249,7 +249,7 @@ impl<'a> GpuOptimizerBuilder<'a> {
     }
 
     /// Step only the segments `members` (increasing indices into the params' segment table),
-    /// with their state back to back: a per-tensor algorithm's group inside a
+    /// with their state back to back (also when they are every segment: no padding): a per-tensor algorithm's group inside a
     /// [`MixedGpuOptimizer`](crate::mixed::MixedGpuOptimizer). Per-tensor algorithms only.
     pub(crate) fn members(mut self, members: Vec<usize>) -> Self {
         self.members = Some(members);
@@ -437,7 +437,7 @@ impl<'a> GpuOptimizerBuilder<'a> {
                 low,
                 bf16_state.then_some(state_stochastic),
                 q8_tensors.is_some(),
-                members,
+                self.members.is_some().then_some(members),
             )?;
             if let (Some(tensors), Some(min_size)) = (q8_tensors, q8_min_size) {
                 let algo = match opt.groups[0].config {
@@ -467,11 +467,15 @@ fn build(
     low: Option<LowSetup>,
     bf16_state: Option<bool>,
     blockwise8: bool,
-    members: Vec<usize>,
+    members: Option<Vec<usize>>,
 ) -> Result<GpuOptimizer> {
     let config = groups[0].config;
     let ctx = params.context().clone();
-    let n = crate::gpu::segmented::state_len(params, &members);
+    // Some: the segments stepped, their state back to back; None: every segment, the
+    // state at the params' offsets.
+    let compact = members.is_some();
+    let members = members.unwrap_or_else(|| (0..params.segment_table().segments().len()).collect());
+    let n = crate::gpu::segmented::state_len(params, &members, compact);
 
     let state_names = config.state_names();
     let mut states = Vec::with_capacity(state_names.len());
@@ -537,6 +541,7 @@ fn build(
             &states,
             config.matrix_transform().as_ref(),
             &members,
+            compact,
         )?),
         _ => None,
     };

@@ -12,22 +12,10 @@ impl GpuOptimizer {
     /// One optimizer step on the gradients currently in the grads buffer: one uniform write,
     /// one compute pass, one submission. Nothing is read back and nothing is waited for.
     pub fn step(&mut self) -> Result<()> {
-        self.ctx.check_alive("step")?;
         // Error scopes: a device destroyed by another thread after the check is a typed
         // error, not a panic.
-        let scopes = self.ctx.scopes();
-        let mut encoder =
-            self.ctx
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("fused-optim step"),
-                });
-        let encoded = self.encode(&mut encoder);
-        if encoded.is_ok() {
-            self.ctx.queue().submit([encoder.finish()]);
-        }
-        scopes.finish("step")?;
-        encoded
+        let ctx = self.ctx.clone();
+        ctx.submit_step("step", "fused-optim step", |e| self.encode(e))
     }
 
     /// Record one step into the caller's encoder (the caller submits). Up to

@@ -580,20 +580,10 @@ impl TensorOptimizer {
     /// gradients buffer) pair, in one submission. Nothing is read back or waited for.
     /// On a refused binding nothing is encoded and the step count does not move.
     pub fn step(&mut self, bindings: &[TensorBinding<'_>]) -> Result<()> {
-        self.ctx.check_alive("step")?;
-        let scopes = self.ctx.scopes();
-        let mut encoder =
-            self.ctx
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("fused-optim tensor step"),
-                });
-        let encoded = self.encode_step(&mut encoder, bindings);
-        if encoded.is_ok() {
-            self.ctx.queue().submit([encoder.finish()]);
-        }
-        scopes.finish("step")?;
-        encoded
+        let ctx = self.ctx.clone();
+        ctx.submit_step("step", "fused-optim tensor step", |e| {
+            self.encode_step(e, bindings)
+        })
     }
 
     /// [`Self::step`] recorded into the caller's encoder (the caller submits, and must keep
