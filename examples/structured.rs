@@ -1,7 +1,9 @@
 //! Per-tensor algorithms against their roofs: LAMB's step on the fast CPU path and on the
 //! GPU, each beside a roof kernel with the same access pattern *including the second pass*
 //! (`roofline::cpu_segmented_roof`, `roofline::GpuSegmentedRoof`: same segments, chunks,
-//! threads or grids, same buffers read and written per pass, trivial arithmetic).
+//! threads or grids, same buffers read and written per pass, trivial arithmetic), and
+//! Adafactor's on the fast CPU path beside its three-pass roof
+//! (`roofline::cpu_factored_roof`: same tiles and bands; Adafactor has no GPU kernel).
 //!
 //! ```text
 //! cargo run --release --example structured                  # 2^22 as 16 x [512, 512]
@@ -15,11 +17,11 @@ use std::time::Instant;
 
 use clap::Parser;
 use fused_optim::cpu::staggered::StaggeredVec;
-use fused_optim::roofline::{cpu_segmented_roof, GpuSegmentedRoof};
+use fused_optim::roofline::{cpu_factored_roof, cpu_segmented_roof, GpuSegmentedRoof};
 use fused_optim::*;
 
 #[derive(Parser)]
-#[command(about = "LAMB against its two-pass roofs, CPU and GPU")]
+#[command(about = "LAMB and Adafactor against their multi-pass roofs")]
 struct Args {
     /// log2 of the total element count.
     #[arg(long, default_value_t = 22)]
@@ -108,9 +110,44 @@ fn main() -> Result<()> {
         ratios.iter().copied().fold(f64::INFINITY, f64::min),
         ratios.iter().copied().fold(0.0, f64::max),
     );
+    // Adafactor on the same tensors against its three-pass roof (CPU only: no GPU kernel).
+    let ada = AdafactorConfig {
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let mut opt = CpuOptimizer::builder(ada, n).shapes(&shapes).build()?;
+    let mut rp = StaggeredVec::filled(n, 0.5, 0);
+    let mut scratch = Vec::new();
+    opt.step(&mut p, &g)?;
+    cpu_factored_roof(&table, &mut rp, &g, &mut scratch);
+    let (mut ratios, mut opt_s) = (Vec::new(), Vec::new());
+    for _ in 0..a.rounds {
+        let t = Instant::now();
+        for _ in 0..a.batch {
+            opt.step(&mut p, &g)?;
+        }
+        let o = t.elapsed().as_secs_f64() / a.batch as f64;
+        let t = Instant::now();
+        for _ in 0..a.batch {
+            std::hint::black_box(cpu_factored_roof(&table, &mut rp, &g, &mut scratch));
+        }
+        let r = t.elapsed().as_secs_f64() / a.batch as f64;
+        ratios.push(r / o);
+        opt_s.push(o);
+    }
+    let o = median(opt_s);
+    println!(
+        "cpu  adafactor step {:8.3} ms  {:7.1} M params/s  roof/opt median {:.3}  (min {:.3}, max {:.3})",
+        o * 1e3,
+        n as f64 / o / 1e6,
+        median(ratios.clone()),
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    );
     if a.cpu_only {
         return Ok(());
     }
+    println!("gpu  adafactor: no GPU kernel (GpuOptimizer refuses it with Error::Unsupported)");
     // GPU.
     let ctx = GpuContext::new()?;
     println!("adapter: {}", ctx.describe());

@@ -475,8 +475,20 @@ pub fn load_with_metadata(path: &Path) -> Result<(OptimizerState, BTreeMap<Strin
             ),
         ));
     }
+    let shapes = match meta.get("shapes") {
+        Some(text) => parse_shapes(path, text, n)?,
+        None => Vec::new(),
+    };
+    // Each state tensor's length: n, or (a state that is not one element per parameter)
+    // what the tensors' shapes give.
+    let whole = [vec![n]];
+    let lens = crate::optim::StateLayout::lens_for_shapes(
+        &config,
+        if shapes.is_empty() { &whole } else { &shapes },
+        n,
+    );
     let mut out = Vec::with_capacity(names.len());
-    for name in names {
+    for (name, &len) in names.into_iter().zip(&lens) {
         let t = metadata
             .info(name)
             .ok_or_else(|| err(path, format!("no tensor `{name}`")))?;
@@ -490,10 +502,10 @@ pub fn load_with_metadata(path: &Path) -> Result<(OptimizerState, BTreeMap<Strin
                 format!("`{name}` is {:?}, expected F32 or F64", t.dtype),
             ));
         }
-        if t.shape.as_slice() != [n] {
+        if t.shape.as_slice() != [len] {
             return Err(err(
                 path,
-                format!("`{name}` has shape {:?}, expected [{n}]", t.shape),
+                format!("`{name}` has shape {:?}, expected [{len}]", t.shape),
             ));
         }
         let crc = get(&format!("crc32.{name}"))?;
@@ -522,10 +534,6 @@ pub fn load_with_metadata(path: &Path) -> Result<(OptimizerState, BTreeMap<Strin
     }
     let groups = match meta.get("groups") {
         Some(text) => parse_groups(path, text)?,
-        None => Vec::new(),
-    };
-    let shapes = match meta.get("shapes") {
-        Some(text) => parse_shapes(path, text, n)?,
         None => Vec::new(),
     };
     let extra = meta

@@ -61,9 +61,9 @@ pub use half;
 #[cfg(feature = "mpi")]
 pub use mpi;
 pub use optim::{
-    AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, Algorithm, HostState, LambConfig,
-    LionConfig, MuonConfig, MuonLrAdjust, NadamConfig, NewtonSchulz, OptimizerConfig, RadamConfig,
-    RmspropConfig, ScheduleFreeBase, ScheduleFreeConfig, SgdConfig,
+    AdadeltaConfig, AdafactorConfig, AdagradConfig, AdamConfig, AdamaxConfig, Algorithm, HostState,
+    LambConfig, LionConfig, MuonConfig, MuonLrAdjust, NadamConfig, NewtonSchulz, OptimizerConfig,
+    RadamConfig, RmspropConfig, ScheduleFreeBase, ScheduleFreeConfig, SgdConfig, StateLayout,
 };
 pub use optimizer::Optimizer;
 pub use scaler::LossScaler;

@@ -439,6 +439,94 @@ fn roof_second_pass(p: &mut [f32], m: &[f32], v: &[f32], scale: f32) {
     body(p, m, v, scale)
 }
 
+/// The CPU roof of Adafactor's factored step (`AdafactorConfig::cpu_segment_step`), with
+/// its access pattern over the same tiles ([`TILE_ROWS`](crate::optim::TILE_ROWS) x
+/// [`TILE_COLS`](crate::optim::TILE_COLS) per matrix of every segment's matrix view), row
+/// bands and threads, at the fast path's SIMD level: pass A reads p and g of each tile and
+/// sums `p + g` (16 f64 lanes) into the tile's slot, pass B reads g and sums it, pass C
+/// writes `p += s * g` per band of TILE_ROWS rows; the factors (rows + cols per matrix) are
+/// left out. `scratch` holds the tiles' sums (grown once). Returns a value derived from the
+/// sums, so that no pass is optimised away.
+pub fn cpu_factored_roof(
+    table: &crate::SegmentTable,
+    p: &mut [f32],
+    g: &[f32],
+    scratch: &mut Vec<f64>,
+) -> f64 {
+    use crate::cpu::simd::at_simd_level;
+    use crate::optim::{TILE_COLS, TILE_ROWS};
+    const L: usize = 16;
+    #[inline(always)]
+    fn sum_tile(
+        a: &[f32],
+        b: &[f32],
+        cols: usize,
+        rows: std::ops::Range<usize>,
+        cs: std::ops::Range<usize>,
+    ) -> f64 {
+        let mut acc = [0.0f64; L];
+        let w = cs.len();
+        for i in rows {
+            let at = i * cols + cs.start;
+            let (ar, br) = (&a[at..at + w], &b[at..at + w]);
+            for j in 0..w {
+                acc[j % L] += f64::from(ar[j] + br[j]);
+            }
+        }
+        acc.iter().sum()
+    }
+    let mut total = 0.0;
+    for seg in table.segments() {
+        let (rows, cols, batch) = (seg.rows(), seg.cols(), seg.batch());
+        let (bands, blocks) = (rows.div_ceil(TILE_ROWS), cols.div_ceil(TILE_COLS));
+        let per = bands * blocks;
+        let m = rows * cols;
+        let tile = |k: usize| {
+            let (b, rest) = (k / per, k % per);
+            let (band, block) = (rest / blocks, rest % blocks);
+            (
+                b,
+                band * TILE_ROWS..((band + 1) * TILE_ROWS).min(rows),
+                block * TILE_COLS..((block + 1) * TILE_COLS).min(cols),
+            )
+        };
+        let r = seg.range();
+        let (ps, gs) = (&mut p[r.clone()], &g[r]);
+        scratch.clear();
+        scratch.resize(per * batch, 0.0);
+        let pr = &*ps;
+        scratch.par_iter_mut().enumerate().for_each(|(k, out)| {
+            let (b, rs, cs) = tile(k);
+            let (pm, gm) = (&pr[b * m..(b + 1) * m], &gs[b * m..(b + 1) * m]);
+            *out = at_simd_level(|| sum_tile(pm, gm, cols, rs, cs));
+        });
+        let a: f64 = scratch.iter().sum();
+        let sums: Vec<f64> = (0..per * batch)
+            .into_par_iter()
+            .map(|k| {
+                let (b, rs, cs) = tile(k);
+                let gm = &gs[b * m..(b + 1) * m];
+                at_simd_level(|| sum_tile(gm, gm, cols, rs, cs))
+            })
+            .collect();
+        let s = 1e-3 / (1.0 + (a + sums.iter().sum::<f64>()).abs()) as f32;
+        total += f64::from(s);
+        #[inline(always)]
+        fn axpy(p: &mut [f32], g: &[f32], s: f32) {
+            for (p, g) in p.iter_mut().zip(g) {
+                *p += s * g;
+            }
+        }
+        for b in 0..batch {
+            ps[b * m..(b + 1) * m]
+                .par_chunks_mut(TILE_ROWS * cols)
+                .zip(gs[b * m..(b + 1) * m].par_chunks(TILE_ROWS * cols))
+                .for_each(|(p, g)| at_simd_level(|| axpy(p, g, s)));
+        }
+    }
+    total
+}
+
 /// The 2-D tensor shapes (rows, cols) of a Muon benchmark model, by name: `square_D` (one
 /// D x D matrix) or `transformer_L_D` (L layers of attention q, k, v, o of D x D and the MLP's
 /// D x 4D and 4D x D); `None` for another name. The Muon examples, the CPU timing server and

@@ -69,6 +69,10 @@ fn other_instance(config: OptimizerConfig) -> OptimizerConfig {
             x.betas = (0.5, 0.9);
             (x.weight_decay, x.maximize, x.pre_norm) = (0.0, false, false);
         }
+        OptimizerConfig::Adafactor(x) => {
+            (x.beta2_decay, x.d) = (-0.5, 2.0);
+            (x.weight_decay, x.maximize) = (0.0, false);
+        }
     }
     c
 }

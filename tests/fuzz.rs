@@ -621,7 +621,9 @@ fn fuzz_structure(t: &mut Target, dir: &Path, heavy: bool) -> Tally {
     let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
     // SGD without momentum has no state tensors: only an extra tensor can be edited in.
     let stateless = tensors.is_empty();
-    let (name, dt, n, elem) = match tensors.first() {
+    // (The first tensor with elements: Adafactor's factors of a 1-D tensor are empty.)
+    let first = tensors.iter().position(|t| t.2[0] > 0).unwrap_or(0);
+    let (name, dt, n, elem) = match tensors.get(first) {
         Some(t0) => (
             t0.0.clone(),
             format!("{:?}", t0.1),
@@ -649,7 +651,7 @@ fn fuzz_structure(t: &mut Target, dir: &Path, heavy: bool) -> Tally {
     {
         let mut ts = tensors.clone();
         let size = dtype.bitsize() / 8;
-        let (_, d, s, b) = &mut ts[0];
+        let (_, d, s, b) = &mut ts[first];
         *d = dtype;
         s[0] = b.len() / size.max(1);
         b.truncate(s[0] * size);
@@ -669,8 +671,8 @@ fn fuzz_structure(t: &mut Target, dir: &Path, heavy: bool) -> Tally {
     {
         let mut ts = tensors.clone();
         let count: usize = shape.iter().product();
-        ts[0].2 = shape.clone();
-        ts[0].3 = vec![0u8; count * elem];
+        ts[first].2 = shape.clone();
+        ts[first].3 = vec![0u8; count * elem];
         cases.push((format!("shape {shape:?}"), rebuild(&meta, &ts)));
     }
     // Names: renamed, missing, extra, unicode.
@@ -680,12 +682,12 @@ fn fuzz_structure(t: &mut Target, dir: &Path, heavy: bool) -> Tally {
     {
         let mut ts = tensors.clone();
         match edit {
-            0 => ts[0].0.push('x'),
+            0 => ts[first].0.push('x'),
             1 => {
-                ts.remove(0);
+                ts.remove(first);
             }
             2 => ts.push(("exp_avg\u{0}".into(), Dtype::F32, vec![n], vec![0; 4 * n])),
-            _ => ts[0].0 = "ехр_avg \u{202e}".into(),
+            _ => ts[first].0 = "ехр_avg \u{202e}".into(),
         }
         cases.push((format!("tensor name {what}"), rebuild(&meta, &ts)));
     }
@@ -1156,6 +1158,42 @@ fn fields(config: OptimizerConfig) -> Vec<Field> {
             ),
             field(c, "clamp", |x, v| x.clamp = v, finite_gt0, unchecked),
         ],
+        OptimizerConfig::Adafactor(c) => vec![
+            // torch.optim.Adafactor checks `0.0 <= lr`, `0.0 >= beta2_decay`,
+            // `0.0 <= eps[0]` (when not None), `0.0 <= eps[1]`, `1.0 <= d` and
+            // `0.0 <= weight_decay` (NaN refused, infinities let through); ours also refuse
+            // infinities.
+            field(c, "lr", |x, v| x.lr = v, finite_ge0, torch_not_0_le),
+            field(
+                c,
+                "beta2_decay",
+                |x, v| x.beta2_decay = v,
+                |v| v.is_finite() && v <= 0.0,
+                |v| v <= 0.0,
+            ),
+            field(
+                c,
+                "eps[0]",
+                |x, v| x.eps1 = Some(v),
+                finite_ge0,
+                torch_not_0_le,
+            ),
+            field(c, "eps[1]", |x, v| x.eps2 = v, finite_ge0, torch_not_0_le),
+            field(
+                c,
+                "d",
+                |x, v| x.d = v,
+                |v| v.is_finite() && v >= 1.0,
+                |v| v >= 1.0,
+            ),
+            field(
+                c,
+                "weight_decay",
+                |x, v| x.weight_decay = v,
+                finite_ge0,
+                torch_not_0_le,
+            ),
+        ],
         OptimizerConfig::Muon(c) => vec![
             // torch.optim.Muon checks `0.0 <= lr`, `0.0 <= momentum` and
             // `0.0 <= weight_decay`; eps and the coefficients are not checked there (ours
@@ -1464,7 +1502,7 @@ fn fuzz_hyperparameters_set_lr_on_every_path() {
                 .build(c)
                 .unwrap()
         });
-        if let Some(p) = &params {
+        if let Some(p) = params.as_ref().filter(|_| base.runs_on_gpu()) {
             opts.push(("gpu", Box::new(GpuOptimizer::new(p, base).unwrap())));
         }
         for (path, opt) in &mut opts {
@@ -1490,7 +1528,7 @@ fn fuzz_hyperparameters_set_lr_on_every_path() {
                 assert_eq!(opt.host_state().lr.to_bits(), want.to_bits());
             }
         }
-        if let (Some(_), Some(p)) = (&ctx, &params) {
+        if let (Some(_), Some(p), true) = (&ctx, &params, base.runs_on_gpu()) {
             // The GPU optimizer still steps after the refusals.
             let mut opt = GpuOptimizer::new(p, base).unwrap();
             for &v in &values {

@@ -290,6 +290,11 @@ fn uniform_structs_match_rust_mirrors() {
         ]
     ));
     checked.push(check_mirror!(
+        "adafactor.wgsl",
+        AdafactorUniform,
+        [grad_sign, decay, weight, eps1, eps1_sq, coef]
+    ));
+    checked.push(check_mirror!(
         "lion.wgsl",
         LionUniform,
         [

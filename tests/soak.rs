@@ -309,12 +309,17 @@ fn cpu_path(config: OptimizerConfig, p0: &[f32]) -> Cpu {
     }
 }
 
-/// What the soak iterates: the benchmark suite, plus LAMB and Muon (default options; one
-/// tensor: Muon's a 1 x N matrix).
+/// What the soak iterates: the benchmark suite, plus LAMB, Muon and Adafactor (default
+/// options; one tensor: Muon's a 1 x N matrix; Adafactor has no GPU path, its GPU soak is
+/// left out).
 fn soak_configs() -> Vec<(&'static str, OptimizerConfig)> {
     let mut v = fused_optim::roofline::benchmark_suite();
     v.push(("lamb", OptimizerConfig::Lamb(LambConfig::default())));
     v.push(("muon", OptimizerConfig::Muon(MuonConfig::default())));
+    v.push((
+        "adafactor",
+        OptimizerConfig::Adafactor(AdafactorConfig::default()),
+    ));
     v
 }
 
@@ -322,7 +327,7 @@ fn soak_configs() -> Vec<(&'static str, OptimizerConfig)> {
 fn soak_gpu_drift_and_bitwise_repeatability() {
     let Some(ctx) = gpu() else { return };
     let mut rows = Vec::new();
-    for (name, config) in soak_configs() {
+    for (name, config) in soak_configs().into_iter().filter(|(_, c)| c.runs_on_gpu()) {
         let p0 = p0_of(name);
         let (d, first) = soak_against_reference(name, config, gpu_path(&ctx, config, &p0), &p0);
         let second = soak_alone(name, config, gpu_path(&ctx, config, &p0));

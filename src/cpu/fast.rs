@@ -15,7 +15,9 @@ use std::path::Path;
 use crate::checkpoint::TensorValues;
 use crate::error::{Error, Result};
 use crate::grads::GradOptions;
-use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig, StateFormat};
+use crate::optim::{
+    with_algorithm, Algorithm, HostState, OptimizerConfig, StateFormat, StateLayout,
+};
 use crate::optimizer::Optimizer;
 use crate::segments::SegmentTable;
 
@@ -57,6 +59,8 @@ pub struct CpuOptimizer {
     last_skipped: bool,
     /// The tensors' starts and shapes (per-tensor algorithms step by them).
     table: SegmentTable,
+    /// Where each state tensor's part of each segment lies.
+    layout: StateLayout,
     /// Per segment, the last step's `SEGMENT_SCALARS` (per-tensor algorithms).
     segment_scalars: Vec<Vec<f64>>,
     segmented: SegmentedScratch,
@@ -168,15 +172,19 @@ impl CpuOptimizerBuilder {
             });
         }
         with_algorithm!(&self.config, c => c.check_segments(&table))?;
+        if matches!(self.format, StateFormat::F32) {
+            return CpuOptimizer::allocate(self.config, table);
+        }
         let mut opt = self.build_storage(&lens)?;
         opt.segment_scalars = vec![Vec::new(); table.segments().len()];
+        opt.layout = StateLayout::new(&opt.config, &table);
         opt.table = table;
         Ok(opt)
     }
 
     fn build_storage(self, lens: &[usize]) -> Result<CpuOptimizer> {
         match self.format {
-            StateFormat::F32 => CpuOptimizer::allocate(self.config, self.n),
+            StateFormat::F32 => CpuOptimizer::allocate(self.config, SegmentTable::single(self.n)?),
             StateFormat::Bf16 => {
                 if !matches!(self.config, OptimizerConfig::Adam(_)) {
                     return Err(Error::InvalidCombination {
@@ -211,6 +219,7 @@ impl CpuOptimizerBuilder {
                     last_grad_norm: None,
                     last_skipped: false,
                     table: SegmentTable::single(self.n)?,
+                    layout: StateLayout::new(&self.config, &SegmentTable::single(self.n)?),
                     segment_scalars: vec![Vec::new()],
                     segmented: SegmentedScratch::default(),
                 })
@@ -234,6 +243,7 @@ impl CpuOptimizerBuilder {
                     last_grad_norm: None,
                     last_skipped: false,
                     table: SegmentTable::single(self.n)?,
+                    layout: StateLayout::new(&self.config, &SegmentTable::single(self.n)?),
                     segment_scalars: vec![Vec::new()],
                     segmented: SegmentedScratch::default(),
                 })
@@ -249,20 +259,21 @@ impl CpuOptimizer {
     pub fn new(config: impl Into<OptimizerConfig>, n: usize) -> Result<Self> {
         let config = config.into();
         config.validate()?;
-        let table = SegmentTable::single(n.max(1))?;
-        with_algorithm!(&config, c => c.check_segments(&table))?;
-        Self::allocate(config, n)
-    }
-
-    /// [`Self::new`] without the shape check (the builder checks its own table).
-    fn allocate(config: OptimizerConfig, n: usize) -> Result<Self> {
-        config.validate()?;
         if n == 0 {
             return Err(Error::Empty {
                 what: "parameter set",
             });
         }
         let table = SegmentTable::single(n)?;
+        with_algorithm!(&config, c => c.check_segments(&table))?;
+        Self::allocate(config, table)
+    }
+
+    /// The optimizer over `table`, its shapes checked by the caller.
+    fn allocate(config: OptimizerConfig, table: SegmentTable) -> Result<Self> {
+        config.validate()?;
+        let n = table.len();
+        let layout = StateLayout::new(&config, &table);
         let names = config.state_names();
         // Slots 1, 2, 3: params and grads usually sit at slot 0 (see `StaggeredVec`).
         // Fallible allocation: a state that cannot be allocated is Error::OutOfMemory, not
@@ -271,7 +282,11 @@ impl CpuOptimizer {
             .iter()
             .enumerate()
             .map(|(k, name)| {
-                StaggeredVec::try_filled(n, config.initial_state_value(name) as f32, k + 1)
+                StaggeredVec::try_filled(
+                    layout.len(k),
+                    config.initial_state_value(name) as f32,
+                    k + 1,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -285,8 +300,9 @@ impl CpuOptimizer {
             scratch: Vec::new(),
             last_grad_norm: None,
             last_skipped: false,
+            segment_scalars: vec![Vec::new(); table.segments().len()],
             table,
-            segment_scalars: vec![Vec::new()],
+            layout,
             segmented: SegmentedScratch::default(),
         })
     }
@@ -380,6 +396,7 @@ impl CpuOptimizer {
                     c,
                     &mut self.host,
                     &self.table,
+                    &self.layout,
                     params,
                     grads,
                     &mut self.states,
@@ -541,10 +558,10 @@ impl CpuOptimizer {
 
     fn checked_state(&self, name: &str, len: usize) -> Result<usize> {
         let k = self.config.state_index(name)?;
-        if len != self.n {
+        if len != self.layout.len(k) {
             return Err(Error::LengthMismatch {
                 what: "state",
-                expected: self.n,
+                expected: self.layout.len(k),
                 got: len,
             });
         }

@@ -19,7 +19,7 @@ use super::newton_schulz::{NewtonSchulz, NsWorkspace};
 
 use super::staggered::StaggeredVec;
 use crate::error::Result;
-use crate::optim::{Algorithm, HostState};
+use crate::optim::{Algorithm, HostState, StateLayout};
 use crate::segments::SegmentTable;
 
 /// Reusable buffers of the segmented step (no allocation per step once sized).
@@ -34,6 +34,8 @@ pub(crate) struct SegmentedScratch {
     /// Matrix transforms: one Newton–Schulz workspace per rayon worker (and one for the
     /// calling thread), grown on first use.
     workspaces: Vec<Mutex<NsWorkspace>>,
+    /// Algorithms with their own segment step (`Algorithm::cpu_segment_step`): its scratch.
+    own: crate::optim::SegmentScratch,
 }
 
 impl Clone for SegmentedScratch {
@@ -64,6 +66,7 @@ pub(crate) fn segmented_step<A: Algorithm>(
     c: &A,
     host: &mut HostState,
     table: &SegmentTable,
+    layout: &StateLayout,
     params: &mut [f32],
     grads: &[f32],
     states: &mut [StaggeredVec],
@@ -73,6 +76,37 @@ pub(crate) fn segmented_step<A: Algorithm>(
 ) -> Result<()> {
     let chunk = fast.chunk;
     let mut u = c.begin_step(host);
+    if !A::STATE_PER_ELEMENT {
+        // Each segment stepped by the algorithm itself, its state parts from the layout.
+        for (k, seg) in table.segments().iter().enumerate() {
+            let r = seg.range();
+            let mut s: Vec<&mut [f32]> = states
+                .iter_mut()
+                .enumerate()
+                .map(|(i, v)| &mut v[layout.range(i, k)])
+                .collect();
+            let mut out = vec![0.0; A::SEGMENT_SCALARS.len()];
+            let done = c.cpu_segment_step(
+                host,
+                &u,
+                seg,
+                &mut params[r.clone()],
+                &grads[r],
+                &mut s,
+                &mut scratch.own,
+                &mut out,
+            );
+            if !done {
+                return Err(crate::Error::Unsupported {
+                    optimizer: c.class_name(),
+                    feature: "a state that is not one element per parameter without its own \
+                              CPU segment step",
+                });
+            }
+            scalars[k] = out;
+        }
+        return Ok(());
+    }
     if let Some((max_norm, eps)) = c.global_grad_clip() {
         let norm = sum_squares(grads, chunk).sqrt();
         let scale = (max_norm / (norm + eps)).min(1.0) as f32;

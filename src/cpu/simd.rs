@@ -103,6 +103,31 @@ pub fn set_simd_level(level: SimdLevel) -> SimdLevel {
     level
 }
 
+/// Runs `f` inside a function compiled for the fast path's current level ([`simd_level`]),
+/// so that the `#[inline(always)]` loops `f` calls are vectorised for it (the same bits at
+/// every level, as above).
+#[inline(always)]
+pub(crate) fn at_simd_level<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        match simd_level() {
+            // SAFETY: the CPU has the features of the level `simd_level` reports.
+            SimdLevel::Avx512 => return unsafe { avx512(f) },
+            SimdLevel::Avx2 => return unsafe { avx2(f) },
+            SimdLevel::Baseline => {}
+        }
+    }
+    f()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

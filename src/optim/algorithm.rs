@@ -180,6 +180,32 @@ impl<'a> HparamReader<'a> {
         }
     }
 
+    /// A pair whose first entry may be null, such as Adafactor's `eps` = `[eps1 or None,
+    /// eps2]` (`default` when absent or null).
+    pub fn optional_first_pair(
+        &self,
+        key: &str,
+        default: (Option<f64>, f64),
+    ) -> std::result::Result<(Option<f64>, f64), String> {
+        match self.take(key) {
+            None => Ok(default),
+            Some(Value::Array(a)) if a.len() == 2 => {
+                let first = match &a[0] {
+                    Value::Null => None,
+                    v => Some(
+                        v.as_f64()
+                            .ok_or_else(|| format!("`{key}[0]` is not a number or null: {v}"))?,
+                    ),
+                };
+                let second = a[1]
+                    .as_f64()
+                    .ok_or_else(|| format!("`{key}[1]` is not a number: {}", a[1]))?;
+                Ok((first, second))
+            }
+            Some(v) => Err(format!("`{key}` is not a pair: {v}")),
+        }
+    }
+
     /// A triple of numbers such as Muon's `ns_coefficients` (`default` when absent or null).
     pub fn triple(
         &self,
@@ -344,6 +370,42 @@ pub trait Algorithm: Copy + std::fmt::Debug + PartialEq + Default + Send + Sync 
     /// (LAMB: `weight_norm`, `adam_norm`, `trust_ratio`), readable from the optimizers.
     const SEGMENT_SCALARS: &'static [&'static str] = &[];
 
+    /// Whether every state tensor holds one element per parameter, at the parameter's own
+    /// index (the default). `false` (Adafactor's factored moments): each state tensor holds
+    /// [`Self::state_elements`] per segment, the segments' parts back to back
+    /// ([`StateLayout`](crate::StateLayout)).
+    const STATE_PER_ELEMENT: bool = true;
+
+    /// Elements of state tensor `state` (index into [`Self::state_names`]) for one segment
+    /// (default: one per element; only read when [`Self::STATE_PER_ELEMENT`] is false).
+    fn state_elements(&self, state: usize, segment: &crate::segments::SegmentShape) -> usize {
+        let _ = state;
+        segment.len()
+    }
+
+    /// A whole segment's step on the fast CPU path, for per-tensor algorithms that do not
+    /// fit the chunked two-pass scheme (Adafactor's row and column reductions): `host` is the
+    /// step's host state (after [`Self::begin_step`], which gave `u`), `states` the segment's
+    /// parts of the state tensors, `scratch` reusable, `scalars` for
+    /// [`Self::SEGMENT_SCALARS`]. Returns `false` (the default, nothing done) for algorithms
+    /// stepped by [`Self::cpu_reduce_chunk`], [`Self::finish_segment`] and
+    /// [`Self::cpu_chunk`].
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_segment_step(
+        &self,
+        host: &HostState,
+        u: &Self::Uniform,
+        segment: &crate::segments::SegmentShape,
+        p: &mut [f32],
+        g: &[f32],
+        states: &mut [&mut [f32]],
+        scratch: &mut SegmentScratch,
+        scalars: &mut [f64],
+    ) -> bool {
+        let _ = (host, u, segment, p, g, states, scratch, scalars);
+        false
+    }
+
     /// Checks that the algorithm accepts tensors of these shapes (a typed error naming the
     /// segment otherwise; default: any shape).
     fn check_segments(&self, table: &crate::segments::SegmentTable) -> Result<()> {
@@ -405,6 +467,16 @@ pub trait Algorithm: Copy + std::fmt::Debug + PartialEq + Default + Send + Sync 
         let _ = (segment, sums, scalars);
         *u
     }
+}
+
+/// Reusable buffers of [`Algorithm::cpu_segment_step`]: kept by the optimizer, grown on
+/// first use, never shrunk (no allocation per step once sized).
+#[derive(Debug, Default)]
+pub struct SegmentScratch {
+    /// f64 words (partial sums).
+    pub wide: Vec<f64>,
+    /// f32 words (per-row and per-column factors).
+    pub narrow: Vec<f32>,
 }
 
 /// PyTorch's sign of the gradient: -1 when maximizing, else 1.

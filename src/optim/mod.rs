@@ -4,6 +4,7 @@
 //! they implement, and the registry that makes [`OptimizerConfig`] of them.
 
 mod adadelta;
+mod adafactor;
 mod adagrad;
 mod adam;
 mod adamax;
@@ -20,14 +21,17 @@ mod rmsprop;
 mod schedule_free;
 mod sgd;
 mod state_format;
+mod state_layout;
 pub(crate) mod validate;
 
 pub use adadelta::{AdadeltaConfig, AdadeltaUniform};
+pub use adafactor::{AdafactorConfig, AdafactorUniform, TILE_COLS, TILE_ROWS};
 pub use adagrad::{AdagradConfig, AdagradUniform};
 pub use adam::{AdamConfig, AdamUniform};
 pub use adamax::{AdamaxConfig, AdamaxUniform};
 pub use algorithm::{
-    Algorithm, HostState, HparamReader, KernelSource, LaneOptions, WordClass, MAX_HOST_SCALARS,
+    Algorithm, HostState, HparamReader, KernelSource, LaneOptions, SegmentScratch, WordClass,
+    MAX_HOST_SCALARS,
 };
 pub use lamb::{LambConfig, LambUniform, LAMB_ADAM, LAMB_DECOUPLED, LAMB_PRE_NORM};
 pub use lion::{LionConfig, LionUniform};
@@ -41,6 +45,7 @@ pub use rmsprop::{RmspropConfig, RmspropUniform};
 pub use schedule_free::{ScheduleFreeBase, ScheduleFreeConfig, ScheduleFreeUniform};
 pub use sgd::{SgdConfig, SgdUniform};
 pub use state_format::StateFormat;
+pub use state_layout::StateLayout;
 
 use crate::error::{Error, Result};
 
@@ -57,6 +62,13 @@ impl OptimizerConfig {
             .iter()
             .position(|(n, _)| *n == name)
             .map(|k| host.scalars[k])
+    }
+
+    /// Whether the GPU path steps this algorithm: elementwise, or per-tensor with a
+    /// segmented kernel ([`Algorithm::SEGMENTED_KERNEL`]); the GPU optimizers refuse the
+    /// others with [`Error::Unsupported`] (Adafactor).
+    pub fn runs_on_gpu(&self) -> bool {
+        self.is_elementwise() || self.segmented_kernel().is_some()
     }
 
     /// Index of a state tensor in [`Self::state_names`], or a typed error.

@@ -240,6 +240,26 @@ macro_rules! registry {
                 }
             }
 
+            /// Whether every state tensor holds one element per parameter
+            /// ([`Algorithm::STATE_PER_ELEMENT`]).
+            pub fn state_per_element(&self) -> bool {
+                match self {
+                    $(Self::$variant(_) => <$config as Algorithm>::STATE_PER_ELEMENT,)*
+                }
+            }
+
+            /// Elements of state tensor `state` for one segment
+            /// ([`Algorithm::state_elements`]).
+            pub fn state_elements(
+                &self,
+                state: usize,
+                segment: &crate::segments::SegmentShape,
+            ) -> usize {
+                match self {
+                    $(Self::$variant(c) => c.state_elements(state, segment),)*
+                }
+            }
+
             /// Whether the algorithm is elementwise ([`Algorithm::ELEMENTWISE`]).
             pub fn is_elementwise(&self) -> bool {
                 match self {
@@ -329,4 +349,5 @@ registry! {
     ScheduleFree(ScheduleFreeConfig),
     Lamb(LambConfig),
     Muon(MuonConfig),
+    Adafactor(AdafactorConfig),
 }

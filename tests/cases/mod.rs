@@ -434,6 +434,44 @@ pub fn all() -> Vec<(&'static str, OptimizerConfig)> {
     ]
 }
 
+/// The rows of algorithms the GPU refuses (typed): every option, stepped on the CPU paths
+/// over shaped tensors by tests/adafactor.rs.
+pub fn cpu_only() -> Vec<(&'static str, OptimizerConfig)> {
+    let ada = AdafactorConfig::default();
+    vec![
+        ("adafactor default", ada.into()),
+        (
+            "adafactor wd 0.1 maximize",
+            AdafactorConfig {
+                weight_decay: 0.1,
+                maximize: true,
+                ..ada
+            }
+            .into(),
+        ),
+        (
+            "adafactor lr 0.5 eps1 0.1 d 1.5",
+            AdafactorConfig {
+                lr: 0.5,
+                eps1: Some(0.1),
+                d: 1.5,
+                ..ada
+            }
+            .into(),
+        ),
+        (
+            "adafactor beta2_decay -0.5 eps2 0 wd 0.01",
+            AdafactorConfig {
+                beta2_decay: -0.5,
+                eps2: 0.0,
+                weight_decay: 0.01,
+                ..ada
+            }
+            .into(),
+        ),
+    ]
+}
+
 /// Learning-rate multiplier before step k (1-based): warm, halved, zero (state still
 /// advances, params must not move), doubled, back.
 /// The rows of algorithms that take 2-D tensors only (Muon): every option, stepped over a

@@ -40,10 +40,10 @@ fn lion_and_schedule_free_cases_pass_on_every_path() {
         let known = config_of(&case).unwrap().is_some();
         let expected_known = matches!(
             case.algorithm.as_str(),
-            "lion" | "schedulefree" | "lamb" | "muon"
+            "lion" | "schedulefree" | "lamb" | "muon" | "adafactor"
         );
         assert_eq!(known, expected_known, "{}: registry lookup", case.name);
-        if !known || matches!(case.algorithm.as_str(), "lamb" | "muon") {
+        if !known || matches!(case.algorithm.as_str(), "lamb" | "muon" | "adafactor") {
             continue;
         }
         for which in implementations() {
@@ -167,4 +167,48 @@ fn muon_cases_pass_on_every_path() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(count, 4 * implementations().len());
+}
+
+/// Adafactor (torch.optim.Adafactor, PyTorch 2.15) on the CPU paths, with the README's
+/// Adafactor bound: the trajectory within M2 (M1 with the tensor's RMS as a floor: the step
+/// is alpha = rho * RMS(p) for every element), 1e-12 per step against the float64 run for
+/// the f64 reference and 1e-5 against the float32 run for the fast CPU path; the final state
+/// (`row_var`, `col_var` of the 2-D and 3-D tensors, `variance` of the 1-D ones, each
+/// tensor's `step`) with the state metric. The GPU has no Adafactor kernel: a typed error.
+#[test]
+fn adafactor_cases_pass_on_the_cpu_paths_and_the_gpu_refuses_them() {
+    let ctx = common::gpu();
+    let mut count = 0;
+    let mut failures = Vec::new();
+    for case in cases().into_iter().filter(|c| c.algorithm == "adafactor") {
+        for which in [Implementation::Reference, Implementation::CpuFast] {
+            let report = replay(&case, which, None).unwrap().unwrap();
+            // params, step and one or two state tensors per tensor.
+            let states: usize = case
+                .tensors
+                .iter()
+                .map(|t| if t.shape.len() >= 2 { 2 } else { 1 })
+                .sum();
+            assert_eq!(
+                report.checks.len(),
+                2 * case.tensors.len() + states,
+                "{}",
+                case.name
+            );
+            println!("{which:?}: {report}");
+            if !report.passed() {
+                failures.push(format!("{which:?}: {report}"));
+            }
+            count += 1;
+        }
+        if let Some(ctx) = &ctx {
+            let e = replay(&case, Implementation::Gpu, Some(ctx)).unwrap_err();
+            assert!(
+                e.to_string().contains("Adafactor") && e.to_string().contains("GPU"),
+                "{e}"
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(count, 3 * 2);
 }

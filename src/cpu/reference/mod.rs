@@ -5,6 +5,7 @@
 //! (bias corrections, clr, mu, the RAdam rectifier) are recomputed here from the formulas.
 
 mod adadelta;
+mod adafactor;
 mod adagrad;
 mod adam;
 mod adamax;
@@ -25,7 +26,9 @@ use std::path::Path;
 use crate::checkpoint::TensorValues;
 use crate::error::{Error, Result};
 use crate::grads::GradOptions;
-use crate::optim::{with_algorithm, Algorithm, HostState, OptimizerConfig, MAX_HOST_SCALARS};
+use crate::optim::{
+    with_algorithm, Algorithm, HostState, OptimizerConfig, StateLayout, MAX_HOST_SCALARS,
+};
 use crate::optimizer::Optimizer;
 use crate::segments::{SegmentShape, SegmentTable};
 
@@ -166,6 +169,8 @@ pub struct ReferenceOptimizer {
     last_grad_norm: Option<f64>,
     last_skipped: bool,
     table: SegmentTable,
+    /// Where each state tensor's part of each segment lies.
+    layout: StateLayout,
     /// Per segment, the last step's `SEGMENT_SCALARS` (per-tensor algorithms).
     segment_scalars: Vec<Vec<f64>>,
 }
@@ -178,10 +183,7 @@ impl ReferenceOptimizer {
         let table = SegmentTable::contiguous(shapes)?;
         let config = config.into();
         with_algorithm!(&config, c => c.check_segments(&table))?;
-        let mut opt = Self::allocate(config, table.len())?;
-        opt.segment_scalars = vec![Vec::new(); table.segments().len()];
-        opt.table = table;
-        Ok(opt)
+        Self::allocate(config, table)
     }
 
     /// The segment table the optimizer steps by.
@@ -205,30 +207,34 @@ impl ReferenceOptimizer {
     pub fn new(config: impl Into<OptimizerConfig>, n: usize) -> Result<Self> {
         let config = config.into();
         config.validate()?;
-        let table = SegmentTable::single(n.max(1))?;
-        with_algorithm!(&config, c => c.check_segments(&table))?;
-        Self::allocate(config, n)
-    }
-
-    /// [`Self::new`] without the shape check.
-    fn allocate(config: OptimizerConfig, n: usize) -> Result<Self> {
-        config.validate()?;
         if n == 0 {
             return Err(Error::Empty {
                 what: "parameter set",
             });
         }
+        let table = SegmentTable::single(n)?;
+        with_algorithm!(&config, c => c.check_segments(&table))?;
+        Self::allocate(config, table)
+    }
+
+    /// The optimizer over `table`, its shapes checked by the caller.
+    fn allocate(config: OptimizerConfig, table: SegmentTable) -> Result<Self> {
+        config.validate()?;
+        let n = table.len();
         let names = config.state_names();
+        let layout = StateLayout::new(&config, &table);
         // Fallible allocation: Error::OutOfMemory instead of an abort.
         let states = names
             .iter()
-            .map(|name| {
+            .enumerate()
+            .map(|(k, name)| {
+                let len = layout.len(k);
                 let mut v = Vec::new();
-                v.try_reserve_exact(n).map_err(|e| Error::OutOfMemory {
+                v.try_reserve_exact(len).map_err(|e| Error::OutOfMemory {
                     during: "reference state allocation",
-                    message: format!("{n} f64 ({e})"),
+                    message: format!("{len} f64 ({e})"),
                 })?;
-                v.resize(n, config.initial_state_value(name));
+                v.resize(len, config.initial_state_value(name));
                 Ok(v)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -236,10 +242,10 @@ impl ReferenceOptimizer {
         for (slot, (_, initial)) in own.iter_mut().zip(config.host_scalars()) {
             *slot = *initial;
         }
-        let table = SegmentTable::single(n)?;
         Ok(Self {
+            segment_scalars: vec![Vec::new(); table.segments().len()],
             table,
-            segment_scalars: vec![Vec::new()],
+            layout,
             lr: config.lr(),
             config,
             n,
@@ -364,8 +370,13 @@ impl ReferenceOptimizer {
         let names = with_algorithm!(&self.config, c => segment_scalar_names(c));
         for (k, seg) in self.table.segments().iter().enumerate() {
             let r = seg.start..seg.end();
-            let mut views: Vec<&mut [f64]> =
-                self.states.iter_mut().map(|s| &mut s[r.clone()]).collect();
+            let layout = &self.layout;
+            let mut views: Vec<&mut [f64]> = self
+                .states
+                .iter_mut()
+                .enumerate()
+                .map(|(i, s)| &mut s[layout.range(i, k)])
+                .collect();
             let mut scalars = vec![0.0; names.len()];
             self.config.reference_segment_step(
                 &self.scalars,
@@ -419,10 +430,10 @@ impl Optimizer for ReferenceOptimizer {
 
     fn load_state(&mut self, name: &str, values: &[f64]) -> Result<()> {
         let k = self.config.state_index(name)?;
-        if values.len() != self.n {
+        if values.len() != self.layout.len(k) {
             return Err(Error::LengthMismatch {
                 what: "state",
-                expected: self.n,
+                expected: self.layout.len(k),
                 got: values.len(),
             });
         }

@@ -60,7 +60,7 @@ impl Implementation {
 }
 
 /// The README's metric and tolerance of the parameter trajectory for `config`: M1 at `tol`,
-/// except Muon: M3 with c = 0.1 in units of the largest lr times each tensor's adjust ratio
+/// except Adafactor (M2 at `tol`) and Muon: M3 with c = 0.1 in units of the largest lr times each tensor's adjust ratio
 /// (torch's Newton–Schulz is bfloat16 in both runs, this crate's f32 or f64: a few percent
 /// of the update per step either way; the README measured 2.1e-2 for an f32 NS).
 pub fn trajectory_metric(case: &Case2, config: &OptimizerConfig, tol: f64) -> (Metric, f64) {
@@ -83,6 +83,9 @@ pub fn trajectory_metric(case: &Case2, config: &OptimizerConfig, tol: f64) -> (M
                 .collect();
             (Metric::M3(LrUnit::PerTensor(units)), 0.1)
         }
+        // The step is RMS(p)-relative and the update RMS-normalised: every element carries
+        // rounding of order u * RMS(p) (the README's M2).
+        OptimizerConfig::Adafactor(_) => (Metric::M2, tol),
         _ => (Metric::M1, tol),
     }
 }
@@ -362,6 +365,12 @@ pub async fn replay_async(
             scalars.push((name, values));
         }
     }
+    // Each tensor's part of each state tensor (Adafactor's factored state is not one element
+    // per parameter).
+    let shapes: Vec<Vec<usize>> = case.tensors.iter().map(|t| t.shape.clone()).collect();
+    let layout =
+        fused_optim::StateLayout::new(&config, &fused_optim::SegmentTable::contiguous(&shapes)?);
+    let host = runner.host();
     let checks = case.check_final_state(dtype, tol, |tensor, key| {
         let t = case.tensors.iter().position(|t| t.name == tensor)?;
         if let Some((_, per_tensor)) = scalars.iter().find(|(n, _)| *n == key) {
@@ -371,12 +380,19 @@ pub async fn replay_async(
         let flat = match key {
             "y" if has_modes => y.clone(),
             "x" => x.clone()?,
-            _ => states.iter().find(|(n, _)| *n == key)?.1.clone(),
+            // Adafactor's per-tensor step counter.
+            "step" if matches!(config, OptimizerConfig::Adafactor(_)) => {
+                return Some(vec![host.step as f64]);
+            }
+            _ => {
+                let k = names.iter().position(|n| *n == key)?;
+                let values = &states[k].1;
+                return Some(values[layout.range(k, t)].to_vec());
+            }
         };
         Some(flat[r].to_vec())
     })?;
     report.checks.extend(checks);
-    let host = runner.host();
     // LAMB's group step counter.
     if let (OptimizerConfig::Lamb(_), Some(Value::Object(g))) = (config, &run.group_state) {
         if let Some(step) = g.get("step").and_then(Value::as_f64) {
