@@ -407,16 +407,17 @@ fn match_reference(
     for g in 0..2 {
         let len: usize = reference
             .group_segments(g)
+            .unwrap()
             .iter()
             .map(|&k| table.segments()[k].len())
             .sum();
-        for name in reference.group(g).state_names() {
-            let want = reference.group(g).state(name).unwrap();
+        for name in reference.group(g).unwrap().state_names() {
+            let want = reference.group(g).unwrap().state(name).unwrap();
             assert_eq!(want.len(), len, "group {g} {name}: compact state");
             let peak: Vec<f64> = want.iter().map(|x| x.abs()).collect();
             check_state(
                 &format!("{label} cpu group {g} {name}"),
-                cpu.group(g).state(name).unwrap(),
+                cpu.group(g).unwrap().state(name).unwrap(),
                 want,
                 &peak,
                 STEPS,
@@ -485,6 +486,7 @@ fn groups_alone(ctx: &GpuContext, label: &str, groups: &[AlgorithmGroup]) {
         for (gi, (sp, sopt)) in solo.iter_mut().enumerate() {
             let picked: Vec<f32> = mixed
                 .group_segments(gi)
+                .unwrap()
                 .iter()
                 .flat_map(|&s| g[table.segments()[s].range()].to_vec())
                 .collect();
@@ -493,6 +495,7 @@ fn groups_alone(ctx: &GpuContext, label: &str, groups: &[AlgorithmGroup]) {
             let want = sp.read_params().unwrap();
             let got: Vec<f32> = mixed
                 .group_segments(gi)
+                .unwrap()
                 .iter()
                 .flat_map(|&s| p[table.segments()[s].range()].to_vec())
                 .collect();
@@ -583,11 +586,16 @@ fn checkpoints_cross_paths_and_refuse_other_groups() {
         },
     ];
     let mut other = MixedCpuOptimizer::new(table.clone(), &swapped).unwrap();
-    let before = other.group(0).state("momentum_buffer").unwrap().to_vec();
+    let before = other
+        .group(0)
+        .unwrap()
+        .state("momentum_buffer")
+        .unwrap()
+        .to_vec();
     let e = other.load_checkpoint(&dir).unwrap_err();
     assert!(matches!(e, Error::Checkpoint { .. }), "{e}");
     assert_eq!(
-        other.group(0).state("momentum_buffer").unwrap(),
+        other.group(0).unwrap().state("momentum_buffer").unwrap(),
         &before[..]
     );
     assert_eq!(other.step_count(), 0);
@@ -628,7 +636,7 @@ fn checkpoints_cross_paths_and_refuse_other_groups() {
                 fresh.load_checkpoint(&dir).unwrap();
                 assert_eq!(
                     g_opt.group_state(gi, name).unwrap(),
-                    fresh.group(gi).state(name).unwrap(),
+                    fresh.group(gi).unwrap().state(name).unwrap(),
                     "group {gi} {name}"
                 );
             }
@@ -642,8 +650,8 @@ fn checkpoints_cross_paths_and_refuse_other_groups() {
         for gi in 0..2 {
             for name in cpu_state_names(&back, gi) {
                 assert_eq!(
-                    back.group(gi).state(name).unwrap(),
-                    fresh.group(gi).state(name).unwrap()
+                    back.group(gi).unwrap().state(name).unwrap(),
+                    fresh.group(gi).unwrap().state(name).unwrap()
                 );
             }
         }
@@ -653,7 +661,7 @@ fn checkpoints_cross_paths_and_refuse_other_groups() {
 }
 
 fn cpu_state_names(opt: &MixedCpuOptimizer, g: usize) -> Vec<&'static str> {
-    opt.group(g).state_names()
+    opt.group(g).unwrap().state_names()
 }
 
 #[test]
@@ -688,6 +696,15 @@ fn bad_groups_are_typed_errors() {
         }
     }
     assert!(matches!(err(&[]), Error::Empty { .. }));
+    // A group index past the groups.
+    let mut ok = MixedCpuOptimizer::new(table.clone(), &groups()).unwrap();
+    for e in [
+        ok.group(2).map(|_| ()).unwrap_err(),
+        ok.group_mut(7).map(|_| ()).unwrap_err(),
+        ok.group_segments(2).map(|_| ()).unwrap_err(),
+    ] {
+        assert!(matches!(e, Error::GroupIndex { groups: 2, .. }), "{e}");
+    }
     assert!(matches!(
         err(&muon_on(vec![], vec![0, 1, 2, 3, 4, 5, 6])),
         Error::Empty { .. }
@@ -764,7 +781,7 @@ fn one_group_over_every_segment_keeps_compact_state() {
     let mut cpu = MixedCpuOptimizer::new(table, &groups).unwrap();
     cpu.load_checkpoint(&dir).unwrap();
     assert_eq!(
-        cpu.group(0).state("momentum_buffer").unwrap(),
+        cpu.group(0).unwrap().state("momentum_buffer").unwrap(),
         &opt.group_state(0, "momentum_buffer").unwrap()[..]
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -90,7 +90,15 @@ pub(crate) fn save(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e.to_string()))?;
     let previous = read_manifest(dir).ok();
-    let generation = previous.as_ref().map_or(1, |m| m.generation + 1);
+    let generation = match &previous {
+        None => 1,
+        Some(m) => m.generation.checked_add(1).ok_or_else(|| {
+            err(
+                &dir.join(MANIFEST),
+                "its generation counter is at u64::MAX: save into a new folder",
+            )
+        })?,
+    };
     let mut entries = Vec::with_capacity(groups.len());
     for (k, group) in groups.iter().enumerate() {
         let file = format!("group{k}-{generation}.safetensors");
@@ -112,13 +120,27 @@ pub(crate) fn save(
     });
     write_atomic(&dir.join(MANIFEST), manifest.to_string().as_bytes())?;
     if let Some(old) = previous {
+        // Only files this format names (`group<k>-<generation>.safetensors` of another
+        // generation): a manifest edited by hand cannot make a save delete anything else.
         for entry in old.groups {
-            if !entry.file.ends_with(&format!("-{generation}.safetensors")) {
+            if generation_of(&entry.file).is_some_and(|g| g != generation) {
                 let _ = std::fs::remove_file(dir.join(entry.file));
             }
         }
     }
     Ok(())
+}
+
+/// The generation of a group file name `group<k>-<generation>.safetensors` (decimal digits
+/// only), `None` for any other name.
+fn generation_of(file: &str) -> Option<u64> {
+    let rest = file.strip_prefix("group")?.strip_suffix(".safetensors")?;
+    let (k, generation) = rest.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(k) || !digits(generation) {
+        return None;
+    }
+    generation.parse().ok()
 }
 
 /// Load the folder `dir`, group `k` by `load_group(k, path)`: the manifest must list the same groups (algorithm,
@@ -171,6 +193,12 @@ pub(crate) fn load(
         }
         let state = crate::checkpoint::load(&file)?;
         check_fits(&file, &state, &group.config, group.len(), &group.shapes)?;
+        if !state.groups.is_empty() {
+            return Err(err(
+                &file,
+                "holds parameter groups; a mixed optimizer's group file has none",
+            ));
+        }
         check_host(&file, &state.config, &state.host)?;
         files.push(file);
     }
@@ -178,4 +206,30 @@ pub(crate) fn load(
         load_group(k, file)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::generation_of;
+
+    #[test]
+    fn only_group_file_names_have_a_generation() {
+        assert_eq!(generation_of("group0-7.safetensors"), Some(7));
+        assert_eq!(
+            generation_of("group12-18446744073709551615.safetensors"),
+            Some(u64::MAX)
+        );
+        for other in [
+            "mixed.json",
+            "group0-7.safetensors.bak",
+            "group-7.safetensors",
+            "group0-.safetensors",
+            "group0-+7.safetensors",
+            "groupx-7.safetensors",
+            "other0-7.safetensors",
+            "group0-7-8.safetensors",
+        ] {
+            assert_eq!(generation_of(other), None, "{other}");
+        }
+    }
 }

@@ -220,9 +220,11 @@ impl MixedGpuOptimizer {
         self.members.len()
     }
 
-    /// Group `g`'s segments (increasing indices into the segment table).
-    pub fn group_segments(&self, g: usize) -> &[usize] {
-        &self.groups[g].members
+    /// Group `g`'s segments (increasing indices into the segment table);
+    /// [`Error::GroupIndex`] when `g >= groups()`.
+    pub fn group_segments(&self, g: usize) -> Result<&[usize]> {
+        self.member(g)?;
+        Ok(&self.groups[g].members)
     }
 
     fn member(&self, g: usize) -> Result<&Member> {

@@ -243,20 +243,31 @@ impl<O: SliceOptimizer> MixedSlices<O> {
     }
 
     /// Group `g`'s optimizer: its lr, step count, host scalars and state (its tensors back
-    /// to back, in segment order). Panics when `g >= groups()`.
-    pub fn group(&self, g: usize) -> &O {
-        &self.members[g]
+    /// to back, in segment order); [`Error::GroupIndex`] when `g >= groups()`.
+    pub fn group(&self, g: usize) -> Result<&O> {
+        let groups = self.members.len();
+        self.members
+            .get(g)
+            .ok_or(Error::GroupIndex { index: g, groups })
     }
 
     /// Group `g`'s optimizer, to set its lr or gradient options (see the [module
-    /// documentation](super)). Panics when `g >= groups()`.
-    pub fn group_mut(&mut self, g: usize) -> &mut O {
-        &mut self.members[g]
+    /// documentation](super)); [`Error::GroupIndex`] when `g >= groups()`.
+    pub fn group_mut(&mut self, g: usize) -> Result<&mut O> {
+        let groups = self.members.len();
+        self.members
+            .get_mut(g)
+            .ok_or(Error::GroupIndex { index: g, groups })
     }
 
-    /// Group `g`'s segments (increasing indices into the segment table).
-    pub fn group_segments(&self, g: usize) -> &[usize] {
-        &self.groups[g].members
+    /// Group `g`'s segments (increasing indices into the segment table);
+    /// [`Error::GroupIndex`] when `g >= groups()`.
+    pub fn group_segments(&self, g: usize) -> Result<&[usize]> {
+        let groups = self.groups.len();
+        self.groups
+            .get(g)
+            .map(|p| &p.members[..])
+            .ok_or(Error::GroupIndex { index: g, groups })
     }
 
     /// Steps taken (group 0's count; every group steps once per step).
