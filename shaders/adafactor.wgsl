@@ -7,10 +7,10 @@
 //   U = g / sqrt(max(variance, eps1^2))
 //   p = p * decay - coef * U                 decay = 1 - lr * wd, coef = alpha / denom
 //
-// The per-tensor steps (the factored moments, the reductions for alpha and denom) run on the
-// fast CPU path and the f64 reference; the GPU refuses Adafactor with a typed error. This
-// file is the registry's elementwise kernel of the algorithm (the shader tests validate it,
-// the mirror check pins StepUniform).
+// The GPU steps Adafactor with adafactor_segmented.wgsl (the factored moments, the
+// reductions for alpha and denom, and this update, in one submission); this file is the
+// registry's elementwise kernel of the algorithm (the shader tests validate it, the mirror
+// check pins StepUniform), which the per-tensor GPU path does not dispatch.
 
 struct StepUniform {
     grad_sign: f32,
@@ -19,8 +19,12 @@ struct StepUniform {
     eps1: f32,
     eps1_sq: f32,
     coef: f32,
+    rho: f32,
+    eps2: f32,
+    d: f32,
     _pad0: f32,
     _pad1: f32,
+    _pad2: f32,
 }
 
 @group(0) @binding(0) var<uniform> hps: array<StepUniform, MAX_GROUPS>;

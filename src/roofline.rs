@@ -321,6 +321,62 @@ impl GpuSegmentedRoof {
     }
 }
 
+/// The roof of Adafactor's GPU step (`shaders/factored_roof.wgsl`): the factored kernel's
+/// bindings, tables, grids and five passes (tiles: read p, g, write the slots; matrices:
+/// read the slots, read and write the factors; tiles: read g and the factors; segments;
+/// tiles: read p, g and the factors, write p), with trivial arithmetic.
+pub struct GpuFactoredRoof {
+    kernel: crate::gpu::factored::FactoredKernel,
+    ctx: crate::GpuContext,
+    _states: Vec<wgpu::Buffer>,
+    launches: u64,
+}
+
+impl GpuFactoredRoof {
+    /// Over `params` and its segment table, with Adafactor's state layout of its own.
+    pub fn new(params: &FlatParams) -> Result<Self> {
+        let config = crate::OptimizerConfig::from(crate::AdafactorConfig::default());
+        let shapes = params.segment_table().shapes();
+        let layout = crate::StateLayout::packed_over_shapes(&config, &shapes);
+        let states: Vec<wgpu::Buffer> = layout
+            .lens()
+            .iter()
+            .map(|&len| create_flat(params.context(), "factored roof state", len.max(1)))
+            .collect::<Result<_>>()?;
+        let kernel = crate::gpu::factored::FactoredKernel::new(
+            params,
+            "factored_roof.wgsl",
+            include_str!("../shaders/factored_roof.wgsl"),
+            &states,
+            &(0..shapes.len()).collect::<Vec<_>>(),
+            &layout,
+        )?;
+        Ok(Self {
+            kernel,
+            ctx: params.context().clone(),
+            _states: states,
+            launches: 0,
+        })
+    }
+
+    /// One step (one submission, no wait).
+    pub fn step(&mut self) {
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("factored roof"),
+                });
+        // grad_sign 1, decay 1, weight 0.5, eps1 1e-7, rho 1e-3, eps2 1e-3, d 1.
+        let mut words = [0.0f32; 12];
+        words[..9].copy_from_slice(&[1.0, 1.0, 0.5, 1e-7, 1e-14, 0.0, 1e-3, 1e-3, 1.0]);
+        self.kernel
+            .encode(&mut encoder, self.launches, bytemuck::cast_slice(&words));
+        self.ctx.queue().submit([encoder.finish()]);
+        self.launches += 1;
+    }
+}
+
 /// The CPU roof of a two-pass per-tensor step with LAMB's access pattern, over the same
 /// segments, chunks and threads as the fast path's per-tensor step: per segment, pass 1 reads
 /// p, g, m, v, writes m, v and sums one value per chunk; pass 2 reads p, m, v and writes p.
@@ -498,7 +554,10 @@ pub fn cpu_factored_roof(
         scratch.par_iter_mut().enumerate().for_each(|(k, out)| {
             let (b, rs, cs) = tile(k);
             let (pm, gm) = (&pr[b * m..(b + 1) * m], &gs[b * m..(b + 1) * m]);
-            *out = at_simd_level(|| sum_tile(pm, gm, cols, rs, cs));
+            *out = at_simd_level(
+                #[inline(always)]
+                || sum_tile(pm, gm, cols, rs, cs),
+            );
         });
         let a: f64 = scratch.iter().sum();
         let sums: Vec<f64> = (0..per * batch)
@@ -506,7 +565,10 @@ pub fn cpu_factored_roof(
             .map(|k| {
                 let (b, rs, cs) = tile(k);
                 let gm = &gs[b * m..(b + 1) * m];
-                at_simd_level(|| sum_tile(gm, gm, cols, rs, cs))
+                at_simd_level(
+                    #[inline(always)]
+                    || sum_tile(gm, gm, cols, rs, cs),
+                )
             })
             .collect();
         let s = 1e-3 / (1.0 + (a + sums.iter().sum::<f64>()).abs()) as f32;
@@ -521,7 +583,12 @@ pub fn cpu_factored_roof(
             ps[b * m..(b + 1) * m]
                 .par_chunks_mut(TILE_ROWS * cols)
                 .zip(gs[b * m..(b + 1) * m].par_chunks(TILE_ROWS * cols))
-                .for_each(|(p, g)| at_simd_level(|| axpy(p, g, s)));
+                .for_each(|(p, g)| {
+                    at_simd_level(
+                        #[inline(always)]
+                        || axpy(p, g, s),
+                    )
+                });
         }
     }
     total

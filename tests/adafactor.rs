@@ -1,8 +1,8 @@
-//! Adafactor (`torch.optim.Adafactor`, PyTorch 2.15) on the fast CPU path against the f64
-//! reference over shaped tensors: matrices spanning several tiles with partial ones, a
+//! Adafactor (`torch.optim.Adafactor`, PyTorch 2.15) on the fast CPU path and the GPU
+//! (`shaders/adafactor_segmented.wgsl`) against the f64 reference over shaped tensors: matrices spanning several tiles with partial ones, a
 //! 3-D tensor (a batch of matrices), a 1 x n and an n x 1 matrix, 1-D and 0-D tensors, a row
 //! and a column whose gradients are always 0, an all-zero first gradient of one matrix,
-//! mixed magnitudes and an lr schedule with a zero; every option (`cases::cpu_only`). Then:
+//! mixed magnitudes and an lr schedule with a zero; every option (`cases::shaped`). Then:
 //! the factored state's size and contents, bit-identical results at any thread count,
 //! checkpoints (resume bit for bit, shapes and lengths checked, typed errors with the state
 //! untouched), Adafactor beside AdamW in one mixed optimizer, and the GPU's typed refusal.
@@ -109,6 +109,7 @@ fn run_against_reference(desc: &str, config: OptimizerConfig) -> Result<f64, Str
         .build()
         .unwrap();
     let mut reference = ReferenceOptimizer::with_shapes(config, &shapes()).unwrap();
+    let mut gpu = gpu().map(|ctx| GpuRun::new(&ctx, config, &p0));
     let (mut p, mut q) = (
         p0.clone(),
         p0.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(),
@@ -125,6 +126,27 @@ fn run_against_reference(desc: &str, config: OptimizerConfig) -> Result<f64, Str
         cpu.step(&mut p, &g).unwrap();
         reference.step(&mut q, &g64).unwrap();
         worst = worst.max(check_m2(desc, &table, &p, &q, &p0, k)?);
+        if let Some(gpu) = &mut gpu {
+            let got = gpu.step(lr, &g);
+            worst = worst.max(check_m2(
+                &format!("{desc} (gpu)"),
+                &table,
+                &got,
+                &q,
+                &p0,
+                k,
+            )?);
+            for name in ["alpha", "denom"] {
+                let a = gpu.opt.segment_scalar(name).unwrap().unwrap();
+                let b = reference.segment_scalar(name).unwrap();
+                for (t, (x, y)) in a.iter().zip(&b).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * y.abs(),
+                        "{desc} (gpu): {name} of tensor {t} after step {k}: {x} vs {y}"
+                    );
+                }
+            }
+        }
         if lr == 0.0 {
             // rho = 0 and the decay factor is 1.
             assert_eq!(p, before, "{desc}: lr 0 moved the params");
@@ -144,25 +166,100 @@ fn run_against_reference(desc: &str, config: OptimizerConfig) -> Result<f64, Str
         }
     }
     for name in ["row_var", "col_var", "variance"] {
-        let got = cpu.state(name).unwrap();
+        let mut paths = vec![("cpu", cpu.state(name).unwrap().to_vec())];
+        if let Some(gpu) = &gpu {
+            paths.push(("gpu", gpu.opt.read_state_f32(name).unwrap()));
+        }
         let want = reference.state(name).unwrap();
-        assert_eq!(got.len(), want.len(), "{desc}: {name} length");
-        let max = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        for (i, (&x, &y)) in got.iter().zip(want).enumerate() {
-            let bound = TOL * STEPS as f64 * y.abs().max(1e-3 * max);
-            assert!(
-                within((f64::from(x) - y).abs(), bound),
-                "{desc}: {name}[{i}] = {x}, reference {y}"
-            );
+        for (path, got) in paths {
+            check_state_close(&format!("{desc} ({path})"), name, &got, want);
         }
     }
     Ok(worst)
 }
 
+/// A state tensor within the state metric of the reference's.
+fn check_state_close(label: &str, name: &str, got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{label}: {name} length");
+    let max = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    for (i, (&x, &y)) in got.iter().zip(want).enumerate() {
+        let bound = TOL * STEPS as f64 * y.abs().max(1e-3 * max);
+        assert!(
+            within((f64::from(x) - y).abs(), bound),
+            "{label}: {name}[{i}] = {x}, reference {y}"
+        );
+    }
+}
+
+const POISON: f32 = f32::from_bits(0x7FC0_BEEF);
+
+/// The model on the GPU: lane-aligned tensors (padding between them), the padding of
+/// params and gradients poisoned.
+struct GpuRun {
+    flat: FlatParams,
+    opt: GpuOptimizer,
+}
+
+impl GpuRun {
+    fn new(ctx: &GpuContext, config: OptimizerConfig, p0: &[f32]) -> Self {
+        let mut b = FlatParams::builder().lane_aligned();
+        let mut at = 0;
+        for (k, s) in shapes().iter().enumerate() {
+            let n = s.iter().product::<usize>();
+            b = b.shaped(&format!("t{k}"), s, &p0[at..at + n]);
+            at += n;
+        }
+        let flat = b.build(ctx).unwrap();
+        let mut p = flat.read_params().unwrap();
+        for i in padding(flat.segment_table()) {
+            p[i] = POISON;
+        }
+        flat.write_params(&p).unwrap();
+        let opt = GpuOptimizer::new(&flat, config).unwrap();
+        Self { flat, opt }
+    }
+
+    /// One step with `g` (the model's elements back to back); the model's params after it.
+    fn step(&mut self, lr: f64, g: &[f32]) -> Vec<f32> {
+        let table = self.flat.segment_table().clone();
+        let mut padded = vec![POISON; table.len()];
+        let mut at = 0;
+        for s in table.segments() {
+            padded[s.range()].copy_from_slice(&g[at..at + s.len()]);
+            at += s.len();
+        }
+        self.flat.write_grads(&padded).unwrap();
+        self.opt.set_lr(lr).unwrap();
+        self.opt.step().unwrap();
+        let p = self.flat.read_params().unwrap();
+        for i in padding(&table) {
+            assert_eq!(
+                p[i].to_bits(),
+                POISON.to_bits(),
+                "padding element {i} written"
+            );
+        }
+        table
+            .segments()
+            .iter()
+            .flat_map(|s| p[s.range()].to_vec())
+            .collect()
+    }
+}
+
+/// The padding elements of a table.
+fn padding(table: &SegmentTable) -> Vec<usize> {
+    let mut covered = vec![false; table.len()];
+    for s in table.segments() {
+        covered[s.range()].iter_mut().for_each(|c| *c = true);
+    }
+    (0..table.len()).filter(|&i| !covered[i]).collect()
+}
+
 #[test]
 fn every_option_matches_the_reference_over_shaped_tensors() {
     let mut failures = Vec::new();
-    for (desc, config) in cases::cpu_only() {
+    for (desc, config) in cases::shaped() {
         match run_against_reference(desc, config) {
             Ok(worst) => eprintln!("{desc}: worst M2 ratio {worst:.3e} of {TOL:e} per step"),
             Err(e) => failures.push(e),
@@ -359,6 +456,21 @@ fn adafactor_beside_adamw_in_one_mixed_optimizer() {
     ];
     let mut cpu = MixedCpuOptimizer::new(table.clone(), &groups).unwrap();
     let mut reference = MixedReference::new(table.clone(), &groups).unwrap();
+    // The GPU: binding-aligned tensors (the elementwise group binds its ranges), one
+    // submission per step for both groups.
+    let gpu_side = gpu().map(|ctx| {
+        let mut b = FlatParams::builder().binding_aligned();
+        let mut at = 0;
+        for (k, s) in shapes().iter().enumerate() {
+            let n = s.iter().product::<usize>();
+            b = b.shaped(&format!("t{k}"), s, &p0[at..at + n]);
+            at += n;
+        }
+        let flat = b.build(&ctx).unwrap();
+        let opt = fused_optim::mixed::MixedGpuOptimizer::new(&flat, &groups).unwrap();
+        (flat, opt)
+    });
+    let mut gpu_side = gpu_side;
     let mut p = p0.clone();
     let mut q: Vec<f64> = p0.iter().map(|&x| f64::from(x)).collect();
     let mut rng = Rng::new(0x5EED);
@@ -369,6 +481,24 @@ fn adafactor_beside_adamw_in_one_mixed_optimizer() {
         reference.step(&mut q, &g64).unwrap();
         // M2 covers AdamW's elements too (its floors are M1's plus the RMS).
         check_m2("mixed", &table, &p, &q, &p0, k).unwrap();
+        if let Some((flat, opt)) = &mut gpu_side {
+            let padded_table = flat.segment_table().clone();
+            let mut padded = vec![0.0f32; padded_table.len()];
+            let mut at = 0;
+            for s in padded_table.segments() {
+                padded[s.range()].copy_from_slice(&g[at..at + s.len()]);
+                at += s.len();
+            }
+            flat.write_grads(&padded).unwrap();
+            opt.step().unwrap();
+            let all = flat.read_params().unwrap();
+            let got: Vec<f32> = padded_table
+                .segments()
+                .iter()
+                .flat_map(|s| all[s.range()].to_vec())
+                .collect();
+            check_m2("mixed (gpu)", &table, &got, &q, &p0, k).unwrap();
+        }
     }
     // Alone on its tensors, the Adafactor group gives the same bits.
     let own: Vec<Vec<usize>> = [0, 2, 4].iter().map(|&k| shapes()[k].clone()).collect();
@@ -451,13 +581,25 @@ fn bad_input_is_a_typed_error() {
         .build()
         .unwrap_err();
     assert!(matches!(e, Error::SegmentTable { .. }), "{e}");
-    // The GPU refuses Adafactor (no kernel for its factored moments), typed.
+    // The GPU's per-tensor path has no gradient options: refused, typed; a state of the
+    // wrong length too.
     if let Some(ctx) = gpu() {
         let flat = FlatParams::builder()
             .shaped("w", &[4, 6], &[0.5; 24])
             .build(&ctx)
             .unwrap();
-        let e = GpuOptimizer::new(&flat, AdafactorConfig::default()).unwrap_err();
+        let mut opt = GpuOptimizer::new(&flat, AdafactorConfig::default()).unwrap();
+        let e = opt
+            .set_grad_options(GradOptions {
+                max_norm: Some(1.0),
+                ..Default::default()
+            })
+            .unwrap_err();
         assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+        let e = opt.load_state_f32("variance", &[0.0; 24]).unwrap_err();
+        assert!(
+            matches!(e, Error::LengthMismatch { expected: 0, .. }),
+            "{e}"
+        );
     }
 }

@@ -195,7 +195,7 @@ fn comparator_catches_one_percent_hyper_parameter_change() {
             OptimizerConfig::Lamb(c) => c.lr *= 1.01,
             // Muon needs 2-D tensors: its rows are in cases::matrix() (tests/muon.rs).
             OptimizerConfig::Muon(c) => c.lr *= 1.01,
-            // No GPU path: its rows are in cases::cpu_only() (tests/adafactor.rs).
+            // Its rows are in cases::shaped() (tests/adafactor.rs).
             OptimizerConfig::Adafactor(c) => c.lr *= 1.01,
         }
         let result = gpu_vs_reference(&ctx, perturbed, config, 257, 7);
@@ -329,22 +329,19 @@ fn infinite_params_stay_infinite_without_weight_decay() {
 fn every_registered_algorithm_has_test_rows() {
     let mut rows = cases::all();
     rows.extend(cases::matrix());
-    rows.extend(cases::cpu_only());
+    rows.extend(cases::shaped());
     for id in OptimizerConfig::IDS {
         assert!(
             rows.iter().any(|(_, c)| c.id() == *id),
             "algorithm `{id}` has no rows in tests/cases/mod.rs"
         );
     }
-    // `cpu_only()` is for algorithms the GPU refuses (typed) only.
-    for (desc, c) in cases::cpu_only() {
-        assert!(!c.runs_on_gpu(), "{desc} runs on the GPU: put it in all()");
-    }
-    for (desc, c) in cases::all().into_iter().chain(cases::matrix()) {
-        assert!(
-            c.runs_on_gpu(),
-            "{desc} has no GPU path: put it in cpu_only()"
-        );
+    for (desc, c) in cases::all()
+        .into_iter()
+        .chain(cases::matrix())
+        .chain(cases::shaped())
+    {
+        assert!(c.runs_on_gpu(), "{desc} has no GPU path");
     }
     // `matrix()` is for algorithms that refuse 1-D vectors only.
     for (desc, c) in cases::matrix() {

@@ -292,7 +292,7 @@ fn uniform_structs_match_rust_mirrors() {
     checked.push(check_mirror!(
         "adafactor.wgsl",
         AdafactorUniform,
-        [grad_sign, decay, weight, eps1, eps1_sq, coef]
+        [grad_sign, decay, weight, eps1, eps1_sq, coef, rho, eps2, d]
     ));
     checked.push(check_mirror!(
         "lion.wgsl",

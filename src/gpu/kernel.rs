@@ -569,3 +569,34 @@ pub(crate) fn compute_pipeline(
         cache: None,
     })
 }
+
+/// A buffer binding of a compute bind-group layout: `ty` (uniform or storage), with a
+/// dynamic offset or not, any size.
+pub(crate) fn buffer_layout_entry(
+    binding: u32,
+    ty: wgpu::BufferBindingType,
+    dynamic: bool,
+) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty,
+            has_dynamic_offset: dynamic,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+/// A bind-group entry binding all of `buffer`.
+pub(crate) fn whole_buffer_entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer,
+            offset: 0,
+            size: None,
+        }),
+    }
+}

@@ -4,6 +4,7 @@ pub(crate) mod blockwise8;
 pub mod buffer;
 pub mod context;
 pub mod device_step;
+pub(crate) mod factored;
 pub mod gradients;
 pub mod groups;
 pub(crate) mod kernel;

@@ -165,7 +165,7 @@ fn transform_parts(
 }
 
 /// A 2-D grid of at least `n` workgroups within the per-dimension limit.
-fn grid(n: usize, limit: u32) -> (u32, u32) {
+pub(crate) fn grid(n: usize, limit: u32) -> (u32, u32) {
     let x = (n as u64).clamp(1, u64::from(limit));
     let y = (n as u64).div_ceil(x).max(1);
     (x as u32, y as u32)
@@ -271,17 +271,7 @@ impl SegmentedKernel {
             label: Some(file),
             source: wgpu::ShaderSource::Wgsl(format!("{COMMON}\n{source}").into()),
         });
-        let entry =
-            |binding: u32, ty: wgpu::BufferBindingType, dynamic: bool| wgpu::BindGroupLayoutEntry {
-                binding,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty,
-                    has_dynamic_offset: dynamic,
-                    min_binding_size: None,
-                },
-                count: None,
-            };
+        let entry = super::kernel::buffer_layout_entry;
         let rw = wgpu::BufferBindingType::Storage { read_only: false };
         let ro = wgpu::BufferBindingType::Storage { read_only: true };
         let first_table = 3 + states.len() as u32;
@@ -319,16 +309,7 @@ impl SegmentedKernel {
                 true,
             )
         };
-        fn whole(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
-            wgpu::BindGroupEntry {
-                binding,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer,
-                    offset: 0,
-                    size: None,
-                }),
-            }
-        }
+        let whole = super::kernel::whole_buffer_entry;
         let mut parts = Vec::with_capacity(plans.len());
         for (picked, batch) in plans {
             let offsets: Option<Vec<usize>> = batch.as_ref().map(|b| {

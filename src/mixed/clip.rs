@@ -106,16 +106,7 @@ impl GpuClip {
                     include_str!("../../shaders/mixed_clip.wgsl").into(),
                 ),
             });
-            let entry = |binding, ty| wgpu::BindGroupLayoutEntry {
-                binding,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty,
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            };
+            let entry = |binding, ty| crate::gpu::kernel::buffer_layout_entry(binding, ty, false);
             let rw = wgpu::BufferBindingType::Storage { read_only: false };
             let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some("fused-optim mixed clip"),

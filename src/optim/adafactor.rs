@@ -2,7 +2,8 @@
 //! Memory Cost"), as `torch.optim.Adafactor` (PyTorch 2.15) implements it: a per-tensor
 //! algorithm (`ELEMENTWISE = false`) whose second moment of a tensor of rank >= 2 is
 //! factored over its last two dimensions (state: rows + cols per matrix, not rows x cols;
-//! `STATE_PER_ELEMENT = false`). Mirror of `shaders/adafactor.wgsl` (the unfactored update);
+//! `STATE_PER_ELEMENT = false`). Mirror of `shaders/adafactor_segmented.wgsl` (the GPU's
+//! five passes, `src/gpu/factored.rs`) and `shaders/adafactor.wgsl` (the unfactored update);
 //! reference `src/cpu/reference/adafactor.rs`.
 //!
 //! The fast CPU step of one tensor (`cpu_segment_step`) takes three passes: (A) over tiles of
@@ -102,12 +103,22 @@ pub struct AdafactorUniform {
     pub eps1: f32,
     /// eps1^2 (computed in f64), the clamp of V.
     pub eps1_sq: f32,
-    /// The segment's step `alpha / denom` (second pass; 0 in the first).
+    /// The segment's step `alpha / denom` (second pass; 0 in the first; the GPU keeps it
+    /// in its work buffer).
     pub coef: f32,
+    /// The relative step size `min(lr, 1 / sqrt(t))` (computed in f64; the GPU's finish
+    /// pass).
+    pub rho: f32,
+    /// eps2, the floor of RMS(p) (the GPU's finish pass).
+    pub eps2: f32,
+    /// d, the clipping threshold (the GPU's finish pass).
+    pub d: f32,
     /// Padding to 16 bytes.
     pub _pad0: f32,
     /// Padding to 16 bytes.
     pub _pad1: f32,
+    /// Padding to 16 bytes.
+    pub _pad2: f32,
 }
 
 /// Rows of a factored tensor's tile (fixed, so that the partial sums do not depend on the
@@ -134,6 +145,11 @@ impl Algorithm for AdafactorConfig {
     const CLASS_NAMES: &'static [&'static str] = &["Adafactor"];
     // The step depends on per-tensor reductions: no device step counter.
     const WORD_CLASSES: Option<&'static [WordClass]> = None;
+    const SEGMENTED_KERNEL: Option<KernelSource> = Some(KernelSource {
+        file: "adafactor_segmented.wgsl",
+        source: include_str!("../../shaders/adafactor_segmented.wgsl"),
+        slots: &["row_var", "col_var", "variance"],
+    });
     const SEGMENT_SCALARS: &'static [&'static str] = &["alpha", "denom"];
 
     fn benchmark_configs() -> Vec<(&'static str, Self)> {
@@ -215,8 +231,12 @@ impl Algorithm for AdafactorConfig {
             eps1: eps1 as f32,
             eps1_sq: (eps1 * eps1) as f32,
             coef: 0.0,
+            rho: host.lr.min(1.0 / (host.step as f64).sqrt()) as f32,
+            eps2: self.eps2 as f32,
+            d: self.d as f32,
             _pad0: 0.0,
             _pad1: 0.0,
+            _pad2: 0.0,
         }
     }
 
@@ -277,7 +297,12 @@ impl Algorithm for AdafactorConfig {
             p.par_chunks_mut(CHUNK)
                 .zip(g.par_chunks(CHUNK))
                 .zip(variance.par_chunks(CHUNK))
-                .for_each(|((p, g), v)| at_simd_level(|| vector_apply(&u2, p, g, v)));
+                .for_each(|((p, g), v)| {
+                    at_simd_level(
+                        #[inline(always)]
+                        || vector_apply(&u2, p, g, v),
+                    )
+                });
         }
         true
     }
@@ -346,7 +371,10 @@ fn vector_step(
         .zip(g.par_chunks(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
         .for_each(|(((out, p), g), v)| {
-            let (a, b) = at_simd_level(|| vector_reduce(u, p, g, v));
+            let (a, b) = at_simd_level(
+                #[inline(always)]
+                || vector_reduce(u, p, g, v),
+            );
             out.copy_from_slice(&[a, b]);
         });
     scratch
@@ -393,10 +421,10 @@ impl Tiles {
     }
 }
 
-/// Pass A over one tile: `out` = its rows' sums of g^2, its columns' sums of g^2, sum p^2.
+/// Pass A over one tile: `out` = its rows' sums of g^2, its columns' sums of g^2, sum p^2
+/// (g's sign does not matter here).
 #[inline(always)]
 fn tile_sums(
-    u: &AdafactorUniform,
     p: &[f32],
     g: &[f32],
     cols: usize,
@@ -415,9 +443,27 @@ fn tile_sums(
         let at = i * cols + cs.start;
         let (pr, gr) = (&p[at..at + width], &g[at..at + width]);
         let mut acc = [0.0f64; L];
-        for j in 0..width {
-            let gj = gr[j] * u.grad_sign;
-            let x = f64::from(gj) * f64::from(gj);
+        let whole = width - width % L;
+        // Fixed blocks of L over local copies (so that the loop vectorises); element j goes
+        // to lane j % L, as in the remainder loop.
+        let blocks = pr[..whole]
+            .chunks_exact(L)
+            .zip(gr[..whole].chunks_exact(L))
+            .zip(col_acc[..whole].chunks_exact_mut(L));
+        for ((p16, g16), c16) in blocks {
+            let (p16, g16): (&[f32; L], &[f32; L]) =
+                (p16.try_into().expect("L"), g16.try_into().expect("L"));
+            let mut cv: [f64; L] = (&*c16).try_into().expect("L");
+            for l in 0..L {
+                let x = f64::from(g16[l]) * f64::from(g16[l]);
+                cv[l] += x;
+                acc[l] += x;
+                pp[l] += f64::from(p16[l]) * f64::from(p16[l]);
+            }
+            c16.copy_from_slice(&cv);
+        }
+        for j in whole..width {
+            let x = f64::from(gr[j]) * f64::from(gr[j]);
             col_acc[j] += x;
             acc[j % L] += x;
             pp[j % L] += f64::from(pr[j]) * f64::from(pr[j]);
@@ -472,11 +518,27 @@ fn tile_update_sum(
     let (cv, csc) = (&f.col_var[cs.clone()], &f.col_scale[cs.clone()]);
     let clamped = clamped_factor(u);
     let mut uu = [0.0f64; L];
+    let whole = width - width % L;
     for i in rows {
         let at = i * cols + cs.start;
         let gr = &g[at..at + width];
         let (a, rs) = (f.row_a[i], f.row_scale[i]);
-        for j in 0..width {
+        let blocks = gr[..whole]
+            .chunks_exact(L)
+            .zip(cv[..whole].chunks_exact(L))
+            .zip(csc[..whole].chunks_exact(L));
+        for ((g16, c16), s16) in blocks {
+            let (g16, c16, s16): (&[f32; L], &[f32; L], &[f32; L]) = (
+                g16.try_into().expect("L"),
+                c16.try_into().expect("L"),
+                s16.try_into().expect("L"),
+            );
+            for l in 0..L {
+                let x = g16[l] * u.grad_sign * factor(u, a, rs, c16[l], s16[l], clamped);
+                uu[l] += f64::from(x) * f64::from(x);
+            }
+        }
+        for j in whole..width {
             let x = gr[j] * u.grad_sign * factor(u, a, rs, cv[j], csc[j], clamped);
             uu[j % L] += f64::from(x) * f64::from(x);
         }
@@ -509,7 +571,10 @@ fn factored_step(
         .for_each(|(k, out)| {
             let (b, rs, cs) = tiles.tile(k);
             let (pm, gm) = (&p[b * m..(b + 1) * m], &g[b * m..(b + 1) * m]);
-            at_simd_level(|| tile_sums(u, pm, gm, cols, rs, cs, out));
+            at_simd_level(
+                #[inline(always)]
+                || tile_sums(pm, gm, cols, rs, cs, out),
+            );
         });
     // The factors, from the tiles' partial sums in tile order.
     let per = 2 * rows + cols;
@@ -560,7 +625,10 @@ fn factored_step(
         .map(|k| {
             let (b, rs, cs) = tiles.tile(k);
             let f = factors(narrow, col_var, rows, cols, b);
-            at_simd_level(|| tile_update_sum(u, &g[b * m..(b + 1) * m], cols, rs, cs, f))
+            at_simd_level(
+                #[inline(always)]
+                || tile_update_sum(u, &g[b * m..(b + 1) * m], cols, rs, cs, f),
+            )
         })
         .collect();
     (sum_pp, sums.iter().sum())
@@ -603,7 +671,10 @@ fn factored_apply(
             .zip(gm.par_chunks(TILE_ROWS * cols))
             .enumerate()
             .for_each(|(band, (pb, gb))| {
-                at_simd_level(|| band_apply(u, pb, gb, cols, band * TILE_ROWS, f))
+                at_simd_level(
+                    #[inline(always)]
+                    || band_apply(u, pb, gb, cols, band * TILE_ROWS, f),
+                )
             });
     }
 }
@@ -622,10 +693,9 @@ fn band_apply(
     let clamped = clamped_factor(u);
     for (r, (pr, gr)) in p.chunks_mut(cols).zip(g.chunks(cols)).enumerate() {
         let (a, rs) = (f.row_a[first + r], f.row_scale[first + r]);
-        let gr = &gr[..pr.len()];
-        for j in 0..pr.len() {
-            let x = gr[j] * u.grad_sign * factor(u, a, rs, cv[j], csc[j], clamped);
-            pr[j] = pr[j] * u.decay - u.coef * x;
+        for (((p, &g), &c), &cs) in pr.iter_mut().zip(gr).zip(cv).zip(csc) {
+            let x = g * u.grad_sign * factor(u, a, rs, c, cs, clamped);
+            *p = *p * u.decay - u.coef * x;
         }
     }
 }

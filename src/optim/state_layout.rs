@@ -44,6 +44,13 @@ impl StateLayout {
         if config.state_per_element() {
             return vec![n; states];
         }
+        Self::packed_over_shapes(config, shapes).lens
+    }
+
+    /// The layout over tensors of `shapes` with their parts back to back (also for an
+    /// algorithm whose state is one element per parameter: then each tensor's part is its
+    /// element count, compact).
+    pub fn packed_over_shapes(config: &OptimizerConfig, shapes: &[Vec<usize>]) -> Self {
         let segments: Vec<SegmentShape> = shapes
             .iter()
             .map(|shape| SegmentShape {
@@ -51,7 +58,7 @@ impl StateLayout {
                 shape: shape.clone(),
             })
             .collect();
-        Self::packed(config, &segments).lens
+        Self::packed(config, &segments)
     }
 
     fn packed(config: &OptimizerConfig, segments: &[SegmentShape]) -> Self {

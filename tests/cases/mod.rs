@@ -434,9 +434,11 @@ pub fn all() -> Vec<(&'static str, OptimizerConfig)> {
     ]
 }
 
-/// The rows of algorithms the GPU refuses (typed): every option, stepped on the CPU paths
-/// over shaped tensors by tests/adafactor.rs.
-pub fn cpu_only() -> Vec<(&'static str, OptimizerConfig)> {
+/// The rows of Adafactor: every option, stepped on every path over a model of shaped
+/// tensors (factored matrices, a batch of matrices, vectors) by tests/adafactor.rs (the
+/// suites over `all()` use one 1-D vector and gradient options the per-tensor GPU path
+/// refuses).
+pub fn shaped() -> Vec<(&'static str, OptimizerConfig)> {
     let ada = AdafactorConfig::default();
     vec![
         ("adafactor default", ada.into()),

@@ -169,20 +169,20 @@ fn muon_cases_pass_on_every_path() {
     assert_eq!(count, 4 * implementations().len());
 }
 
-/// Adafactor (torch.optim.Adafactor, PyTorch 2.15) on the CPU paths, with the README's
+/// Adafactor (torch.optim.Adafactor, PyTorch 2.15) on every path, with the README's
 /// Adafactor bound: the trajectory within M2 (M1 with the tensor's RMS as a floor: the step
 /// is alpha = rho * RMS(p) for every element), 1e-12 per step against the float64 run for
-/// the f64 reference and 1e-5 against the float32 run for the fast CPU path; the final state
-/// (`row_var`, `col_var` of the 2-D and 3-D tensors, `variance` of the 1-D ones, each
-/// tensor's `step`) with the state metric. The GPU has no Adafactor kernel: a typed error.
+/// the f64 reference and 1e-5 against the float32 run for the fast CPU path and the GPU's
+/// five-pass kernel; the final state (`row_var`, `col_var` of the 2-D and 3-D tensors,
+/// `variance` of the 1-D ones, each tensor's `step`) with the state metric.
 #[test]
-fn adafactor_cases_pass_on_the_cpu_paths_and_the_gpu_refuses_them() {
+fn adafactor_cases_pass_on_every_path() {
     let ctx = common::gpu();
     let mut count = 0;
     let mut failures = Vec::new();
     for case in cases().into_iter().filter(|c| c.algorithm == "adafactor") {
-        for which in [Implementation::Reference, Implementation::CpuFast] {
-            let report = replay(&case, which, None).unwrap().unwrap();
+        for which in implementations() {
+            let report = replay(&case, which, ctx.as_ref()).unwrap().unwrap();
             // params, step and one or two state tensors per tensor.
             let states: usize = case
                 .tensors
@@ -201,14 +201,7 @@ fn adafactor_cases_pass_on_the_cpu_paths_and_the_gpu_refuses_them() {
             }
             count += 1;
         }
-        if let Some(ctx) = &ctx {
-            let e = replay(&case, Implementation::Gpu, Some(ctx)).unwrap_err();
-            assert!(
-                e.to_string().contains("Adafactor") && e.to_string().contains("GPU"),
-                "{e}"
-            );
-        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(count, 3 * 2);
+    assert_eq!(count, 3 * implementations().len());
 }

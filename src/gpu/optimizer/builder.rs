@@ -476,14 +476,30 @@ fn build(
     let compact = members.is_some();
     let members = members.unwrap_or_else(|| (0..params.segment_table().segments().len()).collect());
     let n = crate::gpu::segmented::state_len(params, &members, compact);
-
     let state_names = config.state_names();
+    // Each state tensor's length: n, or (not one element per parameter) by the members'
+    // shapes, their parts back to back.
+    let segs = params.segment_table().segments();
+    let member_shapes: Vec<Vec<usize>> = members.iter().map(|&k| segs[k].shape.clone()).collect();
+    let layout = crate::optim::StateLayout::packed_over_shapes(&config, &member_shapes);
+    let state_lens: Vec<usize> = if config.state_per_element() {
+        vec![n; state_names.len()]
+    } else {
+        layout.lens().to_vec()
+    };
+
     let mut states = Vec::with_capacity(state_names.len());
-    for name in state_names.iter().filter(|_| !blockwise8) {
+    for (name, &len) in state_names.iter().zip(&state_lens).filter(|_| !blockwise8) {
         let buffer = match bf16_state {
             None => {
-                let b = create_flat(&ctx, "fused-optim state", n)?;
-                fill(&ctx, &b, n, config.initial_state_value(name) as f32);
+                // (At least one element: an empty tensor's buffer still binds.)
+                let b = create_flat(&ctx, "fused-optim state", len.max(1))?;
+                fill(
+                    &ctx,
+                    &b,
+                    len.max(1),
+                    config.initial_state_value(name) as f32,
+                );
                 b
             }
             // Adam's states start at 0: a zeroed buffer is bf16 zeros too.
@@ -512,7 +528,11 @@ fn build(
             slots,
             // A per-tensor algorithm over some segments has compact state the elementwise
             // kernel (never dispatched for it) cannot bind over the params' windows.
-            active: if bf16_state.is_some() || blockwise8 || n != params.len() {
+            active: if bf16_state.is_some()
+                || blockwise8
+                || n != params.len()
+                || !config.state_per_element()
+            {
                 Vec::new()
             } else {
                 bound.clone()
@@ -533,16 +553,24 @@ fn build(
     )?;
 
     let native_f16 = runner.variant().uses_native_f16();
-    let segmented = match config.segmented_kernel() {
-        Some(k) if !config.is_elementwise() => Some(crate::gpu::segmented::SegmentedKernel::new(
-            params,
-            k.file,
-            k.source,
-            &states,
-            config.matrix_transform().as_ref(),
-            &members,
-            compact,
+    let factored = match config.segmented_kernel() {
+        Some(k) if !config.state_per_element() => Some(crate::gpu::factored::FactoredKernel::new(
+            params, k.file, k.source, &states, &members, &layout,
         )?),
+        _ => None,
+    };
+    let segmented = match config.segmented_kernel() {
+        Some(k) if !config.is_elementwise() && config.state_per_element() => {
+            Some(crate::gpu::segmented::SegmentedKernel::new(
+                params,
+                k.file,
+                k.source,
+                &states,
+                config.matrix_transform().as_ref(),
+                &members,
+                compact,
+            )?)
+        }
         _ => None,
     };
     Ok(GpuOptimizer {
@@ -570,8 +598,10 @@ fn build(
         native_f16,
         q8: None,
         segmented,
+        factored,
         members,
         state_len: n,
+        state_lens,
     })
 }
 

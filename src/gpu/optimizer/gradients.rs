@@ -13,7 +13,9 @@ impl GpuOptimizer {
     /// norm clipper, the device step counter for `skip_nonfinite`.
     pub(super) fn apply_grad_options(&mut self, options: GradOptions) -> Result<()> {
         self.ctx.check_alive("set_grad_options")?;
-        if self.segmented.is_some() && options != GradOptions::default() {
+        if (self.segmented.is_some() || self.factored.is_some())
+            && options != GradOptions::default()
+        {
             return Err(crate::Error::Unsupported {
                 optimizer: self.groups[0].config.name(),
                 feature: "gradient options (clipping, unscaling, skipping) with a per-tensor \

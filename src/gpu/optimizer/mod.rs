@@ -16,6 +16,7 @@ use super::blockwise8::Blockwise8Device;
 use super::buffer::FlatParams;
 use super::context::GpuContext;
 use super::device_step::DeviceSteps;
+use super::factored::FactoredKernel;
 use super::gradients::{GradOptions, NormClipper};
 use super::kernel::KernelRunner;
 use super::segmented::SegmentedKernel;
@@ -88,13 +89,19 @@ pub struct GpuOptimizer {
     /// Per-tensor algorithms: the two-pass kernel over the segment table, dispatched
     /// instead of `runner`.
     segmented: Option<SegmentedKernel>,
+    /// Per-tensor algorithms whose state is not one element per parameter (Adafactor):
+    /// their five-pass kernel, dispatched instead of `runner`.
+    factored: Option<FactoredKernel>,
     /// The segments stepped (indices into the params' segment table): every segment, or
     /// with a per-tensor algorithm inside a [`MixedGpuOptimizer`](crate::mixed::MixedGpuOptimizer)
     /// its group's.
     members: Vec<usize>,
-    /// Elements of each state tensor: the params' length, or the members' element count
-    /// (their state back to back).
+    /// Elements the state covers (a checkpoint's `n`): the params' length, or the members'
+    /// element count (their state back to back).
     state_len: usize,
+    /// Elements of each state tensor: `state_len`, or (state not one element per
+    /// parameter) what the members' shapes give ([`StateLayout`](crate::StateLayout)).
+    state_lens: Vec<usize>,
 }
 
 /// The 16-bit buffers of a low-precision optimizer.
@@ -134,9 +141,9 @@ impl GpuOptimizer {
 
     /// [`Self::segment_scalar`] without blocking.
     pub async fn segment_scalar_async(&self, name: &str) -> crate::Result<Option<Vec<f64>>> {
-        let Some(kernel) = &self.segmented else {
+        if self.segmented.is_none() && self.factored.is_none() {
             return Ok(None);
-        };
+        }
         let names = self.groups[0].config.segment_scalar_names();
         let word = match name {
             "nonfinite" => super::segmented::SEGMENT_WORDS - 1,
@@ -145,7 +152,11 @@ impl GpuOptimizer {
                 None => return Ok(None),
             },
         };
-        let words = kernel.segment_words_async().await?;
+        let words = match (&self.segmented, &self.factored) {
+            (Some(k), _) => k.segment_words_async().await?,
+            (None, Some(k)) => k.segment_words_async().await?,
+            (None, None) => unreachable!("checked above"),
+        };
         let per_segment: Vec<&[f32]> = words.chunks(super::segmented::SEGMENT_WORDS).collect();
         Ok(Some(
             self.members

@@ -38,7 +38,7 @@ impl GpuOptimizer {
                 .map(|&b| LowFormat::Bf16.value(b))
                 .collect());
         }
-        read_f32_async(&self.ctx, &self.states[k], 0, self.state_len).await
+        read_f32_async(&self.ctx, &self.states[k], 0, self.state_lens[k]).await
     }
 
     /// Overwrite one state tensor with f32 values (rounded to bf16, nearest even, when the
@@ -46,10 +46,10 @@ impl GpuOptimizer {
     pub fn load_state_f32(&mut self, name: &str, values: &[f32]) -> Result<()> {
         self.ctx.check_alive("load_state")?;
         let k = self.groups[0].config.state_index(name)?;
-        if values.len() != self.state_len {
+        if values.len() != self.state_lens[k] {
             return Err(Error::LengthMismatch {
                 what: "state",
-                expected: self.state_len,
+                expected: self.state_lens[k],
                 got: values.len(),
             });
         }
@@ -144,7 +144,9 @@ impl GpuOptimizer {
 
     /// Write state tensor `k` (rounded to bf16, nearest even, when the state is bf16).
     pub(super) fn write_state(&self, k: usize, values: &[f32]) {
-        if self.bf16_state {
+        if values.is_empty() {
+            // (An empty state tensor: Adafactor's factors when every tensor is 1-D.)
+        } else if self.bf16_state {
             let mut bits: Vec<u16> = values.iter().map(|&v| LowFormat::Bf16.round(v)).collect();
             bits.resize(values.len().next_multiple_of(2), 0);
             self.ctx

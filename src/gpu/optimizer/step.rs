@@ -72,14 +72,15 @@ impl GpuOptimizer {
         if let Some(device) = &self.device {
             device.encode_resolve(encoder, self.runner.slot_offset(slot));
         }
-        match &self.segmented {
-            Some(kernel) => kernel.encode(
+        match (&self.segmented, &self.factored) {
+            (Some(kernel), _) => kernel.encode(
                 encoder,
                 slot,
                 &self.hyper_bytes,
                 self.groups[0].config.has_global_grad_clip(),
             ),
-            None => self.runner.encode(encoder, slot, &self.hyper_bytes),
+            (None, Some(kernel)) => kernel.encode(encoder, slot, &self.hyper_bytes),
+            (None, None) => self.runner.encode(encoder, slot, &self.hyper_bytes),
         }
         if let Some(device) = &self.device {
             device.encode_update_scale(encoder);
