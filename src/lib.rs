@@ -40,6 +40,7 @@ pub mod roofline;
 pub mod scaler;
 pub mod schedule;
 pub mod segments;
+pub mod simd;
 pub mod zero;
 
 pub use auto::{AutoOptimizer, Backend, BackendChoice};

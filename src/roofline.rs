@@ -509,8 +509,8 @@ pub fn cpu_factored_roof(
     g: &[f32],
     scratch: &mut Vec<f64>,
 ) -> f64 {
-    use crate::cpu::simd::at_simd_level;
     use crate::optim::{TILE_COLS, TILE_ROWS};
+    use crate::simd::at_simd_level;
     const L: usize = 16;
     #[inline(always)]
     fn sum_tile(

@@ -6,5 +6,7 @@ pub mod newton_schulz;
 pub mod q8_checkpoint;
 pub mod reference;
 mod segmented;
-pub mod simd;
+/// The SIMD level of the fast path's loops (the crate's [`crate::simd`] module, here where it
+/// was first).
+pub use crate::simd;
 pub mod staggered;

@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::simd::at_simd_level;
+use crate::simd::at_simd_level;
 
 use super::algorithm::{
     Algorithm, HostState, HparamReader, KernelSource, LaneOptions, SegmentScratch,
