@@ -285,16 +285,32 @@ impl FusedOptimizer {
         // A parameter that is still the same tensor keeps its held storage (pinned by the
         // guard); any other is resolved now. Gradients are new tensors: always resolved.
         self.held.resize_with(pairs.len(), || None);
-        let mut grads_storage = Vec::with_capacity(pairs.len());
-        for (k, (slot, _, tensor, grad)) in pairs.iter().enumerate() {
-            let id = resolve::identity(tensor);
-            let reuse = matches!((&id, &self.held[k]), (Some(a), Some((b, _))) if a == b);
-            if !reuse {
-                let p = Storage::of(tensor.clone(), &slot.path, "the parameter")?;
-                // Without an identity (no fusion) it is resolved again next step.
-                self.held[k] = Some((id.unwrap_or_default(), p));
-            }
-            grads_storage.push(Storage::of(grad.clone(), &slot.path, "its gradient")?);
+        let ids: Vec<Option<String>> = pairs.iter().map(|p| resolve::identity(&p.2)).collect();
+        let stale: Vec<usize> = (0..pairs.len())
+            .filter(|&k| !matches!((&ids[k], &self.held[k]), (Some(a), Some((b, _))) if a == b))
+            .collect();
+        // One batch: the parameters to resolve again, then every gradient (two round trips to
+        // Burn's runners in all, see `resolve`).
+        let mut batch: Vec<resolve::Named<'_>> = stale
+            .iter()
+            .map(|&k| {
+                (
+                    pairs[k].2.clone(),
+                    pairs[k].0.path.as_str(),
+                    "the parameter",
+                )
+            })
+            .collect();
+        batch.extend(
+            pairs
+                .iter()
+                .map(|(slot, _, _, grad)| (grad.clone(), slot.path.as_str(), "its gradient")),
+        );
+        let mut resolved = Storage::of_all(batch)?;
+        let grads_storage = resolved.split_off(stale.len());
+        for (k, p) in stale.into_iter().zip(resolved) {
+            // Without an identity (no fusion) it is resolved again next step.
+            self.held[k] = Some((ids[k].clone().unwrap_or_default(), p));
         }
         let storages: Vec<(&Storage, &Storage)> = self
             .held
