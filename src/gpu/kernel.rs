@@ -502,10 +502,19 @@ impl PipelineRecipe {
     pub fn build(
         &self,
         ctx: &GpuContext,
+        key: (bool, Specialization),
+    ) -> Result<wgpu::ComputePipeline> {
+        self.build_tuned(ctx, key, ctx.options().tuning)
+    }
+
+    /// [`Self::build`] with a launch geometry other than the context's.
+    pub fn build_tuned(
+        &self,
+        ctx: &GpuContext,
         (grad_pipeline, specialization): (bool, Specialization),
+        tuning: crate::gpu::context::KernelTuning,
     ) -> Result<wgpu::ComputePipeline> {
         let device = ctx.device();
-        let tuning = ctx.options().tuning;
         let mut constants = self.constants.clone();
         constants.extend(specialization.constants());
         constants.push(("WORKGROUP_SIZE", f64::from(tuning.workgroup_size)));

@@ -207,8 +207,9 @@ pub fn race<M: Module>(
         png: Default::default(),
     };
     let every = (steps / 10).max(1);
+    // A hidden bar (quiet, or stderr not a terminal) prints nothing, so print directly then.
     let line = |s: &str| {
-        if quiet {
+        if bar.is_hidden() {
             eprintln!("{s}");
         } else {
             bar.println(s);
