@@ -21,7 +21,8 @@ use fused_optim::{
 #[derive(Parser)]
 #[command(about = "Optimizer over caller ranges vs the flat kernel, same parameter count")]
 struct Args {
-    /// gpt2_small, many_small or all.
+    /// gpt2_small, many_small, one_tensor (2^24 elements in one buffer) or all (the first
+    /// two).
     #[arg(long, default_value = "all")]
     model: String,
     /// Width of the GPT-2-shaped model (768 is GPT-2 small).
@@ -122,9 +123,12 @@ fn main() -> Result<()> {
     let models: Vec<(&str, Vec<usize>)> = [
         ("gpt2_small", gpt2(args.d, 12, 50257, 1024)),
         ("many_small", many_small()),
+        // The kernel over ranges on one tensor: its own cost against the flat kernel's,
+        // without the per-unit dispatches of a many-buffer model.
+        ("one_tensor", vec![1 << 24]),
     ]
     .into_iter()
-    .filter(|(name, _)| args.model == "all" || args.model == *name)
+    .filter(|(name, _)| args.model == *name || (args.model == "all" && *name != "one_tensor"))
     .collect();
     let mut rows = Vec::new();
     for (name, lens) in models {

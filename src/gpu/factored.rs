@@ -12,7 +12,7 @@ use std::num::NonZeroU64;
 use super::buffer::FlatParams;
 use super::context::GpuContext;
 use super::kernel::UNIFORM_RING;
-use super::segmented::{grid, SEGMENT_WORDS};
+use super::segmented::{check_fits, grid, SEGMENT_WORDS};
 use crate::error::{Error, Result};
 use crate::optim::{StateLayout, MAX_UNIFORM_BYTES, TILE_COLS, TILE_ROWS};
 
@@ -119,24 +119,7 @@ impl FactoredKernel {
         let device = ctx.device();
         let limits = device.limits();
         let storage = 5 + states.len() as u32;
-        if storage > limits.max_storage_buffers_per_shader_stage {
-            return Err(Error::KernelDoesNotFit {
-                kernel: file.to_string(),
-                needs: storage,
-                what: "storage buffers per shader stage",
-                limit: limits.max_storage_buffers_per_shader_stage,
-            });
-        }
-        let bytes = params.params_buffer().size();
-        let limit = ctx.max_binding_bytes();
-        if bytes > limit {
-            return Err(Error::BufferTooLarge {
-                what: "params of a per-tensor algorithm (bound whole: \
-                       max_storage_buffer_binding_size)",
-                bytes,
-                limit,
-            });
-        }
+        check_fits(&ctx, file, storage, params)?;
         let segs = params.segment_table().segments();
         let table = table(params, members, layout)?;
         let (tiles, matrices) = (table[1] as usize, table[2] as usize);

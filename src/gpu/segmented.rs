@@ -164,6 +164,36 @@ fn transform_parts(
         .collect()
 }
 
+/// A per-tensor kernel with `storage` storage bindings over `params` (bound whole) fits the
+/// device, or the typed refusal.
+pub(crate) fn check_fits(
+    ctx: &crate::gpu::context::GpuContext,
+    file: &str,
+    storage: u32,
+    params: &FlatParams,
+) -> Result<()> {
+    let limits = ctx.device().limits();
+    if storage > limits.max_storage_buffers_per_shader_stage {
+        return Err(Error::KernelDoesNotFit {
+            kernel: file.to_string(),
+            needs: storage,
+            what: "storage buffers per shader stage",
+            limit: limits.max_storage_buffers_per_shader_stage,
+        });
+    }
+    let bytes = params.params_buffer().size();
+    let limit = ctx.max_binding_bytes();
+    if bytes > limit {
+        return Err(Error::BufferTooLarge {
+            what: "params of a per-tensor algorithm (bound whole: \
+                   max_storage_buffer_binding_size)",
+            bytes,
+            limit,
+        });
+    }
+    Ok(())
+}
+
 /// A 2-D grid of at least `n` workgroups within the per-dimension limit.
 pub(crate) fn grid(n: usize, limit: u32) -> (u32, u32) {
     let x = (n as u64).clamp(1, u64::from(limit));
@@ -194,24 +224,7 @@ impl SegmentedKernel {
         let device = ctx.device();
         let limits = device.limits();
         let storage = 5 + states.len() as u32 + u32::from(transform.is_some());
-        if storage > limits.max_storage_buffers_per_shader_stage {
-            return Err(Error::KernelDoesNotFit {
-                kernel: file.to_string(),
-                needs: storage,
-                what: "storage buffers per shader stage",
-                limit: limits.max_storage_buffers_per_shader_stage,
-            });
-        }
-        let bytes = params.params_buffer().size();
-        let limit = ctx.max_binding_bytes();
-        if bytes > limit {
-            return Err(Error::BufferTooLarge {
-                what: "params of a per-tensor algorithm (bound whole: \
-                       max_storage_buffer_binding_size)",
-                bytes,
-                limit,
-            });
-        }
+        check_fits(&ctx, file, storage, params)?;
         let segments = params.segment_table().segments().len();
         let segs = params.segment_table().segments();
         if members.is_empty()
@@ -239,7 +252,7 @@ impl SegmentedKernel {
         // (indices into `members`, Newton-Schulz batch) per part.
         let plans: Vec<(Vec<usize>, Option<GpuNewtonSchulz>)> = match transform {
             None => vec![((0..members.len()).collect(), None)],
-            Some(ns) => transform_parts(params, members, limit)
+            Some(ns) => transform_parts(params, members, ctx.max_binding_bytes())
                 .into_iter()
                 .map(|part| {
                     let shapes: Vec<(usize, usize)> = part.iter().map(|&(_, s)| s).collect();
