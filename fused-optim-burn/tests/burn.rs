@@ -485,3 +485,39 @@ fn burn_adam_and_ours_reach_the_same_loss_on_an_mlp() {
         "ours {lo} vs Burn's {lt}"
     );
 }
+
+/// A gradient that is a strided view (a transpose, not copied) is refused with a typed error
+/// naming the parameter (the third of six in the batch of storages), before anything is written: params and the step count unchanged,
+/// and the next valid step works.
+#[test]
+fn a_non_contiguous_gradient_is_refused_and_changes_nothing() {
+    let Some((device, ctx)) = device() else {
+        return;
+    };
+    let model = net(&device);
+    let mut opt = FusedOptimizer::new(&ctx, AdamConfig::default());
+    let mut rng = Rng(5);
+    let (g, _) = grads(&model, &mut rng, &device);
+    let model = opt.step(1e-3, model, g).unwrap();
+    let (mut g, _) = grads(&model, &mut rng, &device);
+    let [r, c] = model.b.weight.val().dims();
+    let strided =
+        Tensor::<2>::from_data(TensorData::new(rng.values(r * c), [c, r]), &device).transpose();
+    assert_eq!(strided.dims(), [r, c]);
+    g.register(model.b.weight.id, strided);
+    let before = values(&model);
+    let steps = opt.inner().unwrap().step_count();
+    let Err(e) = opt.step(1e-3, model.clone(), g) else {
+        panic!("accepted a non-contiguous gradient")
+    };
+    assert!(
+        matches!(&e, Error::NotContiguous { path, what } if path == "b.weight" && *what == "its gradient"),
+        "{e}"
+    );
+    assert_eq!(values(&model), before);
+    assert_eq!(opt.inner().unwrap().step_count(), steps);
+    let (g, _) = grads(&model, &mut rng, &device);
+    let model = opt.step(1e-3, model, g).unwrap();
+    assert_eq!(opt.inner().unwrap().step_count(), steps + 1);
+    assert_ne!(values(&model), before);
+}

@@ -51,9 +51,9 @@ use crate::optim::{HostState, OptimizerConfig};
 /// (`workgroup_size * vec4_per_invocation` lanes each), so models of many small tensors
 /// waste most of a large block: at the context's default 256 x 2 (2048 elements) a tensor
 /// of 500..1600 elements left about half of its block idle. Measured on lavapipe
-/// (`examples/tensor_ranges.rs`, 2026-12-03, one run per geometry): 1000 tensors of
-/// 500..1600 elements 8.0 ms at 256 x 2 and 3.4 ms at 64 x 2; GPT-2-shaped tensors
-/// (d = 256) 65 ms at both.
+/// (`examples/tensor_ranges.rs`, 2026-12-03, one run per geometry, flat kernel alternated
+/// in the same run): 1000 tensors of 500..1600 elements, flat/ranges 0.54 at 256 x 2 and
+/// 0.65–0.69 at 64 x 2; GPT-2-shaped tensors (d = 256) 65 ms at both.
 pub const RANGES_MAX_WORKGROUP_SIZE: u32 = 64;
 
 /// The launch geometry of the kernels over caller ranges: the context's, with the workgroup
