@@ -63,8 +63,9 @@ pub use half;
 pub use mpi;
 pub use optim::{
     AdadeltaConfig, AdafactorConfig, AdagradConfig, AdamConfig, AdamaxConfig, Algorithm, HostState,
-    LambConfig, LionConfig, MuonConfig, MuonLrAdjust, NadamConfig, NewtonSchulz, OptimizerConfig,
-    RadamConfig, RmspropConfig, ScheduleFreeBase, ScheduleFreeConfig, SgdConfig, StateLayout,
+    LambConfig, LionConfig, MuonConfig, MuonLrAdjust, NadamConfig, NewtonSchulz, NsArithmetic,
+    OptimizerConfig, RadamConfig, RmspropConfig, ScheduleFreeBase, ScheduleFreeConfig, SgdConfig,
+    StateLayout,
 };
 pub use optimizer::Optimizer;
 pub use scaler::LossScaler;

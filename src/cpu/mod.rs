@@ -1,5 +1,6 @@
 //! CPU implementations: the f64 reference and the fast multi-threaded f32 path.
 
+mod bf16_gemm;
 pub mod blockwise8;
 pub mod fast;
 pub mod newton_schulz;

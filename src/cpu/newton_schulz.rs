@@ -18,14 +18,21 @@
 //! O ≈ U V ᵀ of U's SVD.
 //!
 //! torch runs the iteration in bfloat16 on the CPU (its float32 and float64 runs alike);
-//! this f32 version differs from torch's result by a few percent of max|O| (the golden
-//! README measured 3.8% for an f32 NS; `tools/tests/golden_muon_ns.rs` checks the bound).
+//! the f32 version ([`NsArithmetic::F32`], the default) differs from torch's result by a few
+//! percent of max|O| (the golden README measured 3.8% for an f32 NS;
+//! `tools/tests/golden_muon_ns.rs` checks the bound). [`NsArithmetic::Bf16`] runs torch's
+//! arithmetic: bf16 values, products summed in f32 (`vdpbf16ps` where the CPU has it, see
+//! `bf16_gemm`), each torch operation rounded once to bf16 with f32 coefficients.
 //! The f64 oracle, with an option that emulates torch's bf16 roundings, is
 //! [`crate::cpu::reference::newton_schulz`].
 
+use half::bf16;
+
+use super::bf16_gemm::Bf16Gemm;
+pub(crate) use super::bf16_gemm::Threads;
 use crate::error::{Error, Result};
 
-pub use crate::optim::NewtonSchulz;
+pub use crate::optim::{NewtonSchulz, NsArithmetic};
 
 /// Scratch matrices of [`NewtonSchulz::orthogonalize`], grown to the largest matrix seen
 /// and then reused: no allocation per call once warm.
@@ -35,6 +42,40 @@ pub struct NsWorkspace {
     y: Vec<f32>,
     a: Vec<f32>,
     b: Vec<f32>,
+    bf16: Bf16Workspace,
+}
+
+/// The bf16 iteration's matrices (X, A, B in bf16, the f32 products) and GEMM scratch.
+#[derive(Clone, Debug, Default)]
+struct Bf16Workspace {
+    x: Vec<bf16>,
+    a: Vec<bf16>,
+    b: Vec<bf16>,
+    product: Vec<f32>,
+    gemm: Bf16Gemm,
+}
+
+impl Bf16Workspace {
+    fn fit(&mut self, r: usize, c: usize) {
+        for (v, len) in [
+            (&mut self.x, r * c),
+            (&mut self.a, r * r),
+            (&mut self.b, r * r),
+        ] {
+            if v.len() < len {
+                v.resize(len, bf16::ZERO);
+            }
+        }
+        if self.product.len() < r * c {
+            self.product.resize(r * c, 0.0);
+        }
+    }
+}
+
+/// bf16 of an f32 value, round to nearest even (torch's rounding).
+#[inline(always)]
+fn to_bf16(v: f32) -> bf16 {
+    bf16::from_f32(v)
 }
 
 impl NsWorkspace {
@@ -128,6 +169,20 @@ impl NewtonSchulz {
         out: &mut [f32],
         ws: &mut NsWorkspace,
     ) -> Result<()> {
+        self.orthogonalize_on(u, rows, cols, out, ws, Threads::All)
+    }
+
+    /// [`Self::orthogonalize`]; `threads` says whether the bf16 products may use rayon's
+    /// pool (`Threads::One` when the caller is parallel over matrices already).
+    pub(crate) fn orthogonalize_on(
+        &self,
+        u: &[f32],
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+        ws: &mut NsWorkspace,
+        threads: Threads,
+    ) -> Result<()> {
         let (r, c, transposed) = ns_shape(u.len(), rows, cols)?;
         if out.len() != u.len() {
             return Err(Error::LengthMismatch {
@@ -136,8 +191,12 @@ impl NewtonSchulz {
                 got: out.len(),
             });
         }
+        if self.arithmetic == NsArithmetic::Bf16 {
+            self.orthogonalize_bf16(u, rows, cols, out, &mut ws.bf16, threads);
+            return Ok(());
+        }
         ws.fit(r, c);
-        let NsWorkspace { x, y, a, b } = ws;
+        let NsWorkspace { x, y, a, b, .. } = ws;
         let (x, y, a, b) = (
             &mut x[..r * c],
             &mut y[..r * c],
@@ -184,5 +243,94 @@ impl NewtonSchulz {
             out.copy_from_slice(x);
         }
         Ok(())
+    }
+
+    /// [`NsArithmetic::Bf16`]: torch 2.15's `_zeropower_via_newtonschulz` on the CPU, one
+    /// bf16 rounding per torch operation (shape already checked by the caller).
+    fn orthogonalize_bf16(
+        &self,
+        u: &[f32],
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+        ws: &mut Bf16Workspace,
+        threads: Threads,
+    ) {
+        let (r, c, transposed) = if rows > cols {
+            (cols, rows, true)
+        } else {
+            (rows, cols, false)
+        };
+        ws.fit(r, c);
+        let Bf16Workspace {
+            x,
+            a,
+            b,
+            product,
+            gemm,
+        } = ws;
+        let (x, a, b, s) = (
+            &mut x[..r * c],
+            &mut a[..r * r],
+            &mut b[..r * r],
+            &mut product[..r * c],
+        );
+        // X = bf16(U), or bf16(Uᵀ).
+        if transposed {
+            for i in 0..rows {
+                for j in 0..cols {
+                    x[j * rows + i] = to_bf16(u[i * cols + j]);
+                }
+            }
+        } else {
+            for (x, &u) in x.iter_mut().zip(u) {
+                *x = to_bf16(u);
+            }
+        }
+        // X = bf16(X / max(bf16(||X||), bf16(eps))) (the quotient of two bf16 values, rounded
+        // once: in f64, where it is exact enough not to round twice).
+        let norm = x
+            .iter()
+            .map(|v| v.to_f64() * v.to_f64())
+            .sum::<f64>()
+            .sqrt();
+        let norm = bf16::from_f64(norm)
+            .to_f64()
+            .max(bf16::from_f64(self.eps).to_f64());
+        for v in x.iter_mut() {
+            *v = bf16::from_f64(v.to_f64() / norm);
+        }
+        // torch's addmm: bf16(beta * C + alpha * (A B)) with f32 alpha, beta.
+        let (ca, cb, cc) = self.coefficients;
+        let (ca, cb, cc) = (ca as f32, cb as f32, cc as f32);
+        for _ in 0..self.steps {
+            // A = bf16(X Xᵀ)
+            gemm.product(r, c, r, x, x, true, &mut s[..r * r], threads);
+            for (a, &p) in a.iter_mut().zip(&s[..r * r]) {
+                *a = to_bf16(p);
+            }
+            // B = bf16(b A + c (A A))
+            gemm.product(r, r, r, a, a, false, &mut s[..r * r], threads);
+            for ((b, &a), &p) in b.iter_mut().zip(a.iter()).zip(&s[..r * r]) {
+                *b = to_bf16(cb * a.to_f32() + cc * p);
+            }
+            // X = bf16(a X + B X)
+            gemm.product(r, r, c, b, x, false, s, threads);
+            for (x, &p) in x.iter_mut().zip(s.iter()) {
+                *x = to_bf16(ca * x.to_f32() + p);
+            }
+        }
+        // O = X (widened exactly), or Xᵀ.
+        if transposed {
+            for i in 0..rows {
+                for j in 0..cols {
+                    out[i * cols + j] = x[j * rows + i].to_f32();
+                }
+            }
+        } else {
+            for (o, x) in out.iter_mut().zip(x.iter()) {
+                *o = x.to_f32();
+            }
+        }
     }
 }

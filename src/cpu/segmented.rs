@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::newton_schulz::{NewtonSchulz, NsWorkspace};
+use super::newton_schulz::{NewtonSchulz, NsWorkspace, Threads};
 
 use super::staggered::StaggeredVec;
 use crate::error::Result;
@@ -249,17 +249,18 @@ fn transform_step<A: Algorithm>(
     // Large matrices one after the other (the GEMM crate spreads each over the cores: its
     // `threading` feature), small ones in parallel over rayon's threads (one workspace each).
     let workspaces = &scratch.workspaces;
-    let run = |piece: Piece<'_>, ws: &Mutex<NsWorkspace>| -> Result<()> {
+    let run = |piece: Piece<'_>, ws: &Mutex<NsWorkspace>, threads: Threads| -> Result<()> {
         let mut ws = ws.lock().unwrap_or_else(|e| e.into_inner());
         let m = piece.rows * piece.cols;
         for b in 0..piece.batch {
             let r = b * m..(b + 1) * m;
-            ns.orthogonalize(
+            ns.orthogonalize_on(
                 &piece.input[r.clone()],
                 piece.rows,
                 piece.cols,
                 &mut piece.output[r],
                 &mut ws,
+                threads,
             )?;
         }
         Ok(())
@@ -268,11 +269,11 @@ fn transform_step<A: Algorithm>(
         .into_iter()
         .partition(|p| p.rows.min(p.cols) >= THREADED_GEMM_MIN_DIM);
     for piece in large {
-        run(piece, &workspaces[workers - 1])?;
+        run(piece, &workspaces[workers - 1], Threads::All)?;
     }
     small.into_par_iter().try_for_each(|piece| {
         let slot = rayon::current_thread_index().map_or(workers - 1, |i| i.min(workers - 2));
-        run(piece, &workspaces[slot])
+        run(piece, &workspaces[slot], Threads::One)
     })?;
     // Pass 2 with the transformed matrices.
     for (k, seg) in segs.iter().enumerate() {

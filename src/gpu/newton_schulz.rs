@@ -106,8 +106,17 @@ impl GpuNewtonSchulz {
     /// A batch of matrices of the given (rows, cols) shapes with `ns`'s iteration.
     /// Errors: an empty batch or a zero dimension ([`Error::Empty`]), offsets past u32 or
     /// the device's buffer limits ([`Error::TooManyElements`], [`Error::BufferTooLarge`]),
-    /// eps not finite and >= 0 ([`Error::InvalidHyperParameter`]).
+    /// eps not finite and >= 0 ([`Error::InvalidHyperParameter`]), bf16 arithmetic
+    /// ([`Error::InvalidCombination`]: the WGSL matmul is f32; use the fast CPU path for
+    /// torch's bf16 arithmetic).
     pub fn new(ctx: &GpuContext, shapes: &[(usize, usize)], ns: &NewtonSchulz) -> Result<Self> {
+        if ns.arithmetic != crate::optim::NsArithmetic::F32 {
+            return Err(Error::InvalidCombination {
+                optimizer: "Muon",
+                reason: "the GPU path runs Newton-Schulz in f32 only (NsArithmetic::F32); \
+                         NsArithmetic::Bf16 (torch's arithmetic) runs on the fast CPU path",
+            });
+        }
         if shapes.is_empty() {
             return Err(Error::Empty {
                 what: "Newton-Schulz batch",

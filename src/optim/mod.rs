@@ -37,7 +37,7 @@ pub use lamb::{LambConfig, LambUniform, LAMB_ADAM, LAMB_DECOUPLED, LAMB_PRE_NORM
 pub use lion::{LionConfig, LionUniform};
 pub use muon::{MuonConfig, MuonLrAdjust, MuonUniform};
 pub use nadam::{NadamConfig, NadamUniform};
-pub use newton_schulz::NewtonSchulz;
+pub use newton_schulz::{NewtonSchulz, NsArithmetic};
 pub use radam::{RadamConfig, RadamUniform};
 pub(crate) use registry::with_algorithm;
 pub use registry::{OptimizerConfig, StepUniform, MAX_UNIFORM_BYTES};

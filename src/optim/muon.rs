@@ -7,8 +7,8 @@
 
 use super::algorithm::{Algorithm, HostState, HparamReader, KernelSource, LaneOptions};
 use super::validate::{non_negative, unit_interval};
-use super::NewtonSchulz;
 use super::WordClass;
+use super::{NewtonSchulz, NsArithmetic};
 use crate::error::{Error, Result};
 use crate::segments::{SegmentShape, SegmentTable};
 
@@ -65,9 +65,11 @@ impl MuonLrAdjust {
 /// p   = p - lr * ratio(A, B) * O               (ratio: adjust_lr_fn)
 /// ```
 /// State: `momentum_buffer` (starts at 0). torch runs Newton–Schulz in bfloat16 on the CPU;
-/// this crate runs it in f32 (CPU: a GEMM crate; GPU: a tiled WGSL matmul) and its f64
-/// reference in f64, so results differ from torch's by bf16 rounding (a few percent of the
-/// update per step; `../shared/golden2/README.md`).
+/// this crate runs it in f32 by default (CPU: a GEMM crate; GPU: a tiled WGSL matmul) and its
+/// f64 reference in f64, so results differ from torch's by bf16 rounding (a few percent of the
+/// update per step; `../shared/golden2/README.md`). `ns.arithmetic =`
+/// [`NsArithmetic::Bf16`] runs torch's bf16 arithmetic instead (fast CPU path; the reference
+/// then emulates it).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MuonConfig {
     /// Learning rate (default 1e-3).
@@ -96,6 +98,7 @@ impl Default for MuonConfig {
                 steps: 5,
                 coefficients: (3.4445, -4.775, 2.0315),
                 eps: 1e-7,
+                arithmetic: NsArithmetic::F32,
             },
             adjust_lr: MuonLrAdjust::Original,
         }
@@ -221,7 +224,8 @@ impl Algorithm for MuonConfig {
         serde_json::json!({"lr": self.lr, "weight_decay": self.weight_decay,
             "momentum": self.momentum, "nesterov": self.nesterov,
             "ns_coefficients": [a, b, c], "eps": self.ns.eps, "ns_steps": self.ns.steps,
-            "adjust_lr_fn": self.adjust_lr.name()})
+            "adjust_lr_fn": self.adjust_lr.name(),
+            "ns_arithmetic": self.ns.arithmetic.name()})
     }
 
     fn from_hparams(_class: &str, h: &HparamReader<'_>) -> std::result::Result<Self, String> {
@@ -233,6 +237,12 @@ impl Algorithm for MuonConfig {
             Some(other) => return Err(format!("Muon: unknown `adjust_lr_fn` = {other:?}")),
         };
         let steps = h.uint("ns_steps", u64::from(d.ns.steps))?;
+        // Not one of torch's options (its arithmetic is bf16): absent means f32, ours.
+        let arithmetic = match h.text("ns_arithmetic")?.as_deref() {
+            None => NsArithmetic::F32,
+            Some(name) => NsArithmetic::from_name(name)
+                .ok_or_else(|| format!("Muon: unknown `ns_arithmetic` = {name:?}"))?,
+        };
         Ok(Self {
             lr: h.num("lr", d.lr)?,
             weight_decay: h.num("weight_decay", d.weight_decay)?,
@@ -242,6 +252,7 @@ impl Algorithm for MuonConfig {
                 steps: u32::try_from(steps).map_err(|_| format!("Muon: `ns_steps` = {steps}"))?,
                 coefficients: h.triple("ns_coefficients", d.ns.coefficients)?,
                 eps: h.num("eps", d.ns.eps)?,
+                arithmetic,
             },
             adjust_lr,
         })

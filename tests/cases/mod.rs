@@ -518,6 +518,7 @@ pub fn matrix() -> Vec<(&'static str, OptimizerConfig)> {
                     steps: 3,
                     coefficients: (2.0, -1.5, 0.5),
                     eps: 1e-3,
+                    ..Default::default()
                 },
                 ..muon
             }

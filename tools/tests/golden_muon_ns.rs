@@ -141,3 +141,47 @@ fn fast_f32_newton_schulz_is_within_a_tenth_of_max_o() {
     }
     eprintln!("fast f32 NS vs torch's bf16 NS: worst |dO| / max|O| = {worst_ratio:.4}");
 }
+
+/// The fast path with torch's arithmetic (`NsArithmetic::Bf16`) gives torch's own output:
+/// bit for bit on most captures (its f32 sums round like torch's on these small matrices),
+/// and everywhere far inside the bound of an independent NS. Measured: 24 of 24 captures
+/// identical, worst |dO| 0 (the f32 path: 0.038 of max|O|). Bound: >= 7 in 8 identical,
+/// |dO| <= 0.02 max|O|, so the bf16 path must be closer to torch than the f32 one.
+#[test]
+fn fast_bf16_newton_schulz_gives_torchs_output() {
+    use fused_optim::cpu::newton_schulz::NsArithmetic;
+    let mut ws = NsWorkspace::default();
+    let (mut identical, mut total, mut worst_ratio) = (0, 0, 0.0f64);
+    for name in CASES {
+        let c = case(name);
+        let ns = NewtonSchulz {
+            arithmetic: NsArithmetic::Bf16,
+            ..ns_of(&c)
+        };
+        for (t, rows, cols, input, want) in captures(&c) {
+            let u: Vec<f32> = input.iter().map(|&v| v as f32).collect();
+            let mut got = vec![f32::NAN; u.len()];
+            ns.orthogonalize(&u, rows, cols, &mut got, &mut ws).unwrap();
+            let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(&g, &w)| (f64::from(g) - w).abs())
+                .fold(0.0, f64::max);
+            if scale > 0.0 {
+                worst_ratio = worst_ratio.max(worst / scale);
+            }
+            identical += usize::from(worst == 0.0);
+            total += 1;
+            assert!(
+                worst <= 0.02 * scale,
+                "{name} {t}: {worst} vs max|O| {scale}"
+            );
+        }
+    }
+    eprintln!(
+        "fast bf16 NS vs torch's: {identical} of {total} captures identical, worst |dO| / max|O| \
+         = {worst_ratio:.4}"
+    );
+    assert!(identical * 8 >= total * 7, "{identical} of {total}");
+}

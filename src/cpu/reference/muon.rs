@@ -1,12 +1,12 @@
 //! The f64 reference of Muon, from `torch.optim.Muon` (PyTorch 2.15), one 2-D tensor at a
-//! time. Newton–Schulz runs in f64 ([`NsPrecision::F64`]: the iteration as written); torch
-//! runs it in bfloat16, which [`super::newton_schulz`] can emulate for the golden checks of
-//! the orthogonalised update itself.
+//! time. Newton–Schulz runs in f64 ([`NsPrecision::F64`]: the iteration as written) for
+//! [`NsArithmetic::F32`], and emulates torch's bfloat16 roundings ([`NsPrecision::Bf16`])
+//! for [`NsArithmetic::Bf16`].
 
 use super::newton_schulz::{newton_schulz_reference, NsPrecision};
 use super::{ReferenceScalars, ReferenceStep};
 use crate::error::Result;
-use crate::optim::MuonConfig;
+use crate::optim::{MuonConfig, NsArithmetic};
 use crate::segments::SegmentShape;
 
 /// torch's `lerp` in f64: `start + w (end - start)` for w < 0.5, else
@@ -57,7 +57,12 @@ impl ReferenceStep for MuonConfig {
             };
         }
         let (rows, cols) = (segment.rows(), segment.cols());
-        let o = newton_schulz_reference(&self.ns, &u, rows, cols, NsPrecision::F64)?;
+        // The configured arithmetic: exact (f64) for f32, torch's roundings for bf16.
+        let precision = match self.ns.arithmetic {
+            NsArithmetic::F32 => NsPrecision::F64,
+            NsArithmetic::Bf16 => NsPrecision::Bf16,
+        };
+        let o = newton_schulz_reference(&self.ns, &u, rows, cols, precision)?;
         let adjusted = r.lr * self.adjust_lr.ratio(rows, cols);
         let decay = 1.0 - r.lr * self.weight_decay;
         for (p, o) in params.iter_mut().zip(&o) {
