@@ -7,9 +7,10 @@
 //! - `setup NAME LOG2 FORMAT`: an optimizer of `benchmark_suite()` named `NAME` over 2^LOG2
 //!   parameters with state `f32`, `bf16` or `8bit` (bitsandbytes-style, min size 4096);
 //!   answers `ok` or `err MESSAGE`. Two warm-up steps run.
-//! - `setup muon MODEL f32`: `torch.optim.Muon`'s defaults over the 2-D tensors of `MODEL`:
-//!   `square_D` (one D x D matrix) or `transformer_L_D` (L layers of q, k, v, o D x D and
-//!   the MLP's D x 4D and 4D x D), each tensor a segment of its own.
+//! - `setup muon MODEL ARITHMETIC`: `torch.optim.Muon`'s defaults over the 2-D tensors of
+//!   `MODEL`: `square_D` (one D x D matrix) or `transformer_L_D` (L layers of q, k, v, o
+//!   D x D and the MLP's D x 4D and 4D x D), each tensor a segment of its own; Newton-Schulz
+//!   in `f32` (our default) or `bf16` (torch's CPU arithmetic, `NsArithmetic::Bf16`).
 //! - `time K`: runs K steps, answers the wall seconds of all K.
 //! - `quit`.
 //!
@@ -28,14 +29,18 @@ struct Run {
     grads: StaggeredVec,
 }
 
-fn setup_muon(model: &str) -> Result<Run, String> {
+fn setup_muon(model: &str, arithmetic: &str) -> Result<Run, String> {
+    let arithmetic = fused_optim::NsArithmetic::from_name(arithmetic)
+        .ok_or_else(|| format!("unknown Newton-Schulz arithmetic {arithmetic}"))?;
     let shapes: Vec<Vec<usize>> = fused_optim::roofline::muon_model_shapes(model)
         .ok_or_else(|| format!("unknown Muon model {model}"))?
         .into_iter()
         .map(|(r, c)| vec![r, c])
         .collect();
     let n: usize = shapes.iter().map(|s| s[0] * s[1]).sum();
-    let opt = CpuOptimizer::builder(fused_optim::MuonConfig::default(), n)
+    let mut config = fused_optim::MuonConfig::default();
+    config.ns.arithmetic = arithmetic;
+    let opt = CpuOptimizer::builder(config, n)
         .shapes(&shapes)
         .build()
         .map_err(|e| e.to_string())?;
@@ -113,9 +118,9 @@ fn main() {
         let Ok(line) = line else { break };
         let words: Vec<&str> = line.split_whitespace().collect();
         let answer = match words.as_slice() {
-            ["setup", "muon", model, "f32"] => {
+            ["setup", "muon", model, arithmetic] => {
                 run = None;
-                match setup_muon(model) {
+                match setup_muon(model, arithmetic) {
                     Ok(r) => {
                         run = Some(r);
                         "ok".to_string()

@@ -23,7 +23,9 @@ is compared the same way with PyTorch's best fp32 path and with bitsandbytes' ow
 
 With `--muon square_512,transformer_12_512` it compares Muon instead: `torch.optim.Muon`
 (defaults; PyTorch orthogonalises in bfloat16 on the CPU) against fused-optim's fast CPU Muon
-(Newton-Schulz in f32 on a GEMM crate) over the 2-D tensors of each model (`square_D`: one
+twice: Newton-Schulz in f32 (our default, matrixmultiply's sgemm) and in torch's own bf16
+arithmetic (`NsArithmetic::Bf16`: bf16 operands, f32 sums; gemmkit's `vdpbf16ps` kernel on
+CPUs with AVX-512 BF16), over the 2-D tensors of each model (`square_D`: one
 D x D matrix; `transformer_L_D`: L layers of q, k, v, o D x D and the MLP's D x 4D, 4D x D),
 interleaved the same way; rates are in parameters per second.
 
@@ -219,14 +221,15 @@ def compare_muon(args):
             version = peer.setup("muon", model, "-")
             if version is None:
                 raise RuntimeError("torch.optim.Muon is not available")
-            if ours.setup("muon", model, "f32") is None:
-                raise RuntimeError(f"fused-optim refused the Muon model {model}")
-            tp, to, med, lo, hi = interleave(peer, ours, args.rounds, args.batch_seconds)
-            rows.append(dict(model=model, n=n, tensors=len(muon_shapes(model)),
-                             peer="torch.optim.Muon+thp", peer_seconds=tp, ours_seconds=to,
-                             ratio_median=med, ratio_min=lo, ratio_max=hi,
-                             rounds=args.rounds))
-            print(f"muon {model} vs torch: {med:.2f}x", file=sys.stderr)
+            for arithmetic in ("f32", "bf16"):
+                if ours.setup("muon", model, arithmetic) is None:
+                    raise RuntimeError(f"fused-optim refused the Muon model {model}")
+                tp, to, med, lo, hi = interleave(peer, ours, args.rounds, args.batch_seconds)
+                rows.append(dict(model=model, n=n, tensors=len(muon_shapes(model)),
+                                 arithmetic=arithmetic, peer="torch.optim.Muon+thp",
+                                 peer_seconds=tp, ours_seconds=to, ratio_median=med,
+                                 ratio_min=lo, ratio_max=hi, rounds=args.rounds))
+                print(f"muon {model} ({arithmetic} NS) vs torch: {med:.2f}x", file=sys.stderr)
     finally:
         peer.close()
         ours.close()
@@ -236,11 +239,12 @@ def compare_muon(args):
         return
     print(f"Muon, PyTorch {version}, {args.threads} threads, {args.rounds} interleaved rounds "
           f"of >= {args.batch_seconds} s batches\n")
-    print("| model | tensors | params | torch.optim.Muon ms/step | fused-optim ms/step "
-          "| median ratio (min-max) |")
-    print("|---|---|---|---|---|---|")
+    print("| model | tensors | params | our NS arithmetic | torch.optim.Muon ms/step "
+          "| fused-optim ms/step | median ratio (min-max) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['tensors']} | {r['n']} | {r['peer_seconds'] * 1e3:.1f} | "
+        print(f"| {r['model']} | {r['tensors']} | {r['n']} | {r['arithmetic']} | "
+              f"{r['peer_seconds'] * 1e3:.1f} | "
               f"{r['ours_seconds'] * 1e3:.1f} | {r['ratio_median']:.2f}x "
               f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |")
 

@@ -65,32 +65,64 @@ pub(crate) fn has_bf16_dot() -> bool {
     }
 }
 
+/// A bf16 matrix operand: element (i, j) at `data[i * rs + j * cs]` (strides >= 0).
+#[derive(Clone, Copy)]
+pub(crate) struct Operand<'a> {
+    pub data: &'a [bf16],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// A row-major matrix with rows `ld` elements apart.
+    pub fn rows(data: &'a [bf16], ld: usize) -> Self {
+        Self {
+            data,
+            rs: ld,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with rows `ld` elements apart.
+    pub fn transposed(data: &'a [bf16], ld: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: ld,
+        }
+    }
+
+    /// Whether a `rows` x `cols` matrix fits in the slice.
+    fn holds(&self, rows: usize, cols: usize) -> bool {
+        (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
 impl Bf16Gemm {
-    /// `s = A B` (row-major `m` x `n`, f32) for row-major `a` (`m` x `k`) and `b` (`k` x `n`,
-    /// or when `bt` its transpose, `n` x `k`, row-major), every product exact and summed in f32.
+    /// `S = A B` for `A` (`m` x `k`) and `B` (`k` x `n`), every product exact and summed in
+    /// f32, into the `m` x `n` block of `s` whose rows are `ldc` elements apart.
     ///
     /// # Panics
-    /// When a slice is shorter than its matrix, or a dimension is 0 (internal callers only).
+    /// When an operand or `s` is shorter than its matrix, `ldc < n`, or a dimension is 0
+    /// (internal callers only).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn product(
         &mut self,
         m: usize,
         k: usize,
         n: usize,
-        a: &[bf16],
-        b: &[bf16],
-        bt: bool,
+        a: Operand<'_>,
+        b: Operand<'_>,
         s: &mut [f32],
+        ldc: usize,
         threads: Threads,
     ) {
-        assert!(m > 0 && k > 0 && n > 0);
-        assert!(a.len() >= m * k && b.len() >= k * n && s.len() >= m * n);
-        // B's element (p, j) is at p * rsb + j * csb.
-        let (rsb, csb) = if bt { (1, k as isize) } else { (n as isize, 1) };
+        assert!(m > 0 && k > 0 && n > 0 && ldc >= n);
+        assert!(a.holds(m, k) && b.holds(k, n) && s.len() >= (m - 1) * ldc + n);
         if has_bf16_dot() {
-            self.dot(m, k, n, a, b, rsb, csb, s, threads);
+            self.dot(m, k, n, a, b, s, ldc, threads);
         } else {
-            self.widened(m, k, n, a, b, rsb, csb, s);
+            self.widened(m, k, n, a, b, s, ldc);
         }
     }
 
@@ -100,11 +132,10 @@ impl Bf16Gemm {
         m: usize,
         k: usize,
         n: usize,
-        a: &[bf16],
-        b: &[bf16],
-        rsb: isize,
-        csb: isize,
+        a: Operand<'_>,
+        b: Operand<'_>,
         s: &mut [f32],
+        ldc: usize,
         threads: Threads,
     ) {
         #[cfg(target_arch = "x86_64")]
@@ -130,16 +161,16 @@ impl Bf16Gemm {
                     k,
                     m,
                     1.0,
-                    b.as_ptr(),
-                    csb,
-                    rsb,
-                    a.as_ptr(),
-                    1,
-                    k as isize,
+                    b.data.as_ptr(),
+                    b.cs as isize,
+                    b.rs as isize,
+                    a.data.as_ptr(),
+                    a.cs as isize,
+                    a.rs as isize,
                     0.0,
                     s.as_mut_ptr(),
                     1,
-                    n as isize,
+                    ldc as isize,
                     par,
                     &mut self.packing,
                 );
@@ -148,7 +179,7 @@ impl Bf16Gemm {
         #[cfg(not(target_arch = "x86_64"))]
         {
             let _ = threads;
-            self.widened(m, k, n, a, b, rsb, csb, s);
+            self.widened(m, k, n, a, b, s, ldc);
         }
     }
 
@@ -158,21 +189,22 @@ impl Bf16Gemm {
         m: usize,
         k: usize,
         n: usize,
-        a: &[bf16],
-        b: &[bf16],
-        rsb: isize,
-        csb: isize,
+        a: Operand<'_>,
+        b: Operand<'_>,
         s: &mut [f32],
+        ldc: usize,
     ) {
-        for (v, src) in [
-            (&mut self.wide_a, &a[..m * k]),
-            (&mut self.wide_b, &b[..k * n]),
-        ] {
+        // Compact row-major f32 copies (exact: every bf16 value is an f32 value).
+        for (v, op, rows, cols) in [(&mut self.wide_a, a, m, k), (&mut self.wide_b, b, k, n)] {
             v.clear();
-            v.extend(src.iter().map(|x| x.to_f32()));
+            v.extend(
+                (0..rows)
+                    .flat_map(|i| (0..cols).map(move |j| i * op.rs + j * op.cs))
+                    .map(|at| op.data[at].to_f32()),
+            );
         }
-        // SAFETY: the widened copies hold the m x k and k x n matrices the strides describe,
-        // `s` holds m x n (asserted in `product`) and aliases neither.
+        // SAFETY: the copies hold the m x k and k x n row-major matrices, `s` holds the
+        // m x n block with rows `ldc` apart (asserted in `product`) and aliases neither.
         unsafe {
             matrixmultiply::sgemm(
                 m,
@@ -183,11 +215,11 @@ impl Bf16Gemm {
                 k as isize,
                 1,
                 self.wide_b.as_ptr(),
-                rsb,
-                csb,
+                n as isize,
+                1,
                 0.0,
                 s.as_mut_ptr(),
-                n as isize,
+                ldc as isize,
                 1,
             );
         }

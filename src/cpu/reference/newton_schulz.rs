@@ -28,7 +28,26 @@ pub enum NsPrecision {
 fn round(x: f64, p: NsPrecision) -> f64 {
     match p {
         NsPrecision::F64 => x,
-        NsPrecision::Bf16 => bf16::from_f64(x).to_f64(),
+        NsPrecision::Bf16 => bf16_nearest(x).to_f64(),
+    }
+}
+
+/// The bf16 value nearest to `x`, ties to even. (`half::bf16::from_f64` drops `x`'s low 32
+/// bits before it rounds, so it can round the wrong way just off a midpoint.) Through the
+/// nearest f32, which is exact unless rounding to f32 moved `x` onto a bf16 midpoint (its
+/// low 16 bits 0x8000); there `x`'s side of the midpoint decides.
+fn bf16_nearest(x: f64) -> bf16 {
+    let f = x as f32;
+    let on_midpoint = f.to_bits() & 0xffff == 0x8000 && f64::from(f) != x;
+    if !on_midpoint || !f.is_finite() {
+        return bf16::from_f32(f);
+    }
+    let toward_zero = bf16::from_bits((f.to_bits() >> 16) as u16);
+    let away = bf16::from_bits(toward_zero.to_bits() + 1);
+    if x.abs() > f64::from(f).abs() {
+        away
+    } else {
+        toward_zero
     }
 }
 
