@@ -143,22 +143,19 @@ fn for_rows<T: Send>(
     }
 }
 
-/// Writes the symmetric r x r matrix `dst` from its values on and below the diagonal:
-/// `dst[i][j] = dst[j][i] = value(i * r + j)` for j <= i, in 32 x 32 tiles (both sides of a
-/// tile stay in cache), the tile rows on rayon's pool for `Threads::All`.
-fn fill_symmetric(
-    dst: &mut [bf16],
-    r: usize,
-    threads: Threads,
-    value: impl Fn(usize) -> bf16 + Sync + Send,
-) {
+/// Completes the symmetric r x r matrix `dst` whose block rows (`block_rows`) hold their
+/// entries up to the end of their diagonal block: `dst[i][j] = dst[j][i]` for the entries
+/// right of it, in 32 x 32 tiles (a tile's source rows stay in cache), the tile rows on
+/// rayon's pool for `Threads::All`.
+fn mirror_upper_blocks(dst: &mut [bf16], r: usize, threads: Threads) {
     use rayon::prelude::*;
     const TILE: usize = 32;
+    const _: () = assert!(SYMMETRIC_BLOCK % TILE == 0);
     assert!(dst.len() >= r * r);
-    /// The matrix's address, shared by the tile rows: they write disjoint elements.
+    /// The matrix's address, shared by the tile rows (see the SAFETY note below).
     #[derive(Clone, Copy)]
     struct Shared(*mut bf16);
-    // SAFETY: `Shared` is only dereferenced at disjoint elements (below).
+    // SAFETY: `Shared` is only dereferenced as described below.
     unsafe impl Send for Shared {}
     unsafe impl Sync for Shared {}
     impl Shared {
@@ -169,17 +166,18 @@ fn fill_symmetric(
     }
     let base = Shared(dst.as_mut_ptr());
     let tile_row = |i0: usize| {
-        for j0 in (0..=i0).step_by(TILE) {
-            for i in i0..(i0 + TILE).min(r) {
-                for j in j0..(j0 + TILE).min(i + 1) {
-                    let v = value(i * r + j);
-                    // SAFETY: i, j < r and `dst` holds r * r elements (asserted); element
-                    // (i, j) with j <= i, and its mirror (j, i), belong to tile row i0 alone
-                    // (each unordered pair {i, j} is visited once, from the tile row of its
-                    // larger index), so no two tile rows write the same element.
+        // A tile row never straddles a block row (the block is a multiple of the tile).
+        let end = ((i0 / SYMMETRIC_BLOCK + 1) * SYMMETRIC_BLOCK).min(r);
+        for j0 in (end..r).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(end) {
+                for j in j0..(j0 + TILE).min(r) {
+                    // SAFETY: i, j < r and `dst` holds r * r elements (asserted). Tile row
+                    // i0 writes only its own rows' entries right of their diagonal block
+                    // (j >= end > i) and reads entries (j, i) whose column i lies left of row
+                    // j's diagonal block (i < end <= j's block start): entries no tile row
+                    // writes. So the writes are disjoint and no read races a write.
                     unsafe {
-                        *base.at(i * r + j) = v;
-                        *base.at(j * r + i) = v;
+                        *base.at(i * r + j) = *base.at(j * r + i);
                     }
                 }
             }
@@ -432,7 +430,7 @@ impl NewtonSchulz {
         let (ca, cb, cc) = self.coefficients;
         let (ca, cb, cc) = (ca as f32, cb as f32, cc as f32);
         // X Xᵀ and A A are symmetric: from `SYMMETRIC_MIN` rows on, only the block rows'
-        // parts on and below the diagonal are multiplied (3/4 of the flops of each at 1024
+        // parts up to their diagonal block are multiplied (3/4 of the flops of each at 1024
         // rows, 5/8 at 2048) and the rest is read mirrored.
         let symmetric = r >= symmetric_min;
         for _ in 0..self.steps {
@@ -447,15 +445,16 @@ impl NewtonSchulz {
                 let (xr, xt) = (Operand::rows(x, c), Operand::transposed(x, c));
                 gemm.product(r, c, r, xr, xt, s, r, threads);
             }
+            // (Whole rows: right of the diagonal blocks the sums are stale, and the mirror
+            // overwrites them.)
             let sums = &*s;
+            for_rows(a, r, threads, |i, block| {
+                for (a, &p) in block.iter_mut().zip(&sums[i * r..]) {
+                    *a = to_bf16(p);
+                }
+            });
             if symmetric {
-                fill_symmetric(a, r, threads, |at| to_bf16(sums[at]));
-            } else {
-                for_rows(a, r, threads, |i, block| {
-                    for (a, &p) in block.iter_mut().zip(&sums[i * r..]) {
-                        *a = to_bf16(p);
-                    }
-                });
+                mirror_upper_blocks(a, r, threads);
             }
             // B = bf16(b A + c (A A))
             if symmetric {
@@ -469,16 +468,13 @@ impl NewtonSchulz {
                 gemm.product(r, r, r, whole, whole, s, r, threads);
             }
             let (sums, a) = (&*s, &*a);
+            for_rows(b, r, threads, |i, block| {
+                for ((b, a), &p) in block.iter_mut().zip(&a[i * r..]).zip(&sums[i * r..]) {
+                    *b = to_bf16(cb * a.to_f32() + cc * p);
+                }
+            });
             if symmetric {
-                fill_symmetric(b, r, threads, |at| {
-                    to_bf16(cb * a[at].to_f32() + cc * sums[at])
-                });
-            } else {
-                for_rows(b, r, threads, |i, block| {
-                    for ((b, a), &p) in block.iter_mut().zip(&a[i * r..]).zip(&sums[i * r..]) {
-                        *b = to_bf16(cb * a.to_f32() + cc * p);
-                    }
-                });
+                mirror_upper_blocks(b, r, threads);
             }
             // X = bf16(a X + B X)
             gemm.product(
@@ -522,7 +518,7 @@ impl NewtonSchulz {
 mod tests {
     use super::*;
 
-    /// The block-row symmetric products (and the tiled mirrored fill) against the whole
+    /// The block-row symmetric products (and the tiled mirror of the blocks right of the diagonal) against the whole
     /// products on the same matrices, both orientations, a last block row of 7 rows and a
     /// size that is not a multiple of the fill's 32 x 32 tiles. The two sum each entry in
     /// the GEMM's own order, which may depend on the call's shape, so they could differ by
@@ -561,7 +557,11 @@ mod tests {
             let low = bf16::from_bits(((bits >> 48) as u16 & 0x7fff).min(0x7f7e));
             let high = bf16::from_bits(low.to_bits() + 1);
             let mid = (low.to_f64() + high.to_f64()) / 2.0;
-            let even = if low.to_bits().is_multiple_of(2) { low } else { high };
+            let even = if low.to_bits().is_multiple_of(2) {
+                low
+            } else {
+                high
+            };
             for (w, want) in [
                 (mid, even),
                 (f64::from_bits(mid.to_bits() + 1), high),
