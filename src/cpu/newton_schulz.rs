@@ -150,7 +150,7 @@ fn for_rows<T: Send>(
 fn mirror_upper_blocks(dst: &mut [bf16], r: usize, threads: Threads) {
     use rayon::prelude::*;
     const TILE: usize = 32;
-    const _: () = assert!(SYMMETRIC_BLOCK % TILE == 0);
+    const _: () = assert!(SYMMETRIC_BLOCK.is_multiple_of(TILE));
     assert!(dst.len() >= r * r);
     /// The matrix's address, shared by the tile rows (see the SAFETY note below).
     #[derive(Clone, Copy)]
