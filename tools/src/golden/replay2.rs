@@ -324,6 +324,35 @@ pub async fn replay_async(
     let Some(config) = config_of(case)? else {
         return Ok(None);
     };
+    replay_config_async(case, which, ctx, config, None)
+        .await
+        .map(Some)
+}
+
+/// [`replay`] of `case` with a given `config` (e.g. [`config_of`]'s with an option the
+/// package lacks, such as Muon's `NsArithmetic::Bf16`), and when `trajectory_tol` is given,
+/// that tolerance of the trajectory metric instead of the README's (the final state keeps
+/// the README's). Blocks; the GPU path's read-backs are awaited inside.
+pub fn replay_config(
+    case: &Case2,
+    which: Implementation,
+    ctx: Option<&GpuContext>,
+    config: OptimizerConfig,
+    trajectory_tol: Option<f64>,
+) -> Result<Report2> {
+    fused_optim::gpu::wait::block_on(
+        "golden replay",
+        replay_config_async(case, which, ctx, config, trajectory_tol),
+    )?
+}
+
+async fn replay_config_async(
+    case: &Case2,
+    which: Implementation,
+    ctx: Option<&GpuContext>,
+    config: OptimizerConfig,
+    trajectory_tol: Option<f64>,
+) -> Result<Report2> {
     let dtype = which.dtype();
     let tol = which.tolerance_for(&config);
     let run = case.run(dtype)?;
@@ -334,6 +363,7 @@ pub async fn replay_async(
         .collect();
     let mut runner = Runner::new(which, config, case, &p0, ctx)?;
     let (metric, params_tol) = trajectory_metric(case, &config, tol);
+    let params_tol = trajectory_tol.unwrap_or(params_tol);
     let mut report = super::v2::replay_trajectory_async(
         case,
         dtype,
@@ -444,5 +474,5 @@ pub async fn replay_async(
             }
         }
     }
-    Ok(Some(report))
+    Ok(report)
 }
