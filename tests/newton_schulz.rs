@@ -47,12 +47,7 @@ fn fast_f32_equals_the_f64_oracle_within_f32_rounding() {
         ns.orthogonalize(&u, rows, cols, &mut out, &mut ws).unwrap();
         let u64: Vec<f64> = u.iter().map(|&v| f64::from(v)).collect();
         let want = newton_schulz_reference(&ns, &u64, rows, cols, NsPrecision::F64).unwrap();
-        let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-        let worst = out
-            .iter()
-            .zip(&want)
-            .map(|(&g, &w)| (f64::from(g) - w).abs())
-            .fold(0.0, f64::max);
+        let (scale, worst) = scale_and_worst(&out, &want);
         eprintln!("{rows}x{cols}: max|O| {scale:.3}, max |f32 - f64| {worst:.2e}");
         // Five steps of a degree-5 polynomial with coefficients up to 4.8 amplify the f32
         // rounding of each matmul (relative 2^-24 per term, sums of up to 130 terms): measured
@@ -155,12 +150,7 @@ fn gpu_batch_equals_the_f64_oracle_within_f32_rounding() {
         for ((&(rows, cols), u), got) in shapes.iter().zip(&inputs).zip(&outs) {
             let u64: Vec<f64> = u.iter().map(|&v| f64::from(v)).collect();
             let want = newton_schulz_reference(&ns, &u64, rows, cols, NsPrecision::F64).unwrap();
-            let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(&g, &w)| (f64::from(g) - w).abs())
-                .fold(0.0, f64::max);
+            let (scale, worst) = scale_and_worst(got, &want);
             eprintln!("gpu {rows}x{cols}: max |f32 - f64| {worst:.2e} of max|O| {scale:.3}");
             assert!(
                 worst <= 2e-5 * scale,
@@ -247,12 +237,7 @@ fn fast_bf16_follows_torchs_bf16_arithmetic() {
             );
             let u64: Vec<f64> = u.iter().map(|&v| f64::from(v)).collect();
             let want = newton_schulz_reference(&ns, &u64, rows, cols, NsPrecision::Bf16).unwrap();
-            let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-            let worst = out
-                .iter()
-                .zip(&want)
-                .map(|(&g, &w)| (f64::from(g) - w).abs())
-                .fold(0.0, f64::max);
+            let (scale, worst) = scale_and_worst(&out, &want);
             eprintln!("{used:?} {rows}x{cols}: max |bf16 - emulation| {worst:.2e} of {scale:.3}");
             assert!(worst <= 6e-2 * scale, "{rows}x{cols}: {worst} vs {scale}");
         }
@@ -274,4 +259,16 @@ fn the_gpu_refuses_bf16_arithmetic() {
         GpuNewtonSchulz::new(&ctx, &[(3, 4)], &ns),
         Err(Error::InvalidCombination { .. })
     ));
+}
+
+/// (max |want|, max |got - want|): the scale of an orthogonalised matrix and the worst
+/// element's distance from the expected one.
+fn scale_and_worst(got: &[f32], want: &[f64]) -> (f64, f64) {
+    let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (f64::from(g) - w).abs())
+        .fold(0.0, f64::max);
+    (scale, worst)
 }

@@ -126,12 +126,7 @@ fn fast_f32_newton_schulz_is_within_a_tenth_of_max_o() {
             let u: Vec<f32> = input.iter().map(|&v| v as f32).collect();
             let mut got = vec![f32::NAN; u.len()];
             ns.orthogonalize(&u, rows, cols, &mut got, &mut ws).unwrap();
-            let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(&g, &w)| (f64::from(g) - w).abs())
-                .fold(0.0, f64::max);
+            let (scale, worst) = scale_and_worst(&got, &want);
             worst_ratio = worst_ratio.max(worst / scale);
             assert!(
                 worst <= 0.1 * scale,
@@ -162,12 +157,7 @@ fn fast_bf16_newton_schulz_gives_torchs_output() {
             let u: Vec<f32> = input.iter().map(|&v| v as f32).collect();
             let mut got = vec![f32::NAN; u.len()];
             ns.orthogonalize(&u, rows, cols, &mut got, &mut ws).unwrap();
-            let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(&g, &w)| (f64::from(g) - w).abs())
-                .fold(0.0, f64::max);
+            let (scale, worst) = scale_and_worst(&got, &want);
             if scale > 0.0 {
                 worst_ratio = worst_ratio.max(worst / scale);
             }
@@ -184,4 +174,16 @@ fn fast_bf16_newton_schulz_gives_torchs_output() {
          = {worst_ratio:.4}"
     );
     assert!(identical * 8 >= total * 7, "{identical} of {total}");
+}
+
+/// (max |want|, max |got - want|): the scale of an orthogonalised matrix and the worst
+/// element's distance from the expected one.
+fn scale_and_worst(got: &[f32], want: &[f64]) -> (f64, f64) {
+    let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (f64::from(g) - w).abs())
+        .fold(0.0, f64::max);
+    (scale, worst)
 }
