@@ -194,6 +194,8 @@ fn main() -> Result<()> {
             "flat_step_s": median(tf),
             "flat_over_ranges": median(ratio),
             "flat_lanes": if ctx.uses_u64_lanes() { "u64" } else { "vec4<f32>" },
+            "ranges_workgroup": ranges.tuning().workgroup_size,
+            "flat_workgroup": ctx.options().tuning.workgroup_size,
         });
         if !args.json {
             eprintln!("{row}");

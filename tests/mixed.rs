@@ -786,3 +786,100 @@ fn one_group_over_every_segment_keeps_compact_state() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A step refused by a later group (Schedule-Free in evaluation mode, `Error::WrongMode`)
+/// changes nothing: the earlier AdamW group is not stepped either (params, state and step
+/// count keep their bits), on the fast CPU path and the reference; after switching back to
+/// training the same step works. On the GPU a group gets into evaluation mode only through a
+/// checkpoint saved in it: loaded there, the step is refused the same way and nothing moves.
+#[test]
+fn a_step_refused_by_a_later_group_changes_nothing() {
+    let sf: OptimizerConfig = ScheduleFreeConfig::default().into();
+    let groups = pair(adamw().into(), sf);
+    let table = SegmentTable::contiguous(&shapes()).unwrap();
+    let mut rng = Rng::new(0x5F0E);
+    let mut p = values(&mut rng);
+    let mut cpu = MixedCpuOptimizer::new(table.clone(), &groups).unwrap();
+    let mut reference = MixedReference::new(table.clone(), &groups).unwrap();
+    let mut p64: Vec<f64> = p.iter().map(|&x| f64::from(x)).collect();
+    let g1 = step_grads(&mut rng, &table, 1);
+    cpu.step(&mut p, &g1).unwrap();
+    let g64: Vec<f64> = g1.iter().map(|&x| f64::from(x)).collect();
+    reference.step(&mut p64, &g64).unwrap();
+    // Group 1 to evaluation mode (its params are mapped in a scratch copy: only the mode
+    // matters here).
+    let sf_len: usize = [0usize, 2, 4, 6]
+        .iter()
+        .map(|&s| shapes()[s].iter().product::<usize>())
+        .sum();
+    let mut scratch = vec![0.5f32; sf_len];
+    cpu.group_mut(1)
+        .unwrap()
+        .set_train_mode(&mut scratch, false)
+        .unwrap();
+    let mut scratch64 = vec![0.5f64; sf_len];
+    reference
+        .group_mut(1)
+        .unwrap()
+        .set_train_mode(&mut scratch64, false)
+        .unwrap();
+
+    let g2 = step_grads(&mut rng, &table, 2);
+    let (p_before, m_before, v_before) = (
+        p.clone(),
+        cpu.group(0).unwrap().state("exp_avg").unwrap().to_vec(),
+        cpu.group(0).unwrap().state("exp_avg_sq").unwrap().to_vec(),
+    );
+    let e = cpu.step(&mut p, &g2).unwrap_err();
+    assert!(matches!(e, Error::WrongMode { .. }), "{e}");
+    assert_eq!(cpu.step_count(), 1);
+    assert_eq!(cpu.group(0).unwrap().step_count(), 1, "group 0 stepped");
+    assert_eq!(p, p_before, "params changed by a refused step");
+    assert_eq!(
+        cpu.group(0).unwrap().state("exp_avg").unwrap(),
+        &m_before[..]
+    );
+    assert_eq!(
+        cpu.group(0).unwrap().state("exp_avg_sq").unwrap(),
+        &v_before[..]
+    );
+    let p64_before = p64.clone();
+    let g64: Vec<f64> = g2.iter().map(|&x| f64::from(x)).collect();
+    let e = reference.step(&mut p64, &g64).unwrap_err();
+    assert!(matches!(e, Error::WrongMode { .. }), "{e}");
+    assert_eq!(reference.group(0).unwrap().step_count(), 1);
+    assert_eq!(p64, p64_before);
+
+    // The GPU: a checkpoint saved with group 1 in evaluation mode.
+    let dir = std::env::temp_dir().join(format!("fused-optim-mixed-eval-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    cpu.save_checkpoint(&dir).unwrap();
+    if let Some(ctx) = gpu() {
+        let f = flat(&ctx, &p);
+        let mut g_opt = MixedGpuOptimizer::new(&f, &groups).unwrap();
+        // (It loads: the mode is part of the checkpoint's host state.)
+        match g_opt.load_checkpoint(&dir) {
+            Ok(()) => {
+                let state_before = g_opt.group_state(0, "exp_avg").unwrap();
+                let params_before = f.read_params().unwrap();
+                let e = g_opt.step().unwrap_err();
+                assert!(matches!(e, Error::WrongMode { .. }), "{e}");
+                assert_eq!(g_opt.step_count(), 1);
+                assert_eq!(g_opt.group_state(0, "exp_avg").unwrap(), state_before);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&f.read_params().unwrap()), bits(&params_before));
+            }
+            Err(e) => panic!("the GPU refused the evaluation-mode checkpoint: {e}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Back to training: the same step goes through on both groups.
+    cpu.group_mut(1)
+        .unwrap()
+        .set_train_mode(&mut scratch, true)
+        .unwrap();
+    cpu.step(&mut p, &g2).unwrap();
+    assert_eq!(cpu.step_count(), 2);
+    assert_ne!(p, p_before);
+}

@@ -181,11 +181,12 @@ fn concat(v: &[Vec<f32>]) -> Vec<f64> {
     v.iter().flatten().map(|&x| f64::from(x)).collect()
 }
 
-/// Run `steps` steps of `config` over LENS, relocating every tensor (params copied to their
+/// Run `steps` steps of `config` over tensors of `lens` elements, relocating every tensor (params copied to their
 /// new place by the test, as Burn's allocator would) before step `relocate_at`, and compare
 /// with the reference over the concatenated tensors after every step.
 fn run(
     ctx: &GpuContext,
+    lens: &[usize],
     label: &str,
     config: OptimizerConfig,
     options: GradOptions,
@@ -193,7 +194,6 @@ fn run(
     relocate_at: Option<u64>,
     poison_grad_at: Option<u64>,
 ) -> Result<(), String> {
-    let lens = &LENS;
     let mut rng = Rng::new(0x7e45 ^ steps);
     let p: Vec<Vec<f32>> = lens.iter().map(|&n| params0(&mut rng, n)).collect();
     let mut world = World::new(ctx, lens, 0, &p);
@@ -237,7 +237,16 @@ fn every_algorithm_over_shared_buffers_matches_the_reference_and_writes_no_neigh
             // Per-tensor algorithms (LAMB) are refused (checked below), not replayed.
             continue;
         }
-        if let Err(e) = run(&ctx, label, config, GradOptions::default(), 4, None, None) {
+        if let Err(e) = run(
+            &ctx,
+            &LENS,
+            label,
+            config,
+            GradOptions::default(),
+            4,
+            None,
+            None,
+        ) {
             failures.push(e);
         }
     }
@@ -263,6 +272,7 @@ fn relocation_between_steps_keeps_each_tensors_state() {
     };
     run(
         &ctx,
+        &LENS,
         "adamw relocated",
         adamw.into(),
         GradOptions::default(),
@@ -288,8 +298,55 @@ fn windows_smaller_than_a_tensor_cut_it_into_pieces() {
     };
     run(
         &ctx,
+        &LENS,
         "sgd windowed",
         sgd.into(),
+        GradOptions::default(),
+        3,
+        Some(2),
+        None,
+    )
+    .unwrap();
+}
+
+/// Large tensors (a few idle lanes in their last blocks) run at the context's workgroup, the
+/// small odd ones of LENS at the smallest (`ranges_tuning`); the large ones, with a relocation,
+/// against the reference as every other test here (the other geometry's kernels).
+#[test]
+fn large_tensors_run_at_the_contexts_workgroup_and_match_the_reference() {
+    use fused_optim::gpu::tensors::{ranges_tuning, RANGES_MIN_WORKGROUP_SIZE};
+    let Some(ctx) = gpu() else { return };
+    let context = ctx.options().tuning;
+    assert!(
+        context.workgroup_size > RANGES_MIN_WORKGROUP_SIZE,
+        "{context:?}"
+    );
+    const LARGE: [usize; 4] = [3, 40_000, 70_001, 1_000_003];
+    let adam: OptimizerConfig = AdamConfig::default().into();
+    let chosen = |lens: &[usize]| {
+        TensorOptimizer::new(&ctx, &specs(lens, |_| 0), &[adam])
+            .unwrap()
+            .tuning()
+    };
+    assert_eq!(chosen(&LARGE), context);
+    assert_eq!(
+        chosen(&LENS).workgroup_size,
+        RANGES_MIN_WORKGROUP_SIZE,
+        "LENS idle most of a 256 x 2 block"
+    );
+    let lens64: Vec<u64> = LARGE.iter().map(|&n| n as u64).collect();
+    assert_eq!(ranges_tuning(context, &lens64), context);
+    // 1000 tensors of 500..1600 elements: about half idle at 2048-element blocks.
+    let small: Vec<u64> = (0..1000).map(|i| 500 + (i * 37) % 1100).collect();
+    assert_eq!(
+        ranges_tuning(context, &small).workgroup_size,
+        RANGES_MIN_WORKGROUP_SIZE
+    );
+    run(
+        &ctx,
+        &LARGE,
+        "adam large tensors",
+        adam,
         GradOptions::default(),
         3,
         Some(2),
@@ -309,6 +366,7 @@ fn clip_by_global_norm_and_skip_nonfinite_match_the_reference() {
     };
     run(
         &ctx,
+        &LENS,
         "adam clipped",
         AdamConfig::default().into(),
         options,
@@ -499,6 +557,7 @@ fn vec4_f32_lanes_store_only_the_live_elements() {
     assert!(!ctx.uses_u64_lanes());
     run(
         &ctx,
+        &LENS,
         "adam f32 lanes",
         AdamConfig::default().into(),
         GradOptions::default(),

@@ -339,6 +339,12 @@ impl CpuOptimizer {
         }
     }
 
+    /// Whether a step may be taken now: the algorithm's own refusal (Schedule-Free in
+    /// evaluation mode), [`Error::WrongMode`]; what [`Self::step`] checks first.
+    pub fn check_step(&self) -> Result<()> {
+        self.config.check_step(&self.host)
+    }
+
     /// One step over `params` with `grads` (both of the optimizer's length).
     ///
     /// Any slices work. For large models allocate them as
@@ -355,7 +361,7 @@ impl CpuOptimizer {
                 });
             }
         }
-        self.config.check_step(&self.host)?;
+        self.check_step()?;
         self.last_skipped = false;
         if self.grad_options.skip_nonfinite && grads.par_iter().any(|g| !g.is_finite()) {
             // Mixed precision: skip the whole step; nothing changes.
@@ -376,7 +382,7 @@ impl CpuOptimizer {
                     self.host.step,
                     self.host.lr,
                 );
-                state.step_1state(&s, params, grads);
+                state.step_1state(&s, params, grads, simd_level());
                 self.host.state_written = true;
             }
             (Storage::Blockwise8(state), OptimizerConfig::Adam(c)) => {

@@ -150,10 +150,10 @@ impl MixedGpuOptimizer {
     }
 
     /// One step of every group on the gradients in the params' grads buffer: all recorded
-    /// into one encoder, one submission, nothing read back. On an error nothing is
-    /// submitted, but groups encoded before the failing one have advanced their step count
-    /// (an error past construction comes from a lost device or a Schedule-Free group in
-    /// eval mode).
+    /// into one encoder, one submission, nothing read back. Every group's own refusal (a
+    /// Schedule-Free group in evaluation mode: [`Error::WrongMode`]) is checked before any
+    /// group records anything, so such a step changes nothing; past that only a lost device
+    /// fails it (nothing is submitted then).
     pub fn step(&mut self) -> Result<()> {
         let ctx = self.ctx.clone();
         ctx.submit_step("step", "fused-optim mixed step", |e| self.encode_step(e))
@@ -162,6 +162,12 @@ impl MixedGpuOptimizer {
     /// [`Self::step`] recorded into the caller's encoder (the caller submits).
     pub fn encode_step(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         self.ctx.check_alive("encode_step")?;
+        for member in &self.members {
+            match member {
+                Member::Segments(opt) => opt.check_step()?,
+                Member::Tensors(opt) => opt.check_step()?,
+            }
+        }
         if let Some(clip) = &self.clip {
             clip.encode(encoder);
         }

@@ -35,6 +35,10 @@ pub trait SliceOptimizer: Optimizer + Sized {
 
     /// One step of `params` with `grads` (both the optimizer's length).
     fn step_slices(&mut self, params: &mut [Self::Elem], grads: &[Self::Elem]) -> Result<()>;
+
+    /// Whether a step may be taken now (the algorithm's own refusal, e.g. Schedule-Free in
+    /// evaluation mode), checked for every group before any group steps.
+    fn check_slices_step(&self) -> Result<()>;
 }
 
 impl SliceOptimizer for CpuOptimizer {
@@ -56,6 +60,10 @@ impl SliceOptimizer for CpuOptimizer {
     fn step_slices(&mut self, params: &mut [f32], grads: &[f32]) -> Result<()> {
         self.step(params, grads)
     }
+
+    fn check_slices_step(&self) -> Result<()> {
+        self.check_step()
+    }
 }
 
 impl SliceOptimizer for ReferenceOptimizer {
@@ -75,6 +83,10 @@ impl SliceOptimizer for ReferenceOptimizer {
 
     fn step_slices(&mut self, params: &mut [f64], grads: &[f64]) -> Result<()> {
         self.step(params, grads)
+    }
+
+    fn check_slices_step(&self) -> Result<()> {
+        self.check_step()
     }
 }
 
@@ -148,7 +160,9 @@ impl<O: SliceOptimizer> MixedSlices<O> {
     }
 
     /// One step of every group: `params` and `grads` are the whole flat vector (the table's
-    /// length). [`Error::LengthMismatch`] before anything changes when a length differs.
+    /// length). [`Error::LengthMismatch`] when a length differs, and every group's own
+    /// refusal (a Schedule-Free group in evaluation mode: [`Error::WrongMode`]), are
+    /// returned before any group steps, so such a step changes nothing.
     pub fn step(&mut self, params: &mut [O::Elem], grads: &[O::Elem]) -> Result<()> {
         for (what, len) in [("params", params.len()), ("grads", grads.len())] {
             if len != self.table.len() {
@@ -158,6 +172,9 @@ impl<O: SliceOptimizer> MixedSlices<O> {
                     got: len,
                 });
             }
+        }
+        for member in &self.members {
+            member.check_slices_step()?;
         }
         let grads: &[O::Elem] = match self.max_norm {
             None => grads,

@@ -309,6 +309,12 @@ impl ReferenceOptimizer {
         };
     }
 
+    /// Whether a step may be taken now: the algorithm's own refusal (Schedule-Free in
+    /// evaluation mode), [`Error::WrongMode`]; what [`Self::step`] checks first.
+    pub fn check_step(&self) -> Result<()> {
+        self.config.check_step(&self.host_state())
+    }
+
     /// One step. `params` and `grads` must both have the optimizer's length.
     pub fn step(&mut self, params: &mut [f64], grads: &[f64]) -> Result<()> {
         for (what, len) in [("params", params.len()), ("grads", grads.len())] {
@@ -320,7 +326,7 @@ impl ReferenceOptimizer {
                 });
             }
         }
-        self.config.check_step(&self.host_state())?;
+        self.check_step()?;
         self.last_skipped = false;
         if self.grad_options.skip_nonfinite && grads.iter().any(|g| !g.is_finite()) {
             // Mixed precision: skip the whole step; nothing changes.

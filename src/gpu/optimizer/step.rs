@@ -27,9 +27,16 @@ impl GpuOptimizer {
         self.encode(encoder)
     }
 
-    fn encode(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+    /// Whether a step may be taken now: the algorithm's own refusal (Schedule-Free in
+    /// evaluation mode), [`Error::WrongMode`](crate::Error::WrongMode); what a step checks
+    /// before it records anything.
+    pub fn check_step(&self) -> Result<()> {
         let first = &self.groups[0];
-        first.config.check_step(&first.host)?;
+        first.config.check_step(&first.host)
+    }
+
+    fn encode(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        self.check_step()?;
         if let Some(device) = &mut self.device {
             device.prepare(&self.groups)?;
         }

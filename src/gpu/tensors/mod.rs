@@ -47,22 +47,55 @@ use crate::gpu::shaders::{
 };
 use crate::optim::{HostState, OptimizerConfig};
 
-/// Largest workgroup of the kernels over caller ranges. A tensor takes whole blocks
-/// (`workgroup_size * vec4_per_invocation` lanes each), so models of many small tensors
-/// waste most of a large block: at the context's default 256 x 2 (2048 elements) a tensor
-/// of 500..1600 elements left about half of its block idle. Measured on lavapipe
+/// Smallest workgroup the kernels over caller ranges fall back to. A tensor takes whole
+/// blocks (`workgroup_size * vec4_per_invocation` lanes each), so models of many small
+/// tensors waste most of a large block: at the context's default 256 x 2 (2048 elements) a
+/// tensor of 500..1600 elements left about half of its block idle. Measured on lavapipe
 /// (`examples/tensor_ranges.rs`, 2026-12-03, one run per geometry, flat kernel alternated
 /// in the same run): 1000 tensors of 500..1600 elements, flat/ranges 0.54 at 256 x 2 and
 /// 0.65–0.69 at 64 x 2; GPT-2-shaped tensors (d = 256) 65 ms at both.
-pub const RANGES_MAX_WORKGROUP_SIZE: u32 = 64;
+pub const RANGES_MIN_WORKGROUP_SIZE: u32 = 64;
 
-/// The launch geometry of the kernels over caller ranges: the context's, with the workgroup
-/// capped at [`RANGES_MAX_WORKGROUP_SIZE`].
-pub fn ranges_tuning(context: KernelTuning) -> KernelTuning {
+/// Largest fraction of a step's lanes that may fall in the idle tails of tensors' last
+/// blocks at a workgroup size larger than [`RANGES_MIN_WORKGROUP_SIZE`]. On one tensor of
+/// 2^24 elements 256 x 2 ran 0.83 of the flat kernel against 0.71–0.77 at 64 x 2 (session 11,
+/// noisy), so large tensors keep the context's workgroup; GPT-2-shaped models idle ~0.1% of
+/// their lanes there, 1000 tensors of 500..1600 elements ~50%.
+pub const RANGES_MAX_IDLE_FRACTION: f64 = 0.02;
+
+/// The launch geometry of the kernels over caller ranges for tensors of `lens` elements: the
+/// context's, with the largest workgroup (the context's, halved down to
+/// [`RANGES_MIN_WORKGROUP_SIZE`]) whose blocks leave at most [`RANGES_MAX_IDLE_FRACTION`] of
+/// the launched lanes idle, else the smallest.
+pub fn ranges_tuning(context: KernelTuning, lens: &[u64]) -> KernelTuning {
+    let floor = context.workgroup_size.min(RANGES_MIN_WORKGROUP_SIZE);
+    let mut size = context.workgroup_size;
+    while size > floor {
+        let block = u64::from(size) * u64::from(context.vec4_per_invocation);
+        if idle_fraction(lens, block) <= RANGES_MAX_IDLE_FRACTION {
+            break;
+        }
+        size = (size / 2).max(floor);
+    }
     KernelTuning {
-        workgroup_size: context.workgroup_size.min(RANGES_MAX_WORKGROUP_SIZE),
+        workgroup_size: size,
         ..context
     }
+}
+
+/// Fraction of the launched lanes that are no tensor's when every tensor of `lens` elements
+/// takes whole blocks of `block_lanes` vec4 lanes.
+fn idle_fraction(lens: &[u64], block_lanes: u64) -> f64 {
+    let (mut used, mut launched) = (0u64, 0u64);
+    for &len in lens {
+        let lanes = len.div_ceil(4);
+        used += lanes;
+        launched += lanes.div_ceil(block_lanes) * block_lanes;
+    }
+    if launched == 0 {
+        return 0.0;
+    }
+    (launched - used) as f64 / launched as f64
 }
 
 /// One tensor a [`TensorOptimizer`] updates: its name (for errors and checkpoints), its
@@ -149,6 +182,8 @@ pub struct TensorOptimizer {
     groups: Vec<Group>,
     layout: StateLayout,
     geometry: Geometry,
+    /// The launch geometry chosen for these tensors ([`ranges_tuning`]).
+    tuning: KernelTuning,
     state_names: Vec<&'static str>,
     states: Vec<wgpu::Buffer>,
     flavours: [Option<Flavour>; 2],
@@ -235,13 +270,13 @@ impl TensorOptimizer {
         crate::gpu::kernel::check_launch(ctx)?;
         let device = ctx.device();
         let limits = device.limits();
-        let tuning = ranges_tuning(ctx.options().tuning);
+        let lens: Vec<u64> = tensors.iter().map(|t| t.len as u64).collect();
+        let tuning = ranges_tuning(ctx.options().tuning, &lens);
         let geometry = Geometry {
             align: u64::from(limits.min_storage_buffer_offset_alignment).max(16),
             max_binding: ctx.max_binding_bytes(),
             block_lanes: u64::from(tuning.workgroup_size) * u64::from(tuning.vec4_per_invocation),
         };
-        let lens: Vec<u64> = tensors.iter().map(|t| t.len as u64).collect();
         let layout = StateLayout::new(&lens, &geometry);
         let config = groups[0];
         let n = usize::try_from(layout.total).map_err(|_| Error::TooManyElements {
@@ -289,6 +324,7 @@ impl TensorOptimizer {
                     .collect(),
                 layout,
                 geometry,
+                tuning,
                 state_names,
                 states,
                 flavours: [None, None],
@@ -360,14 +396,24 @@ impl TensorOptimizer {
         let key = self.key;
         let flavour = self.flavours[slot].as_mut().expect("built above");
         if !flavour.pipelines.iter().any(|(k, _)| *k == key) {
-            let p = flavour.recipe.build_tuned(
-                &self.ctx,
-                key,
-                ranges_tuning(self.ctx.options().tuning),
-            )?;
+            let p = flavour.recipe.build_tuned(&self.ctx, key, self.tuning)?;
             flavour.pipelines.push((key, p));
         }
         Ok(())
+    }
+
+    /// Whether a step may be taken now: the algorithm's own refusal (Schedule-Free in
+    /// evaluation mode), [`Error::WrongMode`]; what [`Self::step`] checks before it records
+    /// anything.
+    pub fn check_step(&self) -> Result<()> {
+        let first = &self.groups[0];
+        first.config.check_step(&first.host)
+    }
+
+    /// The launch geometry the kernels run at for these tensors: the context's, with the
+    /// workgroup chosen by [`ranges_tuning`] from the tensors' lengths.
+    pub fn tuning(&self) -> KernelTuning {
+        self.tuning
     }
 
     /// Number of tensors.
@@ -650,8 +696,7 @@ impl TensorOptimizer {
             grads.push(place(&b.grad)?);
         }
         layout::check(&self.names, &self.lens, &params, &grads, &self.geometry)?;
-        let first = &self.groups[0];
-        first.config.check_step(&first.host)?;
+        self.check_step()?;
 
         // The plan, and the table and unit headers on the device, when the places changed.
         let places: Vec<(Place, Place)> =
