@@ -453,3 +453,134 @@ fn every_simd_build_equals_the_oracle() {
     }
     set_simd_level(before);
 }
+
+/// The one-state 8-bit loops (Lion, SGD with momentum; decay on and off, the first momentum
+/// step) equal the one-state oracle bit for bit, params, codes and absmax after every step,
+/// at every SIMD build this CPU has: lengths crossing blocks and parallel tasks, a partial
+/// last block, all-zero blocks, an lr of 0 mid-run.
+#[test]
+fn one_state_loops_equal_the_oracle_at_every_simd_build() {
+    use fused_optim::cpu::reference::blockwise8_1state::{oracle_step_8bit_1state, OneState};
+    use fused_optim::cpu::simd::{set_simd_level, SimdLevel};
+    let configs: [(OptimizerConfig, fn(f64) -> OneState); 4] = [
+        (
+            LionConfig {
+                betas: (0.9, 0.99),
+                weight_decay: 0.0,
+                ..Default::default()
+            }
+            .into(),
+            |lr| OneState::Lion {
+                lr,
+                beta1: 0.9,
+                beta2: 0.99,
+                weight_decay: 0.0,
+            },
+        ),
+        (
+            LionConfig {
+                betas: (0.95, 0.98),
+                weight_decay: 0.1,
+                ..Default::default()
+            }
+            .into(),
+            |lr| OneState::Lion {
+                lr,
+                beta1: 0.95,
+                beta2: 0.98,
+                weight_decay: 0.1,
+            },
+        ),
+        (
+            SgdConfig {
+                momentum: 0.9,
+                ..Default::default()
+            }
+            .into(),
+            |lr| OneState::Momentum {
+                lr,
+                momentum: 0.9,
+                weight_decay: 0.0,
+            },
+        ),
+        (
+            SgdConfig {
+                momentum: 0.8,
+                weight_decay: 0.01,
+                ..Default::default()
+            }
+            .into(),
+            |lr| OneState::Momentum {
+                lr,
+                momentum: 0.8,
+                weight_decay: 0.01,
+            },
+        ),
+    ];
+    let qmap = dynamic_map(true);
+    let before = fused_optim::cpu::simd::simd_level();
+    let lens = [70_001usize, 257, 300];
+    let n: usize = lens.iter().sum();
+    for level in SimdLevel::ALL {
+        if set_simd_level(level) != level {
+            eprintln!("NOT TESTED here: this CPU has no {} code", level.name());
+            continue;
+        }
+        for (c, (config, one_state)) in configs.iter().enumerate() {
+            let mut rng = Rng::new(0x1517 + c as u64);
+            let mut p = params0(&mut rng, n);
+            let mut po = p.clone();
+            let mut opt = CpuOptimizer::builder(*config, n)
+                .segments(&lens)
+                .state_format(StateFormat::Blockwise8 { min_size: 256 })
+                .build()
+                .unwrap();
+            let mut codes: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0; l]).collect();
+            let mut absmax: Vec<Vec<f32>> =
+                lens.iter().map(|&l| vec![0.0; l.div_ceil(BLOCK)]).collect();
+            for (k, &lr) in [1e-3, 3e-3, 0.0, 1e-2, 5e-4].iter().enumerate() {
+                let t = k as u64 + 1;
+                let g = grads_for(&mut rng, n, k + 1);
+                opt.set_lr(lr).unwrap();
+                opt.step(&mut p, &g).unwrap();
+                let mut start = 0;
+                for (j, &l) in lens.iter().enumerate() {
+                    let r = start..start + l;
+                    start += l;
+                    oracle_step_8bit_1state(
+                        &one_state(lr),
+                        t,
+                        &qmap,
+                        &mut po[r.clone()],
+                        &g[r],
+                        &mut codes[j],
+                        &mut absmax[j],
+                    );
+                }
+                let label = format!("{} config {c} step {t}", level.name());
+                let bad = p
+                    .iter()
+                    .zip(&po)
+                    .position(|(a, b)| a.to_bits() != b.to_bits());
+                assert_eq!(bad, None, "{label}: params differ");
+                let st = opt.blockwise8_state().unwrap();
+                for (j, seg) in st.segments().iter().enumerate() {
+                    match seg {
+                        SegmentState::Quantized {
+                            state1, absmax1, ..
+                        } => {
+                            assert_eq!(state1, &codes[j], "{label}: codes of segment {j}");
+                            assert_eq!(
+                                absmax1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                                absmax[j].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                                "{label}: absmax of segment {j}"
+                            );
+                        }
+                        other => panic!("{label}: segment {j} not 8-bit: {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+    set_simd_level(before);
+}

@@ -607,11 +607,23 @@ fn run_blocks(
     }
 }
 
-/// [`blocks`] compiled for AVX2, [`full`] for AVX2 and for AVX-512.
+/// [`blocks`] and [`blocks_1state`] compiled for AVX2, [`full`] for AVX2 and for AVX-512.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 mod x86 {
-    use super::{blocks, full, Blockwise8Scalars};
+    use super::{blocks, blocks_1state, full, Blockwise8Scalars, OneStateScalars, Quantizer};
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn blocks_1state_avx2(
+        s: &OneStateScalars,
+        q: &Quantizer,
+        p: &mut [f32],
+        g: &[f32],
+        c: &mut [u8],
+        a: &mut [f32],
+    ) {
+        blocks_1state(s, q, p, g, c, a)
+    }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn blocks_avx2(
@@ -981,11 +993,91 @@ fn one_state_element(s: &OneStateScalars, quantized: bool, p: &mut f32, g: f32, 
     }
 }
 
+/// Dispatches [`blocks_1state`] to the build of `level` (the AVX2 build at the AVX-512
+/// level too, as [`run_blocks`]); the same bits at every level.
+fn run_blocks_1state(
+    s: &OneStateScalars,
+    q: &Quantizer,
+    p: &mut [f32],
+    g: &[f32],
+    c: &mut [u8],
+    a: &mut [f32],
+    level: SimdLevel,
+) {
+    match level {
+        // SAFETY: `level` comes from `simd_level()`, never above `SimdLevel::detected()`.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 | SimdLevel::Avx2 => unsafe { x86::blocks_1state_avx2(s, q, p, g, c, a) },
+        _ => blocks_1state(s, q, p, g, c, a),
+    }
+}
+
+/// The one-state step over consecutive blocks of an 8-bit tensor: dequantise the momentum,
+/// update it and the params in f32, re-quantise. The same arithmetic as
+/// [`one_state_element`] with `quantized` (so the same bits), with the branches on the
+/// algorithm and its options taken once per block instead of per element, so that the
+/// element loops vectorise.
+#[inline(always)]
+fn blocks_1state(
+    s: &OneStateScalars,
+    q: &Quantizer,
+    p: &mut [f32],
+    g: &[f32],
+    c: &mut [u8],
+    a: &mut [f32],
+) {
+    let mut m = [0.0f32; BLOCK];
+    for (((p, g), c), a) in p
+        .chunks_mut(BLOCK)
+        .zip(g.chunks(BLOCK))
+        .zip(c.chunks_mut(BLOCK))
+        .zip(a.iter_mut())
+    {
+        let n = p.len();
+        let (m, g) = (&mut m[..n], &g[..n]);
+        let codes = &c[..n];
+        let (map, absmax) = (&q.map, *a);
+        if s.lion {
+            if s.decays {
+                for x in p.iter_mut() {
+                    *x *= s.decay_factor;
+                }
+            }
+            for i in 0..n {
+                let m0 = map[codes[i] as usize] * absmax;
+                let u = s.beta1 * m0 + s.one_minus_beta1 * g[i];
+                p[i] = s.neg_lr.mul_add(sign_1state(u), p[i]);
+                m[i] = s.one_minus_beta2.mul_add(g[i], s.beta2 * m0);
+            }
+        } else if s.first {
+            for i in 0..n {
+                let gi = s.weight_decay.mul_add(p[i], g[i]);
+                m[i] = gi;
+                p[i] = s.neg_lr.mul_add(gi, p[i]);
+            }
+        } else {
+            for i in 0..n {
+                let m0 = map[codes[i] as usize] * absmax;
+                let mi = s.beta1 * m0 + s.weight_decay.mul_add(p[i], g[i]);
+                m[i] = mi;
+                p[i] = s.neg_lr.mul_add(mi, p[i]);
+            }
+        }
+        *a = q.quantize_block(m, c);
+    }
+}
+
 impl Blockwise8State {
     /// One fast step of a one-state optimizer (Lion, SGD with momentum) with scalars `s`
     /// over the flat `params` and `grads` ([`Self::len`] elements; the caller checks).
     /// Only `state1`/`absmax1` are used (`state2`/`absmax2` stay zero).
-    pub(crate) fn step_1state(&mut self, s: &OneStateScalars, params: &mut [f32], grads: &[f32]) {
+    pub(crate) fn step_1state(
+        &mut self,
+        s: &OneStateScalars,
+        params: &mut [f32],
+        grads: &[f32],
+        level: SimdLevel,
+    ) {
         let q1 = Quantizer::signed();
         for (r, seg) in self.ranges.iter().zip(self.segments.iter_mut()) {
             let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
@@ -1000,20 +1092,7 @@ impl Blockwise8State {
                         .zip(state1.par_chunks_mut(task))
                         .zip(absmax1.par_chunks_mut(BLOCKS_PER_TASK))
                         .for_each(|(((p, g), c), a)| {
-                            let mut m = [0.0f32; BLOCK];
-                            for (((p, g), c), a) in p
-                                .chunks_mut(BLOCK)
-                                .zip(g.chunks(BLOCK))
-                                .zip(c.chunks_mut(BLOCK))
-                                .zip(a.iter_mut())
-                            {
-                                let n = p.len();
-                                for i in 0..n {
-                                    let m0 = q1.dequantize(c[i], *a);
-                                    m[i] = one_state_element(s, true, &mut p[i], g[i], m0);
-                                }
-                                *a = q1.quantize_block(&m[..n], c);
-                            }
+                            run_blocks_1state(s, &q1, p, g, c, a, level);
                         });
                 }
                 SegmentState::Full { state1, .. } => {
