@@ -1092,7 +1092,7 @@ impl Blockwise8State {
                         .zip(state1.par_chunks_mut(task))
                         .zip(absmax1.par_chunks_mut(BLOCKS_PER_TASK))
                         .for_each(|(((p, g), c), a)| {
-                            run_blocks_1state(s, &q1, p, g, c, a, level);
+                            run_blocks_1state(s, q1, p, g, c, a, level);
                         });
                 }
                 SegmentState::Full { state1, .. } => {
