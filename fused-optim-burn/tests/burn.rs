@@ -252,15 +252,29 @@ fn tensors_sharing_the_parameters_pages_are_never_written() {
     };
     // Neighbours allocated between the parameters, in the same pages, with a value no
     // update produces. (Burn keeps a freshly initialised parameter in a buffer of its own;
-    // a computed one, as after a load or a copy, lives in the pool's shared pages.)
+    // a computed one, as after a load or a copy, lives in the pool's shared pages. The copy
+    // is taken while the original is still held, so that without fusion Burn cannot run
+    // the addition in place in the original's own buffer.)
+    let copied = |t: Tensor<2>| {
+        let held = t.clone();
+        let out = t.add_scalar(0.0);
+        drop(held);
+        out
+    };
+    let copied_1d = |t: Tensor<1>| {
+        let held = t.clone();
+        let out = t.add_scalar(0.0);
+        drop(held);
+        out
+    };
     let mut neighbours = Vec::new();
     let mut layers_ = Vec::new();
     for (i, o) in [(7, 5), (5, 3), (3, 1)] {
         let l = LinearConfig::new(i, o).init(&device);
         neighbours.push(Tensor::<1>::full([13], -7777.125, &device));
-        let weight = l.weight.map(|t| t.add_scalar(0.0));
+        let weight = l.weight.map(copied);
         neighbours.push(Tensor::<1>::full([3], -7777.125, &device));
-        let bias = l.bias.map(|b| b.map(|t| t.add_scalar(0.0)));
+        let bias = l.bias.map(|b| b.map(copied_1d));
         neighbours.push(Tensor::<1>::full([5], -7777.125, &device));
         layers_.push(Linear { weight, bias });
     }
