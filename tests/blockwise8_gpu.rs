@@ -663,33 +663,134 @@ fn refused_combinations_are_typed_errors() {
     );
 }
 
+/// One-state 8-bit checkpoints (Lion8bit, SGD8bit: `state1`, `absmax1`, `qmap1` per
+/// quantised segment, `state1` per 32-bit one, as bitsandbytes' `state_dict()`): CPU -> CPU and
+/// CPU -> GPU -> CPU give the bit-identical next step; a file of another algorithm, or with a
+/// second state's tensors, is a typed error that changes nothing.
 #[test]
-fn one_state_8bit_checkpoints_are_refused_before_anything_is_written() {
-    let Some(ctx) = gpu() else { return };
+fn one_state_8bit_checkpoints_round_trip_to_the_same_next_step() {
+    use safetensors::SafeTensors;
     let dir = ckpt_dir("one-state");
-    let path = dir.join("lion.safetensors");
-    let flat = FlatParams::from_slice(&ctx, &[0.5f32; 600]).unwrap();
-    let q8 = StateFormat::Blockwise8 { min_size: 256 };
-    let lion = LionConfig::default();
-    let gpu_opt = GpuOptimizer::builder(&flat)
-        .config(lion)
-        .state_format(q8)
-        .build()
-        .unwrap();
-    let r = gpu_opt.save_checkpoint(&path);
-    assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
-    let cpu = CpuOptimizer::builder(
-        SgdConfig {
-            momentum: 0.9,
-            ..SgdConfig::default()
-        },
-        600,
-    )
-    .state_format(q8)
-    .build()
-    .unwrap();
-    let r = cpu.save_checkpoint(&path);
-    assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
-    assert!(!path.exists());
+    let lens = [700usize, 40, 300];
+    let n: usize = lens.iter().sum();
+    let q8 = StateFormat::Blockwise8 { min_size: 300 };
+    let lion: OptimizerConfig = LionConfig {
+        weight_decay: 0.1,
+        ..LionConfig::default()
+    }
+    .into();
+    let sgd: OptimizerConfig = SgdConfig {
+        momentum: 0.9,
+        weight_decay: 0.01,
+        ..SgdConfig::default()
+    }
+    .into();
+    let build = |config: OptimizerConfig| {
+        CpuOptimizer::builder(config, n)
+            .segments(&lens)
+            .state_format(q8)
+            .build()
+            .unwrap()
+    };
+    for (k, config) in [lion, sgd].into_iter().enumerate() {
+        let mut rng = Rng::new(77 + k as u64);
+        let mut p = params0(&mut rng, n);
+        let mut cpu = build(config);
+        for s in 0..3 {
+            cpu.step(&mut p, &grads_for(&mut rng, n, s + 1)).unwrap();
+        }
+        let path = dir.join(format!("{}.safetensors", config.name()));
+        cpu.save_checkpoint(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let mut names: Vec<String> = SafeTensors::deserialize(&bytes)
+            .unwrap()
+            .names()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "0.absmax1",
+                "0.qmap1",
+                "0.state1",
+                "1.state1",
+                "2.absmax1",
+                "2.qmap1",
+                "2.state1"
+            ],
+            "{}: bitsandbytes' one-state names",
+            config.name()
+        );
+        let mut resumed = build(config);
+        resumed.load_checkpoint(&path).unwrap();
+        assert_eq!(resumed.step_count(), 3);
+        assert_eq!(resumed.blockwise8_state(), cpu.blockwise8_state());
+        let g = grads_for(&mut rng, n, 4);
+        let mut p2 = p.clone();
+        cpu.step(&mut p, &g).unwrap();
+        resumed.step(&mut p2, &g).unwrap();
+        assert_eq!(bits(&p2), bits(&p), "{}: CPU -> CPU", config.name());
+
+        // Another algorithm's file is refused, and changes nothing.
+        let other = build(if k == 0 { sgd } else { lion });
+        let other_path = dir.join("other.safetensors");
+        other.save_checkpoint(&other_path).unwrap();
+        let before = resumed.blockwise8_state().cloned();
+        let e = resumed.load_checkpoint(&other_path).unwrap_err();
+        assert!(matches!(e, Error::Checkpoint { .. }), "{e}");
+        assert_eq!(resumed.blockwise8_state().cloned(), before);
+        assert_eq!(resumed.step_count(), 4);
+        // So is an Adam file (two states) into a one-state optimizer.
+        let mut adam = cpu_twin(AdamConfig::adamw(), &lens, 300);
+        let mut pa = params0(&mut rng, n);
+        adam.step(&mut pa, &grads_for(&mut rng, n, 1)).unwrap();
+        adam.save_checkpoint(&other_path).unwrap();
+        let e = resumed.load_checkpoint(&other_path).unwrap_err();
+        assert!(matches!(e, Error::Checkpoint { .. }), "{e}");
+        assert_eq!(resumed.blockwise8_state().cloned(), before);
+
+        // CPU -> GPU -> CPU.
+        let Some(ctx) = gpu() else { continue };
+        cpu.save_checkpoint(&path).unwrap();
+        let flat = FlatParams::builder()
+            .slice("a", &p[..700])
+            .slice("b", &p[700..740])
+            .slice("c", &p[740..])
+            .build(&ctx)
+            .unwrap();
+        let mut gpu_opt = GpuOptimizer::builder(&flat)
+            .config(config)
+            .state_format(q8)
+            .build()
+            .unwrap();
+        gpu_opt.load_checkpoint(&path).unwrap();
+        assert_eq!(gpu_opt.step_count(), 4);
+        assert_eq!(
+            gpu_opt.blockwise8_state().unwrap().as_ref(),
+            cpu.blockwise8_state()
+        );
+        let g = grads_for(&mut rng, n, 5);
+        cpu.step(&mut p, &g).unwrap();
+        flat.write_grads(&g).unwrap();
+        gpu_opt.step().unwrap();
+        assert_eq!(
+            bits(&flat.read_params().unwrap()),
+            bits(&p),
+            "{}: CPU -> GPU",
+            config.name()
+        );
+        let from_gpu = dir.join("gpu.safetensors");
+        gpu_opt.save_checkpoint(&from_gpu).unwrap();
+        let mut back = build(config);
+        back.load_checkpoint(&from_gpu).unwrap();
+        assert_eq!(back.blockwise8_state(), cpu.blockwise8_state());
+        assert_eq!(back.step_count(), 5);
+        // The GPU refuses another algorithm's file too.
+        let e = gpu_opt.load_checkpoint(&other_path).unwrap_err();
+        assert!(matches!(e, Error::Checkpoint { .. }), "{e}");
+        assert_eq!(gpu_opt.step_count(), 5);
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

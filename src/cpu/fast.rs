@@ -659,17 +659,9 @@ impl Optimizer for CpuOptimizer {
     }
 
     /// With [`StateFormat::Blockwise8`]: the 8-bit layout of [`super::q8_checkpoint`]
-    /// (bitsandbytes' names per segment).
+    /// (bitsandbytes' names per segment; Adam/AdamW, Lion and SGD).
     fn save_checkpoint(&self, path: &Path) -> Result<()> {
         if let Storage::Blockwise8(state) = &self.storage {
-            if !matches!(self.config, OptimizerConfig::Adam(_)) {
-                // The 8-bit checkpoint format is Adam's (two states); refused before
-                // anything is written, rather than a file that cannot be loaded.
-                return Err(Error::Unsupported {
-                    optimizer: self.config.name(),
-                    feature: "checkpoints of one-state 8-bit state (Lion8bit, SGD8bit)",
-                });
-            }
             return super::q8_checkpoint::save(path, &self.config, &self.host, state);
         }
         let tensors = match &self.storage {
@@ -705,7 +697,7 @@ impl Optimizer for CpuOptimizer {
 
     fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
         if let Storage::Blockwise8(state) = &mut self.storage {
-            let (config, host, loaded) = super::q8_checkpoint::load(path, state)?;
+            let (config, host, loaded) = super::q8_checkpoint::load(path, &self.config, state)?;
             **state = loaded;
             self.config = config;
             self.host = host;

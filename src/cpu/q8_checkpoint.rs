@@ -12,7 +12,10 @@
 //! | `<i>.qmap1`, `<i>.qmap2` | F32 `[256]`: the signed / unsigned dynamic map | — |
 //!
 //! (flattened: bitsandbytes' `state1`/`state2` have the parameter's shape; reshape when
-//! converting). Metadata: `format`, `optimizer` (`Adam` / `AdamW`), `hparams` (JSON,
+//! converting). The one-state optimizers (`Lion8bit`, `SGD8bit`: the update direction's
+//! momentum only) have `state1`, `absmax1` and `qmap1` alone, as bitsandbytes' own
+//! `state_dict()` of those classes. Metadata: `format`, `optimizer` (`Adam` / `AdamW` /
+//! `Lion` / `SGD`), `hparams` (JSON,
 //! PyTorch's names), `step` (bitsandbytes keeps it per tensor; here once), `lr`,
 //! `state_written`, `n`, `min_8bit_size`, `blocksize` (256), `segments` (JSON list of
 //! lengths), `crc32.<tensor>` for every tensor and `crc32.metadata` over the other entries.
@@ -26,7 +29,9 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::blockwise8::{check_config, Blockwise8State, Quantizer, SegmentState, BLOCK};
+use super::blockwise8::{
+    check_config, check_config_1state, Blockwise8State, Quantizer, SegmentState, BLOCK,
+};
 use crate::checkpoint::{check_host, err, metadata_crc, write_atomic};
 use crate::error::Result;
 use crate::optim::{HostState, OptimizerConfig};
@@ -47,6 +52,7 @@ pub(crate) fn save(
     state: &Blockwise8State,
 ) -> Result<()> {
     let (q1, q2) = (Quantizer::signed().map(), Quantizer::unsigned().map());
+    let two = !is_one_state(config);
     let mut tensors: Vec<(String, Data<'_>)> = Vec::new();
     for (i, seg) in state.segments.iter().enumerate() {
         match seg {
@@ -57,15 +63,19 @@ pub(crate) fn save(
                 absmax2,
             } => {
                 tensors.push((format!("{i}.state1"), Data::U8(state1)));
-                tensors.push((format!("{i}.state2"), Data::U8(state2)));
                 tensors.push((format!("{i}.absmax1"), Data::F32(absmax1)));
-                tensors.push((format!("{i}.absmax2"), Data::F32(absmax2)));
                 tensors.push((format!("{i}.qmap1"), Data::F32(q1)));
-                tensors.push((format!("{i}.qmap2"), Data::F32(q2)));
+                if two {
+                    tensors.push((format!("{i}.state2"), Data::U8(state2)));
+                    tensors.push((format!("{i}.absmax2"), Data::F32(absmax2)));
+                    tensors.push((format!("{i}.qmap2"), Data::F32(q2)));
+                }
             }
             SegmentState::Full { state1, state2 } => {
                 tensors.push((format!("{i}.state1"), Data::F32(state1)));
-                tensors.push((format!("{i}.state2"), Data::F32(state2)));
+                if two {
+                    tensors.push((format!("{i}.state2"), Data::F32(state2)));
+                }
             }
         }
     }
@@ -103,11 +113,19 @@ pub(crate) fn save(
     write_atomic(path, &bytes)
 }
 
-/// Read and validate an 8-bit state checkpoint for an optimizer whose state is shaped like
-/// `like` (same segment lengths and `min_8bit_size`); returns the configuration, host state
-/// and state to install. Nothing is changed by a refused file.
+/// Whether `config` keeps one state tensor in 8 bits (Lion, SGD with momentum) rather than
+/// two (Adam, AdamW).
+fn is_one_state(config: &OptimizerConfig) -> bool {
+    matches!(config, OptimizerConfig::Lion(_) | OptimizerConfig::Sgd(_))
+}
+
+/// Read and validate an 8-bit state checkpoint for an optimizer of `ours` (the file must hold
+/// the same algorithm: Adam/AdamW, Lion or SGD) whose state is shaped like `like` (same
+/// segment lengths and `min_8bit_size`); returns the configuration, host state and state to
+/// install. Nothing is changed by a refused file.
 pub(crate) fn load(
     path: &Path,
+    ours: &OptimizerConfig,
     like: &Blockwise8State,
 ) -> Result<(OptimizerConfig, HostState, Blockwise8State)> {
     let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
@@ -144,13 +162,22 @@ pub(crate) fn load(
         .ok_or_else(|| err(path, "hparams is not an object"))?;
     let config = OptimizerConfig::from_hparams(optimizer, map).map_err(|e| err(path, e))?;
     config.validate()?;
-    let OptimizerConfig::Adam(adam) = config else {
-        return Err(err(
-            path,
-            format!("holds {optimizer} state; 8-bit state is Adam/AdamW"),
-        ));
-    };
-    check_config(&adam)?;
+    match (&config, ours) {
+        (OptimizerConfig::Adam(adam), OptimizerConfig::Adam(_)) => check_config(adam)?,
+        (OptimizerConfig::Lion(_), OptimizerConfig::Lion(_))
+        | (OptimizerConfig::Sgd(_), OptimizerConfig::Sgd(_)) => check_config_1state(&config)?,
+        _ => {
+            return Err(err(
+                path,
+                format!(
+                    "holds {optimizer} state; this optimizer is {} (8-bit state is Adam/AdamW, \
+                     Lion or SGD, loaded into the same algorithm)",
+                    ours.name()
+                ),
+            ))
+        }
+    }
+    let two = !is_one_state(&config);
     let parse_u64 = |k: &str| -> Result<u64> {
         get(k)?
             .parse::<u64>()
@@ -190,10 +217,11 @@ pub(crate) fn load(
     }
     let mut expected_names = Vec::new();
     for (i, l) in lens.iter().enumerate() {
-        let keys: &[&str] = if *l >= like.min_size {
-            &["state1", "state2", "absmax1", "absmax2", "qmap1", "qmap2"]
-        } else {
-            &["state1", "state2"]
+        let keys: &[&str] = match (*l >= like.min_size, two) {
+            (true, true) => &["state1", "state2", "absmax1", "absmax2", "qmap1", "qmap2"],
+            (true, false) => &["state1", "absmax1", "qmap1"],
+            (false, true) => &["state1", "state2"],
+            (false, false) => &["state1"],
         };
         expected_names.extend(keys.iter().map(|k| format!("{i}.{k}")));
     }
@@ -238,10 +266,11 @@ pub(crate) fn load(
     for (i, &l) in lens.iter().enumerate() {
         if l >= like.min_size {
             let blocks = l.div_ceil(BLOCK);
-            for (k, q) in [
+            let maps = [
                 ("qmap1", Quantizer::signed()),
                 ("qmap2", Quantizer::unsigned()),
-            ] {
+            ];
+            for (k, q) in &maps[..if two { 2 } else { 1 }] {
                 let m = f32s(tensor(&format!("{i}.{k}"), Dtype::F32, 256)?);
                 if m.iter()
                     .zip(q.map())
@@ -256,9 +285,16 @@ pub(crate) fn load(
                 }
             }
             let state1 = tensor(&format!("{i}.state1"), Dtype::U8, l)?;
-            let state2 = tensor(&format!("{i}.state2"), Dtype::U8, l)?;
             let absmax1 = f32s(tensor(&format!("{i}.absmax1"), Dtype::F32, blocks)?);
-            let absmax2 = f32s(tensor(&format!("{i}.absmax2"), Dtype::F32, blocks)?);
+            // One-state optimizers keep the second tensors zero (never read).
+            let (state2, absmax2) = if two {
+                (
+                    tensor(&format!("{i}.state2"), Dtype::U8, l)?,
+                    f32s(tensor(&format!("{i}.absmax2"), Dtype::F32, blocks)?),
+                )
+            } else {
+                (vec![0; l], vec![0.0; blocks])
+            };
             if let Some(a) = absmax1
                 .iter()
                 .chain(&absmax2)
@@ -277,7 +313,11 @@ pub(crate) fn load(
             });
         } else {
             let state1 = f32s(tensor(&format!("{i}.state1"), Dtype::F32, l)?);
-            let state2 = f32s(tensor(&format!("{i}.state2"), Dtype::F32, l)?);
+            let state2 = if two {
+                f32s(tensor(&format!("{i}.state2"), Dtype::F32, l)?)
+            } else {
+                vec![0.0; l]
+            };
             if state1.iter().chain(&state2).any(|x| !x.is_finite())
                 || state2.iter().any(|&v| v < 0.0)
             {

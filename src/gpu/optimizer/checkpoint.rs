@@ -58,8 +58,11 @@ impl GpuOptimizer {
             self.one_group_for_8bit_checkpoints(path)?;
             // Validated completely (format, checksums, maps, blocksize, segment lengths,
             // min_8bit_size, absmax) before anything changes.
-            let (config, host, state) =
-                crate::cpu::q8_checkpoint::load(path, &q8.host_template()?)?;
+            let (config, host, state) = crate::cpu::q8_checkpoint::load(
+                path,
+                &self.groups[0].config,
+                &q8.host_template()?,
+            )?;
             crate::gpu::blockwise8::check_like(&state, &q8.host_template()?)?;
             q8.write(&state);
             self.groups[0].config = config;
@@ -117,15 +120,9 @@ impl GpuOptimizer {
         Ok(())
     }
 
-    /// 8-bit checkpoints hold one Adam/AdamW configuration (bitsandbytes' `param_groups` are
-    /// not written): refused with several parameter groups, and for Lion / SGD.
+    /// 8-bit checkpoints hold one configuration (bitsandbytes' `param_groups` are not
+    /// written): refused with several parameter groups.
     fn one_group_for_8bit_checkpoints(&self, path: &Path) -> Result<()> {
-        if !matches!(self.groups[0].config, OptimizerConfig::Adam(_)) {
-            return Err(Error::Unsupported {
-                optimizer: self.groups[0].config.name(),
-                feature: "checkpoints of one-state 8-bit state (Lion8bit, SGD8bit)",
-            });
-        }
         if self.groups.len() > 1 {
             return Err(Error::Checkpoint {
                 file: path.display().to_string(),
