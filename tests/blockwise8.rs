@@ -462,7 +462,9 @@ fn every_simd_build_equals_the_oracle() {
 fn one_state_loops_equal_the_oracle_at_every_simd_build() {
     use fused_optim::cpu::reference::blockwise8_1state::{oracle_step_8bit_1state, OneState};
     use fused_optim::cpu::simd::{set_simd_level, SimdLevel};
-    let configs: [(OptimizerConfig, fn(f64) -> OneState); 4] = [
+    // (configuration, the oracle's hyper-parameters at a given lr)
+    type Case = (OptimizerConfig, fn(f64) -> OneState);
+    let configs: [Case; 4] = [
         (
             LionConfig {
                 betas: (0.9, 0.99),

@@ -184,6 +184,7 @@ fn concat(v: &[Vec<f32>]) -> Vec<f64> {
 /// Run `steps` steps of `config` over tensors of `lens` elements, relocating every tensor (params copied to their
 /// new place by the test, as Burn's allocator would) before step `relocate_at`, and compare
 /// with the reference over the concatenated tensors after every step.
+#[allow(clippy::too_many_arguments)]
 fn run(
     ctx: &GpuContext,
     lens: &[usize],

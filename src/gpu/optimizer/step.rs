@@ -28,7 +28,7 @@ impl GpuOptimizer {
     }
 
     /// Whether a step may be taken now: the algorithm's own refusal (Schedule-Free in
-    /// evaluation mode), [`Error::WrongMode`](crate::Error::WrongMode); what a step checks
+    /// evaluation mode), [`Error::WrongMode`]; what a step checks
     /// before it records anything.
     pub fn check_step(&self) -> Result<()> {
         let first = &self.groups[0];
