@@ -414,6 +414,27 @@ fn ckpt_dir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The checkpoint tests' model on the device: segments of 700, 40 and 300 elements of `p`,
+/// with 8-bit state (`min_size` 300) for `config`.
+fn three_segments_on_gpu(
+    ctx: &GpuContext,
+    p: &[f32],
+    config: OptimizerConfig,
+) -> (FlatParams, GpuOptimizer) {
+    let flat = FlatParams::builder()
+        .slice("a", &p[..700])
+        .slice("b", &p[700..740])
+        .slice("c", &p[740..])
+        .build(ctx)
+        .unwrap();
+    let opt = GpuOptimizer::builder(&flat)
+        .config(config)
+        .state_format(StateFormat::Blockwise8 { min_size: 300 })
+        .build()
+        .unwrap();
+    (flat, opt)
+}
+
 #[test]
 fn checkpoints_move_between_cpu_and_gpu_to_the_same_next_step() {
     let Some(ctx) = gpu() else { return };
@@ -431,17 +452,7 @@ fn checkpoints_move_between_cpu_and_gpu_to_the_same_next_step() {
     let from_cpu = dir.join("cpu.safetensors");
     cpu.save_checkpoint(&from_cpu).unwrap();
 
-    let flat = FlatParams::builder()
-        .slice("a", &p[..700])
-        .slice("b", &p[700..740])
-        .slice("c", &p[740..])
-        .build(&ctx)
-        .unwrap();
-    let mut gpu_opt = GpuOptimizer::builder(&flat)
-        .config(AdamConfig::adamw())
-        .state_format(StateFormat::Blockwise8 { min_size: 300 })
-        .build()
-        .unwrap();
+    let (flat, mut gpu_opt) = three_segments_on_gpu(&ctx, &p, AdamConfig::adamw().into());
     gpu_opt.load_checkpoint(&from_cpu).unwrap();
     assert_eq!(gpu_opt.step_count(), 3);
     assert_eq!(gpu_opt.lr(), 2e-3);
@@ -754,17 +765,7 @@ fn one_state_8bit_checkpoints_round_trip_to_the_same_next_step() {
         // CPU -> GPU -> CPU.
         let Some(ctx) = gpu() else { continue };
         cpu.save_checkpoint(&path).unwrap();
-        let flat = FlatParams::builder()
-            .slice("a", &p[..700])
-            .slice("b", &p[700..740])
-            .slice("c", &p[740..])
-            .build(&ctx)
-            .unwrap();
-        let mut gpu_opt = GpuOptimizer::builder(&flat)
-            .config(config)
-            .state_format(q8)
-            .build()
-            .unwrap();
+        let (flat, mut gpu_opt) = three_segments_on_gpu(&ctx, &p, config);
         gpu_opt.load_checkpoint(&path).unwrap();
         assert_eq!(gpu_opt.step_count(), 4);
         assert_eq!(
