@@ -568,3 +568,47 @@ fn vec4_f32_lanes_store_only_the_live_elements() {
     )
     .unwrap();
 }
+
+/// `set_configs` (a checkpoint's hyper-parameters): another weight decay is taken and the
+/// next step follows it (against the reference with that configuration); a configuration of
+/// another structure (AMSGrad's extra state, another optimizer) or the wrong count is a typed
+/// error and the old configuration stays.
+#[test]
+fn set_configs_takes_hyper_parameters_and_refuses_other_structures() {
+    let Some(ctx) = gpu() else { return };
+    let lens = [300usize, 77];
+    let mut opt =
+        TensorOptimizer::new(&ctx, &specs(&lens, |_| 0), &[AdamConfig::default().into()]).unwrap();
+    let amsgrad = AdamConfig {
+        amsgrad: true,
+        ..AdamConfig::default()
+    };
+    for bad in [amsgrad.into(), SgdConfig::default().into()] {
+        let e = opt.set_configs(&[bad]).unwrap_err();
+        assert!(matches!(e, Error::InvalidCombination { .. }), "{e}");
+    }
+    let e = opt
+        .set_configs(&[AdamConfig::default().into(), AdamConfig::default().into()])
+        .unwrap_err();
+    assert!(matches!(e, Error::LengthMismatch { .. }), "{e}");
+    // Another weight decay (a different kernel specialisation: L2 decay on) is taken.
+    let decayed = AdamConfig {
+        weight_decay: 0.5,
+        ..AdamConfig::default()
+    };
+    opt.set_configs(&[decayed.into()]).unwrap();
+    let mut rng = Rng::new(0x5E7C);
+    let p: Vec<Vec<f32>> = lens.iter().map(|&n| params0(&mut rng, n)).collect();
+    let mut world = World::new(&ctx, &lens, 0, &p);
+    let g: Vec<Vec<f32>> = lens.iter().map(|&n| grads(&mut rng, n)).collect();
+    world.write_grads(&ctx, &g);
+    opt.step(&world.bindings()).unwrap();
+    let total: usize = lens.iter().sum();
+    let decayed_config: OptimizerConfig = decayed.into();
+    let mut reference = ReferenceOptimizer::new(decayed_config, total).unwrap();
+    let mut want = concat(&p);
+    reference.step(&mut want, &concat(&g)).unwrap();
+    let peak: Vec<f64> = want.iter().map(|x| x.abs()).collect();
+    let got: Vec<f32> = world.read(&ctx, &lens).unwrap().concat();
+    check_params("adam set_configs", &got, &want, &peak, 1, RTOL_PER_STEP).unwrap();
+}

@@ -346,6 +346,9 @@ impl MixedGpuOptimizer {
                 let state = crate::checkpoint::load(path)?;
                 check_fits(path, &state, &group.config, group.len(), &group.shapes)?;
                 check_host(path, &state.config, &state.host)?;
+                // The file's hyper-parameters, as the CPU paths and the per-tensor groups
+                // take them (kernels built first: a failure changes nothing of this group).
+                o.set_configs(&[state.config])?;
                 for (name, values) in &state.tensors {
                     let values = values.to_f32();
                     let mut at = 0;

@@ -441,6 +441,46 @@ impl TensorOptimizer {
         self.groups[0].host.lr
     }
 
+    /// Replace every group's configuration (a checkpoint's hyper-parameters), one per group:
+    /// the same optimizer with the same structural options as now (state tensors, amsgrad,
+    /// nesterov, centered), else [`Error::InvalidCombination`]; the kernels for the new
+    /// per-lane options (weight decay, maximize) are built first, so on any error nothing
+    /// changes. The host states (step, lr) are not touched ([`Self::set_host_states`]).
+    pub fn set_configs(&mut self, configs: &[OptimizerConfig]) -> Result<()> {
+        if configs.len() != self.groups.len() {
+            return Err(Error::LengthMismatch {
+                what: "configurations (one per group)",
+                expected: self.groups.len(),
+                got: configs.len(),
+            });
+        }
+        let group = |config: OptimizerConfig| crate::ParamGroup {
+            segments: Vec::new(),
+            config,
+        };
+        // Each one against the current configuration, then all together.
+        for c in configs {
+            crate::gpu::optimizer::validate_groups(&[group(self.groups[0].config), group(*c)])?;
+        }
+        let all: Vec<crate::ParamGroup> = configs.iter().map(|c| group(*c)).collect();
+        crate::gpu::optimizer::validate_groups(&all)?;
+        let old_key = self.key;
+        self.key.1 = Specialization::of(configs);
+        let grouped = self.groups.len() > 1;
+        for slot in [false, true] {
+            if self.flavours[usize::from(slot)].is_some() || !slot {
+                if let Err(e) = self.flavour(slot, grouped) {
+                    self.key = old_key;
+                    return Err(e);
+                }
+            }
+        }
+        for (g, c) in self.groups.iter_mut().zip(configs) {
+            g.config = *c;
+        }
+        Ok(())
+    }
+
     /// Set every group's learning rate from the next step on (a schedule calls this).
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
         self.groups[0].config.validate_lr(lr)?;
