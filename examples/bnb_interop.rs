@@ -1,22 +1,26 @@
-//! fused-optim's side of `scripts/bnb_interop.py`: the 8-bit Adam/AdamW state of a
+//! fused-optim's side of `scripts/bnb_interop.py`: the 8-bit Adam/AdamW/Lion/SGD state of a
 //! bitsandbytes optimizer, converted by the script into a `fused-optim-blockwise8/1`
 //! checkpoint, is loaded here and stepped on; the state fused-optim saves is loaded back by
 //! bitsandbytes' own `load_state_dict`.
 //!
 //! ```text
-//! bnb_interop template OUT LENS MIN_SIZE adam|adamw LR WD
+//! bnb_interop template OUT LENS MIN_SIZE adam|adamw|lion|sgd LR WD
 //!     a fresh checkpoint (step 0) of the optimizer: its metadata is the script's template
-//! bnb_interop step CKPT PARAMS GRADS K LENS MIN_SIZE adam|adamw LR WD OUT_CKPT OUT_PARAMS
+//! bnb_interop step CKPT PARAMS GRADS K LENS MIN_SIZE adam|adamw|lion|sgd LR WD OUT_CKPT OUT_PARAMS
 //!     load CKPT, take K steps over PARAMS with the K gradient vectors in GRADS, save
 //! ```
 //! `LENS` is a comma-separated list of tensor lengths; PARAMS, GRADS and OUT_PARAMS are raw
-//! little-endian f32 files (GRADS: K vectors one after the other).
+//! little-endian f32 files (GRADS: K vectors one after the other). `lion` is bitsandbytes'
+//! `Lion8bit` defaults (betas (0.9, 0.99), decoupled decay), `sgd` its `SGD8bit` with
+//! momentum 0.9 (L2 decay).
 //!
 //! `cargo build --release --example bnb_interop`
 
 use std::path::Path;
 
-use fused_optim::{AdamConfig, CpuOptimizer, Error, Optimizer, StateFormat};
+use fused_optim::{
+    AdamConfig, CpuOptimizer, Error, LionConfig, Optimizer, OptimizerConfig, SgdConfig, StateFormat,
+};
 
 fn read_f32(path: &str) -> Result<Vec<f32>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
@@ -46,15 +50,35 @@ fn optimizer(
     let min_size: usize = min_size.parse().map_err(|e| format!("min size: {e}"))?;
     let lr: f64 = lr.parse().map_err(|e| format!("lr: {e}"))?;
     let wd: f64 = wd.parse().map_err(|e| format!("weight decay: {e}"))?;
-    let mut config = match kind {
-        "adam" => AdamConfig::default(),
-        "adamw" => AdamConfig::adamw(),
+    let adam = |base: AdamConfig| -> OptimizerConfig {
+        // bitsandbytes' Adam8bit decouples its weight decay too.
+        AdamConfig {
+            decoupled_weight_decay: true,
+            weight_decay: wd,
+            lr,
+            ..base
+        }
+        .into()
+    };
+    let config: OptimizerConfig = match kind {
+        "adam" => adam(AdamConfig::default()),
+        "adamw" => adam(AdamConfig::adamw()),
+        "lion" => LionConfig {
+            lr,
+            betas: (0.9, 0.99),
+            weight_decay: wd,
+            ..LionConfig::default()
+        }
+        .into(),
+        "sgd" => SgdConfig {
+            lr,
+            momentum: 0.9,
+            weight_decay: wd,
+            ..SgdConfig::default()
+        }
+        .into(),
         other => return Err(format!("unknown optimizer {other}")),
     };
-    // bitsandbytes' Adam8bit decouples its weight decay too.
-    config.decoupled_weight_decay = true;
-    config.weight_decay = wd;
-    config.lr = lr;
     let n = lens.iter().sum();
     CpuOptimizer::builder(config, n)
         .segments(&lens)

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """8-bit optimizer state moves between bitsandbytes and fused-optim, both ways.
 
-1. bitsandbytes' CPU `Adam8bit` (or `AdamW8bit`) takes 3 steps over three tensors: a 64x128
+1. bitsandbytes' CPU `Adam8bit` (or `AdamW8bit`, `Lion8bit`, `SGD8bit` with momentum 0.9)
+   takes 3 steps over three tensors: a 64x128
    matrix and a 4100-vector (8-bit state, the last block partial) and a 300-vector (below
    `min_8bit_size`: 32-bit state). Its `state_dict()` is converted, tensor for tensor, into a
    `fused-optim-blockwise8/1` checkpoint (bnb's names `state1`, `state2`, `absmax1`,
-   `absmax2`, `qmap1`, `qmap2`; flattened; checksums as fused-optim writes them).
+   `absmax2`, `qmap1`, `qmap2`, only the first three for the one-state Lion8bit/SGD8bit;
+   flattened; checksums as fused-optim writes them).
 2. fused-optim (`examples/bnb_interop.rs`) loads it and takes steps 4-6; bitsandbytes takes
    the same steps from its own state. Compared: codes (count of differing codes, each
    bounded by one code step), absmax and params.
@@ -16,7 +18,8 @@
 Exit status 1 if an agreement check fails.
 
     cargo build --release --example bnb_interop
-    python3 scripts/bnb_interop.py [--adamw]        # pip install torch bitsandbytes safetensors
+    python3 scripts/bnb_interop.py [--adamw | --optimizer adam|adamw|lion|sgd]
+    # pip install torch bitsandbytes safetensors
 """
 import argparse
 import json
@@ -104,13 +107,18 @@ def raw(path, arr):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--adamw", action="store_true")
+    ap.add_argument("--adamw", action="store_true", help="same as --optimizer adamw")
+    ap.add_argument("--optimizer", choices=["adam", "adamw", "lion", "sgd"], default="adam")
     ap.add_argument("--binary", default=os.path.join(
         os.environ.get("CARGO_TARGET_DIR", "target"), "release/examples/bnb_interop"))
     args = ap.parse_args()
-    kind = "adamw" if args.adamw else "adam"
-    cls = bnb.optim.AdamW8bit if args.adamw else bnb.optim.Adam8bit
-    wd = WD if args.adamw else 0.0
+    kind = "adamw" if args.adamw else args.optimizer
+    cls = {"adam": bnb.optim.Adam8bit, "adamw": bnb.optim.AdamW8bit,
+           "lion": bnb.optim.Lion8bit, "sgd": bnb.optim.SGD8bit}[kind]
+    wd = 0.0 if kind == "adam" else WD
+    extra = {"momentum": 0.9} if kind == "sgd" else {}
+    if kind == "lion":
+        extra = {"betas": (0.9, 0.99)}
     lens = ",".join(str(int(np.prod(s))) for s in SHAPES)
     common = [lens, str(MIN_8BIT), kind, repr(LR), repr(wd)]
 
@@ -124,7 +132,7 @@ def main():
               for s in SHAPES]
         gs[1][100:700] = 0.0
         grads.append(gs)
-    opt = cls(params, lr=LR, weight_decay=wd, min_8bit_size=MIN_8BIT)
+    opt = cls(params, lr=LR, weight_decay=wd, min_8bit_size=MIN_8BIT, **extra)
 
     def bnb_step(o, ps, gs):
         for p, g in zip(ps, gs):
@@ -183,7 +191,7 @@ def main():
         loaded_params = [torch.nn.Parameter(torch.from_numpy(
             ours_p6[o:o + int(np.prod(s))].copy()).reshape(s))
             for o, s in zip(np.cumsum([0] + [int(np.prod(s)) for s in SHAPES[:-1]]), SHAPES)]
-        loaded = cls(loaded_params, lr=LR, weight_decay=wd, min_8bit_size=MIN_8BIT)
+        loaded = cls(loaded_params, lr=LR, weight_decay=wd, min_8bit_size=MIN_8BIT, **extra)
         loaded.load_state_dict(ours_to_bnb(j("ours6.safetensors"), loaded_params, loaded))
         bnb_step(loaded, loaded_params, grads[6])
         bnb_step(opt, params, grads[6])
