@@ -402,6 +402,33 @@ impl TensorOptimizer {
         Ok(())
     }
 
+    /// [`Error::LengthMismatch`] unless `got` is the number of groups.
+    fn one_per_group(&self, what: &'static str, got: usize) -> Result<()> {
+        if got == self.groups.len() {
+            return Ok(());
+        }
+        Err(Error::LengthMismatch {
+            what,
+            expected: self.groups.len(),
+            got,
+        })
+    }
+
+    /// Build the pipelines of the current key for every flavour in use (the shared-buffer
+    /// one only if built before); on an error the key goes back to `old_key`.
+    fn build_for_key(&mut self, old_key: (bool, Specialization)) -> Result<()> {
+        let grouped = self.groups.len() > 1;
+        for slot in [false, true] {
+            if self.flavours[usize::from(slot)].is_some() || !slot {
+                if let Err(e) = self.flavour(slot, grouped) {
+                    self.key = old_key;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a step may be taken now: the algorithm's own refusal (Schedule-Free in
     /// evaluation mode), [`Error::WrongMode`]; what [`Self::step`] checks before it records
     /// anything.
@@ -447,13 +474,7 @@ impl TensorOptimizer {
     /// per-lane options (weight decay, maximize) are built first, so on any error nothing
     /// changes. The host states (step, lr) are not touched ([`Self::set_host_states`]).
     pub fn set_configs(&mut self, configs: &[OptimizerConfig]) -> Result<()> {
-        if configs.len() != self.groups.len() {
-            return Err(Error::LengthMismatch {
-                what: "configurations (one per group)",
-                expected: self.groups.len(),
-                got: configs.len(),
-            });
-        }
+        self.one_per_group("configurations (one per group)", configs.len())?;
         let group = |config: OptimizerConfig| crate::ParamGroup {
             segments: Vec::new(),
             config,
@@ -466,15 +487,7 @@ impl TensorOptimizer {
         crate::gpu::optimizer::validate_groups(&all)?;
         let old_key = self.key;
         self.key.1 = Specialization::of(configs);
-        let grouped = self.groups.len() > 1;
-        for slot in [false, true] {
-            if self.flavours[usize::from(slot)].is_some() || !slot {
-                if let Err(e) = self.flavour(slot, grouped) {
-                    self.key = old_key;
-                    return Err(e);
-                }
-            }
-        }
+        self.build_for_key(old_key)?;
         for (g, c) in self.groups.iter_mut().zip(configs) {
             g.config = *c;
         }
@@ -518,13 +531,7 @@ impl TensorOptimizer {
 
     /// Replace every group's host state (a checkpoint's), one per group.
     pub fn set_host_states(&mut self, hosts: &[HostState]) -> Result<()> {
-        if hosts.len() != self.groups.len() {
-            return Err(Error::LengthMismatch {
-                what: "host states (one per group)",
-                expected: self.groups.len(),
-                got: hosts.len(),
-            });
-        }
+        self.one_per_group("host states (one per group)", hosts.len())?;
         for (g, h) in self.groups.iter_mut().zip(hosts) {
             g.host = *h;
         }
@@ -605,15 +612,7 @@ impl TensorOptimizer {
         options.validate()?;
         let old_key = self.key;
         self.key.0 = options != GradOptions::default();
-        let grouped = self.groups.len() > 1;
-        for slot in [false, true] {
-            if self.flavours[usize::from(slot)].is_some() || !slot {
-                if let Err(e) = self.flavour(slot, grouped) {
-                    self.key = old_key;
-                    return Err(e);
-                }
-            }
-        }
+        self.build_for_key(old_key)?;
         if options.needs_reduction() && self.norm.is_none() {
             match norm::TensorNorm::new(&self.ctx) {
                 Ok(n) => self.norm = Some(n),
