@@ -45,6 +45,9 @@ use crate::cpu::simd::SimdLevel;
 use crate::error::{Error, Result};
 use crate::optim::AdamConfig;
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
 /// Elements per quantisation block (bitsandbytes' CPU `blocksize`).
 pub const BLOCK: usize = 256;
 /// Points of the quantiser's grid over [-1, 1] (the size of its lookup table).
@@ -581,11 +584,12 @@ fn step_quantized(
 
 /// Dispatches [`blocks`] to the build of `level` (the fast path's [`SimdLevel`], never above
 /// what the CPU has); the same bits at every level: the loop uses explicit `mul_add`
-/// (correctly rounded in every build) and plain f32 operations. At the AVX-512 level the
-/// AVX2 build runs: on this project's machine (AMD EPYC, AVX-512 on 256-bit units) the
-/// AVX-512 builds of this loop were slower — 3.7–4.1 against 3.1–3.4 ns/param single-threaded
-/// (CPU time, `examples/state_formats.rs`), both for the compiler's AVX-512 code and for a
-/// hand-written version with hardware gathers for the map and table look-ups.
+/// (correctly rounded in every build) and plain f32 operations. At the AVX-512 level, on a
+/// CPU with VBMI, the hand-written kernel of [`avx512`] runs (1.36 against 1.88 ns/param for
+/// the AVX2 build single-threaded on an Intel Xeon with AVX-512 VBMI, 2026-12-06, CPU time,
+/// `examples/state_formats.rs`); without VBMI the AVX2 build (on an AMD EPYC with AVX-512
+/// on 256-bit units the compiler's AVX-512 builds of this loop were slower than AVX2:
+/// 3.7–4.1 against 3.1–3.4 ns/param).
 #[allow(clippy::too_many_arguments)]
 fn run_blocks(
     s: &Blockwise8Scalars,
@@ -599,6 +603,11 @@ fn run_blocks(
 ) {
     match level {
         // SAFETY: `level` comes from `simd_level()`, never above `SimdLevel::detected()`.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 if avx512::available() => unsafe {
+            avx512::blocks(s, p, g, c1, c2, a1, a2)
+        },
+        // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 | SimdLevel::Avx2 => unsafe { x86::blocks_avx2(s, p, g, c1, c2, a1, a2) },
         _ => blocks(s, p, g, c1, c2, a1, a2),
@@ -1003,18 +1012,21 @@ fn run_blocks_1state(
     level: SimdLevel,
 ) {
     match level {
-        // SAFETY: `level` comes from `simd_level()`, never above `SimdLevel::detected()`.
+        // SAFETY: `level` comes from `simd_level()`, never above `SimdLevel::detected()`;
+        // `available()` checks the rest.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 if avx512::available() => unsafe {
+            avx512::blocks_1state(s, q, p, g, c, a)
+        },
+        // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 | SimdLevel::Avx2 => unsafe { x86::blocks_1state_avx2(s, q, p, g, c, a) },
         _ => blocks_1state(s, q, p, g, c, a),
     }
 }
 
-/// The one-state step over consecutive blocks of an 8-bit tensor: dequantise the momentum,
-/// update it and the params in f32, re-quantise. The same arithmetic as
-/// [`one_state_element`] with `quantized` (so the same bits), with the branches on the
-/// algorithm and its options taken once per block instead of per element, so that the
-/// element loops vectorise.
+/// The one-state step over consecutive blocks of an 8-bit tensor: [`block_1state`] per
+/// block.
 #[inline(always)]
 fn blocks_1state(
     s: &OneStateScalars,
@@ -1024,45 +1036,62 @@ fn blocks_1state(
     c: &mut [u8],
     a: &mut [f32],
 ) {
-    let mut m = [0.0f32; BLOCK];
     for (((p, g), c), a) in p
         .chunks_mut(BLOCK)
         .zip(g.chunks(BLOCK))
         .zip(c.chunks_mut(BLOCK))
         .zip(a.iter_mut())
     {
-        let n = p.len();
-        let (m, g) = (&mut m[..n], &g[..n]);
-        let codes = &c[..n];
-        let (map, absmax) = (&q.map, *a);
-        if s.lion {
-            if s.decays {
-                for x in p.iter_mut() {
-                    *x *= s.decay_factor;
-                }
-            }
-            for i in 0..n {
-                let m0 = map[codes[i] as usize] * absmax;
-                let u = s.beta1 * m0 + s.one_minus_beta1 * g[i];
-                p[i] = s.neg_lr.mul_add(sign_1state(u), p[i]);
-                m[i] = s.one_minus_beta2.mul_add(g[i], s.beta2 * m0);
-            }
-        } else if s.first {
-            for i in 0..n {
-                let gi = s.weight_decay.mul_add(p[i], g[i]);
-                m[i] = gi;
-                p[i] = s.neg_lr.mul_add(gi, p[i]);
-            }
-        } else {
-            for i in 0..n {
-                let m0 = map[codes[i] as usize] * absmax;
-                let mi = s.beta1 * m0 + s.weight_decay.mul_add(p[i], g[i]);
-                m[i] = mi;
-                p[i] = s.neg_lr.mul_add(mi, p[i]);
+        block_1state(s, q, p, g, c, a);
+    }
+}
+
+/// The one-state step over one block (at most [`BLOCK`] elements): dequantise the momentum,
+/// update it and the params in f32, re-quantise. The same arithmetic as
+/// [`one_state_element`] with `quantized` (so the same bits), with the branches on the
+/// algorithm and its options taken once per block instead of per element, so that the
+/// element loops vectorise.
+#[inline(always)]
+fn block_1state(
+    s: &OneStateScalars,
+    q: &Quantizer,
+    p: &mut [f32],
+    g: &[f32],
+    c: &mut [u8],
+    a: &mut f32,
+) {
+    let mut m = [0.0f32; BLOCK];
+    let n = p.len();
+    let (m, g) = (&mut m[..n], &g[..n]);
+    let codes = &c[..n];
+    let (map, absmax) = (&q.map, *a);
+    if s.lion {
+        if s.decays {
+            for x in p.iter_mut() {
+                *x *= s.decay_factor;
             }
         }
-        *a = q.quantize_block(m, c);
+        for i in 0..n {
+            let m0 = map[codes[i] as usize] * absmax;
+            let u = s.beta1 * m0 + s.one_minus_beta1 * g[i];
+            p[i] = s.neg_lr.mul_add(sign_1state(u), p[i]);
+            m[i] = s.one_minus_beta2.mul_add(g[i], s.beta2 * m0);
+        }
+    } else if s.first {
+        for i in 0..n {
+            let gi = s.weight_decay.mul_add(p[i], g[i]);
+            m[i] = gi;
+            p[i] = s.neg_lr.mul_add(gi, p[i]);
+        }
+    } else {
+        for i in 0..n {
+            let m0 = map[codes[i] as usize] * absmax;
+            let mi = s.beta1 * m0 + s.weight_decay.mul_add(p[i], g[i]);
+            m[i] = mi;
+            p[i] = s.neg_lr.mul_add(mi, p[i]);
+        }
     }
+    *a = q.quantize_block(m, c);
 }
 
 impl Blockwise8State {
