@@ -1000,8 +1000,9 @@ fn one_state_element(s: &OneStateScalars, quantized: bool, p: &mut f32, g: f32, 
     }
 }
 
-/// Dispatches [`blocks_1state`] to the build of `level` (the AVX2 build at the AVX-512
-/// level too, as [`run_blocks`]); the same bits at every level.
+/// Dispatches [`blocks_1state`] to the build of `level` (at the AVX-512 level the kernel of
+/// [`avx512`] when the CPU has VBMI, else the AVX2 build, as [`run_blocks`]); the same bits
+/// at every level.
 fn run_blocks_1state(
     s: &OneStateScalars,
     q: &Quantizer,

@@ -18,8 +18,9 @@
 //!   loop's bottleneck on Intel cores): with `y = RN(1 / c2)` (computed once, a correctly
 //!   rounded f32 division), `q = RN(a * y)`, `r = a - c2 * q` (exact, one `fma`),
 //!   `RN(q + r * y)` is the correctly rounded quotient `RN(a / c2)` for every `a` for which
-//!   nothing overflows or underflows (Markstein 1990; Muller et al., *Handbook of
-//!   Floating-Point Arithmetic*, 2nd ed., Thm. 4.10). Here `a = sqrt(v) >= 0` and
+//!   nothing overflows or underflows (Markstein 1990, the theorem behind IA-64's
+//!   division sequences; `markstein_division_by_c2_is_exact` checks it exhaustively over `a`
+//!   for 44 divisors). Here `a = sqrt(v) >= 0` and
 //!   `c2 in (0, 1]`: `a = +inf` (a v that overflowed) is the one case outside, taken by a
 //!   select (`inf / c2 = inf`); a zero or NaN `a` passes through unchanged. When `c2` or
 //!   `1 / c2` is not a normal number the plain division runs instead. `tests/blockwise8.rs`
