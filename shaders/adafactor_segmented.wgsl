@@ -141,7 +141,7 @@ fn tiles_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             var col = 0.0;
             for (var i = e.z; i < r1; i = i + 1u) {
                 let k = base + i * cols + j;
-                let g = grad[k];
+                let g = load_grad(k);
                 let p = param[k];
                 col = col + g * g;
                 acc.x = acc.x + p * p;
@@ -152,7 +152,7 @@ fn tiles_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             let i = e.z + lid;
             var row = 0.0;
             for (var jj = e.w; jj < c1; jj = jj + 1u) {
-                let g = grad[base + i * cols + jj];
+                let g = load_grad(base + i * cols + jj);
                 row = row + g * g;
             }
             work[o + lid] = row;
@@ -161,7 +161,7 @@ fn tiles_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         let voff = seg(s, 7u);
         let c1 = min(e.w + VEC_TILE, seg(s, 1u));
         for (var i = e.w + lid; i < c1; i = i + WG) {
-            let g = grad[start + i];
+            let g = load_grad(start + i);
             let gs = g * hp.grad_sign;
             let v = lerp_t(variance[voff + i], gs * gs, hp.weight);
             variance[voff + i] = v;
@@ -244,7 +244,7 @@ fn tiles_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     if (j < c1) {
         let c = col_var[coff + j];
         for (var i = e.z; i < r1; i = i + 1u) {
-            let x = scaled(grad[base + i * cols + j], row_var[roff + i] * c / mean);
+            let x = scaled(load_grad(base + i * cols + j), row_var[roff + i] * c / mean);
             uu = uu + x * x;
         }
     }
@@ -308,7 +308,7 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
             let c = col_var[coff + j];
             for (var i = e.z; i < r1; i = i + 1u) {
                 let k = base + i * cols + j;
-                let x = scaled(grad[k], row_var[roff + i] * c / mean);
+                let x = scaled(load_grad(k), row_var[roff + i] * c / mean);
                 param[k] = param[k] * hp.decay - coef * x;
             }
         }
@@ -316,7 +316,7 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         let voff = seg(s, 7u);
         let c1 = min(e.w + VEC_TILE, seg(s, 1u));
         for (var i = e.w + lid; i < c1; i = i + WG) {
-            let x = scaled(grad[start + i], variance[voff + i]);
+            let x = scaled(load_grad(start + i), variance[voff + i]);
             param[start + i] = param[start + i] * hp.decay - coef * x;
         }
     }

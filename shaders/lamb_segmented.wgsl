@@ -96,7 +96,8 @@ fn gnorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let e = chunks[segment_count() + c];
     var acc = 0.0;
     for (var i = e.y + lid; i < e.z; i = i + WG) {
-        acc = acc + grad[i] * grad[i];
+        let g = load_grad(i);
+        acc = acc + g * g;
     }
     red[lid] = vec2<f32>(acc, 0.0);
     let total = tree(lid);
@@ -133,7 +134,7 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let shift = state_shift(e);
     var acc = vec2<f32>(0.0, 0.0);
     for (var i = e.y + lid; i < e.z; i = i + WG) {
-        let g = grad[i] * sign;
+        let g = load_grad(i) * sign;
         let j = i - shift;
         exp_avg[j] = hp.beta1 * exp_avg[j] + hp.beta3 * g;
         exp_avg_sq[j] = hp.beta2 * exp_avg_sq[j] + hp.one_minus_beta2 * g * g;

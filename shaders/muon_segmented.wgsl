@@ -63,7 +63,7 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let nesterov = hp.nesterov != 0.0;
     let shift = state_shift(e);
     for (var i = e.y + lid; i < e.z; i = i + WG) {
-        let g = grad[i];
+        let g = load_grad(i);
         let b = lerp_torch(momentum_buffer[i - shift], g, hp.one_minus_momentum);
         momentum_buffer[i - shift] = b;
         var u = b;

@@ -289,6 +289,7 @@ impl GpuSegmentedRoof {
             None,
             &(0..params.segment_table().segments().len()).collect::<Vec<_>>(),
             false,
+            &crate::gpu::gradients::control_buffer(params.context(), &Default::default()),
         )?;
         Ok(Self {
             kernel,
@@ -350,6 +351,7 @@ impl GpuFactoredRoof {
             &states,
             &(0..shapes.len()).collect::<Vec<_>>(),
             &layout,
+            &crate::gpu::gradients::control_buffer(params.context(), &Default::default()),
         )?;
         Ok(Self {
             kernel,

@@ -102,6 +102,19 @@ fn model() -> (SegmentTable, Vec<f32>) {
 
 /// `config`'s fast path and reference side by side for STEPS steps; the worst M2 ratio.
 fn run_against_reference(desc: &str, config: OptimizerConfig) -> Result<f64, String> {
+    let none = GradOptions::default();
+    run_with_options(desc, config, none, none)
+}
+
+/// `run_against_reference` with gradient options: `options` on the reference and the CPU
+/// path, `gpu_options` on the GPU. With norm clipping the GPU's tensors are back to back
+/// (the norm pass sums the whole buffer: lane-aligned padding is refused with it).
+fn run_with_options(
+    desc: &str,
+    config: OptimizerConfig,
+    options: GradOptions,
+    gpu_options: GradOptions,
+) -> Result<f64, String> {
     let (table, p0) = model();
     let n = table.len();
     let mut cpu = CpuOptimizer::builder(config, n)
@@ -109,7 +122,14 @@ fn run_against_reference(desc: &str, config: OptimizerConfig) -> Result<f64, Str
         .build()
         .unwrap();
     let mut reference = ReferenceOptimizer::with_shapes(config, &shapes()).unwrap();
-    let mut gpu = gpu().map(|ctx| GpuRun::new(&ctx, config, &p0));
+    cpu.set_grad_options(options).unwrap();
+    reference.set_grad_options(options).unwrap();
+    let aligned = options.max_norm.is_none() && gpu_options.max_norm.is_none();
+    let mut gpu = gpu().map(|ctx| {
+        let mut run = GpuRun::new(&ctx, config, &p0, aligned);
+        run.opt.set_grad_options(gpu_options).unwrap();
+        run
+    });
     let (mut p, mut q) = (
         p0.clone(),
         p0.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(),
@@ -193,16 +213,19 @@ fn check_state_close(label: &str, name: &str, got: &[f32], want: &[f64]) {
 
 const POISON: f32 = f32::from_bits(0x7FC0_BEEF);
 
-/// The model on the GPU: lane-aligned tensors (padding between them), the padding of
-/// params and gradients poisoned.
+/// The model on the GPU: lane-aligned tensors (padding between them, `aligned`) or back
+/// to back, the padding of params and gradients poisoned.
 struct GpuRun {
     flat: FlatParams,
     opt: GpuOptimizer,
 }
 
 impl GpuRun {
-    fn new(ctx: &GpuContext, config: OptimizerConfig, p0: &[f32]) -> Self {
-        let mut b = FlatParams::builder().lane_aligned();
+    fn new(ctx: &GpuContext, config: OptimizerConfig, p0: &[f32], aligned: bool) -> Self {
+        let mut b = FlatParams::builder();
+        if aligned {
+            b = b.lane_aligned();
+        }
         let mut at = 0;
         for (k, s) in shapes().iter().enumerate() {
             let n = s.iter().product::<usize>();
@@ -266,6 +289,56 @@ fn every_option_matches_the_reference_over_shaped_tensors() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Unscaling, clipping by value and by the global norm on both paths, every option row,
+/// against the reference with the same options, the same metric: on the lane-aligned GPU
+/// model (poisoned padding: never read) without the norm clip, on tensors back to back with
+/// it. Not vacuous: the GPU without the value clip, or without the norm clip, fails.
+#[test]
+fn gradient_options_match_the_reference() {
+    // |g| up to ~100: the value clip bites on the largest elements. Adafactor's update is
+    // normalised by its second moment, so the norm clip shows through the moments' mix of
+    // steps and through eps1.
+    let clip = GradOptions {
+        grad_scale: 0.5,
+        clip_value: Some(2.0),
+        max_norm: None,
+        skip_nonfinite: false,
+    };
+    let norm = GradOptions {
+        max_norm: Some(1.0),
+        ..clip
+    };
+    let mut failures = Vec::new();
+    for (desc, config) in cases::shaped() {
+        for options in [clip, norm] {
+            match run_with_options(desc, config, options, options) {
+                Ok(worst) => eprintln!("{desc} {options:?}: worst M2 ratio {worst:.3e}"),
+                Err(e) => failures.push(e),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    if gpu().is_some() {
+        let (desc, config) = cases::shaped()[0];
+        for wrong in [
+            GradOptions {
+                max_norm: None,
+                ..norm
+            },
+            GradOptions {
+                clip_value: None,
+                ..norm
+            },
+        ] {
+            let e = run_with_options(desc, config, norm, wrong);
+            assert!(
+                e.as_ref().is_err_and(|e| e.contains("(gpu)")),
+                "GPU options {wrong:?} against {norm:?} passed: {e:?}"
+            );
+        }
+    }
 }
 
 /// The comparison is not vacuous: leaving out the update clipping, or taking alpha after the
@@ -581,8 +654,8 @@ fn bad_input_is_a_typed_error() {
         .build()
         .unwrap_err();
     assert!(matches!(e, Error::SegmentTable { .. }), "{e}");
-    // The GPU's per-tensor path has no gradient options: refused, typed; a state of the
-    // wrong length too.
+    // The GPU's per-tensor path does not skip non-finite steps, nor clip by norm over
+    // padded tensors: refused, typed, nothing changed; a state of the wrong length too.
     if let Some(ctx) = gpu() {
         let flat = FlatParams::builder()
             .shaped("w", &[4, 6], &[0.5; 24])
@@ -591,11 +664,12 @@ fn bad_input_is_a_typed_error() {
         let mut opt = GpuOptimizer::new(&flat, AdafactorConfig::default()).unwrap();
         let e = opt
             .set_grad_options(GradOptions {
-                max_norm: Some(1.0),
+                skip_nonfinite: true,
                 ..Default::default()
             })
             .unwrap_err();
         assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+        assert_eq!(opt.grad_options(), GradOptions::default());
         let e = opt.load_state_f32("variance", &[0.0; 24]).unwrap_err();
         assert!(
             matches!(e, Error::LengthMismatch { expected: 0, .. }),

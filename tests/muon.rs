@@ -127,6 +127,20 @@ fn run(
     config: OptimizerConfig,
     tested: OptimizerConfig,
 ) -> Result<(f64, f64), String> {
+    let none = GradOptions::default();
+    run_with(ctx, desc, config, tested, none, none)
+}
+
+/// `run` with gradient options: `options` on the reference and the CPU path, `gpu_options`
+/// on the GPU.
+fn run_with(
+    ctx: Option<&GpuContext>,
+    desc: &str,
+    config: OptimizerConfig,
+    tested: OptimizerConfig,
+    options: GradOptions,
+    gpu_options: GradOptions,
+) -> Result<(f64, f64), String> {
     let mut rng = Rng::new(0x3A0E);
     let p0 = params0(&mut rng, total());
     let n = p0.len();
@@ -136,9 +150,12 @@ fn run(
         .shapes(&shapes())
         .build()
         .unwrap();
+    reference.set_grad_options(options).unwrap();
+    cpu.set_grad_options(options).unwrap();
     let mut gpu = ctx.map(|ctx| {
         let flat = gpu_model(ctx, &p0);
-        let opt = GpuOptimizer::new(&flat, tested).unwrap();
+        let mut opt = GpuOptimizer::new(&flat, tested).unwrap();
+        opt.set_grad_options(gpu_options).unwrap();
         (flat, opt)
     });
     let mut p_ref: Vec<f64> = p0.iter().map(|&x| f64::from(x)).collect();
@@ -215,6 +232,50 @@ fn muon_matches_the_reference_on_cpu_and_gpu() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Unscaling, clipping by value and by the global norm on both paths (the GPU's per-tensor
+/// kernel reads every gradient through the gradient pipeline), every Muon row, against the
+/// reference with the same options, the same bound. Not vacuous: the GPU without the value
+/// clip, or without the norm clip, fails it.
+#[test]
+fn muon_takes_gradient_options_on_cpu_and_gpu() {
+    let ctx = gpu();
+    // |g| up to ~100: the value clip bites on the largest elements; Newton-Schulz
+    // normalises the momentum, so the norm clip shows through the momentum's mix of steps.
+    let options = GradOptions {
+        grad_scale: 0.5,
+        clip_value: Some(2.0),
+        max_norm: Some(1.0),
+        skip_nonfinite: false,
+    };
+    let mut failures = Vec::new();
+    for (desc, config) in cases::matrix() {
+        match run_with(ctx.as_ref(), desc, config, config, options, options) {
+            Ok((cpu, gpu)) => println!("{desc}: worst of the bound: cpu {cpu:.3} gpu {gpu:.3}"),
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    if let Some(ctx) = &ctx {
+        let (desc, config) = cases::matrix()[0];
+        for wrong in [
+            GradOptions {
+                max_norm: None,
+                ..options
+            },
+            GradOptions {
+                clip_value: None,
+                ..options
+            },
+        ] {
+            let e = run_with(Some(ctx), desc, config, config, options, wrong);
+            assert!(
+                e.as_ref().is_err_and(|e| e.contains(" gpu")),
+                "GPU options {wrong:?} against {options:?} passed: {e:?}"
+            );
+        }
+    }
 }
 
 /// The bound is not vacuous: four Newton–Schulz steps instead of five fail it (on the

@@ -85,6 +85,24 @@ fn check_scalars(label: &str, got: &[f64], want: &[f64], k: u64) -> Result<(), S
 }
 
 fn run_row(ctx: Option<&GpuContext>, desc: &str, config: OptimizerConfig) -> Result<(), String> {
+    run_row_with(
+        ctx,
+        desc,
+        config,
+        GradOptions::default(),
+        GradOptions::default(),
+    )
+}
+
+/// `run_row` with gradient options: `options` on the reference and the CPU path,
+/// `gpu_options` on the GPU (the same, except to show that a difference is caught).
+fn run_row_with(
+    ctx: Option<&GpuContext>,
+    desc: &str,
+    config: OptimizerConfig,
+    options: GradOptions,
+    gpu_options: GradOptions,
+) -> Result<(), String> {
     let mut rng = Rng::new(0x1A3B);
     let p0 = model_params(&mut rng);
     let n = p0.len();
@@ -93,6 +111,8 @@ fn run_row(ctx: Option<&GpuContext>, desc: &str, config: OptimizerConfig) -> Res
         .shapes(&shapes())
         .build()
         .unwrap();
+    reference.set_grad_options(options).unwrap();
+    cpu.set_grad_options(options).unwrap();
     let gpu = match ctx {
         Some(ctx) => {
             let mut b = FlatParams::builder();
@@ -105,7 +125,8 @@ fn run_row(ctx: Option<&GpuContext>, desc: &str, config: OptimizerConfig) -> Res
                 ctx.queue()
                     .write_buffer(buffer, n as u64 * 4, bytemuck::cast_slice(&[POISON; 2]));
             }
-            let opt = GpuOptimizer::new(&flat, config).unwrap();
+            let mut opt = GpuOptimizer::new(&flat, config).unwrap();
+            opt.set_grad_options(gpu_options).unwrap();
             Some((flat, opt))
         }
         None => None,
@@ -208,6 +229,50 @@ fn lamb_matches_the_reference_on_every_path_over_shaped_tensors() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Unscaling, clipping by value and clipping by the global norm on every path (the GPU's
+/// per-tensor kernel reads every gradient through the gradient pipeline; the norm pass runs
+/// in the same submission), every LAMB row, against the reference with the same options;
+/// the same tolerance. Not vacuous: the GPU without the options fails the comparison.
+#[test]
+fn lamb_takes_gradient_options_on_every_path() {
+    let ctx = gpu();
+    // The model's gradients: |g| up to ~100, norm ~ 1e3: the value clip bites on the
+    // largest elements, the norm clip on every step.
+    let options = GradOptions {
+        grad_scale: 0.5,
+        clip_value: Some(2.0),
+        max_norm: Some(1.0),
+        skip_nonfinite: false,
+    };
+    let mut failures = Vec::new();
+    for (desc, config) in lamb_rows() {
+        if let Err(e) = run_row_with(ctx.as_ref(), desc, config, options, options) {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    if let Some(ctx) = &ctx {
+        let (desc, config) = lamb_rows()[0];
+        for wrong in [
+            GradOptions::default(),
+            GradOptions {
+                max_norm: None,
+                ..options
+            },
+            GradOptions {
+                clip_value: None,
+                ..options
+            },
+        ] {
+            let e = run_row_with(Some(ctx), desc, config, options, wrong);
+            assert!(
+                e.as_ref().is_err_and(|e| e.contains(" gpu")),
+                "GPU options {wrong:?} against {options:?} passed: {e:?}"
+            );
+        }
+    }
 }
 
 /// Not vacuous: the trust ratio is per tensor. Treating the model as one flat tensor (the
@@ -420,15 +485,40 @@ fn the_gpu_refuses_what_its_per_tensor_path_lacks() {
         Err(Error::Unsupported { .. })
     ));
     let mut opt = GpuOptimizer::new(&flat, LambConfig::default()).unwrap();
+    // Skipping non-finite steps needs the device's step counter, which the per-tensor
+    // kernels do not read: refused, nothing changed.
+    let skip = GradOptions {
+        skip_nonfinite: true,
+        ..Default::default()
+    };
+    assert!(matches!(
+        opt.set_grad_options(skip),
+        Err(Error::Unsupported { .. })
+    ));
+    assert_eq!(opt.grad_options(), GradOptions::default());
+    // Norm clipping over tensors with padding between them (the norm pass would count it).
+    let padded = FlatParams::builder()
+        .lane_aligned()
+        .shaped("w", &[3, 3], &[0.5; 9])
+        .slice("b", &[0.1; 3])
+        .build(&ctx)
+        .unwrap();
+    let mut padded_opt = GpuOptimizer::new(&padded, LambConfig::default()).unwrap();
     let clip = GradOptions {
         max_norm: Some(1.0),
         ..Default::default()
     };
     assert!(matches!(
-        opt.set_grad_options(clip),
+        padded_opt.set_grad_options(clip),
         Err(Error::Unsupported { .. })
     ));
-    assert_eq!(opt.grad_options(), GradOptions::default());
+    assert_eq!(padded_opt.grad_options(), GradOptions::default());
+    let value_clip = GradOptions {
+        clip_value: Some(1.0),
+        ..Default::default()
+    };
+    padded_opt.set_grad_options(value_clip).unwrap();
+    assert_eq!(padded_opt.grad_options(), value_clip);
     // Checkpoints on the GPU carry the shapes too.
     let dir =
         std::env::temp_dir().join(format!("fused-optim-structured-gpu-{}", std::process::id()));

@@ -3,7 +3,8 @@
 //! algorithm's `SEGMENTED_KERNEL` with entry points `tiles_a`, `factors`, `tiles_b`,
 //! `finish` and `apply` (layout: `shaders/adafactor_segmented.wgsl`) over the params, the
 //! gradients, three state tensors laid out by [`StateLayout`], one table (segments, tiles,
-//! matrices) and a work buffer, all bound once. The tables are built with the optimizer, the
+//! matrices), a work buffer and (binding 8) the gradient control block
+//! (`shaders/segmented_grad.wgsl`), all bound once. The tables are built with the optimizer, the
 //! partial sums live in fixed slots (deterministic, no float atomics); one compute pass, one
 //! submission per step.
 
@@ -12,7 +13,7 @@ use std::num::NonZeroU64;
 use super::buffer::FlatParams;
 use super::context::GpuContext;
 use super::kernel::UNIFORM_RING;
-use super::segmented::{check_fits, grid, SEGMENT_WORDS};
+use super::segmented::{check_fits, grid, CONTROL_BINDING, SEGMENTED_GRAD, SEGMENT_WORDS};
 use crate::error::{Error, Result};
 use crate::optim::{StateLayout, MAX_UNIFORM_BYTES, TILE_COLS, TILE_ROWS};
 
@@ -28,7 +29,14 @@ const ENTRIES: [&str; 5] = ["tiles_a", "factors", "tiles_b", "finish", "apply"];
 /// A factored per-tensor kernel bound to one optimizer's buffers.
 pub(crate) struct FactoredKernel {
     ctx: GpuContext,
-    pipelines: Vec<wgpu::ComputePipeline>,
+    /// The entry points in [`ENTRIES`] order without the gradient pipeline, and with it
+    /// (built when gradient options are first set); `grad_pipeline`: which is in use.
+    plain: Vec<wgpu::ComputePipeline>,
+    graded: Option<Vec<wgpu::ComputePipeline>>,
+    grad_pipeline: bool,
+    module: wgpu::ShaderModule,
+    pipeline_layout: wgpu::PipelineLayout,
+    file: &'static str,
     bind_group: wgpu::BindGroup,
     _table: wgpu::Buffer,
     uniform: wgpu::Buffer,
@@ -107,6 +115,8 @@ fn table(params: &FlatParams, members: &[usize], layout: &StateLayout) -> Result
 impl FactoredKernel {
     /// Builds the pipelines and binds `params` and `states` (three f32 tensors laid out by
     /// `layout`, which is over the shapes of `members` in order: increasing segment indices).
+    /// `control`: the optimizer's gradient control block (read only in the
+    /// gradient-pipeline variant, [`Self::set_grad_pipeline`]).
     pub fn new(
         params: &FlatParams,
         file: &'static str,
@@ -114,11 +124,12 @@ impl FactoredKernel {
         states: &[wgpu::Buffer],
         members: &[usize],
         layout: &StateLayout,
+        control: &wgpu::Buffer,
     ) -> Result<Self> {
         let ctx = params.context().clone();
         let device = ctx.device();
         let limits = device.limits();
-        let storage = 5 + states.len() as u32;
+        let storage = 6 + states.len() as u32;
         check_fits(&ctx, file, storage, params)?;
         let segs = params.segment_table().segments();
         let table = table(params, members, layout)?;
@@ -151,7 +162,9 @@ impl FactoredKernel {
             .write_buffer(&table_buffer, 0, bytemuck::cast_slice(&table));
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(file),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
+            source: wgpu::ShaderSource::Wgsl(
+                super::shaders::with_grad_control(&format!("{SEGMENTED_GRAD}\n{source}")).into(),
+            ),
         });
         let rw = wgpu::BufferBindingType::Storage { read_only: false };
         let ro = wgpu::BufferBindingType::Storage { read_only: true };
@@ -162,11 +175,16 @@ impl FactoredKernel {
         ];
         kinds.extend(states.iter().map(|_| (rw, false)));
         kinds.extend([(ro, false), (rw, false)]);
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = kinds
+        let mut entries: Vec<wgpu::BindGroupLayoutEntry> = kinds
             .iter()
             .enumerate()
             .map(|(b, &(ty, dynamic))| super::kernel::buffer_layout_entry(b as u32, ty, dynamic))
             .collect();
+        entries.push(super::kernel::buffer_layout_entry(
+            CONTROL_BINDING,
+            ro,
+            false,
+        ));
         let layout_bg = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some(file),
             entries: &entries,
@@ -176,20 +194,7 @@ impl FactoredKernel {
             bind_group_layouts: &[Some(&layout_bg)],
             immediate_size: 0,
         });
-        let pipelines = ENTRIES
-            .iter()
-            .map(|name| {
-                super::kernel::compute_pipeline(
-                    device,
-                    name,
-                    &module,
-                    Some(&pipeline_layout),
-                    name,
-                    &[],
-                    true,
-                )
-            })
-            .collect();
+        let plain = build_pipelines(device, &module, &pipeline_layout, false);
         let whole = super::kernel::whole_buffer_entry;
         let mut group_entries = vec![
             wgpu::BindGroupEntry {
@@ -213,6 +218,7 @@ impl FactoredKernel {
         group_entries.extend([
             whole(first_table, &table_buffer),
             whole(first_table + 1, &work),
+            whole(CONTROL_BINDING, control),
         ]);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(file),
@@ -221,7 +227,12 @@ impl FactoredKernel {
         });
         let dim = limits.max_compute_workgroups_per_dimension;
         let kernel = Self {
-            pipelines,
+            plain,
+            graded: None,
+            grad_pipeline: false,
+            module,
+            pipeline_layout,
+            file,
             bind_group,
             _table: table_buffer,
             uniform,
@@ -235,6 +246,20 @@ impl FactoredKernel {
         };
         ctx.pop_scope(scope, "factored kernel creation")?;
         Ok(kernel)
+    }
+
+    /// Read every gradient through the gradient pipeline (`on`) or plainly; the variant is
+    /// compiled the first time. On error (it does not compile) the variant in use stays.
+    pub fn set_grad_pipeline(&mut self, on: bool) -> Result<()> {
+        if on && self.graded.is_none() {
+            let device = self.ctx.device();
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let graded = build_pipelines(device, &self.module, &self.pipeline_layout, true);
+            self.ctx.pop_scope(scope, self.file)?;
+            self.graded = Some(graded);
+        }
+        self.grad_pipeline = on;
+        Ok(())
     }
 
     /// Record one step: the uniform `bytes` into ring slot `slot % UNIFORM_RING` (written
@@ -254,7 +279,11 @@ impl FactoredKernel {
             self.segment_grid,
             self.tile_grid,
         ];
-        for (pipeline, (x, y)) in self.pipelines.iter().zip(grids) {
+        let pipelines = match (&self.graded, self.grad_pipeline) {
+            (Some(graded), true) => graded,
+            _ => &self.plain,
+        };
+        for (pipeline, (x, y)) in pipelines.iter().zip(grids) {
             pass.set_pipeline(pipeline);
             pass.dispatch_workgroups(x, y, 1);
         }
@@ -265,4 +294,28 @@ impl FactoredKernel {
     pub async fn segment_words_async(&self) -> Result<Vec<f32>> {
         super::buffer::read_f32_async(&self.ctx, &self.work, 0, SEGMENT_WORDS * self.segments).await
     }
+}
+
+/// The entry points of `module` in [`ENTRIES`] order, with the gradient pipeline on or off.
+fn build_pipelines(
+    device: &wgpu::Device,
+    module: &wgpu::ShaderModule,
+    layout: &wgpu::PipelineLayout,
+    grad_pipeline: bool,
+) -> Vec<wgpu::ComputePipeline> {
+    let constants = [("GRAD_PIPELINE", f64::from(u8::from(grad_pipeline)))];
+    ENTRIES
+        .iter()
+        .map(|name| {
+            super::kernel::compute_pipeline(
+                device,
+                name,
+                module,
+                Some(layout),
+                name,
+                &constants,
+                true,
+            )
+        })
+        .collect()
 }

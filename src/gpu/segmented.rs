@@ -9,7 +9,9 @@
 //!
 //! Bindings: 0 the per-step uniform (a ring slot per step, dynamic offset), 1 params,
 //! 2 gradients, 3.. the state tensors in `state_names` order, then the segment table, the
-//! chunk table and the work buffer (layout: `shaders/lamb_segmented.wgsl`).
+//! chunk table and the work buffer (layout: `shaders/lamb_segmented.wgsl`); 8 the gradient
+//! control block (`shaders/segmented_grad.wgsl`: unscaling and clipping of every gradient
+//! read, in a pipeline variant built when gradient options are first set).
 //!
 //! An algorithm with a matrix transform (Muon) also binds a Newton–Schulz batch buffer
 //! ([`GpuNewtonSchulz`]) after the work buffer: `reduce` writes each segment's matrix into
@@ -30,6 +32,10 @@ use crate::optim::MAX_UNIFORM_BYTES;
 
 /// The WGSL every per-tensor module is compiled with, before its own source.
 const COMMON: &str = include_str!("../../shaders/segmented_common.wgsl");
+/// The gradient pipeline of the per-tensor kernels (`load_grad`, the control binding 8).
+pub(crate) const SEGMENTED_GRAD: &str = include_str!("../../shaders/segmented_grad.wgsl");
+/// The binding of the gradient control block in every per-tensor kernel.
+pub(crate) const CONTROL_BINDING: u32 = 8;
 
 /// Elements per chunk (one workgroup of 256 invocations, 4 elements each).
 pub(crate) const CHUNK_ELEMENTS: usize = 1024;
@@ -41,16 +47,58 @@ pub(crate) const SEGMENT_WORDS: usize = 8;
 /// A per-tensor kernel bound to one optimizer's buffers.
 pub(crate) struct SegmentedKernel {
     ctx: GpuContext,
-    gnorm: Option<(wgpu::ComputePipeline, wgpu::ComputePipeline)>,
-    reduce: wgpu::ComputePipeline,
-    finish: wgpu::ComputePipeline,
-    apply: wgpu::ComputePipeline,
+    /// The pipelines in use: `plain`, or `graded` while gradient options are on.
+    plain: Pipelines,
+    graded: Option<Pipelines>,
+    grad_pipeline: bool,
+    module: wgpu::ShaderModule,
+    pipeline_layout: wgpu::PipelineLayout,
+    file: &'static str,
+    clip_entries: bool,
     parts: Vec<Part>,
     uniform: wgpu::Buffer,
     stride: u64,
     work: wgpu::Buffer,
     segment_grid: (u32, u32),
     segments: usize,
+}
+
+/// One variant's entry points.
+struct Pipelines {
+    gnorm: Option<(wgpu::ComputePipeline, wgpu::ComputePipeline)>,
+    reduce: wgpu::ComputePipeline,
+    finish: wgpu::ComputePipeline,
+    apply: wgpu::ComputePipeline,
+}
+
+impl Pipelines {
+    /// The entry points of `module` with the gradient pipeline on or off.
+    fn build(
+        device: &wgpu::Device,
+        module: &wgpu::ShaderModule,
+        layout: &wgpu::PipelineLayout,
+        clip_entries: bool,
+        grad_pipeline: bool,
+    ) -> Self {
+        let constants = [("GRAD_PIPELINE", f64::from(u8::from(grad_pipeline)))];
+        let pipeline = |name| {
+            super::kernel::compute_pipeline(
+                device,
+                name,
+                module,
+                Some(layout),
+                name,
+                &constants,
+                true,
+            )
+        };
+        Self {
+            gnorm: clip_entries.then(|| (pipeline("gnorm"), pipeline("gfinish"))),
+            reduce: pipeline("reduce"),
+            finish: pipeline("finish"),
+            apply: pipeline("apply"),
+        }
+    }
 }
 
 /// Some of the segments (all of them without a matrix transform): their chunks, bind group
@@ -209,7 +257,9 @@ impl SegmentedKernel {
     /// `transform`: the Newton–Schulz iteration of an algorithm with a matrix transform
     /// (every segment must then be one matrix: rank 2, checked by the algorithm). The
     /// global-clip pipelines are built when the module has them (`gnorm`, `gfinish`): a
-    /// checkpoint may switch the clip on later.
+    /// checkpoint may switch the clip on later. `control`: the optimizer's gradient control
+    /// block (read only in the gradient-pipeline variant, [`Self::set_grad_pipeline`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         params: &FlatParams,
         file: &'static str,
@@ -218,12 +268,13 @@ impl SegmentedKernel {
         transform: Option<&NewtonSchulz>,
         members: &[usize],
         compact: bool,
+        control: &wgpu::Buffer,
     ) -> Result<Self> {
         let clip_entries = source.contains("fn gnorm(") && source.contains("fn gfinish(");
         let ctx = params.context().clone();
         let device = ctx.device();
         let limits = device.limits();
-        let storage = 5 + states.len() as u32 + u32::from(transform.is_some());
+        let storage = 6 + states.len() as u32 + u32::from(transform.is_some());
         check_fits(&ctx, file, storage, params)?;
         let segments = params.segment_table().segments().len();
         let segs = params.segment_table().segments();
@@ -282,7 +333,10 @@ impl SegmentedKernel {
         });
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(file),
-            source: wgpu::ShaderSource::Wgsl(format!("{COMMON}\n{source}").into()),
+            source: wgpu::ShaderSource::Wgsl(
+                super::shaders::with_grad_control(&format!("{COMMON}\n{SEGMENTED_GRAD}\n{source}"))
+                    .into(),
+            ),
         });
         let entry = super::kernel::buffer_layout_entry;
         let rw = wgpu::BufferBindingType::Storage { read_only: false };
@@ -302,6 +356,7 @@ impl SegmentedKernel {
         if transform.is_some() {
             entries.push(entry(first_table + 3, rw, false));
         }
+        entries.push(entry(CONTROL_BINDING, ro, false));
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some(file),
             entries: &entries,
@@ -311,17 +366,6 @@ impl SegmentedKernel {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let pipeline = |name| {
-            super::kernel::compute_pipeline(
-                device,
-                name,
-                &module,
-                Some(&pipeline_layout),
-                name,
-                &[],
-                true,
-            )
-        };
         let whole = super::kernel::whole_buffer_entry;
         let mut parts = Vec::with_capacity(plans.len());
         for (picked, batch) in plans {
@@ -368,6 +412,7 @@ impl SegmentedKernel {
             if let Some(b) = &batch {
                 group_entries.push(whole(first_table + 3, b.buffer()));
             }
+            group_entries.push(whole(CONTROL_BINDING, control));
             let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(file),
                 layout: &layout,
@@ -381,10 +426,13 @@ impl SegmentedKernel {
             });
         }
         let kernel = Self {
-            gnorm: clip_entries.then(|| (pipeline("gnorm"), pipeline("gfinish"))),
-            reduce: pipeline("reduce"),
-            finish: pipeline("finish"),
-            apply: pipeline("apply"),
+            plain: Pipelines::build(device, &module, &pipeline_layout, clip_entries, false),
+            graded: None,
+            grad_pipeline: false,
+            module,
+            pipeline_layout,
+            file,
+            clip_entries,
             parts,
             uniform,
             stride,
@@ -395,6 +443,34 @@ impl SegmentedKernel {
         };
         ctx.pop_scope(scope, "segmented kernel creation")?;
         Ok(kernel)
+    }
+
+    /// Read every gradient through the gradient pipeline (`on`: unscale, clip by value, the
+    /// norm-clip coefficient of the control block) or plainly; the variant is compiled the
+    /// first time. On error (it does not compile) the variant in use stays.
+    pub fn set_grad_pipeline(&mut self, on: bool) -> Result<()> {
+        if on && self.graded.is_none() {
+            let device = self.ctx.device();
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let graded = Pipelines::build(
+                device,
+                &self.module,
+                &self.pipeline_layout,
+                self.clip_entries,
+                true,
+            );
+            self.ctx.pop_scope(scope, self.file)?;
+            self.graded = Some(graded);
+        }
+        self.grad_pipeline = on;
+        Ok(())
+    }
+
+    fn pipelines(&self) -> &Pipelines {
+        match (&self.graded, self.grad_pipeline) {
+            (Some(graded), true) => graded,
+            _ => &self.plain,
+        }
     }
 
     /// Record one step: the uniform `bytes` into ring slot `slot % UNIFORM_RING` (written
@@ -414,10 +490,11 @@ impl SegmentedKernel {
             timestamp_writes: None,
         });
         let dynamic = [offset as u32];
+        let pipelines = self.pipelines();
         if global_clip {
             // The optimizer's builder refuses a clip the module lacks; a global clip comes
             // with one part (no transform).
-            let (Some((gnorm, gfinish)), [part]) = (&self.gnorm, &self.parts[..]) else {
+            let (Some((gnorm, gfinish)), [part]) = (&pipelines.gnorm, &self.parts[..]) else {
                 unreachable!("a global clip without gnorm entry points or with several parts")
             };
             let (cx, cy) = part.chunk_grid;
@@ -430,16 +507,16 @@ impl SegmentedKernel {
         for part in &self.parts {
             let (cx, cy) = part.chunk_grid;
             pass.set_bind_group(0, &part.bind_group, &dynamic);
-            pass.set_pipeline(&self.reduce);
+            pass.set_pipeline(&pipelines.reduce);
             pass.dispatch_workgroups(cx, cy, 1);
             if let Some(batch) = &part.transform {
                 batch.encode(&mut pass);
                 pass.set_bind_group(0, &part.bind_group, &dynamic);
             }
-            pass.set_pipeline(&self.finish);
+            pass.set_pipeline(&pipelines.finish);
             let (sx, sy) = self.segment_grid;
             pass.dispatch_workgroups(sx, sy, 1);
-            pass.set_pipeline(&self.apply);
+            pass.set_pipeline(&pipelines.apply);
             pass.dispatch_workgroups(cx, cy, 1);
         }
     }

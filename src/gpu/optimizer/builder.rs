@@ -555,7 +555,7 @@ fn build(
     let native_f16 = runner.variant().uses_native_f16();
     let factored = match config.segmented_kernel() {
         Some(k) if !config.state_per_element() => Some(crate::gpu::factored::FactoredKernel::new(
-            params, k.file, k.source, &states, &members, &layout,
+            params, k.file, k.source, &states, &members, &layout, &control,
         )?),
         _ => None,
     };
@@ -569,6 +569,7 @@ fn build(
                 config.matrix_transform().as_ref(),
                 &members,
                 compact,
+                &control,
             )?)
         }
         _ => None,

@@ -13,14 +13,40 @@ impl GpuOptimizer {
     /// norm clipper, the device step counter for `skip_nonfinite`.
     pub(super) fn apply_grad_options(&mut self, options: GradOptions) -> Result<()> {
         self.ctx.check_alive("set_grad_options")?;
-        if (self.segmented.is_some() || self.factored.is_some())
-            && options != GradOptions::default()
-        {
-            return Err(crate::Error::Unsupported {
-                optimizer: self.groups[0].config.name(),
-                feature: "gradient options (clipping, unscaling, skipping) with a per-tensor \
-                          algorithm on the GPU (the CPU paths have them)",
-            });
+        let per_tensor = self.segmented.is_some() || self.factored.is_some();
+        if per_tensor && options != GradOptions::default() {
+            // The norm pass covers the whole grads buffer: a group of a mixed optimizer (some
+            // of the segments) would clip by another norm.
+            if self.members.len() != self.params.segment_table().segments().len() {
+                return Err(crate::Error::Unsupported {
+                    optimizer: self.groups[0].config.name(),
+                    feature: "gradient options of its own for a per-tensor group of a mixed \
+                              GPU optimizer (set_max_grad_norm clips every group together)",
+                });
+            }
+            // The norm pass sums every element of the buffer: with padding between the
+            // tensors (a lane-aligned layout) it would count elements no tensor holds.
+            let segs = self.params.segment_table().segments();
+            let gaps = segs.first().is_some_and(|s| s.start != 0)
+                || segs.windows(2).any(|w| w[0].end() != w[1].start)
+                || segs.last().is_some_and(|s| s.end() != self.params.len());
+            if options.max_norm.is_some() && gaps {
+                return Err(crate::Error::Unsupported {
+                    optimizer: self.groups[0].config.name(),
+                    feature: "norm clipping with a per-tensor algorithm on the GPU over \
+                              tensors with padding between them (a lane-aligned layout): \
+                              build the params back to back",
+                });
+            }
+            // The per-tensor kernels take the step count from the host.
+            if options.skip_nonfinite {
+                return Err(crate::Error::Unsupported {
+                    optimizer: self.groups[0].config.name(),
+                    feature: "skip_nonfinite (and the device loss scaler) with a per-tensor \
+                              algorithm on the GPU (unscaling and clipping are supported; the \
+                              CPU paths skip too)",
+                });
+            }
         }
         options.validate()?;
         let scaler_on = self.device.as_ref().is_some_and(|d| d.scaler_on());
@@ -57,8 +83,12 @@ impl GpuOptimizer {
             hosts_back = Some(self.true_hosts()?);
         }
         let was_on = self.grad_options != GradOptions::default();
-        self.runner
-            .set_grad_pipeline(options != GradOptions::default())?;
+        let on = options != GradOptions::default();
+        if let Err(e) = self.set_grad_pipelines(on) {
+            // Back to the variants in use (built: cannot fail).
+            self.set_grad_pipelines(was_on)?;
+            return Err(e);
+        }
         if options.needs_reduction() && self.clipper.is_none() {
             match NormClipper::new(
                 &self.params,
@@ -67,7 +97,7 @@ impl GpuOptimizer {
             ) {
                 Ok(c) => self.clipper = Some(c),
                 Err(e) => {
-                    self.runner.set_grad_pipeline(was_on)?;
+                    self.set_grad_pipelines(was_on)?;
                     return Err(e);
                 }
             }
@@ -95,6 +125,18 @@ impl GpuOptimizer {
         }
         self.grad_options = options;
         Ok(())
+    }
+
+    /// The pipeline variant with (`on`) or without the gradient pipeline in every kernel:
+    /// the elementwise runner and the per-tensor kernel.
+    fn set_grad_pipelines(&mut self, on: bool) -> Result<()> {
+        if let Some(kernel) = &mut self.segmented {
+            kernel.set_grad_pipeline(on)?;
+        }
+        if let Some(kernel) = &mut self.factored {
+            kernel.set_grad_pipeline(on)?;
+        }
+        self.runner.set_grad_pipeline(on)
     }
 
     /// Mixed precision with no read-back at all: PyTorch GradScaler's dynamic loss scale kept
