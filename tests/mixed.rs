@@ -73,10 +73,19 @@ fn pair(first: OptimizerConfig, second: OptimizerConfig) -> Vec<AlgorithmGroup> 
 }
 
 /// The pairs the numerical tests run: Muon + AdamW (the practice), LAMB + Lion (another
-/// per-tensor algorithm with two state tensors beside another elementwise one).
+/// per-tensor algorithm with two state tensors beside another elementwise one), and two
+/// LAMB groups with their own hyper-parameters (parameter groups of a per-tensor algorithm
+/// on the GPU: `GpuOptimizer::with_groups` refuses them, a mixed optimizer of two groups
+/// of one algorithm is how they run).
 fn pairs() -> Vec<(&'static str, Vec<AlgorithmGroup>)> {
     let lamb = LambConfig {
         weight_decay: 0.01,
+        ..Default::default()
+    };
+    let lamb_no_decay = LambConfig {
+        lr: 3e-3,
+        betas: (0.8, 0.99),
+        weight_decay: 0.0,
         ..Default::default()
     };
     let lion = LionConfig {
@@ -87,6 +96,7 @@ fn pairs() -> Vec<(&'static str, Vec<AlgorithmGroup>)> {
     vec![
         ("muon+adamw", groups()),
         ("lamb+lion", pair(lamb.into(), lion.into())),
+        ("lamb+lamb", pair(lamb.into(), lamb_no_decay.into())),
     ]
 }
 

@@ -287,7 +287,9 @@ impl<'a> GpuOptimizerBuilder<'a> {
             if groups.len() > 1 || matches!(source, Source::Groups(_)) {
                 return Err(Error::Unsupported {
                     optimizer: config.name(),
-                    feature: "parameter groups with a per-tensor algorithm on the GPU",
+                    feature: "parameter groups with a per-tensor algorithm in one GpuOptimizer \
+                              (a MixedGpuOptimizer with one group per hyper-parameter set \
+                              runs them: fused_optim::mixed)",
                 });
             }
             if config.segmented_kernel().is_none() {
