@@ -70,7 +70,9 @@ struct Window {
     first_lane: u32,
     // EXTERNAL: where this dispatch's tensor entries start in the table (in u32 words).
     table_base: u32,
-    _pad2: u32,
+    // Not GROUPED: the parameter group of every lane (a tensor optimizer's dispatch over one
+    // whole tensor, src/gpu/tensors/layout.rs `Unit::direct`); 0 everywhere else.
+    group: u32,
 }
 
 // GradControl (binding 7): declared in grad_control.wgsl, prepended by the host.
@@ -205,7 +207,7 @@ fn main(
         grad_scalars = vec3<f32>(control.inv_scale, control.clip_value, control.coef);
     }
     if (!GROUPED) {
-        group0 = hps[0];
+        group0 = hps[window.group];
     }
     let group = group_id.x + group_id.y * groups.x;
     if (EXTERNAL) {

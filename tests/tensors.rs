@@ -70,6 +70,33 @@ fn placement(lens: &[usize], align_words: usize, shift: usize) -> (Placement, [u
     (Placement { params, grads }, sizes)
 }
 
+/// How the tensors are placed in the caller's buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Packing {
+    /// Many tensors per buffer ([`placement`]): every dispatch runs the kernel over the table.
+    Shared,
+    /// Every tensor's params in a buffer of their own and its gradients in another, as a
+    /// large model's matrices are allocated ([`own_placement`]): the tensors with a multiple
+    /// of 4 elements run the flat kernel on their own windows, the others the table's.
+    Own,
+}
+
+/// Tensor `k`'s params alone in buffer `2k`, its gradients alone in buffer `2k + 1`, both
+/// after `1 + shift` poisoned alignment blocks and followed by at least one more.
+fn own_placement(lens: &[usize], align_words: usize, shift: usize) -> (Placement, Vec<usize>) {
+    let at = (1 + shift) * align_words;
+    let params = (0..lens.len()).map(|k| (2 * k, at)).collect();
+    let grads = (0..lens.len()).map(|k| (2 * k + 1, at)).collect();
+    let sizes = lens
+        .iter()
+        .flat_map(|&len| {
+            let size = (at + len + 1).next_multiple_of(align_words) + align_words;
+            [size, size]
+        })
+        .collect();
+    (Placement { params, grads }, sizes)
+}
+
 struct World {
     buffers: Vec<wgpu::Buffer>,
     place: Placement,
@@ -79,13 +106,29 @@ struct World {
 
 impl World {
     fn new(ctx: &GpuContext, lens: &[usize], shift: usize, p: &[Vec<f32>]) -> Self {
+        Self::packed(ctx, lens, shift, p, Packing::Shared)
+    }
+
+    fn packed(
+        ctx: &GpuContext,
+        lens: &[usize],
+        shift: usize,
+        p: &[Vec<f32>],
+        packing: Packing,
+    ) -> Self {
         let align = ctx
             .device()
             .limits()
             .min_storage_buffer_offset_alignment
             .max(16) as usize
             / 4;
-        let (place, sizes) = placement(lens, align, shift);
+        let (place, sizes) = match packing {
+            Packing::Shared => {
+                let (place, sizes) = placement(lens, align, shift);
+                (place, sizes.to_vec())
+            }
+            Packing::Own => own_placement(lens, align, shift),
+        };
         let buffers: Vec<wgpu::Buffer> = sizes.iter().map(|&s| poisoned_buffer(ctx, s)).collect();
         let expect = sizes.iter().map(|&s| vec![POISON; s]).collect();
         let mut w = Self {
@@ -195,9 +238,30 @@ fn run(
     relocate_at: Option<u64>,
     poison_grad_at: Option<u64>,
 ) -> Result<(), String> {
+    run_packed(
+        ctx,
+        lens,
+        label,
+        config,
+        options,
+        (steps, relocate_at, poison_grad_at),
+        Packing::Shared,
+    )
+}
+
+/// [`run`] with the tensors placed by `packing`; `(steps, relocate_at, poison_grad_at)`.
+fn run_packed(
+    ctx: &GpuContext,
+    lens: &[usize],
+    label: &str,
+    config: OptimizerConfig,
+    options: GradOptions,
+    (steps, relocate_at, poison_grad_at): (u64, Option<u64>, Option<u64>),
+    packing: Packing,
+) -> Result<(), String> {
     let mut rng = Rng::new(0x7e45 ^ steps);
     let p: Vec<Vec<f32>> = lens.iter().map(|&n| params0(&mut rng, n)).collect();
-    let mut world = World::new(ctx, lens, 0, &p);
+    let mut world = World::packed(ctx, lens, 0, &p, packing);
     let mut opt = TensorOptimizer::new(ctx, &specs(lens, |_| 0), &[config])
         .map_err(|e| format!("{label}: {e}"))?;
     opt.set_grad_options(options).map_err(|e| e.to_string())?;
@@ -209,7 +273,7 @@ fn run(
     for k in 1..=steps {
         if relocate_at == Some(k) {
             let now = world.read(ctx, lens)?;
-            world = World::new(ctx, lens, 3, &now);
+            world = World::packed(ctx, lens, 3, &now, packing);
         }
         let mut g: Vec<Vec<f32>> = lens.iter().map(|&n| grads(&mut rng, n)).collect();
         if poison_grad_at == Some(k) {
@@ -381,7 +445,65 @@ fn clip_by_global_norm_and_skip_nonfinite_match_the_reference() {
 #[test]
 fn parameter_groups_per_tensor() {
     let Some(ctx) = gpu() else { return };
-    let lens = &LENS;
+    parameter_groups_in(&ctx, &LENS, Packing::Shared, (3, 0));
+}
+
+/// Tensors in buffers of their own: the whole ones with a multiple of 4 elements run the
+/// flat kernel (its group from the dispatch's header) in the same step as the table's.
+#[test]
+fn whole_tensors_in_their_own_buffers_run_the_flat_kernel_in_their_groups() {
+    let Some(ctx) = gpu() else { return };
+    parameter_groups_in(&ctx, &OWN_LENS, Packing::Own, (7, 5));
+    let options = GradOptions {
+        max_norm: Some(1.0),
+        clip_value: Some(5.0),
+        skip_nonfinite: true,
+        ..GradOptions::default()
+    };
+    // A relocation (new buffers) and a skipped step with an infinite gradient in tensor 5.
+    run_packed(
+        &ctx,
+        &OWN_LENS,
+        "adam clipped, own buffers",
+        AdamConfig::default().into(),
+        options,
+        (5, Some(4), Some(2)),
+        Packing::Own,
+    )
+    .unwrap();
+    let sgd = SgdConfig {
+        lr: 1e-2,
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 1e-2,
+        ..Default::default()
+    };
+    run_packed(
+        &ctx,
+        &OWN_LENS,
+        "sgd, own buffers",
+        sgd.into(),
+        GradOptions::default(),
+        (3, Some(2), None),
+        Packing::Own,
+    )
+    .unwrap();
+}
+
+/// Whole tensors with a multiple of 4 elements (flat kernel) and without (table), in both
+/// groups of `parameter_groups_in`; tensor 5 (the one `run` poisons) a whole one.
+const OWN_LENS: [usize; 7] = [1024, 3, 4096, 260, 1023, 40_000, 8];
+
+/// Two parameter groups (AdamW with and without decay, tensors alternating) over `lens`
+/// placed by `packing`, against one reference per group, with a schedule on group 1;
+/// `dispatches` is what [`TensorOptimizer::dispatches`] must report.
+fn parameter_groups_in(
+    ctx: &GpuContext,
+    lens: &[usize],
+    packing: Packing,
+    dispatches: (usize, usize),
+) {
+    let ctx = ctx.clone();
     let decayed = AdamConfig {
         lr: 3e-3,
         weight_decay: 0.1,
@@ -395,7 +517,7 @@ fn parameter_groups_per_tensor() {
     let group = |k: usize| k % 2;
     let mut rng = Rng::new(99);
     let p: Vec<Vec<f32>> = lens.iter().map(|&n| params0(&mut rng, n)).collect();
-    let mut world = World::new(&ctx, lens, 1, &p);
+    let mut world = World::packed(&ctx, lens, 1, &p, packing);
     let mut opt =
         TensorOptimizer::new(&ctx, &specs(lens, group), &[decayed.into(), plain.into()]).unwrap();
     // One reference per group over that group's tensors, concatenated.
@@ -424,6 +546,7 @@ fn parameter_groups_per_tensor() {
         let g: Vec<Vec<f32>> = lens.iter().map(|&n| grads(&mut rng, n)).collect();
         world.write_grads(&ctx, &g);
         opt.step(&world.bindings()).unwrap();
+        assert_eq!(opt.dispatches(), dispatches, "{packing:?}");
         let got = world.read(&ctx, lens).unwrap();
         for (gi, (r, want)) in refs.iter_mut().enumerate() {
             let gg: Vec<f64> = members(gi)

@@ -91,6 +91,13 @@ pub struct Unit {
     pub blocks: u32,
     /// Where the dispatch's entries start in the table, in u32 words.
     pub table_base: u32,
+    /// `Some((elements, parameter group))` when the dispatch is one whole tensor (or one
+    /// piece of it) whose element count is a multiple of 4, in its own windows of a params
+    /// buffer and a separate gradients buffer: every window then starts at the tensor's
+    /// element 0 and ends at its last element, so the flat kernel runs on it unchanged
+    /// (lane `i` of every binding is lane `i` of the tensor) with no table reads. Else
+    /// `None`: the kernel over the table (`shaders/tensors.wgsl`).
+    pub direct: Option<(u32, u32)>,
 }
 
 impl Unit {
@@ -315,6 +322,8 @@ pub fn plan(
             }
             block += blocks_of(p.len);
         }
+        let direct = (pieces.len() == 1 && !shared && pieces[0].len % 4 == 0)
+            .then(|| (pieces[0].len as u32, pieces[0].group));
         units.push(Unit {
             param_buffer: pieces[0].param.buffer,
             grad_buffer: pieces[0].grad.buffer,
@@ -325,6 +334,7 @@ pub fn plan(
             blocks: (block - first_block) as u32,
             // Entries follow the block map.
             table_base: (total_blocks + table_base) as u32,
+            direct,
         });
     }
     table.extend_from_slice(&entries);

@@ -8,7 +8,11 @@
 //! external variant (`shaders/tensors.wgsl`), binding one window of each buffer and a table
 //! that gives every workgroup block its tensor: param lane, gradient lane, state lane,
 //! elements, parameter group. Params and gradients in one buffer are bound once (read-write)
-//! and the gradients read through that binding. Every algorithm, parameter groups (one group
+//! and the gradients read through that binding. A unit that is one whole tensor (a multiple
+//! of 4 elements, params and gradients in different buffers: a large model's matrices, each
+//! in its own allocation) binds windows that start and end with the tensor and runs the flat
+//! kernel unchanged, its parameter group in the window header: no table reads and no partial
+//! last lane, the flat path's speed ([`TensorOptimizer::dispatches`] says how many did). Every algorithm, parameter groups (one group
 //! index per tensor), schedules (`set_lr` / `set_group_lr`), the gradient pipeline (unscale,
 //! clip by value, clip by the global norm over all tensors, skipping non-finite steps with
 //! the step count on the device) work as in [`GpuOptimizer`](crate::GpuOptimizer): the same
@@ -129,9 +133,28 @@ pub struct TensorBinding<'a> {
     pub grad: BufferRange<'a>,
 }
 
+/// The kernel over the table, gradients in their own buffer (a flavour index).
+const TABLE: usize = 0;
+/// The kernel over the table, gradients read through the params' binding.
+const TABLE_SHARED: usize = 1;
+/// The flat kernel, on a unit that is one whole tensor ([`layout::Unit::direct`]).
+const DIRECT: usize = 2;
+
+/// The flavour a unit runs.
+fn flavour_of(unit: &layout::Unit) -> usize {
+    if unit.direct.is_some() {
+        DIRECT
+    } else if unit.grad_in_param() {
+        TABLE_SHARED
+    } else {
+        TABLE
+    }
+}
+
 /// What a unit's bind group binds (its cache key).
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct BindKey {
+    flavour: usize,
     param: wgpu::Buffer,
     param_window: (u64, u64),
     grad: Option<(wgpu::Buffer, (u64, u64))>,
@@ -139,7 +162,7 @@ struct BindKey {
     unit: usize,
 }
 
-/// The pipeline of one flavour (gradients in their own buffer or in the params' buffer).
+/// The pipeline of one flavour ([`TABLE`], [`TABLE_SHARED`] or [`DIRECT`]).
 struct Flavour {
     variant: Variant,
     /// The kernel's state slot names in binding order.
@@ -186,7 +209,7 @@ pub struct TensorOptimizer {
     tuning: KernelTuning,
     state_names: Vec<&'static str>,
     states: Vec<wgpu::Buffer>,
-    flavours: [Option<Flavour>; 2],
+    flavours: [Option<Flavour>; 3],
     key: (bool, Specialization),
     hyper_buffer: wgpu::Buffer,
     hyper_stride: u64,
@@ -327,7 +350,7 @@ impl TensorOptimizer {
                 tuning,
                 state_names,
                 states,
-                flavours: [None, None],
+                flavours: [None, None, None],
                 key: (false, Specialization::of(&configs)),
                 hyper_buffer,
                 hyper_stride,
@@ -345,14 +368,14 @@ impl TensorOptimizer {
                 ctx,
             };
             // The usual flavour now, so that a kernel the device refuses fails the build.
-            opt.flavour(false, grouped)?;
+            opt.flavour(TABLE, grouped)?;
             Ok(opt)
         })
     }
 
-    /// Build (once) the flavour `grad_in_param` and its pipeline for the current key.
-    fn flavour(&mut self, grad_in_param: bool, grouped: bool) -> Result<()> {
-        let slot = usize::from(grad_in_param);
+    /// Build (once) the flavour `slot` ([`TABLE`], [`TABLE_SHARED`], [`DIRECT`]) and its
+    /// pipeline for the current key.
+    fn flavour(&mut self, slot: usize, grouped: bool) -> Result<()> {
         if self.flavours[slot].is_none() {
             let config = self.groups[0].config;
             let (file, source, slots) = kernel_source_for(&config);
@@ -361,10 +384,11 @@ impl TensorOptimizer {
             let state_slots = (0..slots.len().min(8))
                 .filter(|&k| self.state_names.contains(&slots[k]))
                 .fold(0u8, |m, k| m | (1 << k));
+            // DIRECT: the flat kernel, its one parameter group from the unit's header.
             let variant = Variant {
-                grouped,
-                external: true,
-                grad_in_param,
+                grouped: grouped && slot != DIRECT,
+                external: slot != DIRECT,
+                grad_in_param: slot == TABLE_SHARED,
                 state_slots,
                 u64_lanes: self.ctx.uses_u64_lanes(),
                 ..Variant::default()
@@ -418,8 +442,8 @@ impl TensorOptimizer {
     /// one only if built before); on an error the key goes back to `old_key`.
     fn build_for_key(&mut self, old_key: (bool, Specialization)) -> Result<()> {
         let grouped = self.groups.len() > 1;
-        for slot in [false, true] {
-            if self.flavours[usize::from(slot)].is_some() || !slot {
+        for slot in [TABLE, TABLE_SHARED, DIRECT] {
+            if self.flavours[slot].is_some() || slot == TABLE {
                 if let Err(e) = self.flavour(slot, grouped) {
                     self.key = old_key;
                     return Err(e);
@@ -441,6 +465,17 @@ impl TensorOptimizer {
     /// workgroup chosen by [`ranges_tuning`] from the tensors' lengths.
     pub fn tuning(&self) -> KernelTuning {
         self.tuning
+    }
+
+    /// (dispatches, of which run the flat kernel) in the plan of the last step: a unit that
+    /// is one whole tensor with a multiple of 4 elements in its own params and gradients
+    /// windows runs the flat kernel, with no table reads ([`layout::Unit::direct`]); the
+    /// others the kernel over the table. `(0, 0)` before the first step.
+    pub fn dispatches(&self) -> (usize, usize) {
+        self.last.as_ref().map_or((0, 0), |(_, plan)| {
+            let direct = plan.units.iter().filter(|u| u.direct.is_some()).count();
+            (plan.units.len(), direct)
+        })
     }
 
     /// Number of tensors.
@@ -754,9 +789,11 @@ impl TensorOptimizer {
         }
         let grouped = self.groups.len() > 1;
         let plan = self.last.as_ref().expect("planned above").1.clone();
-        if plan.units.iter().any(|u| u.grad_in_param()) {
-            // Built once, the first time a step has gradients in the params' buffer.
-            self.flavour(true, grouped)?;
+        // Each built once, the first time a step has a unit that runs it.
+        for slot in [TABLE_SHARED, DIRECT] {
+            if plan.units.iter().any(|u| flavour_of(u) == slot) {
+                self.flavour(slot, grouped)?;
+            }
         }
         self.encode_planned(encoder, &plan, &buffers)
     }
@@ -810,12 +847,12 @@ impl TensorOptimizer {
         let words = (self.unit_stride / 4) as usize;
         let mut headers = vec![0u32; words * plan.units.len()];
         for (u, unit) in plan.units.iter().enumerate() {
-            headers[u * words..u * words + 4].copy_from_slice(&[
-                unit.blocks,
-                unit.first_block,
-                unit.table_base,
-                0,
-            ]);
+            // The flat kernel's window (elements, first lane 0, group) or the table's.
+            let header = match unit.direct {
+                Some((len, group)) => [len, 0, 0, group],
+                None => [unit.blocks, unit.first_block, unit.table_base, 0],
+            };
+            headers[u * words..u * words + 4].copy_from_slice(&header);
         }
         self.ctx
             .queue()
@@ -863,7 +900,9 @@ impl TensorOptimizer {
         let mut launches = Vec::with_capacity(plan.units.len());
         for (u, unit) in plan.units.iter().enumerate() {
             let shared = unit.grad_in_param();
+            let flavour = flavour_of(unit);
             let key = BindKey {
+                flavour,
                 param: buffers[unit.param_buffer].clone(),
                 param_window: unit.param_window,
                 grad: (!shared).then(|| (buffers[unit.grad_buffer].clone(), unit.grad_window)),
@@ -875,7 +914,7 @@ impl TensorOptimizer {
                 None => self.bind_group(&key, &table, &unit_buffer)?,
             };
             self.bind_groups.insert(key.clone(), group.clone());
-            launches.push((usize::from(shared), group, unit.blocks));
+            launches.push((flavour, group, unit.blocks));
         }
         drop(old);
 
@@ -934,7 +973,7 @@ impl TensorOptimizer {
         table: &wgpu::Buffer,
         units: &wgpu::Buffer,
     ) -> Result<wgpu::BindGroup> {
-        let flavour = self.flavours[usize::from(key.grad.is_none())]
+        let flavour = self.flavours[key.flavour]
             .as_ref()
             .ok_or_else(|| Error::Wgpu {
                 during: "tensor step",
