@@ -454,23 +454,29 @@ fn parameter_groups_per_tensor() {
 fn whole_tensors_in_their_own_buffers_run_the_flat_kernel_in_their_groups() {
     let Some(ctx) = gpu() else { return };
     parameter_groups_in(&ctx, &OWN_LENS, Packing::Own, (7, 5));
+    // Large whole tensors inside shared pages get flat dispatches of their own (0, 2, 5);
+    // 3 (gradients in its params' buffer) and the small ones stay on the table's 3.
+    parameter_groups_in(&ctx, &PAGED_LENS, Packing::Shared, (6, 3));
     let options = GradOptions {
         max_norm: Some(1.0),
         clip_value: Some(5.0),
         skip_nonfinite: true,
         ..GradOptions::default()
     };
-    // A relocation (new buffers) and a skipped step with an infinite gradient in tensor 5.
-    run_packed(
-        &ctx,
-        &OWN_LENS,
-        "adam clipped, own buffers",
-        AdamConfig::default().into(),
-        options,
-        (5, Some(4), Some(2)),
-        Packing::Own,
-    )
-    .unwrap();
+    // A relocation (new buffers) and a skipped step with an infinite gradient in tensor 5,
+    // in buffers of their own and in shared pages (the norm over flat and table dispatches).
+    for (lens, packing) in [(&OWN_LENS, Packing::Own), (&PAGED_LENS, Packing::Shared)] {
+        run_packed(
+            &ctx,
+            lens,
+            &format!("adam clipped, {packing:?}"),
+            AdamConfig::default().into(),
+            options,
+            (5, Some(4), Some(2)),
+            packing,
+        )
+        .unwrap();
+    }
     let sgd = SgdConfig {
         lr: 1e-2,
         momentum: 0.9,
@@ -489,6 +495,9 @@ fn whole_tensors_in_their_own_buffers_run_the_flat_kernel_in_their_groups() {
     )
     .unwrap();
 }
+
+/// [`placement`]'s pages with tensors of at least `DIRECT_MIN_ELEMENTS` among small ones.
+const PAGED_LENS: [usize; 7] = [70_000, 3, 65_536, 80_000, 5, 65_540, 1023];
 
 /// Whole tensors with a multiple of 4 elements (flat kernel) and without (table), in both
 /// groups of `parameter_groups_in`; tensor 5 (the one `run` poisons) a whole one.

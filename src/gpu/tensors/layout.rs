@@ -238,6 +238,13 @@ struct Piece {
     group: u32,
 }
 
+/// Elements from which a whole tensor (or piece) with a multiple of 4 elements, its params
+/// and gradients in different buffers, gets a dispatch of its own running the flat kernel
+/// ([`Unit::direct`]) even when its buffers hold other tensors. Smaller ones share the
+/// table's dispatches: a dispatch's fixed cost would outweigh their table reads (1000
+/// tensors of ~1000 elements each in its own dispatch would be 1000 dispatches).
+pub const DIRECT_MIN_ELEMENTS: u64 = 1 << 16;
+
 /// The plan of a step whose tensors are at `params` / `grads` (checked by [`check`]), with
 /// state `layout` and each tensor's parameter group `groups`.
 pub fn plan(
@@ -270,6 +277,11 @@ pub fn plan(
     // Dispatches bind one params buffer and one gradients buffer: group by that pair, in
     // the params' order.
     pieces.sort_by_key(|p| (p.param.buffer, p.grad.buffer, p.param.byte_offset));
+    // Large whole pieces run the flat kernel in a dispatch of their own even when their
+    // buffers hold other tensors (a pooling allocator's pages); the rest share dispatches.
+    let (alone, pieces): (Vec<Piece>, Vec<Piece>) = pieces.into_iter().partition(|p| {
+        p.param.buffer != p.grad.buffer && p.len % 4 == 0 && p.len >= DIRECT_MIN_ELEMENTS
+    });
 
     let mut units_pieces: Vec<Vec<Piece>> = Vec::new();
     let mut span = Spans::default();
@@ -287,6 +299,8 @@ pub fn plan(
             units_pieces.push(vec![piece]);
         }
     }
+
+    units_pieces.extend(alone.into_iter().map(|p| vec![p]));
 
     let blocks_of = |len: u64| len.div_ceil(4).div_ceil(geometry.block_lanes);
     let total_blocks: u64 = units_pieces
